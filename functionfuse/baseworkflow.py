@@ -1,0 +1,351 @@
+"""The core every backend shares: graph, storage, per-node options, resume plan.
+
+A backend gets from :class:`BaseWorkflow`:
+
+* ``graph``: the DAG (nodes in topological order, names, parents, outputs);
+* ``plan()``: for each node, whether it runs, is loaded from storage, or is skipped;
+* ``node_call(i)``: a function that runs node *i* given a sequence of results;
+* per-node options set through queries (plugins here; backends add their own).
+
+The resume plan, computed from one listing of the storage, in reverse topological
+order:
+
+* a node **runs** if no result is stored under its name, or if it is a class
+  constructor or method call whose instance a later running method call needs
+  (stateful nodes are replayed from the constructor, since the instance's state is
+  not stored between calls);
+* a stored node is **loaded** if it is an output or a running node needs its value;
+* every other stored node is **skipped**.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import ConfigurationError, NodeExecutionError
+from .graph import Graph, _gc_paused
+from .workflow import ClassNode, MethodNode, Node, NodeItem, validate_name
+
+__all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "LOAD", "SKIP"]
+
+log = logging.getLogger("functionfuse")
+
+RUN, LOAD, SKIP = "run", "load", "skip"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    name: str
+    action: str
+    reason: str
+
+
+class Plan(Sequence[NodePlan]):
+    """What a run will do with each node, in topological order."""
+
+    def __init__(self, entries: list[NodePlan]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._entries[i]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[NodePlan]:
+        return iter(self._entries)
+
+    def action(self, name: str) -> str:
+        for e in self._entries:
+            if e.name == name:
+                return e.action
+        raise KeyError(name)
+
+    def count(self, action: str) -> int:  # type: ignore[override]
+        return sum(1 for e in self._entries if e.action == action)
+
+    def __repr__(self) -> str:
+        width = max((len(e.name) for e in self._entries), default=4)
+        lines = [f"{'node':<{width}}  action  reason"]
+        lines += [f"{e.name:<{width}}  {e.action:<6}  {e.reason}" for e in self._entries]
+        return "\n".join(lines)
+
+
+class Query:
+    """The nodes of a workflow whose names match a pattern; sets options on them."""
+
+    def __init__(self, nodes: list[int], workflow: "BaseWorkflow") -> None:
+        self.indices = nodes
+        self.workflow = workflow
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.workflow.graph.nodes[i] for i in self.indices]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.workflow.graph.names[i] for i in self.indices]
+
+    def set_plugin(self, plugin: Any) -> "Query":
+        """Apply *plugin* (see :mod:`functionfuse.backends.plugins`) to these nodes."""
+        if not (hasattr(plugin, "local_initialize") and hasattr(plugin, "remote_initialize")):
+            raise ConfigurationError(
+                f"{plugin!r} is not a plugin: it needs local_initialize() and remote_initialize() "
+                "(subclass functionfuse.backends.plugins.Plugin)."
+            )
+        for i in self.indices:
+            self.workflow._plugins[i] = plugin
+        return self
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.names!r}>"
+
+
+class BaseWorkflow:
+    """Common base of the backends: see the module documentation."""
+
+    query_class: type[Query] = Query
+
+    def __init__(self, *nodes: Any, workflow_name: str) -> None:
+        self.workflow_name = validate_name(workflow_name, "Workflow name")
+        self.graph = Graph(nodes)
+        self.storage: Any = None
+        self._plugins: dict[int, Any] = {}
+        self._calls: list[Callable[[Sequence[Any]], Any]] | None = None
+
+    # -- configuration ---------------------------------------------------------------
+    def set_storage(self, object_storage: Any) -> None:
+        """Set storage for the workflow (``None`` to run without storage)."""
+        if object_storage is not None:
+            missing = [m for m in ("save", "read_task", "stored_tasks") if not hasattr(object_storage, m)]
+            if missing:
+                raise ConfigurationError(
+                    f"{object_storage!r} is not a storage object (it lacks {', '.join(missing)}). "
+                    "Create one with functionfuse.storage.storage_factory(...)."
+                )
+        self.storage = object_storage
+
+    def query(self, pattern: str | None = None) -> Query:
+        """Query nodes of the graph by regexp pattern (``None``: every node)."""
+        return self.query_class(self.graph.query(pattern), self)
+
+    # -- planning -----------------------------------------------------------------------
+    def _actions(self, stored: set[str] | None) -> tuple[list[str], list[str]]:
+        g = self.graph
+        n = len(g)
+        if stored is None:
+            return [RUN] * n, ["no storage"] * n
+        names, nodes, data_parents = g.names, g.nodes, g.data_parents
+        need = [False] * n
+        for o in g.outputs:
+            need[o] = True
+        replay = [False] * n
+        actions = [SKIP] * n
+        reasons = [""] * n
+        for i in range(n - 1, -1, -1):
+            stored_i = names[i] in stored
+            if not stored_i or replay[i]:
+                actions[i] = RUN
+                reasons[i] = "replayed: a later method call needs this instance" if stored_i else "not stored"
+                for p in data_parents[i]:
+                    need[p] = True
+                node = nodes[i]
+                if type(node) is MethodNode:
+                    replay[g.index_of(node.previous)] = True
+                    replay[g.index_of(node.instance)] = True
+            elif need[i]:
+                actions[i] = LOAD
+                reasons[i] = "stored"
+            else:
+                reasons[i] = "stored; no node that runs needs it"
+        return actions, reasons
+
+    def _stored(self) -> set[str] | None:
+        return None if self.storage is None else self.storage.stored_tasks(self.workflow_name)
+
+    def plan(self) -> Plan:
+        """What :meth:`run` would do with each node now, and why."""
+        actions, reasons = self._actions(self._stored())
+        return Plan([NodePlan(name, a, r) for name, a, r in zip(self.graph.names, actions, reasons)])
+
+    # -- execution helpers ----------------------------------------------------------------
+    def node_calls(self) -> list[Callable[[Sequence[Any]], Any]]:
+        """For each node, a function computing it from the list of node results."""
+        if self._calls is None:
+            index = self.graph._index
+            index_of = index.__getitem__
+            calls: list[Callable[[Sequence[Any]], Any]] = []
+            with _gc_paused():
+                for node in self.graph.nodes:
+                    # inline fast path: f(node) and f(constant)
+                    args = node.args
+                    if type(node) is Node and len(args) == 1 and not node.kwargs:
+                        a0 = args[0]
+                        if type(a0) in _NODE_TYPES:
+                            calls.append(_call_with_result(node.func, index[a0]))
+                            continue
+                    calls.append(build_call(node, index_of))
+            self._calls = calls
+        return self._calls
+
+    def release_schedule(self, actions: Sequence[str] | None = None) -> list[tuple[int, ...]]:
+        """For each node, the parents whose values no later running node needs.
+
+        *actions* is the plan's action per node (``None``: every node runs).
+        """
+        g = self.graph
+        dp = g.data_parents
+        n = len(dp)
+        last = [-1] * n
+        for i in range(n):
+            if actions is None or actions[i] == RUN:
+                for p in dp[i]:
+                    last[p] = i
+        for o in g.outputs:
+            last[o] = -1
+        frees: list[tuple[int, ...]] = [()] * n
+        with _gc_paused():
+            for p in range(n):
+                i = last[p]
+                if i >= 0:
+                    frees[i] = frees[i] + (p,)
+        return frees
+
+    def node_metadata(self, i: int) -> dict:
+        g = self.graph
+        node = g.nodes[i]
+        owner = node.instance.func if type(node) is MethodNode else node.func
+        return {
+            "node": g.names[i],
+            "kind": node.kind,
+            "function": f"{getattr(owner, '__module__', '?')}.{node.label}",
+            "inputs": [g.names[p] for p in g.parents[i]],
+        }
+
+    def node_error(self, i: int, exc: BaseException) -> NodeExecutionError:
+        name = self.graph.names[i]
+        return NodeExecutionError(
+            f"Node {name!r} of workflow {self.workflow_name!r} failed: {type(exc).__name__}: {exc}",
+            node_name=name,
+            workflow_name=self.workflow_name,
+        )
+
+    def outputs(self, results: Sequence[Any]) -> Any:
+        g = self.graph
+        values = []
+        for ref, i in zip(g.output_refs, g.outputs):
+            v = results[i]
+            values.append(ref.resolve(v) if type(ref) is NodeItem else v)
+        return values[0] if len(values) == 1 else values
+
+
+# -- argument resolution ----------------------------------------------------------------------
+def _getter(value: Any, index_of: Callable[[Any], int]) -> Callable[[Sequence[Any]], Any] | None:
+    """A function of the results list giving *value* resolved, or None for a constant."""
+    t = type(value)
+    if t is Node or t is ClassNode or t is MethodNode:
+        return operator.itemgetter(index_of(value))
+    if t is NodeItem:
+        j = index_of(value.node)
+        path = value.path
+
+        def item(R: Sequence[Any]) -> Any:
+            v = R[j]
+            for k in path:
+                v = v[k]
+            return v
+
+        return item
+    if t is list or t is tuple:
+        parts = [(_getter(v, index_of), v) for v in value]
+        if all(g is None for g, _ in parts):
+            return None
+
+        def seq(R: Sequence[Any]) -> Any:
+            out = [v if g is None else g(R) for g, v in parts]
+            return out if t is list else tuple(out)
+
+        return seq
+    if t is dict:
+        items = [(k, _getter(v, index_of), v) for k, v in value.items()]
+        if all(g is None for _, g, _ in items):
+            return None
+
+        def mapping(R: Sequence[Any]) -> Any:
+            return {k: v if g is None else g(R) for k, g, v in items}
+
+        return mapping
+    return None
+
+
+_CONTAINERS = frozenset({list, tuple, dict, NodeItem})
+_NODE_TYPES = frozenset({Node, ClassNode, MethodNode})
+
+
+def _call_with_result(f: Callable[[Any], Any], j: int) -> Callable[[Sequence[Any]], Any]:
+    return lambda R: f(R[j])
+
+
+def build_call(node: Node, index_of: Callable[[Any], int]) -> Callable[[Sequence[Any]], Any]:
+    """Compile *node* into ``call(results) -> value``; fast paths for the common shapes."""
+    args, kwargs = node.args, node.kwargs
+    if type(node) is MethodNode:
+        k = index_of(node.instance)
+        method = node.method
+    else:
+        f = node.func
+        if not kwargs:  # fast path: constants and direct node arguments only
+            if len(args) == 1:
+                a0 = args[0]
+                t0 = type(a0)
+                if t0 is Node or t0 is ClassNode or t0 is MethodNode:
+                    j = index_of(a0)
+                    return lambda R: f(R[j])
+                if t0 not in _CONTAINERS:
+                    return lambda R: f(a0)
+            elif not args:
+                return lambda R: f()
+    arg_getters = [_getter(a, index_of) for a in args]
+    kw_getters = {key: _getter(v, index_of) for key, v in kwargs.items()}
+    simple = all(g is None or isinstance(g, operator.itemgetter) for g in arg_getters)
+    if type(node) is not MethodNode and simple and not kwargs:
+        slots = [(pos, g) for pos, g in enumerate(arg_getters) if g is not None]
+        if not slots:
+            return lambda R: f(*args)
+        if len(args) == 1:
+            g0 = slots[0][1]
+            return lambda R: f(g0(R))
+        template = list(args)
+
+        def call_simple(R: Sequence[Any]) -> Any:
+            a = template.copy()
+            for pos, g in slots:
+                a[pos] = g(R)
+            return f(*a)
+
+        return call_simple
+
+    def resolve(R: Sequence[Any]) -> tuple[list, dict]:
+        a = [v if g is None else g(R) for g, v in zip(arg_getters, args)]
+        kw = {key: v if kw_getters[key] is None else kw_getters[key](R) for key, v in kwargs.items()}  # type: ignore[misc]
+        return a, kw
+
+    if type(node) is MethodNode:
+
+        def call_method(R: Sequence[Any]) -> Any:
+            a, kw = resolve(R)
+            return getattr(R[k], method)(*a, **kw)
+
+        return call_method
+
+    def call(R: Sequence[Any]) -> Any:
+        a, kw = resolve(R)
+        return f(*a, **kw)
+
+    return call

@@ -1,0 +1,112 @@
+"""Serializers and the protocols through which storage kinds expose their files.
+
+``FILE_PROTOCOL`` and ``S3_PROTOCOL`` are the keys of the *protocols* dictionary a
+storage hands to a serializer's ``pickle(obj, protocols)`` and ``unpickle(pid,
+protocols)``. Under file storage, ``protocols[FILE_PROTOCOL]`` is a
+:class:`TaskFiles`: a folder that belongs to one stored result, removed with it.
+
+Serializers are registered on a storage with ``register_persistent_serializers``.
+A result written with a serializer records the serializer's ``name``; to read it back
+from a storage where the serializer was not registered, the name is looked up in a
+registry that packages extend with :func:`register_serializer` or the
+``functionfuse.serializers`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import types
+from typing import IO, Any
+
+from ..errors import ConfigurationError, StorageError, missing_dependency
+
+__all__ = [
+    "FILE_PROTOCOL",
+    "S3_PROTOCOL",
+    "TaskFiles",
+    "register_serializer",
+    "lookup_serializer",
+    "available_serializers",
+]
+
+FILE_PROTOCOL = "file_protocol"
+S3_PROTOCOL = "s3 protocol"
+
+# name -> (dotted "module:attr", extra that provides it)
+_REGISTRY: dict[str, tuple[str, str]] = {}
+available_serializers = types.MappingProxyType(_REGISTRY)
+
+
+def register_serializer(name: str, target: str, *, extra: str = "all", clobber: bool = False) -> None:
+    """Make results written by serializer *name* readable anywhere.
+
+    *target* is ``"package.module:Attribute"``, imported on first use.
+    """
+    if name in _REGISTRY and not clobber and _REGISTRY[name][0] != target:
+        raise ConfigurationError(f"Serializer name {name!r} is already registered for {_REGISTRY[name][0]!r}.")
+    _REGISTRY[name] = (target, extra)
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="functionfuse.serializers"):
+        _REGISTRY.setdefault(ep.name, (ep.value, "all"))
+
+
+def lookup_serializer(name: str) -> Any:
+    if name not in _REGISTRY:
+        _load_entry_points()
+    if name not in _REGISTRY:
+        raise StorageError(
+            f"This result was written with serializer {name!r}, which is not registered here. "
+            "Register it on the storage with storage.register_persistent_serializers(...) before reading."
+        )
+    target, extra = _REGISTRY[name]
+    module, _, attr = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise missing_dependency(module, extra, exc) from exc
+    return getattr(mod, attr)
+
+
+class TaskFiles:
+    """A folder for one stored result's extra files (``protocols[FILE_PROTOCOL]``).
+
+    Serializers open files in it by plain names; the folder is created on first
+    write and removed together with the task.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.used = False
+
+    def path(self, name: str) -> str:
+        """Absolute path of *name* inside the folder (for libraries that want a path)."""
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+            raise ConfigurationError(f"Serializer file name {name!r} must be a plain file name.")
+        return os.path.join(self.root, name)
+
+    def open(self, name: str, mode: str = "rb") -> IO[Any]:
+        """Open *name* in the folder (creating the folder for writes)."""
+        if any(c in mode for c in "wax+"):
+            os.makedirs(self.root, exist_ok=True)
+            self.used = True
+        return open(self.path(name), mode)
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.path(name))
+
+    def remove(self, name: str) -> None:
+        p = self.path(name)
+        if os.path.isdir(p):
+            import shutil
+
+            shutil.rmtree(p)
+        elif os.path.exists(p):
+            os.remove(p)
+
+    def __repr__(self) -> str:
+        return f"TaskFiles({self.root!r})"

@@ -1,0 +1,188 @@
+"""What every storage kind shares: names, serializers, framing, the public API.
+
+A storage kind implements a handful of primitives (publish a result atomically, open
+one for reading, list, remove); this class turns them into the public API of the seed
+(``list_tasks``, ``read_task``, ``remove_task``, ``remove_workflow``,
+``register_persistent_serializers``) plus ``save`` and ``read_metadata`` for backends
+and tools.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, Iterable
+
+from ..errors import ConfigurationError, TaskNotFoundError
+from ..serializers import lookup_serializer
+from ..workflow import validate_name
+from . import frame
+
+__all__ = ["Storage"]
+
+log = logging.getLogger("functionfuse.storage")
+
+
+class Storage(ABC):
+    """Base class of storage kinds. Instances are picklable (they hold options only)."""
+
+    #: the key of this kind's protocol object in the dictionary handed to serializers
+    protocol: str = ""
+
+    def __init__(self) -> None:
+        self._serializers: list = []
+
+    # -- serializers -----------------------------------------------------------------
+    def register_persistent_serializers(self, *serializers: Any) -> None:
+        """Use *serializers* for results (or parts of results) of their ``serializer_class``.
+
+        A serializer has ``serializer_class`` (a type or tuple of types), a ``name``,
+        and ``pickle(obj, protocols) -> pid`` / ``unpickle(pid, protocols) -> obj``.
+        Its data is written through ``protocols[<protocol>]`` next to the task and is
+        removed with the task.
+        """
+        for ser in serializers:
+            missing = [a for a in ("serializer_class", "pickle", "unpickle") if not hasattr(ser, a)]
+            if missing:
+                raise ConfigurationError(
+                    f"{ser!r} is not a serializer: it lacks {', '.join(missing)}. A serializer needs "
+                    "serializer_class, pickle(obj, protocols) and unpickle(pid, protocols)."
+                )
+            if ser not in self._serializers:
+                self._serializers.append(ser)
+
+    @property
+    def serializers(self) -> tuple:
+        return tuple(self._serializers)
+
+    def _lookup(self, name: str) -> Any:
+        for ser in self._serializers:
+            if frame.serializer_name(ser) == name:
+                return ser
+        return lookup_serializer(name)
+
+    # -- primitives of a storage kind ----------------------------------------------------
+    @abstractmethod
+    def _publish(self, workflow_name: str, task_name: str, encode: Any) -> dict:
+        """Serialize (``encode(protocols, data_token)``) and publish atomically; return the header."""
+
+    @abstractmethod
+    def _open(self, workflow_name: str, task_name: str) -> tuple[Any, int, str]:
+        """Open a stored result: ``(reader, size, location)``; raise TaskNotFoundError."""
+
+    @abstractmethod
+    def _data_protocols(self, workflow_name: str, task_name: str, token: str | None) -> dict:
+        """The protocols dictionary for reading a result's serializer data."""
+
+    @abstractmethod
+    def _task_names(self, workflow_name: str) -> Iterable[str]:
+        """Names of every stored task of the workflow (any order)."""
+
+    @abstractmethod
+    def _remove(self, workflow_name: str, task_name: str) -> None:
+        """Remove one task and its serializer data; raise TaskNotFoundError."""
+
+    @abstractmethod
+    def _remove_workflow(self, workflow_name: str) -> None: ...
+
+    @abstractmethod
+    def list_workflows(self) -> list[str]:
+        """Names of the workflows that have stored results."""
+
+    # -- public API -------------------------------------------------------------------
+    def save(self, workflow_name: str, task_name: str, obj: Any, metadata: dict | None = None) -> dict:
+        """Store *obj* as the result of *task_name*, atomically; return its metadata."""
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        meta = {"workflow": workflow_name, "task": task_name, **(metadata or {})}
+
+        def encode(protocols: dict, token: str | None) -> frame.Encoded:
+            return frame.encode(obj, meta, serializers=self._serializers, protocols=protocols, data=token)
+
+        header = self._publish(workflow_name, task_name, encode)
+        return header["meta"]
+
+    def read_task(self, workflow_name: str, task_name: str) -> Any:
+        """Read saved result of node execution from workflow storage.
+
+        :param workflow_name: A name of the workflow to read saved results.
+        :param task_name: A task name to load results for.
+        :raises TaskNotFoundError: nothing is stored under that name.
+        :raises CorruptedResultError: the stored result is damaged (its path is named).
+        """
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        reader, size, where = self._open(workflow_name, task_name)
+        with reader:
+            header = frame.read_header(reader, where, size)
+            segments = frame.read_payload(reader, header, where)
+        if header["meta"].get("serializers"):
+            protocols = self._data_protocols(workflow_name, task_name, header.get("data"))
+            return frame.decode(segments, where, lookup=self._lookup, protocols=protocols)
+        return frame.decode(segments, where)
+
+    def read_metadata(self, workflow_name: str, task_name: str) -> dict:
+        """The metadata stored with a result (node, function, inputs, times, size, versions).
+
+        Only the header is read; the payload's checksum is checked by ``read_task``.
+        """
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        reader, size, where = self._open(workflow_name, task_name)
+        with reader:
+            header = frame.read_header(reader, where, size)
+        meta = dict(header["meta"])
+        meta["checksum"] = header["checksum"]
+        meta["format"] = header["format"]
+        return meta
+
+    def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
+        """List saved results of all saved nodes using glob pattern for workflow.
+
+        :param workflow_name: A name of the workflow to list saved results.
+        :param pattern: A glob pattern to filter out names of saved results.
+        :returns: the matching task names, sorted. Metadata and temporary files are
+            never listed.
+        """
+        validate_name(workflow_name, "Workflow name")
+        names = self._task_names(workflow_name)
+        if pattern in (None, "*"):
+            return sorted(names)
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+
+    def stored_tasks(self, workflow_name: str) -> set[str]:
+        """The set of stored task names (one listing; used to plan a resume)."""
+        validate_name(workflow_name, "Workflow name")
+        return set(self._task_names(workflow_name))
+
+    def remove_task(self, workflow_name: str, task_name: str | None = None, pattern: str | None = None) -> list[str]:
+        """Remove results of selected nodes from the storage.
+
+        :param workflow_name: A name of the workflow to remove node results.
+        :param task_name: A name of the node to remove. Ignored if *pattern* is given.
+        :param pattern: A glob pattern of node names to be removed.
+        :returns: the names removed.
+        """
+        validate_name(workflow_name, "Workflow name")
+        if pattern is not None:
+            names = self.list_tasks(workflow_name, pattern)
+        elif task_name is not None:
+            names = [validate_name(task_name, "Task name")]
+        else:
+            raise ConfigurationError("remove_task needs task_name or pattern (e.g. pattern='*' for every task).")
+        for name in names:
+            self._remove(workflow_name, name)
+            log.debug("removed task %r of workflow %r", name, workflow_name)
+        return names
+
+    def remove_workflow(self, workflow_name: str) -> None:
+        """Remove the workflow (every stored result and its data) from the storage."""
+        validate_name(workflow_name, "Workflow name")
+        self._remove_workflow(workflow_name)
+
+    def _not_found(self, workflow_name: str, task_name: str, where: str) -> TaskNotFoundError:
+        return TaskNotFoundError(
+            f"No stored result for task {task_name!r} of workflow {workflow_name!r} (looked at {where}). "
+            f"storage.list_tasks({workflow_name!r}) lists what is stored."
+        )

@@ -1,0 +1,401 @@
+"""The frontend: ``@workflow`` (alias ``@task``), nodes and ``set_name``.
+
+Calling a decorated function does not run it: it returns a :class:`Node`, an
+immutable description of the call (function, arguments, name). Nodes passed as
+arguments (directly, by keyword, or inside lists, tuples and dicts) become the
+edges of the DAG. A backend runs the DAG later.
+
+>>> @workflow
+... def add(a, b):
+...     return a + b
+>>> one = add(0, 1).set_name("one")
+>>> two = add(one, one).set_name("two")
+>>> two.parents == (one,)
+True
+
+Decorated classes make stateful nodes: the constructor call is a node, and each
+method call on it is a node chained after the previous call on the same instance.
+
+A node holds no execution state (results, counters): each run of a backend keeps its
+own, so the same DAG can be run by several workflows, twice, or concurrently.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+import threading
+from typing import Any, Callable, Iterator, TypeVar, overload
+
+from .errors import GraphError, InvalidNameError
+
+__all__ = ["workflow", "task", "Node", "NodeItem", "ClassNode", "validate_name", "MAX_NAME_BYTES"]
+
+#: Longest node, task or workflow name in UTF-8 bytes (file systems allow 255;
+#: storage adds suffixes).
+MAX_NAME_BYTES = 200
+
+_seq = itertools.count()
+_NO_KWARGS: dict = {}
+_state = threading.local()
+_UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def validate_name(name: object, what: str = "Node name") -> str:
+    """Return *name* if it is safe as a file or object name, else raise.
+
+    >>> validate_name("model_v2")
+    'model_v2'
+    >>> validate_name("a/b")
+    Traceback (most recent call last):
+    ...
+    functionfuse.errors.InvalidNameError: Node name 'a/b' is not a valid storage key: names may not contain '/'. Use set_name() with letters, digits, '.', '_' or '-'.
+    """
+    hint = "Use set_name() with letters, digits, '.', '_' or '-'." if what == "Node name" else (
+        "Use letters, digits, '.', '_' or '-'."
+    )
+    if not isinstance(name, str):
+        raise InvalidNameError(f"{what} {name!r} must be a str, not {type(name).__name__}. {hint}")
+    problem = None
+    if not name or not name.strip():
+        problem = "names may not be empty or blank"
+    elif m := _UNSAFE_CHARS.search(name):
+        problem = f"names may not contain {m.group()!r}"
+    elif ".." in name:
+        problem = "names may not contain '..'"
+    elif name.startswith("."):
+        problem = "names may not start with '.'"
+    elif name != name.strip():
+        problem = "names may not start or end with whitespace"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        problem = f"names may be at most {MAX_NAME_BYTES} bytes long"
+    if problem:
+        raise InvalidNameError(f"{what} {name!r} is not a valid storage key: {problem}. {hint}")
+    return name
+
+
+def _executing() -> bool:
+    return getattr(_state, "depth", 0) > 0
+
+
+class executing_nodes:
+    """Context manager set by backends while node functions run.
+
+    Inside it, calling a decorated function runs it directly instead of building a
+    node, so decorated functions can call each other.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _state.depth = getattr(_state, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _state.depth -= 1
+
+
+def _scan(value: Any, deps: list) -> bool:
+    """Append the nodes found in *value* to *deps*; return True if it holds any."""
+    t = type(value)
+    if t in _NODE_TYPES:
+        deps.append(value)
+        return True
+    if t is NodeItem:
+        deps.append(value.node)
+        return True
+    found = False
+    if t is list or t is tuple:
+        for v in value:
+            if _scan(v, deps):
+                found = True
+    elif t is dict:
+        for v in value.values():
+            if _scan(v, deps):
+                found = True
+    return found
+
+
+def _dedupe(nodes: list) -> tuple:
+    if len(nodes) < 2:
+        return tuple(nodes)
+    seen: dict[int, Node] = {}
+    for n in nodes:
+        seen.setdefault(id(n), n)
+    return tuple(seen.values())
+
+
+@functools.lru_cache(maxsize=4096)
+def _safe_label(qualname: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", qualname.replace("<locals>.", "")).strip("._") or "node"
+
+
+class Node:
+    """One call of a decorated function: the function, its arguments and a name.
+
+    Backends read ``func``, ``args``, ``kwargs``, ``parents`` and ``name``; nothing
+    on a node changes when it runs.
+    """
+
+    __slots__ = ("_seq", "_name", "func", "args", "kwargs", "parents", "data_parents", "_children", "__weakref__")
+
+    kind = "function"
+
+    def __init__(
+        self, func: Callable[..., Any], args: tuple, kwargs: dict, *, extra_data: tuple = (), order_parents: tuple = ()
+    ) -> None:
+        self._seq = next(_seq)
+        self._name: str | None = None
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs if kwargs else _NO_KWARGS
+        deps: list = list(extra_data)
+        for a in args:
+            t = type(a)
+            if t in _NODE_TYPES:
+                deps.append(a)
+            elif t is NodeItem:
+                deps.append(a.node)
+            elif t is list or t is tuple or t is dict:
+                _scan(a, deps)
+        if kwargs:
+            for v in kwargs.values():
+                _scan(v, deps)
+        #: nodes whose results are arguments of this call
+        self.data_parents: tuple = _dedupe(deps)
+        #: every node this one must run after (data parents and method-chain order)
+        self.parents: tuple = _dedupe(list(self.data_parents) + list(order_parents)) if order_parents else self.data_parents
+        self._children: list = []
+        for p in self.parents:
+            p._children.append(self)
+
+    # -- naming -----------------------------------------------------------------
+    def set_name(self, name: str) -> "Node":
+        """Name this node (the key of its stored result) and return it."""
+        self._name = validate_name(name)
+        return self
+
+    @property
+    def name(self) -> str | None:
+        """The name given with :meth:`set_name`, or None (the graph then assigns one)."""
+        return self._name
+
+    @property
+    def label(self) -> str:
+        """The base of this node's automatic name: the function's qualified name."""
+        return _safe_label(getattr(self.func, "__ff_qualname__", None) or _qualname(self.func))
+
+    @property
+    def children(self) -> tuple:
+        """Nodes created so far that depend on this one."""
+        return tuple(self._children)
+
+    # -- indexing -----------------------------------------------------------------
+    def __getitem__(self, key: Any) -> "NodeItem":
+        return NodeItem(self, (key,))
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(
+            f"{self!r} is a lazy node and cannot be iterated or unpacked. "
+            "Index it instead: x, y = node[0], node[1]."
+        )
+
+    def __repr__(self) -> str:
+        name = self._name if self._name is not None else f"<unnamed {self.label}>"
+        return f"<{type(self).__name__} {name}>"
+
+
+def _qualname(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+
+
+class ClassNode(Node):
+    """The constructor call of a decorated class: a stateful node.
+
+    Calling a method on it returns a :class:`MethodNode` that runs after every earlier
+    method call on the same instance.
+    """
+
+    __slots__ = ("_last",)
+
+    kind = "class"
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict) -> None:
+        super().__init__(cls, args, kwargs)
+        self._last: Node = self
+
+    def __getattr__(self, attr: str) -> Callable[..., "MethodNode"]:
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        cls = self.func
+        if not callable(getattr(cls, attr, None)):
+            raise AttributeError(
+                f"{cls.__name__!r} has no method {attr!r}: a class node {self!r} only records calls "
+                "of methods defined on its class."
+            )
+
+        def call(*args: Any, **kwargs: Any) -> MethodNode:
+            node = MethodNode(self, attr, args, kwargs)
+            self._last = node
+            return node
+
+        call.__name__ = attr
+        return call
+
+
+class MethodNode(Node):
+    """A method call on a :class:`ClassNode`, chained after the previous call."""
+
+    __slots__ = ("instance", "method")
+
+    kind = "method"
+
+    def __init__(self, instance: ClassNode, method: str, args: tuple, kwargs: dict) -> None:
+        self.instance = instance
+        self.method = method
+        previous = instance._last
+        order = () if previous is instance else (previous,)
+        # the instance is a data dependency (the method needs the live object); the
+        # previous call is an ordering dependency only
+        super().__init__(
+            _MethodCall(instance.func, method), args, kwargs, extra_data=(instance,), order_parents=order  # type: ignore[arg-type]
+        )
+
+    @property
+    def previous(self) -> Node:
+        """The call this one is chained after (the constructor for the first call)."""
+        for p in self.parents:
+            if type(p) is MethodNode and p.instance is self.instance:
+                return p
+        return self.instance
+
+
+class _MethodCall:
+    """Describes ``instance.method`` for labels; backends call ``getattr`` on the live object."""
+
+    __slots__ = ("cls", "method", "__ff_qualname__")
+
+    def __init__(self, cls: Any, method: str) -> None:
+        self.cls = cls
+        self.method = method
+        self.__ff_qualname__ = f"{getattr(cls, '__ff_qualname__', _qualname(cls))}.{method}"
+
+    def __repr__(self) -> str:
+        return f"<method {self.__ff_qualname__}>"
+
+
+class NodeItem:
+    """``node[key]``: a reference to an item of a node's result.
+
+    It is not a node of its own: the consumer receives ``result[key]``.
+    """
+
+    __slots__ = ("node", "path")
+
+    def __init__(self, node: Node, path: tuple) -> None:
+        self.node = node
+        self.path = path
+
+    def __getitem__(self, key: Any) -> "NodeItem":
+        return NodeItem(self.node, self.path + (key,))
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError(f"{self!r} is lazy and cannot be iterated or unpacked; index it instead.")
+
+    def set_name(self, name: str) -> "NodeItem":
+        raise GraphError(
+            f"{self!r} is an item of a node's result and has no name of its own: "
+            f"name the node before indexing it, e.g. node.set_name({name!r})[...]"
+        )
+
+    def resolve(self, value: Any) -> Any:
+        for key in self.path:
+            value = value[key]
+        return value
+
+    def __repr__(self) -> str:
+        return f"{self.node!r}{''.join(f'[{k!r}]' for k in self.path)}"
+
+
+_NODE_TYPES = frozenset({Node, ClassNode, MethodNode})
+
+
+class _Decorated:
+    """Common part of decorated functions and classes."""
+
+    __wrapped__: Any
+    __ff_qualname__: str
+
+    def __init__(self, target: Any) -> None:
+        qualname = target.__qualname__
+        functools.update_wrapper(self, target)  # type: ignore[arg-type]
+        self.__ff_qualname__ = qualname
+        # Let pickle find the original object through the decorated one:
+        # ``module.<qualname>.__wrapped__`` is ``target`` itself.
+        try:
+            target.__qualname__ = f"{qualname}.__wrapped__"
+            target.__ff_qualname__ = qualname
+        except (AttributeError, TypeError):  # builtins, C types
+            pass
+
+    def __repr__(self) -> str:
+        return f"<functionfuse {self.__ff_qualname__}>"
+
+    def __reduce__(self):
+        # a decorated object pickles as the module-level attribute of its name
+        return getattr, (_module_of(self.__wrapped__), self.__ff_qualname__.rsplit(".", 1)[-1])
+
+
+def _module_of(obj: Any) -> Any:
+    import importlib
+
+    return importlib.import_module(obj.__module__)
+
+
+class WorkflowFunction(_Decorated):
+    """A function decorated with ``@workflow``: calling it returns a :class:`Node`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_state, "depth", 0):
+            return self.__wrapped__(*args, **kwargs)
+        return Node(self.__wrapped__, args, kwargs)
+
+
+class WorkflowClass(_Decorated):
+    """A class decorated with ``@workflow``: calling it returns a :class:`ClassNode`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_state, "depth", 0):
+            return self.__wrapped__(*args, **kwargs)
+        node = ClassNode(self.__wrapped__, args, kwargs)
+        return node
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        return isinstance(obj, self.__wrapped__)
+
+
+F = TypeVar("F")
+
+
+@overload
+def workflow(target: type) -> Any: ...
+@overload
+def workflow(target: Callable[..., Any]) -> Any: ...
+def workflow(target: Any) -> Any:
+    """Make a function or class build DAG nodes when called.
+
+    The decorated function's calls return :class:`Node` objects; a decorated class's
+    constructor call returns a :class:`ClassNode` whose method calls are chained nodes.
+    The undecorated object stays available as ``__wrapped__``.
+    """
+    if isinstance(target, _Decorated):
+        return target
+    if isinstance(target, type):
+        return WorkflowClass(target)
+    if callable(target):
+        return WorkflowFunction(target)
+    raise TypeError(f"@workflow decorates functions and classes, not {type(target).__name__} {target!r}")
+
+
+#: Alias of :func:`workflow`.
+task = workflow
