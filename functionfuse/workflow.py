@@ -341,15 +341,18 @@ class _Decorated:
     def __repr__(self) -> str:
         return f"<functionfuse {self.__ff_qualname__}>"
 
-    def __reduce__(self):
-        # a decorated object pickles as the module-level attribute of its name
-        return getattr, (_module_of(self.__wrapped__), self.__ff_qualname__.rsplit(".", 1)[-1])
+    def __reduce__(self) -> tuple:
+        # a decorated object pickles as a reference to its module-level name
+        return _load_decorated, (self.__wrapped__.__module__, self.__ff_qualname__)
 
 
-def _module_of(obj: Any) -> Any:
+def _load_decorated(module: str, qualname: str) -> Any:
     import importlib
 
-    return importlib.import_module(obj.__module__)
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 class WorkflowFunction(_Decorated):

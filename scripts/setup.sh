@@ -30,9 +30,19 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-"$VENV/bin/python" -m pip install -q --upgrade "pip>=24" </dev/null
-"$VENV/bin/python" -m pip install -q -r requirements/dev.txt </dev/null
-"$VENV/bin/python" -m pip install -q --no-deps -e . </dev/null
+log="$VENV/setup.log"
+pip_install() {
+    if ! "$VENV/bin/python" -m pip install -q "$@" </dev/null >>"$log" 2>&1; then
+        echo "pip install $* failed; its output:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+}
+: >"$log"
+echo "Setting up the development environment in $VENV (log: $log) ..."
+pip_install --upgrade "pip>=24"
+pip_install -r requirements/dev.txt
+pip_install --no-deps -e .
 rm -f "$VENV"/.functionfuse-setup-*
 touch "$stamp"
 echo "functionfuse development environment ready in $VENV"

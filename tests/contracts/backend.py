@@ -1,0 +1,216 @@
+"""The backend conformance suite: same DAGs, same results, same resume behaviour.
+
+A backend joins by subclassing :class:`BackendConformance` and defining the
+``make_workflow`` fixture: ``make_workflow(*nodes, workflow_name=...)`` returns a
+workflow object with ``set_storage``, ``run`` and ``plan``. Node functions record
+their executions in files (``calls_dir``), so the checks work for backends that run
+nodes in other processes too.
+"""
+
+from __future__ import annotations
+
+import os
+import pytest
+
+from functionfuse import workflow
+from functionfuse.errors import NodeExecutionError
+from functionfuse.storage import storage_factory
+
+CALLS = "FUNCTIONFUSE_TEST_CALLS"
+
+
+def _record(name: str) -> None:
+    folder = os.environ.get(CALLS)
+    if folder:
+        with open(os.path.join(folder, "calls.log"), "a") as f:
+            f.write(name + "\n")
+
+
+@workflow
+def add(a, b):
+    _record("add")
+    return a + b
+
+
+@workflow
+def multiply(a, b):
+    _record("multiply")
+    return a * b
+
+
+@workflow
+def minus(a, b):
+    _record("minus")
+    return a - b
+
+
+@workflow
+def split(x):
+    _record("split")
+    return x, x * 10, {"key": x * 100}
+
+
+@workflow
+def gather(*args, scale=1, **kwargs):
+    _record("gather")
+    flat = []
+    for a in args:
+        flat.extend(a if isinstance(a, (list, tuple)) else [a])
+    flat.extend(kwargs.values())
+    return sum(v * scale for v in flat)
+
+
+@workflow
+def fail_if(flag_file, value):
+    _record("fail_if")
+    if os.path.exists(flag_file):
+        raise RuntimeError(f"flag {os.path.basename(flag_file)} is set")
+    return value
+
+
+@workflow
+class IncrementalSum:
+    def __init__(self, start):
+        _record("IncrementalSum")
+        self.start = start
+
+    def add(self, n):
+        _record("IncrementalSum.add")
+        self.start += n
+        return self.start
+
+
+def seed_quick_start():
+    a, b = 1, 1
+    a_plus_b = add(a, b).set_name("node1")
+    a_plus_two_b = add(a_plus_b, b).set_name("node2")
+    return multiply(a_plus_b, a_plus_two_b).set_name("node3")
+
+
+def seed_incremental_sum():
+    one = minus(4, 3).set_name("four_minus_three")
+    incremental_sum = IncrementalSum(start=one).set_name("IncrementalSum")
+    two = minus(3, one).set_name("three_minus_one")
+    incremental_sum.add(two).set_name("one_plus_two")
+    incremental_sum.add(two).set_name("three_plus_two")
+    six = incremental_sum.add(one).set_name("five_plus_one")
+    return minus(six, 2).set_name("six_minus_two")
+
+
+class BackendConformance:
+    @pytest.fixture
+    def make_workflow(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @pytest.fixture
+    def calls(self, tmp_path, monkeypatch):
+        folder = tmp_path / "calls"
+        folder.mkdir()
+        monkeypatch.setenv(CALLS, str(folder))
+        log = folder / "calls.log"
+
+        def read() -> list[str]:
+            return log.read_text().split() if log.exists() else []
+
+        def reset() -> None:
+            if log.exists():
+                log.unlink()
+
+        read.reset = reset  # type: ignore[attr-defined]
+        return read
+
+    @pytest.fixture
+    def storage(self, tmp_path):
+        return storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+
+    def test_seed_quick_start(self, make_workflow):
+        assert make_workflow(seed_quick_start(), workflow_name="operations").run() == 6
+
+    def test_seed_incremental_sum_gives_4(self, make_workflow):
+        assert make_workflow(seed_incremental_sum(), workflow_name="stateful").run() == 4
+
+    def test_several_outputs_give_a_list(self, make_workflow):
+        x = add(1, 2)
+        y = multiply(x, 3)
+        z = minus(y, x)
+        assert make_workflow(x, y, z, workflow_name="multi").run() == [3, 9, 6]
+
+    def test_nodes_inside_containers_keywords_and_indexing(self, make_workflow):
+        s = split(2)
+        total = gather([s[0], s[1]], (s[2]["key"], 5), scale=2, extra=s[0])
+        # (2 + 20 + 200 + 5 + 2) * 2
+        assert make_workflow(total, workflow_name="containers").run() == 458
+        assert make_workflow(s[1], workflow_name="item_output").run() == 20
+
+    def test_descendants_of_roots_run_too(self, make_workflow, storage):
+        root = add(1, 1).set_name("root")
+        wanted = add(root, 1).set_name("wanted")
+        add(root, 100).set_name("sibling")
+        wf = make_workflow(wanted, workflow_name="descend")
+        wf.set_storage(storage)
+        assert wf.run() == 3
+        assert storage.read_task("descend", "sibling") == 102
+
+    def test_resume_runs_nothing_stored(self, make_workflow, storage, calls):
+        wf = make_workflow(seed_quick_start(), workflow_name="resume")
+        wf.set_storage(storage)
+        assert wf.run() == 6
+        assert sorted(calls()) == ["add", "add", "multiply"]
+        assert storage.list_tasks("resume", "*") == ["node1", "node2", "node3"]
+        calls.reset()
+        assert wf.run() == 6
+        assert calls() == []
+
+    def test_resume_runs_only_what_is_missing(self, make_workflow, storage, calls):
+        wf = make_workflow(seed_quick_start(), workflow_name="partial")
+        wf.set_storage(storage)
+        wf.run()
+        storage.remove_task("partial", task_name="node3")
+        calls.reset()
+        assert wf.run() == 6
+        assert calls() == ["multiply"]
+
+    def test_stateful_resume_replays_the_instance(self, make_workflow, storage, calls):
+        wf = make_workflow(seed_incremental_sum(), workflow_name="stateful_resume")
+        wf.set_storage(storage)
+        assert wf.run() == 4
+        storage.remove_task("stateful_resume", pattern="five_plus_one")
+        storage.remove_task("stateful_resume", pattern="six_minus_two")
+        calls.reset()
+        assert wf.run() == 4
+        # the instance is rebuilt and its earlier calls replayed, in order
+        assert calls() == ["IncrementalSum", "IncrementalSum.add", "IncrementalSum.add", "IncrementalSum.add", "minus"]
+
+    def test_same_dag_runs_in_two_workflows_and_twice(self, make_workflow):
+        out = seed_quick_start()
+        first = make_workflow(out, workflow_name="first")
+        second = make_workflow(out, workflow_name="second")
+        assert first.run() == second.run() == first.run() == 6
+
+    def test_failure_names_the_node_and_keeps_earlier_results(self, make_workflow, storage, tmp_path, calls):
+        flag = tmp_path / "fail.flag"
+        flag.touch()
+        before = add(1, 2).set_name("before")
+        failing = fail_if(str(flag), before).set_name("failing")
+        after = add(failing, 1).set_name("after")
+        wf = make_workflow(after, workflow_name="failure")
+        wf.set_storage(storage)
+        with pytest.raises(NodeExecutionError) as info:
+            wf.run()
+        assert "'failing'" in str(info.value) and "'failure'" in str(info.value)
+        assert info.value.node_name == "failing"
+        assert "flag fail.flag is set" in str(info.value)
+        assert storage.list_tasks("failure", "*") == ["before"]
+        flag.unlink()
+        calls.reset()
+        assert wf.run() == 4
+        assert calls() == ["fail_if", "add"]
+
+    def test_plan_matches_what_runs(self, make_workflow, storage):
+        wf = make_workflow(seed_quick_start(), workflow_name="plan")
+        wf.set_storage(storage)
+        assert [p.action for p in wf.plan()] == ["run", "run", "run"]
+        wf.run()
+        assert [p.action for p in wf.plan()] == ["skip", "skip", "load"]
+        storage.remove_task("plan", task_name="node2")
+        assert [(p.name, p.action) for p in wf.plan()] == [("node1", "load"), ("node2", "run"), ("node3", "load")]

@@ -1,0 +1,37 @@
+"""`import functionfuse` stays light: no optional engine is imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["ray", "prefect", "kfp", "dask", "zarr", "s3fs", "h5py", "docker", "kubernetes", "numpy", "graphviz"]
+
+
+def test_import_functionfuse_pulls_in_no_heavy_dependency():
+    code = (
+        "import sys, json\n"
+        "import functionfuse\n"
+        "from functionfuse.backends.builtin.localback import LocalWorkflow\n"
+        "from functionfuse.storage import storage_factory\n"
+        "from functionfuse.storage.filestorage import FileStorage\n"
+        "from functionfuse.serializers import FILE_PROTOCOL, S3_PROTOCOL\n"
+        "from functionfuse.backends.plugins import RandomStatePlugin\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_protocol_constants_match_the_documented_values():
+    from functionfuse.serializers import FILE_PROTOCOL, S3_PROTOCOL
+
+    assert FILE_PROTOCOL == "file_protocol"
+    assert S3_PROTOCOL == "s3 protocol"
+
+
+def test_version_is_exposed():
+    import functionfuse
+
+    assert functionfuse.__version__.count(".") == 2

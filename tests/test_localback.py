@@ -1,0 +1,206 @@
+"""LocalWorkflow: the conformance suite, plus what only a local run can show."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+
+import numpy as np
+import pytest
+
+from contracts.backend import BackendConformance, seed_quick_start
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
+from functionfuse.errors import ConfigurationError, NodeExecutionError, ResultRecomputedWarning, SerializationError
+from functionfuse.storage import storage_factory
+
+
+class TestLocalConformance(BackendConformance):
+    @pytest.fixture
+    def make_workflow(self):
+        return LocalWorkflow
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+
+
+class Payload:
+    """A result whose lifetime a weak reference can observe."""
+
+    def __init__(self, n):
+        self.n = n
+
+
+alive: dict[int, weakref.ref] = {}
+
+
+@workflow
+def make_payload(prev, n):
+    # every earlier payload except the direct parent must have been released
+    gc.collect()
+    live = sorted(k for k, ref in alive.items() if ref() is not None)
+    p = Payload(n)
+    alive[n] = weakref.ref(p)
+    p.live_before = live
+    return p
+
+
+def test_intermediate_results_are_released_after_their_last_consumer():
+    alive.clear()
+    node = make_payload(None, 0)
+    for n in range(1, 6):
+        node = make_payload(node, n)
+    result = LocalWorkflow(node, workflow_name="release").run()
+    assert result.n == 5
+    assert result.live_before == [4]  # only the parent of the last node was alive
+
+
+def test_outputs_are_kept_even_when_consumed():
+    alive.clear()
+    first = make_payload(None, 0)
+    second = make_payload(first, 1)
+    a, b = LocalWorkflow(first, second, workflow_name="keep").run()
+    assert (a.n, b.n) == (0, 1)
+
+
+def test_big_intermediate_arrays_are_freed():
+    @workflow
+    def big(n):
+        return np.ones(n)
+
+    @workflow
+    def step(a):
+        return a + 1
+
+    x = big(1_000_000)
+    for _ in range(10):
+        x = step(x)
+    assert LocalWorkflow(x, workflow_name="arrays").run()[0] == 11
+
+
+def test_corrupted_stored_result_is_recomputed_with_a_warning(storage):
+    out = seed_quick_start()
+    wf = LocalWorkflow(out, workflow_name="corrupt")
+    wf.set_storage(storage)
+    wf.run()
+    path = os.path.join(storage.path, "corrupt", "node3.ffr")
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    with pytest.warns(ResultRecomputedWarning, match="node3"):
+        assert wf.run() == 6
+    assert wf.last_run.recomputed == 1
+    assert storage.read_task("corrupt", "node3") == 6  # repaired
+
+
+def test_corrupted_parent_needed_by_a_running_node_is_recomputed(storage):
+    out = seed_quick_start()
+    wf = LocalWorkflow(out, workflow_name="corrupt_parent")
+    wf.set_storage(storage)
+    wf.run()
+    storage.remove_task("corrupt_parent", task_name="node3")
+    path = os.path.join(storage.path, "corrupt_parent", "node2.ffr")
+    os.truncate(path, os.path.getsize(path) - 3)
+    with pytest.warns(ResultRecomputedWarning, match="node2"):
+        assert wf.run() == 6
+    assert storage.read_task("corrupt_parent", "node2") == 3
+
+
+def test_unpicklable_result_is_reported_with_the_node_and_earlier_results_stay(storage):
+    @workflow
+    def ok():
+        return 1
+
+    @workflow
+    def bad(x):
+        return lambda: x  # lambdas do not pickle
+
+    wf = LocalWorkflow(bad(ok().set_name("ok")).set_name("bad"), workflow_name="unpicklable")
+    wf.set_storage(storage)
+    with pytest.raises(SerializationError, match="'bad'"):
+        wf.run()
+    assert storage.list_tasks("unpicklable", "*") == ["ok"]
+
+
+def test_decorated_functions_can_call_each_other_inside_a_node():
+    @workflow
+    def double(x):
+        return 2 * x
+
+    @workflow
+    def quadruple(x):
+        return double(double(x))  # runs directly while the workflow executes
+
+    assert LocalWorkflow(quadruple(3), workflow_name="nested").run() == 12
+
+
+def test_exception_chain_keeps_the_original():
+    @workflow
+    def boom():
+        raise KeyError("missing")
+
+    with pytest.raises(NodeExecutionError) as info:
+        LocalWorkflow(boom().set_name("boom"), workflow_name="chain").run()
+    assert isinstance(info.value.__cause__, KeyError)
+    assert info.value.workflow_name == "chain"
+
+
+def test_run_stats():
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="stats")
+    wf.run()
+    assert (wf.last_run.ran, wf.last_run.loaded, wf.last_run.skipped) == (3, 0, 0)
+
+
+def test_set_storage_refuses_non_storage():
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="x")
+    with pytest.raises(ConfigurationError, match="storage_factory"):
+        wf.set_storage({"kind": "file"})
+
+
+# -- plugins ----------------------------------------------------------------------
+@workflow
+def draw(tag):
+    return float(np.random.random())
+
+
+def test_random_state_plugin_seeds_each_node_by_name(storage):
+    a = draw("a").set_name("draw_a")
+    b = draw("b").set_name("draw_b")
+    wf = LocalWorkflow(a, b, workflow_name="rng")
+    wf.query("^draw_").set_plugin(RandomStatePlugin(seed=7))
+    first = wf.run()
+    again = wf.run()
+    assert first == again and first[0] != first[1]
+    # resume: only draw_b runs, and gets the same number as before
+    wf.set_storage(storage)
+    wf.run()
+    storage.remove_task("rng", task_name="draw_b")
+    assert wf.run() == first
+
+
+def test_initializer_and_collection_plugins_run_before_each_node():
+    log = []
+
+    @workflow
+    def work(x):
+        log.append(("work", x))
+        return x
+
+    out = work(work(1).set_name("w1")).set_name("w2")
+    wf = LocalWorkflow(out, workflow_name="plugins")
+    wf.query("w2").set_plugin(PluginCollection([InitializerPlugin(lambda: log.append("init"))]))
+    wf.run()
+    assert log == [("work", 1), "init", ("work", 1)]
+
+
+def test_query_refuses_non_plugins():
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="q")
+    assert wf.query("^node[12]$").names == ["node1", "node2"]
+    with pytest.raises(ConfigurationError, match="not a plugin"):
+        wf.query().set_plugin(object())
