@@ -10,10 +10,10 @@ A backend gets from :class:`BaseWorkflow`:
 The resume plan, computed from one listing of the storage, in reverse topological
 order:
 
-* a node **runs** if no result is stored under its name, or if it is a class
-  constructor or method call whose instance a later running method call needs
-  (stateful nodes are replayed from the constructor, since the instance's state is
-  not stored between calls);
+* a node **runs** if no result is stored under its name;
+* a stored class constructor or method call is **replayed** (run, not saved again)
+  if a later running method call on the same instance needs it: the instance's state
+  between calls is not stored, so it is rebuilt from the constructor;
 * a stored node is **loaded** if it is an output or a running node needs its value;
 * every other stored node is **skipped**.
 """
@@ -22,18 +22,27 @@ from __future__ import annotations
 
 import logging
 import operator
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import ConfigurationError, NodeExecutionError
+from .backends.plugins import prepare
+from .errors import ConfigurationError, NodeExecutionError, SerializationError, StorageError
 from .graph import Graph, _gc_paused
-from .workflow import ClassNode, MethodNode, Node, NodeItem, validate_name
+from .workflow import ClassNode, MethodNode, Node, NodeItem, executing_nodes, validate_name
 
-__all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "LOAD", "SKIP"]
+__all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS"]
 
 log = logging.getLogger("functionfuse")
 
-RUN, LOAD, SKIP = "run", "load", "skip"
+RUN, REPLAY, LOAD, SKIP = "run", "replay", "load", "skip"
+#: actions that execute the node (a replayed node is stored already: it is not saved again)
+RUNS = frozenset({RUN, REPLAY})
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,10 @@ class BaseWorkflow:
         return self.query_class(self.graph.query(pattern), self)
 
     # -- planning -----------------------------------------------------------------------
+    def resume_actions(self) -> list[str]:
+        """The action (RUN, REPLAY, LOAD or SKIP) of each node for a run starting now."""
+        return self._actions(self._stored())[0]
+
     def _actions(self, stored: set[str] | None) -> tuple[list[str], list[str]]:
         g = self.graph
         n = len(g)
@@ -151,8 +164,12 @@ class BaseWorkflow:
         for i in range(n - 1, -1, -1):
             stored_i = names[i] in stored
             if not stored_i or replay[i]:
-                actions[i] = RUN
-                reasons[i] = "replayed: a later method call needs this instance" if stored_i else "not stored"
+                if stored_i:
+                    actions[i] = REPLAY
+                    reasons[i] = "stored; replayed because a later method call needs this instance"
+                else:
+                    actions[i] = RUN
+                    reasons[i] = "not stored"
                 for p in data_parents[i]:
                     need[p] = True
                 node = nodes[i]
@@ -204,7 +221,7 @@ class BaseWorkflow:
         n = len(dp)
         last = [-1] * n
         for i in range(n):
-            if actions is None or actions[i] == RUN:
+            if actions is None or actions[i] in RUNS:
                 for p in dp[i]:
                     last[p] = i
         for o in g.outputs:
@@ -227,6 +244,53 @@ class BaseWorkflow:
             "function": f"{getattr(owner, '__module__', '?')}.{node.label}",
             "inputs": [g.names[p] for p in g.parents[i]],
         }
+
+    def run_node(self, i: int, results: Any, *, save: bool) -> Any:
+        """Run node *i*: its plugin, its function (arguments from *results*, any
+        mapping or sequence indexed by node position), and, if *save*, store the result
+        with its metadata. Errors name the node and the workflow.
+        """
+        name = self.graph.names[i]
+        plugin = self._plugins.get(i)
+        with executing_nodes():
+            if plugin is not None:
+                prepare(plugin, name)()
+            started = _utcnow()
+            t = time.perf_counter()
+            try:
+                value = self.node_calls()[i](results)
+            except Exception as exc:
+                raise self.node_error(i, exc) from exc
+            elapsed = time.perf_counter() - t
+        if save:
+            meta = self.node_metadata(i)
+            meta.update(started=started, finished=_utcnow(), duration_s=round(elapsed, 6))
+            self.save_result(i, value, meta)
+        return value
+
+    def save_result(self, i: int, value: Any, meta: dict) -> None:
+        """Store *value* as node *i*'s result; errors name the node."""
+        name = self.graph.names[i]
+        try:
+            self.storage.save(self.workflow_name, name, value, meta)
+        except (StorageError, OSError) as exc:
+            kind = SerializationError if isinstance(exc, SerializationError) else StorageError
+            raise kind(
+                f"Result of node {name!r} of workflow {self.workflow_name!r} could not be stored "
+                f"(results stored before it are kept): {exc}"
+            ) from exc
+
+    def load_result(self, i: int) -> Any:
+        """Read node *i*'s stored result.
+
+        :raises CorruptedResultError: the stored result is damaged (recompute it).
+        :raises SerializationError: intact but not loadable here; never overwrite it.
+        """
+        name = self.graph.names[i]
+        try:
+            return self.storage.read_task(self.workflow_name, name)
+        except SerializationError as exc:
+            raise SerializationError(f"Stored result of node {name!r} cannot be loaded: {exc}") from exc
 
     def node_error(self, i: int, exc: BaseException) -> NodeExecutionError:
         name = self.graph.names[i]

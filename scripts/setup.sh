@@ -41,7 +41,9 @@ pip_install() {
 : >"$log"
 echo "Setting up the development environment in $VENV (log: $log) ..."
 pip_install --upgrade "pip>=24"
-pip_install -r requirements/dev.txt
+reqs=()
+for f in requirements/*.txt; do reqs+=(-r "$f"); done
+pip_install "${reqs[@]}"
 pip_install --no-deps -e .
 rm -f "$VENV"/.functionfuse-setup-*
 touch "$stamp"

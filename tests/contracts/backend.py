@@ -176,6 +176,16 @@ class BackendConformance:
         assert wf.run() == 4
         storage.remove_task("stateful_resume", pattern="five_plus_one")
         storage.remove_task("stateful_resume", pattern="six_minus_two")
+        plan = {p.name: p.action for p in wf.plan()}
+        assert plan == {
+            "four_minus_three": "load",
+            "IncrementalSum": "replay",
+            "three_minus_one": "load",
+            "one_plus_two": "replay",
+            "three_plus_two": "replay",
+            "five_plus_one": "run",
+            "six_minus_two": "run",
+        }
         calls.reset()
         assert wf.run() == 4
         # the instance is rebuilt and its earlier calls replayed, in order

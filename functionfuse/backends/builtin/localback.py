@@ -14,21 +14,15 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from datetime import datetime, timezone
 from typing import Any
 
 from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow, Query
-from ...errors import CorruptedResultError, ResultRecomputedWarning, SerializationError, StorageError
+from ...errors import CorruptedResultError, ResultRecomputedWarning, StorageError
 from ...workflow import executing_nodes
-from ..plugins import prepare
 
 __all__ = ["LocalWorkflow", "Query"]
 
 log = logging.getLogger("functionfuse.local")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class RunStats:
@@ -102,13 +96,12 @@ class LocalWorkflow(BaseWorkflow):
         return R
 
     def _run_stored(self, stats: RunStats) -> list[Any]:
-        storage, wf, names = self.storage, self.workflow_name, self.graph.names
+        names, wf = self.graph.names, self.workflow_name
         stored = self._stored()
-        saved: set[str] = set()
         for _attempt in range(len(names) + 1):
-            actions, _ = self._actions(None if stored is None else stored | saved)
+            actions, _ = self._actions(stored)
             try:
-                return self._execute(actions, stored, saved, stats)
+                return self._execute(actions, stored, stats)
             except _Damaged as damaged:
                 name = names[damaged.index]
                 warnings.warn(
@@ -120,16 +113,14 @@ class LocalWorkflow(BaseWorkflow):
                 stats.recomputed += 1
                 assert stored is not None
                 stored.discard(name)
-                saved.discard(name)
-        raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {storage!r}.")
+        raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {self.storage!r}.")
 
-    def _execute(self, actions: list[str], stored: set[str] | None, saved: set[str], stats: RunStats) -> list[Any]:
-        g = self.graph
-        storage, wf, names = self.storage, self.workflow_name, g.names
-        calls = self.node_calls()
+    def _execute(self, actions: list[str], stored: set[str] | None, stats: RunStats) -> list[Any]:
+        """Run *actions*; nodes saved here are added to *stored* (a restart loads them)."""
+        names = self.graph.names
         frees = self.release_schedule(actions)
-        plugins = self._plugins
-        n = len(calls)
+        save = self.storage is not None
+        n = len(names)
         R: list[Any] = [None] * n
         counts = [0, 0, 0]  # ran, loaded, skipped
         try:
@@ -139,39 +130,18 @@ class LocalWorkflow(BaseWorkflow):
                     if action == SKIP:
                         counts[2] += 1
                         continue
-                    name = names[i]
                     if action == LOAD:
                         try:
-                            R[i] = storage.read_task(wf, name)
+                            R[i] = self.load_result(i)
                         except CorruptedResultError as exc:
                             raise _Damaged(i, exc) from exc
-                        except SerializationError as exc:  # intact but unreadable here: never overwrite it
-                            raise SerializationError(f"Stored result of node {name!r} cannot be loaded: {exc}") from exc
                         counts[1] += 1
                     else:
-                        plugin = plugins.get(i)
-                        if plugin is not None:
-                            prepare(plugin, name)()
-                        started = _now()
-                        t = time.perf_counter()
-                        try:
-                            R[i] = calls[i](R)
-                        except Exception as exc:
-                            raise self.node_error(i, exc) from exc
-                        elapsed = time.perf_counter() - t
+                        R[i] = self.run_node(i, R, save=save and action == RUN)
                         counts[0] += 1
-                        if storage is not None and name not in saved and (stored is None or name not in stored):
-                            meta = self.node_metadata(i)
-                            meta.update(started=started, finished=_now(), duration_s=round(elapsed, 6))
-                            try:
-                                storage.save(wf, name, R[i], meta)
-                            except (StorageError, OSError) as exc:
-                                kind = SerializationError if isinstance(exc, SerializationError) else StorageError
-                                raise kind(
-                                    f"Result of node {name!r} of workflow {wf!r} could not be stored "
-                                    f"(results stored before it are kept): {exc}"
-                                ) from exc
-                            saved.add(name)
+                        if save and action == RUN:
+                            assert stored is not None
+                            stored.add(names[i])
                     for p in frees[i]:
                         R[p] = None
         finally:
