@@ -23,14 +23,25 @@ from __future__ import annotations
 import logging
 import operator
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
 from .backends.plugins import prepare
-from .errors import ConfigurationError, NodeExecutionError, SerializationError, StorageError
+import xxhash
+
+from .errors import (
+    ConfigurationError,
+    NodeExecutionError,
+    ResultRecomputedWarning,
+    SerializationError,
+    StaleResultWarning,
+    StorageError,
+)
+from .fingerprint import FINGERPRINT_VERSION, Fingerprinter, explain
 from .graph import Graph, _gc_paused
-from .workflow import ClassNode, MethodNode, Node, NodeItem, executing_nodes, validate_name
+from .workflow import ClassNode, MethodNode, Node, NodeItem, _scan, executing_nodes, validate_name
 
 __all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS"]
 
@@ -45,11 +56,18 @@ def _utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+#: what storage holds for a node, as a plan reports it
+CURRENT, STALE, MISSING, CORRUPTED, NO_STORAGE = "current", "stale", "missing", "corrupted", "no storage"
+CACHE_POLICIES = ("name", "fingerprint", "off")
+_warned_stale: set[tuple[str, str, str]] = set()
+
+
 @dataclass(frozen=True)
 class NodePlan:
     name: str
     action: str
     reason: str
+    state: str = NO_STORAGE
 
 
 class Plan(Sequence[NodePlan]):
@@ -78,8 +96,8 @@ class Plan(Sequence[NodePlan]):
 
     def __repr__(self) -> str:
         width = max((len(e.name) for e in self._entries), default=4)
-        lines = [f"{'node':<{width}}  action  reason"]
-        lines += [f"{e.name:<{width}}  {e.action:<6}  {e.reason}" for e in self._entries]
+        lines = [f"{'node':<{width}}  {'action':<6}  {'stored':<9}  reason"]
+        lines += [f"{e.name:<{width}}  {e.action:<6}  {e.state:<9}  {e.reason}" for e in self._entries]
         return "\n".join(lines)
 
 
@@ -109,6 +127,14 @@ class Query:
             self.workflow._plugins[i] = plugin
         return self
 
+    def set_cache(self, policy: str) -> "Query":
+        """Cache policy of these nodes: ``"name"``, ``"fingerprint"`` or ``"off"``
+        (see :meth:`BaseWorkflow.set_cache`)."""
+        _check_policy(policy)
+        for i in self.indices:
+            self.workflow._cache[i] = policy
+        return self
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -127,6 +153,9 @@ class BaseWorkflow:
         self.storage: Any = None
         self._plugins: dict[int, Any] = {}
         self._calls: list[Callable[[Sequence[Any]], Any]] | None = None
+        self.cache_policy = "name"
+        self._cache: dict[int, str] = {}
+        self._records: list[dict] | None = None
 
     # -- configuration ---------------------------------------------------------------
     def set_storage(self, object_storage: Any) -> None:
@@ -144,16 +173,65 @@ class BaseWorkflow:
         """Query nodes of the graph by regexp pattern (``None``: every node)."""
         return self.query_class(self.graph.query(pattern), self)
 
-    # -- planning -----------------------------------------------------------------------
-    def resume_actions(self) -> list[str]:
-        """The action (RUN, REPLAY, LOAD or SKIP) of each node for a run starting now."""
-        return self._actions(self._stored())[0]
+    def set_cache(self, policy: str) -> None:
+        """When a stored result is reused (queries can override it per node):
 
-    def _actions(self, stored: set[str] | None) -> tuple[list[str], list[str]]:
+        * ``"name"`` (default): whenever a result is stored under the node's name, as
+          the original functionfuse did; warns once per node whose code, arguments or
+          inputs changed since its result was stored;
+        * ``"fingerprint"``: only if the stored fingerprint matches; a changed node and
+          everything downstream of it run again;
+        * ``"off"``: never; the node always runs (its result is still stored).
+        """
+        self.cache_policy = _check_policy(policy)
+
+    # -- planning -----------------------------------------------------------------------
+    def fingerprints(self) -> list[dict]:
+        """The current fingerprint record of each node (see :mod:`functionfuse.fingerprint`)."""
+        self._records = fingerprint_records(self.graph)
+        return self._records
+
+    def resume_actions(self, stored: dict[str, Any] | None = None) -> list[str]:
+        """The action (RUN, REPLAY, LOAD or SKIP) of each node for a run starting now.
+
+        Warns about what the run is about to do with stored results: recompute an
+        unreadable one (ResultRecomputedWarning) or reuse a stale one under the
+        ``"name"`` policy (StaleResultWarning, once per node). *stored* is what
+        ``_stored()`` returned, if the caller already has it.
+        """
+        if stored is None:
+            stored = self._stored()
+        actions, reasons, states = self._actions(stored)
+        names = self.graph.names
+        for i, state in enumerate(states):
+            if state == CORRUPTED:
+                warnings.warn(
+                    f"Stored result of node {names[i]!r} of workflow {self.workflow_name!r} will be "
+                    f"recomputed: {reasons[i]}",
+                    ResultRecomputedWarning,
+                    stacklevel=2,
+                )
+            elif state == STALE and actions[i] in (LOAD, SKIP) and _own_change(reasons[i]):
+                self._warn_stale(names[i], reasons[i])
+        return actions
+
+    def _stored(self) -> dict[str, Any] | None:
+        """Metadata of the stored results of this graph's nodes (None without storage).
+
+        Computes the current fingerprints too (kept for the metadata of this run).
+        """
+        if self.storage is None:
+            return None
+        self.fingerprints()
+        wanted = self.storage.stored_tasks(self.workflow_name) & set(self.graph.names)
+        return self.storage.read_metadata_many(self.workflow_name, sorted(wanted))
+
+    def _actions(self, stored: dict[str, Any] | None) -> tuple[list[str], list[str], list[str]]:
         g = self.graph
         n = len(g)
         if stored is None:
-            return [RUN] * n, ["no storage"] * n
+            return [RUN] * n, ["no storage"] * n, [NO_STORAGE] * n
+        records = self._records or self.fingerprints()
         names, nodes, data_parents = g.names, g.nodes, g.data_parents
         need = [False] * n
         for o in g.outputs:
@@ -161,15 +239,19 @@ class BaseWorkflow:
         replay = [False] * n
         actions = [SKIP] * n
         reasons = [""] * n
+        states = [MISSING] * n
+        default = self.cache_policy
         for i in range(n - 1, -1, -1):
-            stored_i = names[i] in stored
-            if not stored_i or replay[i]:
-                if stored_i:
+            name = names[i]
+            policy = self._cache.get(i, default)
+            reuse, states[i], why = _judge(stored.get(name, None), records[i], policy)
+            if not reuse or replay[i]:
+                if reuse:
                     actions[i] = REPLAY
-                    reasons[i] = "stored; replayed because a later method call needs this instance"
+                    reasons[i] = "replayed: a later method call needs this instance"
                 else:
                     actions[i] = RUN
-                    reasons[i] = "not stored"
+                    reasons[i] = why
                 for p in data_parents[i]:
                     need[p] = True
                 node = nodes[i]
@@ -178,18 +260,31 @@ class BaseWorkflow:
                     replay[g.index_of(node.instance)] = True
             elif need[i]:
                 actions[i] = LOAD
-                reasons[i] = "stored"
+                reasons[i] = why or "stored"
             else:
-                reasons[i] = "stored; no node that runs needs it"
-        return actions, reasons
+                reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
+        return actions, reasons, states
 
-    def _stored(self) -> set[str] | None:
-        return None if self.storage is None else self.storage.stored_tasks(self.workflow_name)
+    def _warn_stale(self, name: str, why: str) -> None:
+        assert self._records is not None
+        key = (self.workflow_name, name, self._records[self.graph.name_index[name]]["node"])
+        if key in _warned_stale:
+            return
+        _warned_stale.add(key)
+        warnings.warn(
+            f"Node {name!r} of workflow {self.workflow_name!r} reuses a stored result although "
+            f"{why.partition('stale: ')[2].partition('; no node')[0]}. Remove the result, or use "
+            "set_cache('fingerprint') to recompute changed nodes automatically.",
+            StaleResultWarning,
+            stacklevel=3,
+        )
 
     def plan(self) -> Plan:
-        """What :meth:`run` would do with each node now, and why."""
-        actions, reasons = self._actions(self._stored())
-        return Plan([NodePlan(name, a, r) for name, a, r in zip(self.graph.names, actions, reasons)])
+        """What :meth:`run` would do with each node now, what storage holds, and why."""
+        actions, reasons, states = self._actions(self._stored())
+        return Plan(
+            [NodePlan(name, a, r, st) for name, a, r, st in zip(self.graph.names, actions, reasons, states)]
+        )
 
     # -- execution helpers ----------------------------------------------------------------
     def node_calls(self) -> list[Callable[[Sequence[Any]], Any]]:
@@ -238,12 +333,15 @@ class BaseWorkflow:
         g = self.graph
         node = g.nodes[i]
         owner = node.instance.func if type(node) is MethodNode else node.func
-        return {
+        meta: dict[str, Any] = {
             "node": g.names[i],
             "kind": node.kind,
             "function": f"{getattr(owner, '__module__', '?')}.{node.label}",
             "inputs": [g.names[p] for p in g.parents[i]],
         }
+        if self._records is not None:
+            meta["fingerprint"] = self._records[i]
+        return meta
 
     def run_node(self, i: int, results: Any, *, save: bool) -> Any:
         """Run node *i*: its plugin, its function (arguments from *results*, any
@@ -300,13 +398,104 @@ class BaseWorkflow:
             workflow_name=self.workflow_name,
         )
 
-    def outputs(self, results: Sequence[Any]) -> Any:
+    def outputs(self, results: Any) -> Any:
         g = self.graph
         values = []
         for ref, i in zip(g.output_refs, g.outputs):
             v = results[i]
             values.append(ref.resolve(v) if type(ref) is NodeItem else v)
         return values[0] if len(values) == 1 else values
+
+
+def _own_change(reason: str) -> bool:
+    """True if a stale reason names more than changed inputs (the node itself changed)."""
+    parts = reason.partition("stale: ")[2].partition("; no node")[0].split("; ")
+    return any(p and not p.startswith("input ") for p in parts)
+
+
+def _check_policy(policy: str) -> str:
+    if policy not in CACHE_POLICIES:
+        raise ConfigurationError(f"Cache policy {policy!r} is not one of {', '.join(map(repr, CACHE_POLICIES))}.")
+    return policy
+
+
+def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str]:
+    """(reuse the stored result?, state, reason) for one node."""
+    if meta is None:
+        return False, MISSING, "not stored"
+    if isinstance(meta, Exception):
+        return False, CORRUPTED, f"stored result is unreadable: {meta}"
+    reasons = explain(meta.get("fingerprint"), record)
+    state = STALE if reasons else CURRENT
+    why = ("stale: " + "; ".join(reasons)) if reasons else ""
+    if policy == "off":
+        return False, state, "cache is off"
+    if policy == "fingerprint" and reasons:
+        return False, state, why
+    return True, state, why
+
+
+def fingerprint_records(graph: Graph) -> list[dict]:
+    """Fingerprint record of every node, parents first, without loading any result."""
+    names, parents = graph.names, graph.parents
+    index = graph._index
+    records: list[dict] = []
+
+    def node_digest(v: Any) -> str:
+        if type(v) is NodeItem:
+            return _fp_join("item", records[index[v.node]]["node"], fp.value(list(v.path)))
+        return _fp_join("node", records[index[v]]["node"])
+
+    fp = Fingerprinter(node_digest)
+    with _gc_paused():
+        for i, node in enumerate(graph.nodes):
+            if type(node) is MethodNode:
+                cls = node.instance.func
+                code = fp.code(cls)
+                target = getattr(cls, node.method, None)
+                args = _bind(fp, target, node.args, node.kwargs, skip_first=True)
+                args = {"method": fp.value(node.method), **args}
+            else:
+                code = fp.code(node.func)
+                args = _bind(fp, node.func, node.args, node.kwargs, skip_first=False)
+            inputs = {names[p]: records[p]["node"] for p in parents[i]}
+            digest = _fp_join(
+                f"v{FINGERPRINT_VERSION}",
+                node.kind,
+                *(f"{k}={v}" for k, v in code.items()),
+                "|",
+                *(f"{k}={v}" for k, v in args.items()),
+                "|",
+                *(f"{k}={v}" for k, v in inputs.items()),
+            )
+            records.append({"v": FINGERPRINT_VERSION, "node": digest, "code": code, "args": args, "inputs": inputs})
+    return records
+
+
+def _fp_join(*parts: str) -> str:
+    return xxhash.xxh3_128_hexdigest("\x1f".join(parts).encode())
+
+
+def _bind(fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first: bool) -> dict[str, str]:
+    """Digest of each argument, keyed by parameter name where the signature allows."""
+    sig = fp.signature(func) if func is not None else None
+    if sig is not None:
+        try:
+            bound = sig.bind(None, *args, **kwargs) if skip_first else sig.bind(*args, **kwargs)
+        except TypeError:
+            bound = None
+        if bound is not None:
+            pairs = list(bound.arguments.items())[1 if skip_first else 0 :]
+            return {k: _arg_digest(fp, v) for k, v in pairs}
+    out = {f"#{j}": _arg_digest(fp, a) for j, a in enumerate(args)}
+    out.update({k: _arg_digest(fp, v) for k, v in kwargs.items()})
+    return out
+
+
+def _arg_digest(fp: Fingerprinter, value: Any) -> str:
+    """An argument's digest; "@"-prefixed when it holds nodes (it changes with its inputs)."""
+    digest = fp.value(value)
+    return "@" + digest if _scan(value, []) else digest
 
 
 # -- argument resolution ----------------------------------------------------------------------

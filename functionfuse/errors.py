@@ -16,7 +16,8 @@ catches them all::
      └── MissingDependencyError         (also ImportError) an optional extra is missing
 
 Warnings: :class:`ResultRecomputedWarning` (a stored result was unreadable and the
-node is run again).
+node is run again), :class:`StaleResultWarning` (a stored result is reused by name
+although its code, arguments or inputs changed).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "MissingDependencyError",
     "ResultRecomputedWarning",
+    "StaleResultWarning",
     "missing_dependency",
 ]
 
@@ -115,6 +117,10 @@ class MissingDependencyError(FunctionFuseError, ImportError):
 
 class ResultRecomputedWarning(UserWarning):
     """A stored result could not be read back, so its node is run again."""
+
+
+class StaleResultWarning(UserWarning):
+    """A stored result is reused by name although what it was computed from changed."""
 
 
 def missing_dependency(module: str, extra: str, exc: BaseException | None = None) -> MissingDependencyError:

@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
-from ..errors import ConfigurationError, TaskNotFoundError
+from ..errors import ConfigurationError, CorruptedResultError, TaskNotFoundError
 from ..serializers import lookup_serializer
 from ..workflow import validate_name
 from . import frame
@@ -136,6 +136,21 @@ class Storage(ABC):
         meta["checksum"] = header["checksum"]
         meta["format"] = header["format"]
         return meta
+
+    def read_metadata_many(self, workflow_name: str, task_names: Iterable[str]) -> dict[str, Any]:
+        """Metadata of several tasks: ``{name: metadata or CorruptedResultError}``.
+
+        Tasks removed meanwhile are left out. Used to plan a run.
+        """
+        out: dict[str, Any] = {}
+        for name in task_names:
+            try:
+                out[name] = self.read_metadata(workflow_name, name)
+            except CorruptedResultError as exc:
+                out[name] = exc
+            except TaskNotFoundError:
+                pass
+        return out
 
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
         """List saved results of all saved nodes using glob pattern for workflow.

@@ -34,6 +34,7 @@ FORMAT_VERSION = 1
 PREAMBLE = struct.Struct("<8sHHIQ")
 PID_TAG = "functionfuse.serializer"
 _CHUNK = 8 << 20
+_MAX_HEADER = 64 << 20
 
 
 class Reader(Protocol):
@@ -155,6 +156,8 @@ def read_header(f: Reader, where: str, size: int | None = None) -> dict:
             f"{where} was written in result format {version}, newer than this functionfuse "
             f"({__version__}) reads (format {FORMAT_VERSION}). Upgrade functionfuse to read it."
         )
+    if hlen > _MAX_HEADER or (size is not None and PREAMBLE.size + hlen > size):
+        raise CorruptedResultError(f"Stored result {where} has a damaged header (impossible length {hlen}).", path=where)
     hbytes = bytes(read_exact(f, hlen, where))
     if xxhash.xxh3_64_intdigest(hbytes) != hhash:
         raise CorruptedResultError(f"Stored result {where} has a damaged header (checksum mismatch).", path=where)

@@ -98,8 +98,12 @@ class LocalWorkflow(BaseWorkflow):
     def _run_stored(self, stats: RunStats) -> list[Any]:
         names, wf = self.graph.names, self.workflow_name
         stored = self._stored()
-        for _attempt in range(len(names) + 1):
-            actions, _ = self._actions(stored)
+        for attempt in range(len(names) + 1):
+            if attempt == 0:
+                actions = self.resume_actions(stored)
+                stats.recomputed += sum(1 for n in names if isinstance((stored or {}).get(n), Exception))
+            else:
+                actions = self._actions(stored)[0]
             try:
                 return self._execute(actions, stored, stats)
             except _Damaged as damaged:
@@ -112,10 +116,10 @@ class LocalWorkflow(BaseWorkflow):
                 )
                 stats.recomputed += 1
                 assert stored is not None
-                stored.discard(name)
+                stored.pop(name, None)
         raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {self.storage!r}.")
 
-    def _execute(self, actions: list[str], stored: set[str] | None, stats: RunStats) -> list[Any]:
+    def _execute(self, actions: list[str], stored: dict[str, Any] | None, stats: RunStats) -> list[Any]:
         """Run *actions*; nodes saved here are added to *stored* (a restart loads them)."""
         names = self.graph.names
         frees = self.release_schedule(actions)
@@ -140,8 +144,8 @@ class LocalWorkflow(BaseWorkflow):
                         R[i] = self.run_node(i, R, save=save and action == RUN)
                         counts[0] += 1
                         if save and action == RUN:
-                            assert stored is not None
-                            stored.add(names[i])
+                            assert stored is not None and self._records is not None
+                            stored[names[i]] = {"fingerprint": self._records[i]}
                     for p in frees[i]:
                         R[p] = None
         finally:

@@ -1,0 +1,426 @@
+"""Fingerprints: what a stored result was computed from.
+
+The fingerprint of a node hashes
+
+* its **code**: the function's (or class's, for class nodes: every method's) source,
+  parsed and re-serialized so comments, docstrings and formatting do not count, plus
+  the code of the module-level functions and classes *of the user's own modules* it
+  refers to (recursively), the values of immutable module-level constants it reads
+  (numbers, strings, bytes, and tuples/frozensets of them),
+  its default arguments and closure values;
+* its **arguments** that are not nodes (bound to parameter names, so ``f(1, b=2)`` and
+  ``f(1, 2)`` agree);
+* the fingerprints of its **parents** (the nodes it depends on). A node's fingerprint
+  is computed from its parents' fingerprints, never from their results, so nothing is
+  loaded to compute it.
+
+Values are hashed by content with xxh3-128: NumPy arrays hash their bytes once (25 GB/s;
+an array passed to many nodes is hashed once per run), Dask arrays use their graph
+token, containers recurse, other objects hash their ``__reduce_ex__`` state. Nothing
+uses ``hash()`` or pickle bytes of functions, so fingerprints agree across processes,
+machines, hash seeds and Python versions with the same ``ast`` for the code.
+
+Limits: code outside the user's modules (installed packages, the standard library) is
+identified by name only, so upgrading a library does not make results stale (library
+versions are recorded in each result's metadata). Objects that cannot be reduced are
+identified by type only, with a warning.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import logging
+import os
+import struct
+import sys
+import sysconfig
+import textwrap
+import types
+import warnings
+from typing import Any, Callable
+
+import xxhash
+
+from .workflow import ClassNode, MethodNode, Node, NodeItem
+
+__all__ = ["Fingerprinter", "code_fingerprint", "value_fingerprint", "FINGERPRINT_VERSION", "explain"]
+
+log = logging.getLogger("functionfuse.fingerprint")
+
+FINGERPRINT_VERSION = 1
+_MAX_DEPTH = 64
+_NODE_TYPES = frozenset({Node, ClassNode, MethodNode, NodeItem})
+
+
+class FingerprintWarning(UserWarning):
+    """A value could only be fingerprinted by its type."""
+
+
+def _h(*parts: bytes) -> str:
+    h = xxhash.xxh3_128()
+    for p in parts:
+        h.update(struct.pack("<Q", len(p)))
+        h.update(p)
+    return h.hexdigest()
+
+
+# -- which modules are the user's own -----------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _library_roots() -> tuple[str, ...]:
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            roots.add(os.path.realpath(p))
+    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix):
+        roots.add(os.path.realpath(os.path.join(p, "lib")))
+    for p in sys.path:
+        if "site-packages" in p or "dist-packages" in p:
+            roots.add(os.path.realpath(p))
+    return tuple(sorted(roots))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_module(name: str) -> bool:
+    if name == "__main__":
+        return True
+    if name.split(".")[0] in ("functionfuse", "builtins") or name in sys.builtin_module_names:
+        return False
+    mod = sys.modules.get(name)
+    path = getattr(mod, "__file__", None)
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    return not any(real.startswith(root + os.sep) for root in _library_roots())
+
+
+def _user_object(obj: Any) -> bool:
+    mod = getattr(obj, "__module__", None)
+    return isinstance(mod, str) and _is_user_module(mod)
+
+
+# -- canonical source ----------------------------------------------------------------------------------
+_SKIP_FIELDS = {"ctx", "lineno", "col_offset", "end_lineno", "end_col_offset", "type_comment", "kind"}
+
+
+def _canonical(node: Any, out: list[str]) -> None:
+    if isinstance(node, ast.AST):
+        out.append(type(node).__name__)
+        out.append("(")
+        body_fields = ("body",) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else ()
+        for field, value in ast.iter_fields(node):
+            if field in _SKIP_FIELDS or value is None or value == []:
+                continue
+            if field in ("decorator_list",):
+                continue  # the @workflow decorator is not part of the computation
+            if field in body_fields and value and _is_docstring(value[0]):
+                value = value[1:]
+                if not value:
+                    continue
+            out.append(field)
+            out.append("=")
+            _canonical(value, out)
+            out.append(",")
+        out.append(")")
+    elif isinstance(node, list):
+        out.append("[")
+        for item in node:
+            _canonical(item, out)
+            out.append(",")
+        out.append("]")
+    else:
+        out.append(type(node).__name__)
+        out.append(repr(node))
+
+
+def _is_docstring(stmt: Any) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def _source_digest(obj: Any) -> str | None:
+    try:
+        src = textwrap.dedent(inspect.getsource(obj))
+        tree = ast.parse(src)
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    if len(tree.body) != 1:
+        return None
+    out: list[str] = []
+    _canonical(tree.body[0], out)
+    return _h("".join(out).encode())
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Bytecode fallback (no source): stable within one Python version."""
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            parts.append(_code_digest(c).encode())
+        elif isinstance(c, frozenset):
+            parts.append(repr(sorted(map(repr, c))).encode())
+        else:
+            parts.append(repr(c).encode())
+    return _h(*parts)
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names.extend(_global_names(c))
+    return names
+
+
+def _simple(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_simple(v) for v in value)
+    return False
+
+
+class Fingerprinter:
+    """Computes code and value fingerprints, caching within one run (one plan)."""
+
+    def __init__(self, node_digest: Callable[[Any], str] | None = None) -> None:
+        #: digest of a node (or node item) met inside a value: its fingerprint
+        self._node_digest = node_digest
+        self._code: dict[int, dict[str, str]] = {}
+        self._values: dict[int, tuple[Any, str]] = {}
+        self._signatures: dict[int, inspect.Signature | None] = {}
+        self._opaque_warned: set[str] = set()
+
+    # -- code --------------------------------------------------------------------------------
+    def code(self, obj: Any) -> dict[str, str]:
+        """``{qualified name: digest}`` of *obj* and of the user code it refers to."""
+        key = id(obj)
+        cached = self._code.get(key)
+        if cached is None:
+            found: dict[str, str] = {}
+            self._collect(obj, found, set())
+            cached = self._code[key] = dict(sorted(found.items()))
+        return cached
+
+    def _collect(self, obj: Any, found: dict[str, str], seen: set[int]) -> None:
+        obj = inspect.unwrap(obj) if callable(obj) else obj
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (staticmethod, classmethod)):
+            obj = obj.__func__
+        if isinstance(obj, property):
+            for f in (obj.fget, obj.fset, obj.fdel):
+                if f is not None:
+                    self._collect(f, found, seen)
+            return
+        if isinstance(obj, functools.partial):
+            self._collect(obj.func, found, seen)
+            return
+        name = _display_name(obj)
+        if isinstance(obj, type):
+            if not _user_object(obj):
+                return
+            parts = [(_source_digest(obj) or "").encode()]
+            for attr, value in sorted(vars(obj).items()):
+                if attr.startswith("__") and attr not in ("__init__", "__call__", "__new__", "__post_init__"):
+                    continue
+                if isinstance(value, (types.FunctionType, staticmethod, classmethod, property)):
+                    self._collect(value, found, seen)
+                elif _simple(value):
+                    parts.append(f"{attr}={value!r}".encode())
+            for base in obj.__bases__:
+                if _user_object(base):
+                    self._collect(base, found, seen)
+            found[name] = _h(*parts)
+            return
+        code = getattr(obj, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            return  # builtins, C functions: identified by name where they are used
+        if not _user_object(obj) and found:
+            return  # library code referenced by user code: by name only
+        digest = _source_digest(obj) or ("bc:" + _code_digest(code))
+        extra = []
+        if getattr(obj, "__defaults__", None):
+            extra.append(self.value(obj.__defaults__).encode())
+        if getattr(obj, "__kwdefaults__", None):
+            extra.append(self.value(obj.__kwdefaults__).encode())
+        if getattr(obj, "__closure__", None):
+            for cell in obj.__closure__:
+                try:
+                    content = cell.cell_contents
+                except ValueError:
+                    continue
+                extra.append(self._reference(content, found, seen).encode())
+        globs = getattr(obj, "__globals__", {})
+        for gname in sorted(set(_global_names(code))):
+            if gname not in globs:
+                continue
+            ref = self._reference(globs[gname], found, seen, code_names=code.co_names)
+            if ref:
+                extra.append(f"{gname}:{ref}".encode())
+        found[name] = _h(digest.encode(), *extra)
+
+    def _reference(self, value: Any, found: dict[str, str], seen: set[int], code_names: Any = ()) -> str:
+        """How a global or closure value enters a code fingerprint."""
+        if isinstance(value, types.ModuleType):
+            if _is_user_module(value.__name__):
+                # attributes of a user module that the code names (helpers.normalize)
+                for attr in sorted(set(code_names)):
+                    member = getattr(value, attr, None)
+                    if isinstance(member, (types.FunctionType, type)) and _user_object(member):
+                        self._collect(member, found, seen)
+            return ""
+        if isinstance(value, (types.FunctionType, type, functools.partial)) or hasattr(value, "__wrapped__"):
+            target = getattr(value, "__wrapped__", value)
+            if _user_object(target):
+                self._collect(target, found, seen)
+                return ""
+            return _display_name(target)
+        if callable(value) and not _simple(value):
+            return _display_name(value)
+        if _simple(value):
+            # immutable constants only: mutable globals (caches, counters, registries)
+            # change while the program runs and would make every result look stale
+            return self.value(value)
+        return ""
+
+    # -- values ------------------------------------------------------------------------------
+    def value(self, value: Any) -> str:
+        """Content digest of a value (arguments, constants)."""
+        return self._value(value, 0)
+
+    def _value(self, v: Any, depth: int) -> str:
+        if depth > _MAX_DEPTH:
+            return _h(b"deep", type(v).__qualname__.encode())
+        t = type(v)
+        if v is None or t is bool or t is int or t is float or t is complex:
+            return _h(t.__name__.encode(), repr(v).encode())
+        if t is str:
+            return _h(b"str", v.encode("utf-8", "surrogatepass"))
+        if t is bytes or t is bytearray:
+            return _h(b"bytes", bytes(v))
+        if t is list or t is tuple:
+            return _h(t.__name__.encode(), *(self._value(x, depth + 1).encode() for x in v))
+        if t is dict:
+            items = sorted((self._value(k, depth + 1), self._value(x, depth + 1)) for k, x in v.items())
+            return _h(b"dict", *(f"{k}:{x}".encode() for k, x in items))
+        if t is set or t is frozenset:
+            return _h(t.__name__.encode(), *sorted(self._value(x, depth + 1).encode() for x in v))
+        if t in _NODE_TYPES:
+            if self._node_digest is None:
+                raise TypeError("a node inside a value needs a node_digest function")
+            return self._node_digest(v)
+        cached = self._values.get(id(v))
+        if cached is not None and cached[0] is v:
+            return cached[1]
+        digest = self._object(v, depth)
+        self._values[id(v)] = (v, digest)  # keep v alive so its id is not reused
+        return digest
+
+    def _object(self, v: Any, depth: int) -> str:
+        t = type(v)
+        module = t.__module__
+        if module == "numpy" and t.__name__ == "ndarray":
+            import numpy as np
+
+            if v.dtype.hasobject:
+                return _h(b"ndarray-object", str(v.shape).encode(), self._value(v.tolist(), depth + 1).encode())
+            data = np.ascontiguousarray(v)
+            return _h(b"ndarray", v.dtype.str.encode(), str(v.shape).encode(), xxhash.xxh3_128_digest(memoryview(data).cast("B")))  # type: ignore[arg-type]
+        if module == "numpy" and hasattr(v, "dtype") and getattr(v, "shape", None) == ():
+            return _h(b"npscalar", str(v.dtype).encode(), repr(v.item()).encode())
+        if module.startswith("dask.array") and t.__name__ == "Array":
+            return _h(b"dask.array", v.name.encode())
+        if isinstance(v, (types.FunctionType, type)) or hasattr(v, "__wrapped__"):
+            return _h(b"code", repr(sorted(self.code(v).items())).encode())
+        if isinstance(v, types.ModuleType):
+            return _h(b"module", v.__name__.encode())
+        if hasattr(v, "__dataclass_fields__") or (hasattr(v, "__dict__") and not hasattr(t, "__reduce_ex__")):
+            return _h(b"obj", _display_name(t).encode(), self._value(dict(vars(v)), depth + 1).encode())
+        try:
+            reduced = v.__reduce_ex__(4)
+        except Exception:
+            reduced = None
+        if isinstance(reduced, tuple) and len(reduced) >= 2:
+            parts = [b"reduce", _display_name(t).encode(), _display_name(reduced[0]).encode()]
+            parts.append(self._value(tuple(reduced[1]) if isinstance(reduced[1], tuple) else reduced[1], depth + 1).encode())
+            if len(reduced) > 2 and reduced[2] is not None:
+                state = reduced[2]
+                if isinstance(state, dict):
+                    state = {k: x for k, x in state.items()}
+                parts.append(self._value(state, depth + 1).encode())
+            for extra in reduced[3:5]:
+                if extra is not None:
+                    parts.append(self._value(list(extra), depth + 1).encode())
+            return _h(*parts)
+        name = _display_name(t)
+        if name not in self._opaque_warned:
+            self._opaque_warned.add(name)
+            warnings.warn(
+                f"Values of type {name} cannot be fingerprinted by content; changes to them will not "
+                "make results stale. Pass plain data, NumPy arrays or picklable objects instead.",
+                FingerprintWarning,
+                stacklevel=4,
+            )
+        return _h(b"opaque", name.encode())
+
+    # -- arguments ----------------------------------------------------------------------------
+    def signature(self, func: Any) -> inspect.Signature | None:
+        key = id(func)
+        if key not in self._signatures:
+            try:
+                self._signatures[key] = inspect.signature(func)
+            except (TypeError, ValueError):
+                self._signatures[key] = None
+        return self._signatures[key]
+
+
+def _display_name(obj: Any) -> str:
+    qual = getattr(obj, "__ff_qualname__", None) or getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not isinstance(qual, str):
+        qual = type(obj).__qualname__
+    mod = getattr(obj, "__module__", None) or ""
+    return f"{mod}.{qual}" if mod else qual
+
+
+def code_fingerprint(obj: Any) -> dict[str, str]:
+    """``{qualified name: digest}`` for *obj* and the user code it refers to."""
+    return Fingerprinter().code(obj)
+
+
+def value_fingerprint(value: Any) -> str:
+    """The content digest of *value*."""
+    return Fingerprinter().value(value)
+
+
+def explain(stored: dict | None, current: dict) -> list[str]:
+    """Why a stored fingerprint record differs from the current one (empty if equal)."""
+    if not stored:
+        return ["no fingerprint was recorded with the stored result"]
+    if stored.get("node") == current.get("node"):
+        return []
+    reasons = []
+    old_code, new_code = stored.get("code", {}), current.get("code", {})
+    for name in sorted(set(old_code) | set(new_code)):
+        if name not in new_code:
+            reasons.append(f"code {name} is no longer used")
+        elif name not in old_code:
+            reasons.append(f"code {name} is new")
+        elif old_code[name] != new_code[name]:
+            reasons.append(f"code of {name} changed")
+    old_in, new_in = stored.get("inputs", {}), current.get("inputs", {})
+    inputs = [n for n in dict.fromkeys([*old_in, *new_in]) if old_in.get(n) != new_in.get(n)]
+    old_args, new_args = stored.get("args", {}), current.get("args", {})
+    for name in list(dict.fromkeys([*old_args, *new_args])):
+        old, new = old_args.get(name), new_args.get(name)
+        if old != new:
+            # an argument holding nodes ("@") changes with its inputs: report the inputs
+            if inputs and (old or "").startswith("@") and (new or "").startswith("@"):
+                continue
+            reasons.append(f"argument {name!r} changed")
+    reasons.extend(f"input {n!r} changed" for n in inputs)
+    if stored.get("v") != current.get("v"):
+        reasons.append("fingerprint format changed")
+    return reasons or ["fingerprint changed"]
