@@ -307,26 +307,29 @@ class BaseWorkflow:
         return self._calls
 
     def release_schedule(self, actions: Sequence[str] | None = None) -> list[tuple[int, ...]]:
-        """For each node, the parents whose values no later running node needs.
-
-        *actions* is the plan's action per node (``None``: every node runs).
+        """For each node, the values to drop once it has run: parents that no later
+        running node needs, and its own value if nothing needs it at all (it is then
+        only stored). Outputs are kept. *actions* is the plan (``None``: all run).
         """
         g = self.graph
         dp = g.data_parents
         n = len(dp)
-        last = [-1] * n
+        last = list(range(n))  # a value nobody consumes is dropped right after its node
         for i in range(n):
             if actions is None or actions[i] in RUNS:
                 for p in dp[i]:
                     last[p] = i
         for o in g.outputs:
             last[o] = -1
+        lists: dict[int, list[int]] = {}
+        for p in range(n):
+            i = last[p]
+            if i >= 0:
+                lists.setdefault(i, []).append(p)
         frees: list[tuple[int, ...]] = [()] * n
         with _gc_paused():
-            for p in range(n):
-                i = last[p]
-                if i >= 0:
-                    frees[i] = frees[i] + (p,)
+            for i, ps in lists.items():
+                frees[i] = tuple(ps)
         return frees
 
     def node_metadata(self, i: int) -> dict:

@@ -88,18 +88,35 @@ class Graph:
         self.data_parents = data_parents
         self.children: list[list[int]] = children
         self.outputs: list[int] = [index[t] for t in targets]
-        self.names: list[str] = self._assign_names()
-        self.name_index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
+        self._check_explicit_names()
+        self._names: list[str] | None = None
+        self._name_index: dict[str, int] | None = None
         self.chains: dict[int, list[int]] = {}
         for i, n in enumerate(nodes):
             if type(n) is MethodNode:
                 self.chains.setdefault(index[n.instance], []).append(i)
 
     # -- naming --------------------------------------------------------------------
-    def _assign_names(self) -> list[str]:
-        names: list[str | None] = [n._name for n in self.nodes]
+    @property
+    def names(self) -> list[str]:
+        """The name of each node: the one set with set_name(), or ``<qualname>_<NNNN>``.
+
+        Automatic names are assigned on first use (a run without storage needs none).
+        """
+        if self._names is None:
+            self._names = self._assign_names()
+        return self._names
+
+    @property
+    def name_index(self) -> dict[str, int]:
+        if self._name_index is None:
+            self._name_index = {name: i for i, name in enumerate(self.names)}
+        return self._name_index
+
+    def _check_explicit_names(self) -> dict[str, int]:
         explicit: dict[str, int] = {}
-        for i, name in enumerate(names):
+        for i, n in enumerate(self.nodes):
+            name = n._name
             if name is None:
                 continue
             j = explicit.setdefault(name, i)
@@ -108,6 +125,11 @@ class Graph:
                     f"Two nodes of this workflow are named {name!r}: {self._describe(j)} and "
                     f"{self._describe(i)}. Give each node a unique name with set_name()."
                 )
+        return explicit
+
+    def _assign_names(self) -> list[str]:
+        names: list[str | None] = [n._name for n in self.nodes]
+        explicit = self._check_explicit_names()
         counters: dict[str, int] = {}
         labels: dict[int, str] = {}
         nodes = self.nodes

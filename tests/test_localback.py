@@ -59,6 +59,16 @@ def test_intermediate_results_are_released_after_their_last_consumer():
     assert result.live_before == [4]  # only the parent of the last node was alive
 
 
+def test_results_nothing_needs_are_released_right_away():
+    alive.clear()
+    root = make_payload(None, 0)
+    for n in range(1, 4):
+        make_payload(root, n)  # leaves nobody consumes
+    last = make_payload(root, 10)
+    result = LocalWorkflow(last, workflow_name="leaves").run()
+    assert result.live_before == [0]  # the root only: leaves 1-3 were dropped after running
+
+
 def test_outputs_are_kept_even_when_consumed():
     alive.clear()
     first = make_payload(None, 0)

@@ -24,6 +24,7 @@ __all__ = ["storage_factory", "register_storage", "available_storages", "Storage
 # kind -> (dotted "module:Class", extra that provides its dependencies)
 _REGISTRY: dict[str, tuple[str, str | None]] = {
     "file": ("functionfuse.storage.filestorage:FileStorage", None),
+    "ray": ("functionfuse.storage.rayfilestorage:FileStorage", "ray"),
 }
 available_storages = types.MappingProxyType(_REGISTRY)
 

@@ -122,6 +122,19 @@ class Storage(ABC):
             return frame.decode(segments, where, lookup=self._lookup, protocols=protocols)
         return frame.decode(segments, where)
 
+    def verify_task(self, workflow_name: str, task_name: str) -> dict:
+        """Read a result completely and check its checksums without unpickling it.
+
+        :returns: its metadata. :raises CorruptedResultError: it is damaged.
+        """
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        reader, size, where = self._open(workflow_name, task_name)
+        with reader:
+            header = frame.read_header(reader, where, size)
+            frame.read_payload(reader, header, where)
+        return dict(header["meta"])
+
     def read_metadata(self, workflow_name: str, task_name: str) -> dict:
         """The metadata stored with a result (node, function, inputs, times, size, versions).
 

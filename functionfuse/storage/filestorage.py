@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import ConfigurationError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
+from . import frame
 from .base import Storage
 from .frame import iter_pieces
 
@@ -132,6 +133,7 @@ class FileStorage(Storage):
         staging = TaskFiles(os.path.join(tmpdir, token + ".data"))
         tmpfile = os.path.join(tmpdir, token + SUFFIX)
         final_data = os.path.join(self._wf(workflow_name), f"{task_name}.{token}.data")
+        previous = self._previous_data(workflow_name, task_name)
         try:
             enc = encode({FILE_PROTOCOL: staging}, token)
             fd = os.open(tmpfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -152,11 +154,23 @@ class FileStorage(Storage):
                 elif os.path.exists(p):
                     os.remove(p)
             raise
-        # older versions' serializer data is now unreachable
-        for other, path in self._data_dirs(workflow_name, task_name):
-            if other != token:
-                shutil.rmtree(path, ignore_errors=True)
+        # the previous version's serializer data is now unreachable
+        if previous and previous != token:
+            shutil.rmtree(os.path.join(self._wf(workflow_name), f"{task_name}.{previous}.data"), ignore_errors=True)
         return enc.header
+
+    def _previous_data(self, workflow_name: str, task_name: str) -> str | None:
+        """Data token of the result about to be replaced, if it has serializer data."""
+        try:
+            reader, size, where = self._open(workflow_name, task_name)
+        except StorageError:
+            return None
+        try:
+            with reader:
+                header = frame.read_header(reader, where, size)
+        except StorageError:  # damaged: its data folder is found by remove_task's scan
+            return None
+        return header.get("data") if header["meta"].get("serializers") else None
 
     def _open(self, workflow_name: str, task_name: str) -> tuple[Any, int, str]:
         path = self._file(workflow_name, task_name)

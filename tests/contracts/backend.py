@@ -13,7 +13,7 @@ import os
 import pytest
 
 from functionfuse import workflow
-from functionfuse.errors import NodeExecutionError
+from functionfuse.errors import NodeExecutionError, StaleResultWarning
 from functionfuse.storage import storage_factory
 
 CALLS = "FUNCTIONFUSE_TEST_CALLS"
@@ -215,6 +215,29 @@ class BackendConformance:
         calls.reset()
         assert wf.run() == 4
         assert calls() == ["fail_if", "add"]
+
+    def test_fingerprint_policy_recomputes_what_changed(self, make_workflow, storage, calls):
+        def build(offset):
+            a = add(1, 1).set_name("a")
+            b = add(a, offset).set_name("b")
+            return multiply(b, 2).set_name("c")
+
+        first = make_workflow(build(0), workflow_name="fingerprints")
+        first.set_storage(storage)
+        assert first.run() == 4
+        calls.reset()
+        changed = make_workflow(build(1), workflow_name="fingerprints")
+        changed.set_storage(storage)
+        changed.set_cache("fingerprint")
+        assert changed.run() == 6
+        assert calls() == ["add", "multiply"]  # b and c; a is unchanged
+        calls.reset()
+        # the default policy reuses by name and warns about the node that changed
+        by_name = make_workflow(build(5), workflow_name="fingerprints")
+        by_name.set_storage(storage)
+        with pytest.warns(StaleResultWarning, match="'b'.*argument 'b' changed"):
+            assert by_name.run() == 6
+        assert calls() == []
 
     def test_plan_matches_what_runs(self, make_workflow, storage):
         wf = make_workflow(seed_quick_start(), workflow_name="plan")

@@ -1,0 +1,96 @@
+"""Workload builders shared by the benchmark cases.
+
+Every builder only *builds* (lazily, for functionfuse and dask); the cases in
+:mod:`cases` decide what is timed. NumPy and dask are imported inside the
+functions that need them, so a case pays only for the imports it uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+
+
+# -- trivial nodes -----------------------------------------------------------------------
+@workflow
+def inc(x: int) -> int:
+    return x + 1
+
+
+#: The undecorated function: what LocalWorkflow ends up calling for every node. The
+#: plain-loop and dask baselines call this very function object.
+plain_inc: Callable[[int], int] = inc.__wrapped__
+
+
+def ff_chain(n: int) -> Any:
+    """A lazy chain ``inc(inc(...inc(0)))`` of *n* functionfuse nodes; returns the last node."""
+    x = inc(0)
+    for _ in range(n - 1):
+        x = inc(x)
+    return x
+
+
+def ff_workflow(n: int, name: str = "bench") -> LocalWorkflow:
+    """Create an *n*-node chain and its LocalWorkflow (builds the Graph)."""
+    return LocalWorkflow(ff_chain(n), workflow_name=name)
+
+
+def plain_chain(n: int) -> int:
+    """The same computation as :func:`ff_chain`, as a plain Python loop."""
+    f = plain_inc
+    x = f(0)
+    for _ in range(n - 1):
+        x = f(x)
+    return x
+
+
+def dask_chain(n: int) -> Any:
+    """The same chain with ``dask.delayed``: returns the last Delayed object."""
+    import dask
+
+    d = dask.delayed(plain_inc)
+    x = d(0)
+    for _ in range(n - 1):
+        x = d(x)
+    return x
+
+
+# -- large arrays --------------------------------------------------------------------------
+@workflow
+def make_array(n: int) -> Any:
+    """A new array of *n* float64, every page written (``np.zeros`` would leave it unmapped)."""
+    import numpy as np
+
+    return np.full(n, 0.0)
+
+
+@workflow
+def step(a: Any) -> Any:
+    """A NEW array: ``a + 1.0``."""
+    return a + 1.0
+
+
+def ff_array_chain(n_elems: int, n_nodes: int) -> Any:
+    """``make_array`` followed by ``n_nodes - 1`` ``step`` nodes; returns the last node."""
+    x = make_array(n_elems)
+    for _ in range(n_nodes - 1):
+        x = step(x)
+    return x
+
+
+def loop_array_chain(n_elems: int, n_nodes: int) -> Any:
+    """The same computation as a plain loop that drops each array when the next exists."""
+    x = make_array.__wrapped__(n_elems)
+    for _ in range(n_nodes - 1):
+        x = step.__wrapped__(x)
+    return x
+
+
+def keepall_array_chain(n_elems: int, n_nodes: int) -> list[Any]:
+    """The same computation, keeping every intermediate alive in a list (the contrast)."""
+    arrays = [make_array.__wrapped__(n_elems)]
+    for _ in range(n_nodes - 1):
+        arrays.append(step.__wrapped__(arrays[-1]))
+    return arrays

@@ -1,0 +1,267 @@
+"""Ray file storage: file storage on one designated node of a Ray cluster.
+
+Every read and write runs as a Ray task with ``remoteArgs`` (e.g.
+``{"resources": {"_disk": 0.001}}``), so it runs on the node that has that custom
+resource, whichever process asks: the driver, or a worker that has just computed a
+node. There it is done by a plain :class:`~functionfuse.storage.filestorage.FileStorage`,
+so the files (``path/workflow_name/<task>.ffr``, the same framing, checksums and atomic
+writes) are byte for byte what ``kind: file`` writes, and ``kind: file`` reads them back
+on that machine.
+
+Reads return the verified bytes and decode them in the caller, so loaded arrays are
+ordinary writable arrays (results that use a persistent serializer are decoded on the
+storage node, where the serializer's files are).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from ..errors import ConfigurationError, SerializationError, missing_dependency
+from ..serializers import FILE_PROTOCOL
+from ..workflow import validate_name
+from . import frame
+from .filestorage import FileStorage as _LocalFileStorage
+
+try:
+    import ray
+    from ray.exceptions import RayTaskError
+except ImportError as _exc:  # pragma: no cover - exercised in an environment without ray
+    raise missing_dependency("ray", "ray", _exc) from _exc
+
+__all__ = ["FileStorage"]
+
+_OPTIONS = frozenset({"remoteArgs", "path", "rayInitArgs"})
+
+
+class FileStorage:
+    """Remote file storage on a single designated Ray cluster node.
+
+    Create a single node with unique Ray resource (e.g., ``_disk: 1``) and route all
+    function calls to this node with ``remoteArgs`` setting the same resource (e.g.,
+    ``_disk: 0.001``). Pickle is used to save results of the graph nodes.
+
+    To create file storage object use :func:`functionfuse.storage.storage_factory` with::
+
+        opt = {
+            "kind": "ray",
+            "options": {
+                "rayInitArgs": {...},
+                "remoteArgs": {...},
+                "path": path,
+            }
+        }
+
+    :param rayInitArgs: (optional) Use this field only in the read mode. File storage
+        calls Ray init with rayInitArgs parameters (unless Ray is initialised already).
+        Otherwise, Ray init is called in the workflow class.
+    :param remoteArgs: Dictionary with parameters for the remote function (see
+        ``ray.remote``); ``{}`` runs storage tasks on any node.
+    :param path: relative or absolute path to save folder. All results are saved in
+        ``path/workflow_name`` folder. A relative path is resolved against the current
+        folder of the process that creates the storage.
+    """
+
+    protocol = FILE_PROTOCOL
+
+    def __init__(self, opt: dict) -> None:
+        if not isinstance(opt, dict):
+            raise ConfigurationError(f"Ray file storage takes a dict of options, got {opt!r}.")
+        unknown = set(opt) - _OPTIONS
+        if unknown or "path" not in opt:
+            raise ConfigurationError(
+                f"Ray file storage options are 'path', 'remoteArgs' and optional 'rayInitArgs'; got "
+                f"{sorted(opt)!r}. Example: {{\"kind\": \"ray\", \"options\": {{\"path\": \"storage\", "
+                '"remoteArgs": {"resources": {"_disk": 0.001}}}}.'
+            )
+        path = opt["path"]
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise ConfigurationError(f"Ray file storage path must be a non-empty folder path, not {path!r}.")
+        remote_args = opt.get("remoteArgs") or {}
+        init_args = opt.get("rayInitArgs")
+        if not isinstance(remote_args, dict):
+            raise ConfigurationError(f"Ray file storage 'remoteArgs' must be a dict of ray.remote options, got {remote_args!r}.")
+        if init_args is not None and not isinstance(init_args, dict):
+            raise ConfigurationError(f"Ray file storage 'rayInitArgs' must be a dict of ray.init arguments, got {init_args!r}.")
+        try:
+            _op.options(**remote_args)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"Ray file storage 'remoteArgs' are not valid ray.remote options: {exc}") from None
+        self.path = os.path.abspath(os.fspath(path))
+        self.remote_args = dict(remote_args)
+        self._serializers: list = []
+        if init_args is not None and not ray.is_initialized():
+            ray.init(**init_args)
+
+    @classmethod
+    def from_options(cls, options: dict) -> "FileStorage":
+        return cls(options)
+
+    def __repr__(self) -> str:
+        return f"rayfilestorage.FileStorage({self.path!r}, remoteArgs={self.remote_args!r})"
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "remote_args": self.remote_args, "_serializers": self._serializers}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    # -- where the work is done -----------------------------------------------------------
+    def local(self) -> _LocalFileStorage:
+        """The file storage that does the work on the storage node (same path, same serializers)."""
+        inner = _LocalFileStorage.__new__(_LocalFileStorage)
+        inner.__setstate__({"path": self.path, "_serializers": list(self._serializers)})
+        return inner
+
+    def ray_placement(self) -> tuple[_LocalFileStorage, dict]:
+        """For backends: the storage to use inside a task, and the options that place the
+        task on the storage node."""
+        return self.local(), dict(self.remote_args)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not ray.is_initialized():
+            raise ConfigurationError(
+                "Ray is not initialised. Create the RayWorkflow before using its storage, or pass "
+                "'rayInitArgs' (e.g. {\"address\": \"auto\"}) in the storage options to read results."
+            )
+        fn = _op.options(**self.remote_args) if self.remote_args else _op
+        try:
+            ref = fn.remote(self.path, self._serializers, method, args, kwargs)
+        except TypeError as exc:  # an argument that cannot be serialized
+            obj = args[2] if method == "save" else args
+            raise SerializationError(
+                f"Could not serialize a result of type {type(obj).__name__} to send it to the storage "
+                f"node: {str(exc).splitlines()[0]}. Return picklable values, or register a serializer."
+            ) from exc
+        try:
+            return ray.get(ref)
+        except RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+
+    # -- the storage API ------------------------------------------------------------------
+    def register_persistent_serializers(self, *serializers: Any) -> None:
+        """Use *serializers* for results (or parts of results) of their ``serializer_class``.
+
+        They run on the storage node (they must be importable there).
+        """
+        self.local().register_persistent_serializers(*serializers)  # validates them
+        for ser in serializers:
+            if ser not in self._serializers:
+                self._serializers.append(ser)
+
+    @property
+    def serializers(self) -> tuple:
+        return tuple(self._serializers)
+
+    def save(self, workflow_name: str, task_name: str, obj: Any, metadata: dict | None = None) -> dict:
+        """Store *obj* as the result of *task_name*, atomically, on the storage node."""
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        return self._call("save", workflow_name, task_name, obj, metadata)
+
+    def read_task(self, workflow_name: str, task_name: str) -> Any:
+        """Read saved result of node execution from workflow storage.
+
+        :param workflow_name: A name of the workflow to read saved results.
+        :param task_name: A task name to load results for.
+        """
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        kind, where, payload = self._call("_read", workflow_name, task_name)
+        if kind == "object":
+            return payload
+        return frame.decode(payload, where)
+
+    def read_metadata(self, workflow_name: str, task_name: str) -> dict:
+        """The metadata stored with a result (node, function, inputs, times, size, versions)."""
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        return self._call("read_metadata", workflow_name, task_name)
+
+    def read_metadata_many(self, workflow_name: str, task_names: Iterable[str]) -> dict[str, Any]:
+        """Metadata of several tasks in one round trip: ``{name: metadata or CorruptedResultError}``."""
+        validate_name(workflow_name, "Workflow name")
+        return self._call("read_metadata_many", workflow_name, list(task_names))
+
+    def __getattr__(self, name: str) -> Any:
+        # any other public method of the file storage, run on the storage node
+        if name.startswith("_") or not callable(getattr(_LocalFileStorage, name, None)):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self._call(name, *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
+        """List saved results of all saved nodes using glob pattern for workflow.
+
+        :param workflow_name: A name of the workflow to list saved results.
+        :param pattern: A glob pattern to filter out names of saved results.
+        """
+        validate_name(workflow_name, "Workflow name")
+        return self._call("list_tasks", workflow_name, pattern)
+
+    def stored_tasks(self, workflow_name: str) -> set[str]:
+        """The set of stored task names (one listing; used to plan a resume)."""
+        validate_name(workflow_name, "Workflow name")
+        return self._call("stored_tasks", workflow_name)
+
+    def remove_task(self, workflow_name: str, task_name: str | None = None, pattern: str | None = None) -> list[str]:
+        """Remove results of selected nodes from the storage.
+
+        :param workflow_name: A name of the workflow to remove node results.
+        :param task_name: A name of the node to remove. The parameter is ignored if pattern is defined
+        :param pattern: A glob pattern of node names to be removed.
+        """
+        validate_name(workflow_name, "Workflow name")
+        return self._call("remove_task", workflow_name, task_name, pattern)
+
+    def remove_workflow(self, workflow_name: str) -> None:
+        """Remove the workflow from the storage.
+
+        :param workflow_name: A name of the workflow to remove from the storage.
+        """
+        validate_name(workflow_name, "Workflow name")
+        self._call("remove_workflow", workflow_name)
+
+    def list_workflows(self) -> list[str]:
+        """Names of the workflows that have stored results."""
+        return self._call("list_workflows")
+
+
+# -- on the storage node ----------------------------------------------------------------------
+_LOCAL: dict[str, _LocalFileStorage] = {}
+
+
+def _local(path: str, serializers: list) -> _LocalFileStorage:
+    st = _LOCAL.get(path)
+    if st is None:
+        st = _LOCAL[path] = _LocalFileStorage(path)
+    st._serializers = list(serializers)
+    return st
+
+
+def _read(st: _LocalFileStorage, workflow_name: str, task_name: str) -> tuple[str, str, Any]:
+    """Read and verify a result; send the verified segments (decoded in the caller)
+    unless the result needs its serializers' files, which are here."""
+    reader, size, where = st._open(workflow_name, task_name)
+    with reader:
+        header = frame.read_header(reader, where, size)
+        if header["meta"].get("serializers"):
+            reader.close()
+            return "object", where, st.read_task(workflow_name, task_name)
+        return "segments", where, frame.read_payload(reader, header, where)
+
+
+@ray.remote
+def _op(path: str, serializers: list, method: str, args: tuple, kwargs: dict) -> Any:
+    st = _local(path, serializers)
+    if method == "_read":
+        return _read(st, *args)
+    return getattr(st, method)(*args, **kwargs)

@@ -1,0 +1,112 @@
+"""The functionfuse command, driven as a user would (subprocess, real storage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from functionfuse import __version__
+
+DAG = '''
+from functionfuse import workflow
+
+@workflow
+def load(n):
+    return list(range(n))
+
+@workflow
+def total(values, scale):
+    return sum(values) * scale
+
+def build(scale={scale}):
+    return total(load(10).set_name("data"), scale).set_name("total")
+'''
+
+
+def ff(*args, cwd, check=True, stdin=subprocess.DEVNULL):
+    out = subprocess.run([sys.executable, "-m", "functionfuse", *args], capture_output=True, text=True, cwd=cwd, stdin=stdin)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "dag.py").write_text(DAG.format(scale=1))
+    code = (
+        "import sys; sys.path.insert(0, '.')\n"
+        "import dag\n"
+        "from functionfuse.backends.builtin.localback import LocalWorkflow\n"
+        "from functionfuse.storage import storage_factory\n"
+        "wf = LocalWorkflow(dag.build(), workflow_name='demo')\n"
+        "wf.set_storage(storage_factory({'kind': 'file', 'options': {'path': 'storage'}}))\n"
+        "print(wf.run())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "45", out.stderr
+    return tmp_path
+
+
+def test_version_and_help(tmp_path):
+    assert ff("--version", cwd=tmp_path).stdout.strip() == f"functionfuse {__version__}"
+    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "rm"], ["plan"]):
+        assert "usage:" in ff(*sub, "--help", cwd=tmp_path).stdout
+
+
+def test_ls_workflows_and_tasks(project):
+    out = ff("storage", "ls", cwd=project).stdout
+    assert "demo" in out and "2" in out
+    rows = json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)
+    assert [r["task"] for r in rows] == ["data", "total"]
+    assert all(r["status"] == "stored" and r["size"] > 0 and r["finished"] for r in rows)
+
+
+def test_ls_graph_reports_stale_and_missing(project):
+    (project / "dag.py").write_text(DAG.format(scale=2))
+    os.remove(project / "storage" / "demo" / "data.ffr")
+    rows = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--graph", "dag.py:build", "--json", cwd=project).stdout)}
+    assert rows["data"]["status"] == "missing"
+    assert rows["total"]["status"] == "stale" and "argument 'scale' changed" in rows["total"]["reason"]
+
+
+def test_ls_verify_finds_a_damaged_payload(project):
+    path = project / "storage" / "demo" / "data.ffr"
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    plain = {r["task"]: r["status"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)}
+    assert plain["data"] == "stored"  # only the header is read without --verify
+    verified = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--verify", "--json", cwd=project).stdout)}
+    assert verified["data"]["status"] == "corrupted" and "data.ffr" in verified["data"]["reason"]
+    assert verified["total"]["status"] == "stored"
+
+
+def test_show_prints_metadata(project):
+    meta = json.loads(ff("storage", "show", "demo", "total", "--json", cwd=project).stdout)
+    assert meta["inputs"] == ["data"] and meta["function"].endswith("total")
+    text = ff("storage", "show", "demo", "total", cwd=project).stdout
+    assert "fingerprint" in text and "duration_s" in text
+
+
+def test_rm_asks_first(project):
+    out = ff("storage", "rm", "demo", "*", cwd=project, check=False)
+    assert out.returncode == 2 and "--yes" in out.stderr
+    assert len(json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)) == 2
+    ff("storage", "rm", "demo", "tot*", "--yes", cwd=project)
+    assert [r["task"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)] == ["data"]
+
+
+def test_plan_command(project):
+    rows = json.loads(ff("plan", "demo", "--graph", "dag.py:build", "--json", cwd=project).stdout)
+    assert [(r["task"], r["action"], r["status"]) for r in rows] == [("data", "skip", "current"), ("total", "load", "current")]
+
+
+def test_errors_are_one_line_with_the_fix(project):
+    out = ff("storage", "show", "demo", "nothing", cwd=project, check=False)
+    assert out.returncode == 1 and "list_tasks" in out.stderr and "Traceback" not in out.stderr
+    out = ff("plan", "demo", "--graph", "dag.py", cwd=project, check=False)
+    assert out.returncode == 1 and "path/to/file.py:NAME" in out.stderr
