@@ -48,6 +48,9 @@ class Sizes:
     io_reps: int = 3
     mem_bytes: int = 100 * MiB  # figure 5: size of one array
     mem_nodes: int = 20
+    fp_n: int = 20_000  # figure 6: chain run with storage, fingerprint vs name-only
+    fp_reps: int = 3
+    fp_array_bytes: int = 1024 * MiB  # figure 6: NumPy input hashed vs stored
 
 
 FULL = Sizes()
@@ -65,6 +68,9 @@ QUICK = Sizes(
     io_reps=3,
     mem_bytes=20 * MiB,
     mem_nodes=20,
+    fp_n=2_000,
+    fp_reps=3,
+    fp_array_bytes=64 * MiB,
 )
 
 
@@ -366,6 +372,87 @@ def case_memory_keepall(s: Sizes) -> dict[str, Any]:
     return {"array_bytes": n_elems * 8, "nodes": s.mem_nodes, **res}
 
 
+# -- figure 6: fingerprints -------------------------------------------------------------------------
+def _shm_or(tmp_parent: Path) -> Path:
+    """A memory file system if there is one (so storage costs no disk waits and the
+    fingerprints' CPU cost shows in full), else *tmp_parent*."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    return tmp_parent
+
+
+def case_fingerprint_chain(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
+    """A chain run with file storage: the fingerprint policy against name-only reuse
+    without fingerprints (the original behaviour), first run (every node runs and is
+    saved) and resumed run (everything stored: the plan reads every header).
+
+    Both sides run alternately on a fresh storage folder each repetition.
+    """
+    from functionfuse.storage import storage_factory
+
+    n = s.fp_n
+    records_off = [{"v": 1, "node": "", "code": {}, "args": {}, "inputs": {}}] * n
+
+    class NameOnly(wl.LocalWorkflow):
+        """Reuse by name and record no fingerprints: the seed's behaviour."""
+
+        def fingerprints(self) -> list[dict]:
+            self._records = records_off
+            return self._records
+
+    base = Path(tempfile.mkdtemp(prefix="ffbench-fp-", dir=_shm_or(tmp_parent)))
+    samples: dict[str, list[float]] = {"fp_first": [], "name_first": [], "fp_resume": [], "name_resume": []}
+    try:
+        for rep in range(s.fp_reps):
+            sides = [("fp", wl.LocalWorkflow, "fingerprint"), ("name", NameOnly, "name")]
+            for label, cls, policy in sides if rep % 2 == 0 else reversed(sides):
+                folder = base / f"{label}-{rep}"
+                wf = cls(wl.ff_chain(n), workflow_name="chain")
+                wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(folder)}}))
+                wf.set_cache(policy)
+                gc.collect()
+                dt, out = timed(wf.run)
+                expect(out, n, "first run")
+                samples[f"{label}_first"].append(dt)
+                gc.collect()
+                dt, out = timed(wf.run)
+                expect(out, n, "resumed run")
+                expect(wf.last_run.ran, 0, "nodes run on resume")
+                samples[f"{label}_resume"].append(dt)
+                shutil.rmtree(folder, ignore_errors=True)
+                del wf
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"n": n, "filesystem": filesystem_of(base.parent), **samples}
+
+
+def case_fingerprint_array(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
+    """Fingerprinting a large NumPy argument vs storing the same array (FileStorage.save,
+    on disk: bench/results)."""
+    import numpy as np
+
+    from functionfuse.fingerprint import Fingerprinter
+    from functionfuse.storage import storage_factory
+
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ffbench-fparr-", dir=tmp_parent))
+    try:
+        arr = np.random.default_rng(1).random(s.fp_array_bytes // 8)
+        storage = storage_factory({"kind": "file", "options": {"path": str(root)}})
+        fp_s: list[float] = []
+        save_s: list[float] = []
+        for _ in range(s.io_reps):
+            gc.collect()
+            fp_s.append(timed(lambda: Fingerprinter().value(arr))[0])
+            gc.collect()
+            save_s.append(timed(lambda: storage.save("wf", "array", arr, {}))[0])
+        return {"bytes": arr.nbytes, "filesystem": filesystem_of(root), "fingerprint_s": fp_s, "save_s": save_s}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 #: case name -> function; build_graph also takes ``n``, storage_io the temporary folder
 CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "run_ff": case_run_ff,
@@ -378,4 +465,6 @@ CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "memory_ff": case_memory_ff,
     "memory_loop": case_memory_loop,
     "memory_keepall": case_memory_keepall,
+    "fingerprint_chain": case_fingerprint_chain,
+    "fingerprint_array": case_fingerprint_array,
 }

@@ -36,6 +36,8 @@ BUILDRUN_SPEEDUP = 10.0  # figure 2: dask time / ours >= 10
 BUILD_S_100K = 0.5  # figure 3: 100,000-node graph built in < 0.5 s
 IO_RATIO = 0.8  # figure 4: storage throughput / raw throughput >= 0.8
 MEM_RATIO = 3.0  # figure 5: peak growth < 3 arrays
+FP_OVERHEAD = 1.2  # figure 6: fingerprint-policy run / name-only run <= 1.2
+FP_ARRAY = 0.05  # figure 6: fingerprinting an array / storing it < 0.05
 
 
 # -- running cases -------------------------------------------------------------------------------
@@ -45,7 +47,7 @@ def run_case_here(name: str, quick: bool, n: int | None, tmpdir: Path) -> dict[s
     fn = cases.CASES[name]
     if name == "build_graph":
         return fn(s, n if n is not None else s.build_ns[-1])
-    if name == "storage_io":
+    if name in ("storage_io", "fingerprint_chain", "fingerprint_array"):
         return fn(s, tmpdir)
     return fn(s)
 
@@ -90,7 +92,7 @@ def collect(quick: bool, tmpdir: Path) -> dict[str, Any]:
         for n in s.build_ns:
             builds[n].append(run_case_subprocess("build_graph", quick, n, tmpdir))
     raw["build_graph"] = {str(n): v for n, v in builds.items()}
-    for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall"):
+    for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "fingerprint_chain", "fingerprint_array"):
         raw[name] = run_case_subprocess(name, quick, None, tmpdir)
     return raw
 
@@ -220,8 +222,33 @@ def rows_memory(raw: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_fingerprint(raw: dict[str, Any]) -> list[Row]:
+    """Figure 6: what fingerprints cost: a chain run with storage, and a large array."""
+    rows = []
+    ch = raw["fingerprint_chain"]
+    target = f"ours/base <= {FP_OVERHEAD:g}"
+    if _err(ch):
+        rows.append(error_row("6", "fingerprint overhead", target, str(_err(ch))))
+    else:
+        for key, when in (("6a", "first"), ("6b", "resume")):
+            rows.append(judged(key, f"{ch['n']}-chain with storage ({ch['filesystem']}), {when} run, "
+                               "fingerprint policy | base: name only, no fingerprints",
+                               min(ch[f"fp_{when}"]), "s", min(ch[f"name_{when}"]), "s", "ours/base", target,
+                               lambda _o, r: r is not None and r <= FP_OVERHEAD))
+    arr = raw["fingerprint_array"]
+    target = f"ours/base < {FP_ARRAY:g}"
+    if _err(arr):
+        rows.append(error_row("6c", "array fingerprint", target, str(_err(arr))))
+    else:
+        rows.append(judged("6c", f"fingerprint a {arr['bytes'] / MiB:g} MiB array | base: FileStorage.save "
+                           f"({arr['filesystem']})", min(arr["fingerprint_s"]), "s", min(arr["save_s"]), "s",
+                           "ours/base", target, lambda _o, r: r is not None and r < FP_ARRAY))
+    return rows
+
+
 def build_rows(raw: dict[str, Any], s: Sizes) -> list[Row]:
-    return [*rows_run(raw), *rows_buildrun(raw), *rows_build(raw, s), *rows_io(raw), *rows_memory(raw)]
+    return [*rows_run(raw), *rows_buildrun(raw), *rows_build(raw, s), *rows_io(raw), *rows_memory(raw),
+            *rows_fingerprint(raw)]
 
 
 # -- report ----------------------------------------------------------------------------------------

@@ -443,13 +443,15 @@ def fingerprint_records(graph: Graph) -> list[dict]:
     names, parents = graph.names, graph.parents
     index = graph._index
     records: list[dict] = []
+    code_parts: dict[int, str] = {}  # id(code dict) -> its part of the digest input
 
     def node_digest(v: Any) -> str:
         if type(v) is NodeItem:
             return _fp_join("item", records[index[v.node]]["node"], fp.value(list(v.path)))
-        return _fp_join("node", records[index[v]]["node"])
+        return "N" + records[index[v]]["node"]
 
     fp = Fingerprinter(node_digest)
+    head = f"v{FINGERPRINT_VERSION}"
     with _gc_paused():
         for i, node in enumerate(graph.nodes):
             if type(node) is MethodNode:
@@ -461,11 +463,14 @@ def fingerprint_records(graph: Graph) -> list[dict]:
             else:
                 code = fp.code(node.func)
                 args = _bind(fp, node.func, node.args, node.kwargs, skip_first=False)
+            code_part = code_parts.get(id(code))
+            if code_part is None:
+                code_part = code_parts[id(code)] = "\x1f".join(f"{k}={v}" for k, v in code.items())
             inputs = {names[p]: records[p]["node"] for p in parents[i]}
             digest = _fp_join(
-                f"v{FINGERPRINT_VERSION}",
+                head,
                 node.kind,
-                *(f"{k}={v}" for k, v in code.items()),
+                code_part,
                 "|",
                 *(f"{k}={v}" for k, v in args.items()),
                 "|",
@@ -481,6 +486,14 @@ def _fp_join(*parts: str) -> str:
 
 def _bind(fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first: bool) -> dict[str, str]:
     """Digest of each argument, keyed by parameter name where the signature allows."""
+    simple = fp.positional_names(func)
+    if simple is not None:
+        names = simple[1:] if skip_first else simple
+        if len(args) <= len(names) and not (kwargs and set(kwargs) & set(names[: len(args)])):
+            out = {name: _arg_digest(fp, a) for name, a in zip(names, args)}
+            for k, v in kwargs.items():
+                out[k] = _arg_digest(fp, v)
+            return out
     sig = fp.signature(func) if func is not None else None
     if sig is not None:
         try:
@@ -497,8 +510,13 @@ def _bind(fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first
 
 def _arg_digest(fp: Fingerprinter, value: Any) -> str:
     """An argument's digest; "@"-prefixed when it holds nodes (it changes with its inputs)."""
-    digest = fp.value(value)
-    return "@" + digest if _scan(value, []) else digest
+    t = type(value)
+    if t in _NODE_TYPES:
+        return "@" + fp.value(value)
+    if t in _CONTAINERS:
+        digest = fp.value(value)
+        return "@" + digest if _scan(value, []) else digest
+    return fp.value(value)
 
 
 # -- argument resolution ----------------------------------------------------------------------

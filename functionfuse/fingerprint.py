@@ -29,6 +29,7 @@ identified by type only, with a warning.
 from __future__ import annotations
 
 import ast
+import dis
 import functools
 import inspect
 import logging
@@ -165,12 +166,21 @@ def _code_digest(code: types.CodeType) -> str:
     return _h(*parts)
 
 
-def _global_names(code: types.CodeType) -> list[str]:
-    names = list(code.co_names)
+def _names_used(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """(global names read, attribute names read) by *code* and the code nested in it."""
+    globals_: set[str] = set()
+    attrs: set[str] = set()
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str):
+            globals_.add(ins.argval)
+        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and isinstance(ins.argval, str):
+            attrs.add(ins.argval)
     for c in code.co_consts:
         if isinstance(c, types.CodeType):
-            names.extend(_global_names(c))
-    return names
+            g, a = _names_used(c)
+            globals_ |= g
+            attrs |= a
+    return globals_, attrs
 
 
 def _simple(value: Any) -> bool:
@@ -190,6 +200,7 @@ class Fingerprinter:
         self._code: dict[int, dict[str, str]] = {}
         self._values: dict[int, tuple[Any, str]] = {}
         self._signatures: dict[int, inspect.Signature | None] = {}
+        self._positional: dict[int, Any] = {}
         self._opaque_warned: set[str] = set()
 
     # -- code --------------------------------------------------------------------------------
@@ -199,9 +210,18 @@ class Fingerprinter:
         cached = self._code.get(key)
         if cached is None:
             found: dict[str, str] = {}
+            self._owners: dict[str, int] = {}
             self._collect(obj, found, set())
             cached = self._code[key] = dict(sorted(found.items()))
         return cached
+
+    def _key(self, obj: Any) -> str:
+        """The name code is recorded under: its qualified name, so the same code run as a
+        script (``__main__``) or imported as a module agrees; the module is added only
+        to tell apart two objects with one qualified name."""
+        qual = getattr(obj, "__ff_qualname__", None) or getattr(obj, "__qualname__", None) or type(obj).__qualname__
+        owner = self._owners.setdefault(qual, id(obj))
+        return qual if owner == id(obj) else f"{getattr(obj, '__module__', '?')}:{qual}"
 
     def _collect(self, obj: Any, found: dict[str, str], seen: set[int]) -> None:
         obj = inspect.unwrap(obj) if callable(obj) else obj
@@ -218,7 +238,7 @@ class Fingerprinter:
         if isinstance(obj, functools.partial):
             self._collect(obj.func, found, seen)
             return
-        name = _display_name(obj)
+        name = self._key(obj)
         if isinstance(obj, type):
             if not _user_object(obj):
                 return
@@ -254,10 +274,11 @@ class Fingerprinter:
                     continue
                 extra.append(self._reference(content, found, seen).encode())
         globs = getattr(obj, "__globals__", {})
-        for gname in sorted(set(_global_names(code))):
+        used, attrs = _names_used(code)
+        for gname in sorted(used):
             if gname not in globs:
                 continue
-            ref = self._reference(globs[gname], found, seen, code_names=code.co_names)
+            ref = self._reference(globs[gname], found, seen, code_names=attrs)
             if ref:
                 extra.append(f"{gname}:{ref}".encode())
         found[name] = _h(digest.encode(), *extra)
@@ -367,6 +388,21 @@ class Fingerprinter:
         return _h(b"opaque", name.encode())
 
     # -- arguments ----------------------------------------------------------------------------
+    def positional_names(self, func: Any) -> tuple[str, ...] | None:
+        """Parameter names when every parameter is a plain positional-or-keyword one
+        (then binding arguments is a zip); None otherwise."""
+        key = id(func)
+        names = self._positional.get(key, False)
+        if names is False:
+            sig = self.signature(func)
+            params = list(sig.parameters.values()) if sig is not None else None
+            if params is not None and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+                names = tuple(p.name for p in params)
+            else:
+                names = None
+            self._positional[key] = names
+        return names  # type: ignore[return-value]
+
     def signature(self, func: Any) -> inspect.Signature | None:
         key = id(func)
         if key not in self._signatures:
