@@ -105,6 +105,17 @@ def test_fingerprints_agree_across_processes_hash_seeds_and_folders(project, tmp
     assert second["ran"] == 0 and states(second)["summary"] == ("load", "current")
 
 
+def test_a_copy_of_the_project_elsewhere_reuses_the_results(project, tmp_path):
+    import shutil
+
+    project.run()
+    moved = tmp_path / "elsewhere" / "checkout"
+    shutil.copytree(project.src, moved)
+    project.src = moved
+    report = project.run("fingerprint")
+    assert report["ran"] == 0 and {p[2] for p in report["plan"]} == {"current"}
+
+
 def test_comments_docstrings_and_formatting_do_not_count(project):
     project.run()
     source = (project.src / "pipeline.py").read_text()
@@ -121,7 +132,7 @@ def test_helper_change_is_stale_and_recomputed_downstream(project):
     report = project.run("fingerprint")
     plan = {name: (action, state, reason) for name, action, state, reason in report["plan"]}
     assert plan["data"][:2] == ("load", "current")
-    assert plan["values"][:2] == ("run", "stale") and "code of pipeline.helper changed" in plan["values"][2]
+    assert plan["values"][:2] == ("run", "stale") and "code of helper changed" in plan["values"][2]
     assert plan["summary"][:2] == ("run", "stale") and "input 'values' changed" in plan["summary"][2]
     assert json.loads(report["result"]) == {"total": 25}
     assert report["ran"] == 2
@@ -132,7 +143,7 @@ def test_module_constant_change_is_detected(project):
     project.write(scale=3)
     report = project.run("fingerprint")
     assert json.loads(report["result"]) == {"total": 30}
-    assert "code of pipeline.helper changed" in dict((p[0], p[3]) for p in report["plan"])["values"]
+    assert "code of helper changed" in dict((p[0], p[3]) for p in report["plan"])["values"]
 
 
 def test_argument_change_is_named(project):
@@ -200,7 +211,7 @@ def test_numpy_arguments_hash_by_content(storage):
 
 def test_positional_and_keyword_arguments_agree():
     fp = code_fingerprint(scale.__wrapped__)
-    assert list(fp) == [f"{__name__}.scale"]
+    assert list(fp) == ["scale"]
     a = LocalWorkflow(scale(3, 2), workflow_name="a").fingerprints()
     b = LocalWorkflow(scale(3, factor=2), workflow_name="b").fingerprints()
     assert a[0]["node"] == b[0]["node"] and a[0]["args"] == {"values": b[0]["args"]["values"], "factor": b[0]["args"]["factor"]}
@@ -226,7 +237,7 @@ def test_unfingerprintable_values_warn():
 
 def test_library_code_is_referenced_by_name_only():
     code = code_fingerprint(total.__wrapped__)
-    assert list(code) == [f"{__name__}.total"]  # numpy's sum is not fingerprinted
+    assert list(code) == ["total"]  # numpy's sum is not fingerprinted
 
 
 @workflow
@@ -244,7 +255,7 @@ def test_class_nodes_fingerprint_every_method_and_the_chain():
     first = acc.add(2)
     second = acc.add(2)
     records = LocalWorkflow(second, workflow_name="cls").fingerprints()
-    assert f"{__name__}.Accumulator" in records[0]["code"]
+    assert set(records[0]["code"]) == {"Accumulator", "Accumulator.__init__", "Accumulator.add"}
     assert records[1]["node"] != records[2]["node"]  # same call, later in the chain
     assert records[2]["args"]["method"] == records[1]["args"]["method"]
     assert set(records[2]["inputs"]) == {"Accumulator_0000", "Accumulator.add_0000"}
