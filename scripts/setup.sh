@@ -22,6 +22,9 @@ if ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
     fi
 fi
 
+# system packages: graphviz draws DAGs (GraphWorkflow)
+./scripts/apt-install.sh dot:graphviz
+
 stamp_src=$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)
 stamp="$VENV/.functionfuse-setup-$stamp_src"
 if [ -f "$stamp" ] && [ -x "$VENV/bin/python" ]; then

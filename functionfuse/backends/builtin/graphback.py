@@ -1,0 +1,164 @@
+"""GraphWorkflow: draw a DAG instead of running it.
+
+``GraphWorkflow(*nodes, workflow_name, doc_path).run()`` writes
+``doc_path/<workflow_name>.dot``, ``.svg`` and ``.png`` (Graphviz) and returns the
+paths. Nodes are labelled with their names; the calls on one class instance are
+grouped in a box and linked by dashed "then" edges; with storage set, each node is
+coloured by what storage holds for it (current, stale, missing, corrupted), as
+:meth:`plan` reports. In Jupyter a GraphWorkflow displays as its drawing.
+
+Rendering needs the ``graphviz`` Python package (``pip install 'functionfuse[graph]'``)
+and Graphviz's ``dot`` program (Debian: ``apt-get install graphviz``); the DOT source is
+written even without them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, STALE, BaseWorkflow
+from ...errors import ConfigurationError, FunctionFuseError
+from ...workflow import ClassNode, MethodNode
+
+__all__ = ["GraphWorkflow", "STATE_COLOURS"]
+
+#: fill colour of a node by storage state
+STATE_COLOURS = {
+    CURRENT: "#b7e4c7",  # green: stored and current
+    STALE: "#ffd8a8",  # orange: stored, but its code, arguments or inputs changed
+    MISSING: "#e9ecef",  # grey: not stored
+    CORRUPTED: "#ffa8a8",  # red: stored but unreadable
+    NO_STORAGE: "#ffffff",
+}
+
+
+def _quote(text: str) -> str:
+    """A DOT string literal; newlines become line breaks of the label."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped + '"'
+
+
+class GraphWorkflow(BaseWorkflow):
+    """A backend that draws the workflow's DAG.
+
+    :param nodes: DAG nodes, as for every backend.
+    :param workflow_name: names the files written.
+    :param doc_path: folder for the drawings (created if needed).
+    """
+
+    def __init__(self, *nodes: Any, workflow_name: str, doc_path: str = ".") -> None:
+        super().__init__(*nodes, workflow_name=workflow_name)
+        self.doc_path = os.fspath(doc_path)
+
+    # -- the drawing -------------------------------------------------------------------
+    def dot_source(self) -> str:
+        """The DAG in Graphviz's DOT language."""
+        g = self.graph
+        names = g.names
+        states = self._states()
+        lines = [
+            f"digraph {_quote(self.workflow_name)} {{",
+            "  rankdir=TB;",
+            '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
+            '  edge [color="#495057"];',
+        ]
+        in_cluster: set[int] = set()
+        for ctor, calls in g.chains.items():
+            members = [ctor, *calls]
+            in_cluster.update(members)
+            lines.append(f"  subgraph {_quote('cluster_' + names[ctor])} {{")
+            lines.append(f"    label={_quote(names[ctor] + ' (instance)')}; style=dashed; color=\"#868e96\"; fontsize=10;")
+            for i in members:
+                lines.append("    " + self._node_line(i, states))
+            lines.append("  }")
+        for i in range(len(g)):
+            if i not in in_cluster:
+                lines.append("  " + self._node_line(i, states))
+        for i, node in enumerate(g.nodes):
+            data = set(g.data_parents[i])
+            for p in g.parents[i]:
+                if type(node) is MethodNode and p == g.index_of(node.instance):
+                    continue  # the instance is drawn as the box around its calls
+                style = "" if p in data else ' [style=dashed, label="then", fontsize=9]'
+                lines.append(f"  {_quote(names[p])} -> {_quote(names[i])}{style};")
+        # a class node used by its first call: draw it as the first step of the chain
+        for ctor, calls in g.chains.items():
+            first = calls[0]
+            lines.append(f'  {_quote(names[ctor])} -> {_quote(names[first])} [style=dashed, label="then", fontsize=9];')
+        if self.storage is not None:
+            lines.append(self._legend())
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _node_line(self, i: int, states: list[str]) -> str:
+        g = self.graph
+        node = g.nodes[i]
+        name = g.names[i]
+        label = name if name.startswith(node.label) else f"{name}\n{node.label}"
+        shape = ", shape=component" if type(node) is ClassNode else ""
+        fill = STATE_COLOURS[states[i]]
+        tooltip = f"{node.label} ({states[i]})"
+        return f"{_quote(name)} [label={_quote(label)}, fillcolor={_quote(fill)}, tooltip={_quote(tooltip)}{shape}];"
+
+    def _legend(self) -> str:
+        rows = "".join(
+            f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in (CURRENT, STALE, MISSING, CORRUPTED)
+        )
+        return (
+            '  subgraph cluster_legend { label="stored"; fontsize=10; style=dashed; '
+            f'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0">{rows}</TABLE>>]; }}'
+        )
+
+    def _states(self) -> list[str]:
+        if self.storage is None:
+            return [NO_STORAGE] * len(self.graph)
+        return [p.state for p in self.plan()]
+
+    # -- backend API ---------------------------------------------------------------------
+    def run(self) -> dict[str, str]:
+        """Write ``<workflow_name>.dot``, ``.svg`` and ``.png`` into ``doc_path``.
+
+        :returns: ``{"dot": path, "svg": path, "png": path}``.
+        :raises MissingDependencyError: the graphviz package is not installed (the DOT
+            file is written first).
+        """
+        os.makedirs(self.doc_path, exist_ok=True)
+        base = os.path.join(self.doc_path, self.workflow_name)
+        source = self.dot_source()
+        with open(base + ".dot", "w") as f:
+            f.write(source)
+        paths = {"dot": base + ".dot"}
+        for fmt in ("svg", "png"):
+            with open(base + "." + fmt, "wb") as f:
+                f.write(_render(source, fmt))
+            paths[fmt] = base + "." + fmt
+        return paths
+
+    def _repr_svg_(self) -> str:
+        return _render(self.dot_source(), "svg").decode()
+
+    def set_storage(self, object_storage: Any) -> None:
+        """Colour nodes by what *object_storage* holds for them."""
+        super().set_storage(object_storage)
+
+
+def _render(source: str, fmt: str) -> bytes:
+    """Run Graphviz's ``dot`` on *source*."""
+    try:
+        import graphviz
+    except ImportError as exc:
+        from ...errors import missing_dependency
+
+        raise missing_dependency("graphviz", "graph", exc) from exc
+    if shutil.which("dot") is None:
+        raise ConfigurationError(
+            "Graphviz's 'dot' program is not installed; install Graphviz (Debian/Ubuntu: apt-get install graphviz, "
+            "macOS: brew install graphviz). The DOT source was written."
+        )
+    try:
+        return graphviz.Source(source).pipe(format=fmt)
+    except (graphviz.backend.ExecutableNotFound, subprocess.CalledProcessError) as exc:  # type: ignore[attr-defined]
+        raise FunctionFuseError(f"Graphviz failed to render {fmt}: {exc}") from exc

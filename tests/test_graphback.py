@@ -1,0 +1,68 @@
+"""GraphWorkflow: real Graphviz drawings of the seed DAGs."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from contracts.backend import seed_incremental_sum, seed_quick_start
+from functionfuse.backends.builtin.graphback import STATE_COLOURS, GraphWorkflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.storage import storage_factory
+
+pytest.importorskip("graphviz", reason="the graph extra is not installed")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_seed_graph_is_drawn_in_three_formats(tmp_path):
+    paths = GraphWorkflow(seed_quick_start(), workflow_name="plot_graph", doc_path=str(tmp_path)).run()
+    assert set(paths) == {"dot", "svg", "png"}
+    svg = Path(paths["svg"]).read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    for name in ("node1", "node2", "node3"):
+        assert f">{name}</text>" in svg
+    width, height = png_size(Path(paths["png"]).read_bytes())
+    assert width > 50 and height > 50
+    dot = Path(paths["dot"]).read_text()
+    assert '"node1" -> "node2";' in dot and '"node1" -> "node3";' in dot and '"node2" -> "node3";' in dot
+
+
+def test_class_method_chains_are_visible(tmp_path):
+    wf = GraphWorkflow(seed_incremental_sum(), workflow_name="stateful", doc_path=str(tmp_path))
+    dot = wf.dot_source()
+    assert 'subgraph "cluster_IncrementalSum"' in dot
+    assert '"IncrementalSum" -> "one_plus_two" [style=dashed, label="then"' in dot
+    assert '"one_plus_two" -> "three_plus_two" [style=dashed' in dot
+    assert '"three_minus_one" -> "one_plus_two";' in dot
+    svg = Path(wf.run()["svg"]).read_text()
+    for name in ("four_minus_three", "IncrementalSum", "three_minus_one", "one_plus_two", "three_plus_two", "five_plus_one", "six_minus_two"):
+        assert f">{name}</text>" in svg
+
+
+def test_nodes_are_coloured_by_storage_state(tmp_path):
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    out = seed_quick_start()
+    run = LocalWorkflow(out, workflow_name="ops")
+    run.set_storage(storage)
+    run.run()
+    storage.remove_task("ops", task_name="node3")
+    drawing = GraphWorkflow(out, workflow_name="ops", doc_path=str(tmp_path))
+    drawing.set_storage(storage)
+    dot = drawing.dot_source()
+    node1 = dot.split('"node1" [')[1].split("\n")[0]
+    assert f'fillcolor="{STATE_COLOURS["current"]}"' in node1
+    node3 = dot.split('"node3" [')[1].split("\n")[0]
+    assert STATE_COLOURS["missing"] in node3
+    assert "legend" in dot
+
+
+def test_jupyter_displays_the_drawing():
+    svg = GraphWorkflow(seed_quick_start(), workflow_name="nb")._repr_svg_()
+    assert "<svg" in svg and ">node3</text>" in svg
