@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from .errors import (
 )
 from .fingerprint import FINGERPRINT_VERSION, Fingerprinter, explain
 from .graph import Graph, _gc_paused
+from .report import Progress, RunReport, progress_enabled
 from .workflow import ClassNode, MethodNode, Node, NodeItem, _scan, executing_nodes, validate_name
 
 __all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS"]
@@ -153,9 +155,13 @@ class BaseWorkflow:
         self.storage: Any = None
         self._plugins: dict[int, Any] = {}
         self._calls: list[Callable[[Sequence[Any]], Any]] | None = None
+        self._all_run_frees: list[tuple[int, ...]] | None = None
         self.cache_policy = "name"
         self._cache: dict[int, str] = {}
         self._records: list[dict] | None = None
+        self._progress: bool | None = None
+        #: the report of the last run (see :class:`functionfuse.report.RunReport`)
+        self.last_run: RunReport = RunReport(self.workflow_name, type(self).__name__)
 
     # -- configuration ---------------------------------------------------------------
     def set_storage(self, object_storage: Any) -> None:
@@ -172,6 +178,38 @@ class BaseWorkflow:
     def query(self, pattern: str | None = None) -> Query:
         """Query nodes of the graph by regexp pattern (``None``: every node)."""
         return self.query_class(self.graph.query(pattern), self)
+
+    def set_progress(self, enabled: bool | None) -> None:
+        """Show a progress line while running: True, False, or None (default: only when
+        standard error is a terminal and ``FUNCTIONFUSE_PROGRESS`` is not 0)."""
+        self._progress = enabled
+
+    # -- run bookkeeping (every backend) ------------------------------------------------
+    def start_run(self) -> tuple[RunReport, Progress]:
+        """A fresh report (``last_run``) and progress display for a run starting now."""
+        report = RunReport(self.workflow_name, type(self).__name__, nodes=len(self.graph))
+        self.last_run = report
+        progress = Progress(report, enabled=progress_enabled(self._progress, sys.stderr))
+        progress.update(force=True)
+        return report, progress
+
+    def finish_run(self, report: RunReport, progress: Progress, started: float, error: BaseException | None = None) -> None:
+        """Close the progress display, log the summary and store the report."""
+        report.seconds = time.perf_counter() - started
+        if error is not None:
+            report.error = f"{type(error).__name__}: {error}"
+            if isinstance(error, NodeExecutionError):
+                report.failed = error.node_name
+        progress.close()
+        level = logging.WARNING if error is not None else logging.INFO
+        if log.isEnabledFor(level):  # the summary names and sorts every node: only on demand
+            log.log(level, report.summary())
+        saver = getattr(self.storage, "save_run_report", None)
+        if saver is not None:
+            try:
+                saver(self.workflow_name, report.as_dict())
+            except (OSError, StorageError, NotImplementedError) as exc:
+                log.warning("the run report of workflow %r could not be stored: %s", self.workflow_name, exc)
 
     def set_cache(self, policy: str) -> None:
         """When a stored result is reused (queries can override it per node):
@@ -309,27 +347,32 @@ class BaseWorkflow:
     def release_schedule(self, actions: Sequence[str] | None = None) -> list[tuple[int, ...]]:
         """For each node, the values to drop once it has run: parents that no later
         running node needs, and its own value if nothing needs it at all (it is then
-        only stored). Outputs are kept. *actions* is the plan (``None``: all run).
+        only stored). Outputs are kept. *actions* is the plan (``None``: all run; that
+        schedule is computed once per workflow).
         """
+        if actions is None and self._all_run_frees is not None:
+            return self._all_run_frees
         g = self.graph
         dp = g.data_parents
         n = len(dp)
-        last = list(range(n))  # a value nobody consumes is dropped right after its node
-        for i in range(n):
-            if actions is None or actions[i] in RUNS:
-                for p in dp[i]:
-                    last[p] = i
-        for o in g.outputs:
-            last[o] = -1
-        lists: dict[int, list[int]] = {}
-        for p in range(n):
-            i = last[p]
-            if i >= 0:
-                lists.setdefault(i, []).append(p)
-        frees: list[tuple[int, ...]] = [()] * n
         with _gc_paused():
+            last = list(range(n))  # a value nobody consumes is dropped right after its node
+            for i in range(n):
+                if actions is None or actions[i] in RUNS:
+                    for p in dp[i]:
+                        last[p] = i
+            for o in g.outputs:
+                last[o] = -1
+            lists: dict[int, list[int]] = {}
+            for p in range(n):
+                i = last[p]
+                if i >= 0:
+                    lists.setdefault(i, []).append(p)
+            frees: list[tuple[int, ...]] = [()] * n
             for i, ps in lists.items():
                 frees[i] = tuple(ps)
+        if actions is None:
+            self._all_run_frees = frees
         return frees
 
     def node_metadata(self, i: int) -> dict:

@@ -204,6 +204,15 @@ class Storage(ABC):
             log.debug("removed task %r of workflow %r", name, workflow_name)
         return names
 
+    def save_run_report(self, workflow_name: str, report: dict) -> None:
+        """Store a run report with the workflow (kinds without report support raise
+        NotImplementedError; backends then only log it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store run reports")
+
+    def list_run_reports(self, workflow_name: str) -> list[dict]:
+        """Stored run reports of the workflow, oldest first."""
+        return []
+
     def remove_workflow(self, workflow_name: str) -> None:
         """Remove the workflow (every stored result and its data) from the storage."""
         validate_name(workflow_name, "Workflow name")

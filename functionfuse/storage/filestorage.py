@@ -12,6 +12,7 @@ folder is fsynced: a reader sees the old result or the new one, never a part.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import ConfigurationError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
+from ..workflow import validate_name
 from . import frame
 from .base import Storage
 from .frame import iter_pieces
@@ -29,6 +31,8 @@ __all__ = ["FileStorage"]
 
 SUFFIX = ".ffr"
 _TMP = ".tmp"
+_RUNS = ".runs"
+_KEEP_RUNS = 100
 _STALE_TMP_SECONDS = 24 * 3600
 _MAX_WRITE = 1 << 30
 
@@ -215,6 +219,37 @@ class FileStorage(Storage):
         trash = os.path.join(self.path, f".removing-{uuid.uuid4().hex[:8]}")
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def save_run_report(self, workflow_name: str, report: dict) -> None:
+        """Write *report* as ``path/workflow_name/.runs/<time>-<token>.json`` (atomically)."""
+        validate_name(workflow_name, "Workflow name")
+        tmpdir = self._prepare(workflow_name)
+        runs = os.path.join(self._wf(workflow_name), _RUNS)
+        os.makedirs(runs, exist_ok=True)
+        now = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}"
+        name = f"{stamp}-{uuid.uuid4().hex[:8]}.json"
+        tmp = os.path.join(tmpdir, name)
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(runs, name))
+        reports = sorted(os.listdir(runs))
+        for old in reports[: max(0, len(reports) - _KEEP_RUNS)]:
+            os.remove(os.path.join(runs, old))
+
+    def list_run_reports(self, workflow_name: str) -> list[dict]:
+        validate_name(workflow_name, "Workflow name")
+        runs = os.path.join(self._wf(workflow_name), _RUNS)
+        out = []
+        for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+            try:
+                with open(os.path.join(runs, name)) as f:
+                    out.append(json.load(f))
+            except (OSError, ValueError):
+                continue
+        return out
 
     def list_workflows(self) -> list[str]:
         try:

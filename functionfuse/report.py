@@ -1,0 +1,139 @@
+"""Run reports and the progress line.
+
+Every run of a backend produces a :class:`RunReport` (``workflow.last_run``): how many
+nodes ran, were loaded or skipped, which failed, the time each node took and the
+slowest ones. With storage set, the report is stored with the workflow
+(``storage.list_run_reports(workflow_name)``).
+
+While a run is going, a one-line progress display (nodes done / loaded / running /
+failed, elapsed time) is written to standard error when it is a terminal. It is off
+when standard error is not a terminal, with ``FUNCTIONFUSE_PROGRESS=0``, or with
+``workflow.set_progress(False)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any
+
+__all__ = ["RunReport", "Progress", "progress_enabled"]
+
+log = logging.getLogger("functionfuse")
+
+
+@dataclass
+class RunReport:
+    """What one run did."""
+
+    workflow: str
+    backend: str
+    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    seconds: float = 0.0
+    nodes: int = 0
+    ran: int = 0
+    loaded: int = 0
+    skipped: int = 0
+    recomputed: int = 0
+    failed: str | None = None
+    error: str | None = None
+    #: clock readings after each node of a fast local run (node i: [i + 1] - [i])
+    _stamps: list[float] | None = field(default=None, repr=False)
+    _names: Any = field(default=None, repr=False)
+    _node_seconds: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def node_seconds(self) -> dict[str, float]:
+        """Seconds each node took, for the nodes that ran (named on first use)."""
+        stamps = self._stamps
+        if stamps is not None:
+            names = self._names()
+            self._node_seconds.update((names[i], stamps[i + 1] - stamps[i]) for i in range(len(stamps) - 1))
+            self._stamps = None
+        return self._node_seconds
+
+    def record(self, name: str, seconds: float) -> None:
+        self._node_seconds[name] = seconds
+
+    def slowest(self, k: int = 5) -> list[tuple[str, float]]:
+        """The *k* nodes that took longest, slowest first."""
+        return sorted(self.node_seconds.items(), key=lambda kv: -kv[1])[:k]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d["node_seconds"] = {k: round(v, 6) for k, v in self.node_seconds.items()}
+        d["slowest"] = [[name, round(s, 6)] for name, s in self.slowest(10)]
+        return d
+
+    def summary(self) -> str:
+        status = f"failed at {self.failed!r}" if self.failed else "finished"
+        text = (
+            f"workflow {self.workflow!r} {status} in {self.seconds:.2f} s: {self.ran} run, "
+            f"{self.loaded} loaded from storage, {self.skipped} skipped"
+        )
+        if self.recomputed:
+            text += f", {self.recomputed} recomputed (unreadable stored results)"
+        slow = [f"{name} {s:.2f} s" for name, s in self.slowest(3) if s >= 0.01]
+        if slow:
+            text += "; slowest: " + ", ".join(slow)
+        return text
+
+    def __repr__(self) -> str:
+        return (
+            f"RunReport(workflow={self.workflow!r}, ran={self.ran}, loaded={self.loaded}, skipped={self.skipped}, "
+            f"recomputed={self.recomputed}, failed={self.failed!r}, seconds={self.seconds:.3f})"
+        )
+
+
+def progress_enabled(setting: bool | None, stream: IO[str]) -> bool:
+    if setting is not None:
+        return setting
+    if os.environ.get("FUNCTIONFUSE_PROGRESS", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """A throttled one-line progress display on a terminal."""
+
+    def __init__(self, report: RunReport, *, enabled: bool, stream: IO[str] | None = None, interval: float = 0.1) -> None:
+        self.report = report
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.running = 0
+        self._t0 = time.perf_counter()
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        r = self.report
+        done = r.ran + r.loaded + r.skipped
+        line = (
+            f"[{r.workflow}] {done}/{r.nodes} nodes  {r.ran} run · {r.loaded} loaded · {r.skipped} skipped"
+            f" · {self.running} running · {1 if r.failed else 0} failed  {now - self._t0:6.1f} s"
+        )
+        pad = max(0, self._width - len(line))
+        self._width = len(line)
+        self.stream.write("\r" + line + " " * pad)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.update(force=True)
+        self.stream.write("\n")
+        self.stream.flush()
