@@ -140,7 +140,22 @@ def _is_docstring(stmt: Any) -> bool:
     return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
 
+_SOURCE_DIGESTS: dict[tuple[Any, str], str | None] = {}
+
+
 def _source_digest(obj: Any) -> str | None:
+    """Digest of *obj*'s canonical source, cached per code object for the process
+    (parsing is the expensive part of a fingerprint)."""
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        return _parse_digest(obj)
+    key = (code, code.co_filename)
+    if key not in _SOURCE_DIGESTS:
+        _SOURCE_DIGESTS[key] = _parse_digest(obj)
+    return _SOURCE_DIGESTS[key]
+
+
+def _parse_digest(obj: Any) -> str | None:
     try:
         src = textwrap.dedent(inspect.getsource(obj))
         tree = ast.parse(src)

@@ -246,7 +246,7 @@ class ClassNode(Node):
 class MethodNode(Node):
     """A method call on a :class:`ClassNode`, chained after the previous call."""
 
-    __slots__ = ("instance", "method")
+    __slots__ = ("instance", "method", "previous")
 
     kind = "method"
 
@@ -254,20 +254,14 @@ class MethodNode(Node):
         self.instance = instance
         self.method = method
         previous = instance._last
+        #: the call this one is chained after (the constructor for the first call)
+        self.previous: Node = previous
         order = () if previous is instance else (previous,)
         # the instance is a data dependency (the method needs the live object); the
         # previous call is an ordering dependency only
         super().__init__(
             _MethodCall(instance.func, method), args, kwargs, extra_data=(instance,), order_parents=order  # type: ignore[arg-type]
         )
-
-    @property
-    def previous(self) -> Node:
-        """The call this one is chained after (the constructor for the first call)."""
-        for p in self.parents:
-            if type(p) is MethodNode and p.instance is self.instance:
-                return p
-        return self.instance
 
 
 class _MethodCall:

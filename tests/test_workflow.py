@@ -95,6 +95,15 @@ def test_class_nodes_chain_method_calls():
     assert counter in second.data_parents and first in second.parents and first not in second.data_parents
 
 
+def test_previous_call_is_the_chain_order_not_an_argument():
+    counter = Counter()
+    first = counter.bump(1)
+    second = counter.bump(10)
+    third = counter.bump(first)  # an earlier call's result as argument
+    assert third.previous is second
+    assert first in third.data_parents
+
+
 def test_unknown_method_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no method 'jump'"):
         Counter().jump()
