@@ -16,6 +16,7 @@ storage node, where the serializer's files are).
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Iterable
 
 from ..errors import ConfigurationError, SerializationError, missing_dependency
@@ -110,8 +111,9 @@ class FileStorage:
     # -- where the work is done -----------------------------------------------------------
     def local(self) -> _LocalFileStorage:
         """The file storage that does the work on the storage node (same path, same serializers)."""
-        inner = _LocalFileStorage.__new__(_LocalFileStorage)
-        inner.__setstate__({"path": self.path, "_serializers": list(self._serializers)})
+        inner = _LocalFileStorage(self.path)
+        if self._serializers:
+            inner.register_persistent_serializers(*self._serializers)
         return inner
 
     def ray_placement(self) -> tuple[_LocalFileStorage, dict]:
@@ -158,10 +160,20 @@ class FileStorage:
         return tuple(self._serializers)
 
     def save(self, workflow_name: str, task_name: str, obj: Any, metadata: dict | None = None) -> dict:
-        """Store *obj* as the result of *task_name*, atomically, on the storage node."""
+        """Store *obj* as the result of *task_name*, atomically, on the storage node.
+
+        The result is framed here, where it is a live object, and its bytes are written
+        there (a result that uses a persistent serializer is framed there, where the
+        serializer writes its files).
+        """
         validate_name(workflow_name, "Workflow name")
         validate_name(task_name, "Task name")
-        return self._call("save", workflow_name, task_name, obj, metadata)
+        if self._serializers:
+            return self._call("save", workflow_name, task_name, obj, metadata)
+        enc = frame.encode(obj, {"workflow": workflow_name, "task": task_name, **(metadata or {})})
+        # memoryviews (out-of-band buffers) travel through Ray as pickle buffers, uncopied
+        pieces = [pickle.PickleBuffer(p) if isinstance(p, memoryview) else p for p in enc.pieces]
+        return self._call("_write", workflow_name, task_name, enc.header, pieces)
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
         """Read saved result of node execution from workflow storage.
@@ -174,7 +186,9 @@ class FileStorage:
         kind, where, payload = self._call("_read", workflow_name, task_name)
         if kind == "object":
             return payload
-        return frame.decode(payload, where)
+        # Ray hands over read-only views of its object store: copy them into buffers of
+        # our own, so loaded arrays are writable as with kind "file"
+        return frame.decode([bytearray(memoryview(s)) for s in payload], where)
 
     def read_metadata(self, workflow_name: str, task_name: str) -> dict:
         """The metadata stored with a result (node, function, inputs, times, size, versions)."""
@@ -256,12 +270,25 @@ def _read(st: _LocalFileStorage, workflow_name: str, task_name: str) -> tuple[st
         if header["meta"].get("serializers"):
             reader.close()
             return "object", where, st.read_task(workflow_name, task_name)
-        return "segments", where, frame.read_payload(reader, header, where)
+        segments = frame.read_payload(reader, header, where)
+    # pickle buffers travel out of band, whatever buffer type the file storage read into
+    return "segments", where, [pickle.PickleBuffer(s) for s in segments]
+
+
+def _write(st: _LocalFileStorage, workflow_name: str, task_name: str, header: dict, pieces: list) -> dict:
+    """Publish a result framed by the caller, with the file storage's atomic write."""
+    encoded = frame.Encoded(header, pieces)
+    st._publish(workflow_name, task_name, lambda protocols, token: encoded)
+    return header["meta"]
+
+
+_PRIVATE_OPS: dict[str, Any] = {"_read": _read, "_write": _write}
 
 
 @ray.remote
 def _op(path: str, serializers: list, method: str, args: tuple, kwargs: dict) -> Any:
     st = _local(path, serializers)
-    if method == "_read":
-        return _read(st, *args)
+    private = _PRIVATE_OPS.get(method)
+    if private is not None:
+        return private(st, *args)
     return getattr(st, method)(*args, **kwargs)

@@ -1,0 +1,276 @@
+"""Ray Workflows addon: the DAG as a Ray Workflows DAG (``.bind()`` + ``workflow.run``).
+
+Ray Workflows (``ray.workflow``) was removed from Ray after 2.47: this addon needs
+``ray<=2.47`` and says so when created with a newer Ray. For durable execution on
+current Ray use :class:`functionfuse.backends.builtin.rayback.RayWorkflow` with a
+storage: it saves every node's result as soon as the node finishes, and a re-run (or a
+new driver after a crash) resumes from them.
+
+Each node that runs or loads becomes one workflow task, bound to the tasks of its
+parents; Ray Workflows checkpoints each task's output in its own storage (``ray.init
+(storage=...)``). The functionfuse resume plan and storage work as with every backend.
+A class node has no actor here (Ray Workflows has none): the constructor task returns
+the object and each method-call task receives the object from the previous call and
+returns it with its result, so the calls see the state they would see in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow
+from ...errors import ConfigurationError, MissingDependencyError, NodeExecutionError, StorageError, missing_dependency
+from ...workflow import ClassNode, MethodNode
+from ..plugins import prepare
+
+__all__ = ["RayWorkflow", "RAY_WORKFLOWS_LAST_RAY"]
+
+log = logging.getLogger("functionfuse.rayworkflow")
+
+#: the last Ray release that ships ray.workflow
+RAY_WORKFLOWS_LAST_RAY = "2.47"
+
+
+def _ray_workflow() -> tuple[Any, Any]:
+    """``(ray, ray.workflow)``, or a clear error saying what to install or use instead."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise missing_dependency("ray", "ray", exc) from exc
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Ray Workflows library is deprecated", category=UserWarning)
+            from ray import workflow
+    except (ImportError, RuntimeError) as exc:
+        raise MissingDependencyError(
+            f"The Ray Workflows addon needs ray.workflow, which Ray removed after "
+            f"{RAY_WORKFLOWS_LAST_RAY}; this environment has ray {ray.__version__}. Install "
+            f"'ray<={RAY_WORKFLOWS_LAST_RAY}' to use it (e.g. pip install 'ray[default]=={RAY_WORKFLOWS_LAST_RAY}.1'), "
+            "or, for durable execution on current Ray, use "
+            "functionfuse.backends.builtin.rayback.RayWorkflow with a storage "
+            '(storage_factory({"kind": "ray", ...}) or {"kind": "file", ...}): it saves every '
+            "node's result as soon as the node finishes, and a re-run resumes from them."
+        ) from exc
+    return ray, workflow
+
+
+class _State:
+    """A class node's object, passed from one workflow task to the next."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce__(self) -> tuple:
+        return (_State, (self.obj,))
+
+
+class _Called:
+    """A method call's result, with the object after the call."""
+
+    __slots__ = ("obj", "value")
+
+    def __init__(self, obj: Any, value: Any) -> None:
+        self.obj, self.value = obj, value
+
+    def __reduce__(self) -> tuple:
+        return (_Called, (self.obj, self.value))
+
+
+def _plain(v: Any) -> Any:
+    t = type(v)
+    if t is _State:
+        return v.obj
+    if t is _Called:
+        return v.value
+    return v
+
+
+def _step(spec: Any, kind: str, *values: Any) -> Any:
+    """One node as a workflow task (``kind``: function, class, method or load)."""
+    from ..builtin._raytasks import _execute_node, _NodeFailure
+
+    if kind == "load":
+        index, name, wf, storage = spec
+        try:
+            return storage.read_task(wf, name)
+        except Exception as exc:
+            raise _NodeFailure.capture(index, "load", exc) from None
+    if kind == "method":
+        k, previous, values = values[0], values[1], values[2:]
+        obj = previous.obj
+        return _Called(obj, _execute_node(spec, [_plain(v) for v in values], k, obj))
+    value = _execute_node(spec, [_plain(v) for v in values])
+    return _State(value) if kind == "class" else value
+
+
+def _collect(outputs: tuple, *values: Any) -> dict:
+    """The workflow's output: the values of the output nodes (every sink is an argument,
+    so that everything that has to run runs)."""
+    return {i: _plain(v) for i, v in zip(outputs, values[: len(outputs)])}
+
+
+class RayWorkflow(BaseWorkflow):
+    """A backend that runs the DAG with Ray Workflows (ray<=2.47).
+
+    :param nodes: DAG nodes; all roots that are ancestors of them and everything
+        reachable from those roots run.
+    :param workflow_name: the name of the workflow, used by storage; also the prefix of
+        the Ray Workflows ids of its runs.
+    :param ray_init_args: arguments of ``ray.init`` if Ray is not initialised yet
+        (``storage`` sets Ray Workflows' checkpoint folder or URI).
+
+    :raises MissingDependencyError: the installed Ray has no ``ray.workflow`` (Ray after
+        2.47): the message says what to install, or to use
+        :class:`functionfuse.backends.builtin.rayback.RayWorkflow` with storage.
+    """
+
+    def __init__(self, *nodes: Any, workflow_name: str, ray_init_args: dict | None = None) -> None:
+        self._ray, self._workflow = _ray_workflow()
+        super().__init__(*nodes, workflow_name=workflow_name)
+        if ray_init_args is not None and not isinstance(ray_init_args, dict):
+            raise ConfigurationError(f"ray_init_args must be a dict of ray.init arguments, got {ray_init_args!r}.")
+        self.last_workflow_id: str | None = None
+        if not self._ray.is_initialized():
+            self._ray.init(**(ray_init_args or {}))
+        self._workflow.init()
+
+    def run(self, workflow_id: str | None = None) -> Any:
+        """Run the workflow with Ray Workflows.
+
+        :param workflow_id: the Ray Workflows id of this run (default:
+            ``<workflow_name>.<unique suffix>``); with the id of an interrupted run,
+            Ray Workflows resumes that run from its own checkpoints.
+        :returns: the result of the single node given, or a list for several.
+        :raises NodeExecutionError: a node failed; results stored before stay stored.
+        """
+        started = time.perf_counter()
+        report, progress = self.start_run()
+        try:
+            results = self._run(report, workflow_id)
+        except BaseException as exc:
+            self.finish_run(report, progress, started, exc)
+            raise
+        self.finish_run(report, progress, started)
+        return self.outputs(results)
+
+    def _run(self, stats: Any, workflow_id: str | None) -> dict:
+        from ..builtin._raytasks import _pack  # a node's call, pickled without the graph
+
+        ray = self._ray
+        g = self.graph
+        names, nodes, data_parents, wf = g.names, g.nodes, g.data_parents, self.workflow_name
+        actions = self.resume_actions(self._stored())
+        calls = self.node_calls()
+        storage = self.storage
+        step = ray.remote(_step)
+        bound: list[Any] = [None] * len(g)
+        consumed = [False] * len(g)
+        latest: dict[int, Any] = {}  # class node -> bound task of its latest call
+        latest_index: dict[int, int] = {}
+        for i, action in enumerate(actions):
+            if action == SKIP:
+                stats.skipped += 1
+                continue
+            name = names[i]
+            if action == LOAD:
+                bound[i] = step.options(name=name).bind((i, name, wf, storage), "load")
+                stats.loaded += 1
+                continue
+            plugin = self._plugins.get(i)
+            save = storage is not None and action == RUN
+            node = nodes[i]
+            k = g.index_of(node.instance) if type(node) is MethodNode else -1
+            # a method call gets its object from the previous call, not as an argument
+            parents = tuple(p for p in data_parents[i] if p != k)
+            spec = _pack(
+                (
+                    i, name, wf, calls[i],
+                    None if plugin is None else prepare(plugin, name),
+                    storage if save else None,
+                    self.node_metadata(i) if save else None,
+                    parents,
+                )
+            )
+            if type(node) is MethodNode:
+                bound[i] = step.options(name=name).bind(spec, "method", k, latest[k], *[bound[p] for p in parents])
+                consumed[latest_index[k]] = True
+                latest[k] = bound[i]
+                latest_index[k] = i
+            else:
+                kind = "class" if type(node) is ClassNode else "function"
+                bound[i] = step.options(name=name).bind(spec, kind, *[bound[p] for p in parents])
+                if kind == "class":
+                    latest[i] = bound[i]
+                    latest_index[i] = i
+            for p in parents:
+                consumed[p] = True
+            stats.ran += 1
+        outputs = tuple(sorted(set(g.outputs)))
+        sinks = [bound[i] for i in range(len(g)) if bound[i] is not None and not consumed[i] and i not in outputs]
+        dag = ray.remote(_collect).bind(outputs, *[bound[o] for o in outputs], *sinks)
+        workflow_id = workflow_id or f"{wf}.{time.strftime('%Y%m%d-%H%M%S')}.{uuid.uuid4().hex[:8]}"
+        self.last_workflow_id = workflow_id
+        log.info("workflow %r: Ray Workflows run %r", wf, workflow_id)
+        try:
+            return self._workflow.run(dag, workflow_id=workflow_id)
+        except Exception as exc:
+            stats.ran = 0
+            raise self._failure(exc) from exc
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """The error to raise for a failed Ray Workflows run: names the failing node.
+
+        Ray Workflows reports a task's failure as a WorkflowExecutionError of its
+        management actor, with the task's traceback as text: the node is found there.
+        """
+        from ..builtin._raytasks import _NodeFailure
+
+        names, wf = self.graph.names, self.workflow_name
+        text = str(exc)
+        failure = _find_failure(exc, _NodeFailure)
+        if failure is not None:
+            index, stage, detail = failure.index, failure.stage, f"{type(failure.error).__name__}: {failure.error}"
+            text = failure.tb
+        else:
+            m = _FAILURE_LINE.search(text)
+            if m is None:
+                return NodeExecutionError(
+                    f"Workflow {wf!r} failed in Ray Workflows: {type(exc).__name__}: {exc}",
+                    node_name="",
+                    workflow_name=wf,
+                )
+            index, stage, detail = int(m.group(1)), m.group(2), m.group(3)
+        name = names[index]
+        if stage in ("save", "load"):
+            action = "could not be stored (results stored before it are kept)" if stage == "save" else "could not be loaded"
+            return StorageError(f"Result of node {name!r} of workflow {wf!r} {action}: {detail}")
+        return NodeExecutionError(
+            f"Node {name!r} of workflow {wf!r} failed: {detail}\n\nRemote traceback (Ray Workflows task):\n{text.rstrip()}",
+            node_name=name,
+            workflow_name=wf,
+        )
+
+
+_FAILURE_LINE = re.compile(r"_NodeFailure: node #(\d+) failed \((\w+)\): ([^\n]*)")
+
+
+def _find_failure(exc: BaseException, kind: type) -> Any:
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kind):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
