@@ -1,0 +1,388 @@
+"""PrefectWorkflow: the DAG as a real Prefect flow, one Prefect task per node.
+
+:meth:`PrefectWorkflow.generate_flow` compiles the graph into a ``prefect.Flow``
+(kept in :attr:`PrefectWorkflow.flow`, usable for deployments); :meth:`run` calls it.
+What one run of the flow does:
+
+1. **Plan.** The resume plan comes from the core (:meth:`resume_actions`): each node
+   runs, is replayed (a stored class-node call re-run to rebuild the instance, not
+   saved again), is loaded from storage, or is skipped. The plan is made when the flow
+   runs, so a deployed flow resumes from whatever is stored at that moment.
+2. **Load.** Stored results that a running node or the output needs are read first. A
+   damaged one is reported (``ResultRecomputedWarning``), left out of the stored set,
+   and the plan is made again, so that node runs, as in ``LocalWorkflow``.
+3. **Submit.** Every running node is submitted, in topological order, as its own Prefect
+   task (task and task-run name: the node name). Parent results are passed as Prefect
+   futures, so the dependencies are Prefect's own and independent nodes run
+   concurrently on the flow's task runner; a method call of a class node also waits for
+   the previous call on the same instance. Each task saves its result to functionfuse
+   storage as soon as its node has run.
+4. **Collect.** The flow waits for every task. If some failed, it raises the error of
+   the first failed node in topological order (a :class:`NodeExecutionError` naming the
+   node and workflow), after every independent branch has finished and been stored.
+   Otherwise it returns the outputs, like ``LocalWorkflow.run``.
+
+Results travel between tasks in memory, so class nodes (whose instance is shared by
+its method calls) need an in-process task runner: the default ``ThreadPoolTaskRunner``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+import threading
+import time
+import warnings
+from typing import Any, Callable, Mapping
+
+from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow
+from ...baseworkflow import Query as BaseQuery
+from ...errors import (
+    ConfigurationError,
+    CorruptedResultError,
+    FunctionFuseError,
+    NodeExecutionError,
+    ResultRecomputedWarning,
+    StorageError,
+    missing_dependency,
+)
+
+try:
+    import prefect
+    from prefect.cache_policies import NO_CACHE
+    from prefect.context import FlowRunContext
+    from prefect.futures import wait as _wait_for_futures
+    from prefect.utilities.annotations import quote
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
+    raise missing_dependency("prefect", "prefect", _exc) from _exc
+try:  # Prefect >= 3.8: resolve a future without walking through its (maybe large) result
+    from prefect.utilities.annotations import opaque
+except ImportError:  # pragma: no cover - older Prefect 3: plain futures, resolved the slow way
+    def opaque(value: Any) -> Any:  # type: ignore[misc,no-redef]
+        return value
+
+__all__ = ["PrefectWorkflow", "Query"]
+
+log = logging.getLogger("functionfuse.prefect")
+
+#: options of ``prefect.task`` / ``prefect.flow`` (all but the function itself)
+_TASK_OPTIONS = frozenset(p for p in inspect.signature(prefect.Task.__init__).parameters if p not in ("self", "fn"))
+_FLOW_OPTIONS = frozenset(p for p in inspect.signature(prefect.Flow.__init__).parameters if p not in ("self", "fn"))
+#: task options that mean the user configured Prefect's own caching or result persistence
+_CACHE_OPTIONS = frozenset(
+    {"cache_policy", "cache_key_fn", "cache_expiration", "refresh_cache", "persist_result", "result_storage",
+     "result_storage_key", "result_serializer"}
+)
+
+
+def _check_options(options: Any, allowed: frozenset, what: str, method: str) -> dict:
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"{method} takes a dict of {what} options, not {type(options).__name__} {options!r}."
+        )
+    unknown = sorted(k for k in options if k not in allowed)
+    if unknown:
+        raise ConfigurationError(
+            f"{method}: {', '.join(repr(k) for k in unknown)} "
+            f"{'is not an option' if len(unknown) == 1 else 'are not options'} of {what} "
+            f"(prefect {prefect.__version__}). Valid options: {', '.join(sorted(allowed))}."
+        )
+    return dict(options)
+
+
+class Query(BaseQuery):
+    """The nodes of a workflow whose names match a pattern; sets options on them."""
+
+    workflow: "PrefectWorkflow"
+
+    def set_task_args(self, args: Mapping[str, Any]) -> "Query":
+        """Set arguments for task definition in Prefect.
+
+        :param args: keyword arguments of ``prefect.task`` for these nodes, e.g.
+            ``{"retries": 2, "retry_delay_seconds": 1, "tags": ["gpu"],
+            "timeout_seconds": 600}``. Calls add up: a later call (or query) overrides
+            earlier ones only for the keys it sets.
+        :returns: this query.
+        """
+        opts = _check_options(args, _TASK_OPTIONS, "prefect.task", "set_task_args")
+        task_args = self.workflow._task_args
+        for i in self.indices:
+            task_args[i] = {**task_args.get(i, {}), **opts}
+        self.workflow._options_changed()
+        return self
+
+
+class PrefectWorkflow(BaseWorkflow):
+    """A backend to run workflows through Prefect.
+
+    :param nodes: DAG nodes. The backend finds all DAG roots that are ancestors of the
+        nodes and runs the graph from those roots through every descendant.
+    :param workflow_name: the name of the workflow, used by storage and as the default
+        name of the Prefect flow.
+
+    Each node is a Prefect task named after the node; with storage set
+    (:meth:`set_storage`) every result is saved as soon as its task has run, and a later
+    run loads stored results instead of running their nodes.
+    """
+
+    query_class = Query
+
+    def __init__(self, *nodes: Any, workflow_name: str) -> None:
+        super().__init__(*nodes, workflow_name=workflow_name)
+        self._task_args: dict[int, dict[str, Any]] = {}
+        self._flow_options: dict[str, Any] = {}
+        #: the generated ``prefect.Flow`` (see :meth:`generate_flow`)
+        self.flow: Any = None
+        #: the Prefect task of each node, by node name (set by :meth:`generate_flow`)
+        self.tasks: dict[str, Any] = {}
+        self._flow_current = False
+        #: id of the Prefect flow run of the last :meth:`run` (or of the last run of :attr:`flow`)
+        self.last_flow_run_id: Any = None
+
+    # -- configuration ---------------------------------------------------------------
+    def query(self, pattern: str | None = None) -> Query:
+        """Query nodes of the graph by regexp pattern (``re.search``; ``None``: every node).
+
+        :returns: a :class:`Query`; its :meth:`Query.set_task_args` sets Prefect task options.
+        """
+        return self.query_class(self.graph.query(pattern), self)  # type: ignore[return-value]
+
+    def set_prefect_flow_options(self, options: Mapping[str, Any]) -> None:
+        """Set the options of the generated Prefect flow (any ``prefect.flow`` argument).
+
+        E.g. ``{"task_runner": ThreadPoolTaskRunner(max_workers=4), "log_prints": True,
+        "name": "nightly", "retries": 1}``. The name defaults to the workflow name. The
+        options replace those set before; the flow is generated again on the next
+        :meth:`generate_flow` or :meth:`run`.
+        """
+        self._flow_options = _check_options(options, _FLOW_OPTIONS, "prefect.flow", "set_prefect_flow_options")
+        self._options_changed()
+
+    def _options_changed(self) -> None:
+        self._flow_current = False
+
+    # -- compiling ---------------------------------------------------------------------
+    def generate_flow(self) -> Any:
+        """Create the Prefect flow of this workflow, store it in :attr:`flow`, and return it.
+
+        Calling the flow runs the workflow (with resume from storage) and returns what
+        :meth:`run` returns. Separate from :meth:`run` so the flow can be deployed: bind
+        it to a module-level name (``flow = wf.generate_flow()``) and use that as the
+        deployment's entrypoint (``my_pipeline.py:flow``).
+        """
+        g = self.graph
+        tasks = [self._make_task(i) for i in range(len(g))]
+        options = {
+            "name": self.workflow_name,
+            "description": f"functionfuse workflow {self.workflow_name!r} ({len(g)} nodes)",
+            **self._flow_options,
+        }
+        run_flow = self._run_flow
+
+        def functionfuse_flow() -> Any:
+            return run_flow(tasks)
+
+        try:
+            self.flow = prefect.flow(functionfuse_flow, **options)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"Prefect refused the flow of workflow {self.workflow_name!r}: {exc}. "
+                "Fix the options given to set_prefect_flow_options() (a flow name may be set "
+                "with {'name': ...})."
+            ) from exc
+        self.tasks = dict(zip(g.names, tasks))
+        self._flow_current = True
+        return self.flow
+
+    def _make_task(self, i: int) -> Any:
+        """The Prefect task of node *i*: its body runs the node through the core."""
+        g = self.graph
+        name = g.names[i]
+        keys = tuple((j, g.names[j]) for j in g.data_parents[i])
+        run_node = self.run_node
+
+        def run_functionfuse_node(inputs: dict, save: bool) -> Any:
+            run = _CURRENT_RUN.get()
+            if run is not None:
+                run.started()
+            t = time.perf_counter()
+            try:
+                value = run_node(i, {j: inputs[k] for j, k in keys}, save=save)
+            finally:
+                if run is not None:
+                    run.stopped()
+            if run is not None:
+                run.finished(name, time.perf_counter() - t)
+            return value
+
+        # a function per node: Prefect derives each task's key from its function's name
+        run_functionfuse_node.__name__ = run_functionfuse_node.__qualname__ = name
+        options: dict[str, Any] = {"name": name, "task_run_name": _constant(name)}
+        user = self._task_args.get(i, {})
+        if not _CACHE_OPTIONS.intersection(user):
+            # functionfuse storage does the resuming; Prefect's input hashing would only cost
+            options["cache_policy"] = NO_CACHE
+        options.update(user)
+        try:
+            return prefect.task(run_functionfuse_node, **options)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"Prefect refused the task options {user!r} of node {name!r}: {exc}. "
+                "Fix them with query(...).set_task_args({...})."
+            ) from exc
+
+    # -- running -------------------------------------------------------------------------
+    def run(self) -> Any:
+        """Start execution of the workflow as a Prefect flow run.
+
+        Generates the flow first if it is missing or the options changed. Without a
+        Prefect server configured (``PREFECT_API_URL``), Prefect starts a temporary
+        local one.
+
+        :returns: the result of the single node given to the constructor, or a list of
+            results for several.
+        :raises NodeExecutionError: a node failed; results stored before stay stored.
+        """
+        if self.flow is None or not self._flow_current:
+            self.generate_flow()
+        return self.flow()
+
+    def _run_flow(self, tasks: list[Any]) -> Any:
+        """The body of the flow (runs inside a Prefect flow run)."""
+        started = time.perf_counter()
+        report, progress = self.start_run()
+        ctx = FlowRunContext.get()
+        if ctx is not None and ctx.flow_run is not None:
+            self.last_flow_run_id = ctx.flow_run.id
+        token = _CURRENT_RUN.set(_RunState(report, progress))
+        try:
+            value = self._submit_and_collect(tasks, report)
+        except BaseException as exc:
+            self.finish_run(report, progress, started, exc)
+            raise
+        finally:
+            _CURRENT_RUN.reset(token)
+        self.finish_run(report, progress, started)
+        return value
+
+    def _submit_and_collect(self, tasks: list[Any], report: Any) -> Any:
+        self.node_calls()  # compile argument resolution once, before tasks use it in threads
+        actions, loaded = self._plan_and_load(report)
+        g = self.graph
+        names, parents, data_parents = g.names, g.parents, g.data_parents
+        save = self.storage is not None
+        futures: dict[int, Any] = {}
+        for i, action in enumerate(actions):
+            if action != RUN and action != REPLAY:
+                continue
+            inputs = {}
+            for j in data_parents[i]:
+                fut = futures.get(j)
+                inputs[names[j]] = quote(loaded[j]) if fut is None else opaque(fut)
+            order = [futures[j] for j in parents[i] if j not in data_parents[i] and j in futures]
+            futures[i] = tasks[i].submit(inputs=inputs, save=save and action == RUN, wait_for=order or None)
+        _run_logger().info(
+            "functionfuse workflow %r: %d nodes submitted as tasks, %d loaded from storage, %d skipped",
+            self.workflow_name, len(futures), report.loaded, report.skipped,
+        )
+        _wait_for_futures(list(futures.values()))
+
+        failures = [i for i, fut in futures.items() if fut.state.is_failed() or fut.state.is_crashed()]
+        if failures:
+            for i in failures[1:]:
+                _run_logger().error("node %r failed too", names[i])
+            raise self._failure(failures[0], futures[failures[0]])
+        results = {i: (futures[i].result() if i in futures else loaded[i]) for i in g.outputs}
+        return self.outputs(results)
+
+    def _plan_and_load(self, report: Any) -> tuple[list[str], dict[int, Any]]:
+        """The plan of this run and the stored values it needs; damaged results are recomputed."""
+        names, wf = self.graph.names, self.workflow_name
+        stored = self._stored()
+        actions = self.resume_actions(stored)
+        if stored is not None:  # results found unreadable while planning (the core warned)
+            report.recomputed += sum(1 for n in names if isinstance(stored.get(n), Exception))
+        for _attempt in range(len(names) + 1):
+            loaded: dict[int, Any] = {}
+            try:
+                for i, action in enumerate(actions):
+                    if action == LOAD:
+                        loaded[i] = self.load_result(i)
+            except CorruptedResultError as exc:
+                # damaged past its header: plan again without it, as LocalWorkflow does
+                warnings.warn(
+                    f"Stored result of node {names[i]!r} of workflow {wf!r} is unreadable and will be "
+                    f"recomputed: {exc}",
+                    ResultRecomputedWarning,
+                    stacklevel=2,
+                )
+                report.recomputed += 1
+                assert stored is not None
+                stored.pop(names[i], None)
+                actions = self._actions(stored)[0]
+                continue
+            report.loaded = len(loaded)
+            report.skipped = sum(1 for a in actions if a == SKIP)
+            return actions, loaded
+        raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {self.storage!r}.")
+
+    def _failure(self, i: int, fut: Any) -> BaseException:
+        """The error to raise for failed node *i*: always names the node."""
+        try:
+            fut.result()
+        except FunctionFuseError as exc:
+            return exc
+        except BaseException as exc:  # Prefect's own (timeouts, crashes) or a storage failure
+            err = self.node_error(i, exc)
+            err.__cause__ = exc
+            return err
+        return NodeExecutionError(  # pragma: no cover - a failed state always raises
+            f"Node {self.graph.names[i]!r} of workflow {self.workflow_name!r} failed: {fut.state!r}",
+            node_name=self.graph.names[i],
+            workflow_name=self.workflow_name,
+        )
+
+
+class _RunState:
+    """The report and progress display of one flow run, updated by its tasks' threads."""
+
+    def __init__(self, report: Any, progress: Any) -> None:
+        self.report = report
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def started(self) -> None:
+        with self.lock:
+            self.progress.running += 1
+            self.progress.update()
+
+    def stopped(self) -> None:
+        with self.lock:
+            self.progress.running -= 1
+
+    def finished(self, name: str, seconds: float) -> None:
+        with self.lock:
+            self.report.ran += 1
+            self.report.record(name, seconds)
+            self.progress.update()
+
+
+#: the run a task belongs to (Prefect copies the flow's context into task threads)
+_CURRENT_RUN: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("functionfuse_prefect_run", default=None)
+
+
+def _constant(name: str) -> Callable[[], str]:
+    """A task-run name callable (a plain string would be ``str.format``-ed by Prefect)."""
+
+    def task_run_name() -> str:
+        return name
+
+    return task_run_name
+
+
+def _run_logger() -> Any:
+    try:
+        return prefect.get_run_logger()
+    except Exception:  # outside a run context (a unit test calling the body directly)
+        return log

@@ -1,0 +1,438 @@
+"""PrefectWorkflow: the conformance suite on real Prefect flows, plus what Prefect adds.
+
+Most tests run flows against Prefect's temporary local server (no server configured),
+which Prefect starts once for this process. ``test_example_against_a_real_prefect_server``
+starts ``prefect server start`` on 127.0.0.1 and runs the example against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# Prefect reads its settings (PREFECT_HOME above all) once, when it is first imported,
+# and creates PREFECT_HOME then: a fixture would be too late. This module is collected
+# before anything imports prefect, so this keeps every Prefect file of the test session
+# (profiles, the temporary server's database) out of ~/.prefect.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="functionfuse-test-prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # busy CI machines
+os.environ.pop("PREFECT_API_URL", None)  # the temporary local server, whatever the shell says
+os.environ.pop("PREFECT_PROFILE", None)
+
+prefect = pytest.importorskip("prefect")
+
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from contracts.backend import BackendConformance, seed_quick_start  # noqa: E402
+from functionfuse import workflow  # noqa: E402
+from functionfuse.backends.addons.prefectback import PrefectWorkflow  # noqa: E402
+from functionfuse.backends.plugins import RandomStatePlugin  # noqa: E402
+from functionfuse.errors import ConfigurationError, NodeExecutionError, ResultRecomputedWarning  # noqa: E402
+from functionfuse.storage import storage_factory  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "prefect_pipeline.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_temporary_server():
+    """Stop the temporary server Prefect started for this process, while output is still open."""
+    yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogWorker.drain_all(timeout=20)  # send what is queued while the server still answers
+    EventsWorker.drain_all(timeout=20)
+    SubprocessASGIServer().stop()
+
+
+class TestPrefectConformance(BackendConformance):
+    @pytest.fixture
+    def make_workflow(self):
+        return PrefectWorkflow
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+
+
+# -- nodes used below ----------------------------------------------------------------------
+@workflow
+def nap(seconds):
+    """Sleep in small steps (so a Prefect timeout can interrupt it); return (start, end)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        time.sleep(0.01)
+    return start, time.monotonic()
+
+
+@workflow
+def pair(a, b):
+    return a, b
+
+
+@workflow
+def flaky(counter_file, failures):
+    """Fail the first *failures* calls, then return the number of calls."""
+    path = Path(counter_file)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls <= failures:
+        raise ConnectionError(f"transient failure {calls}")
+    return calls
+
+
+@workflow
+def stored_now(storage_path, workflow_name, parent_value):
+    """What storage holds while this node runs."""
+    st = storage_factory({"kind": "file", "options": {"path": storage_path}})
+    return st.list_tasks(workflow_name, "*")
+
+
+@workflow
+def identity(x):
+    return x
+
+
+@workflow
+class Recorder:
+    def __init__(self):
+        self.seen = []
+
+    def record(self, value):
+        self.seen.append(value)
+        return list(self.seen)
+
+
+def task_runs_of(flow_run_id, expected: int, timeout: float = 30.0):
+    """The task runs of a flow run as the server has them (it records them asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.NAME_ASC,
+                limit=200,
+            )
+            final = [r for r in runs if r.state is not None and r.state.is_final()]
+            if len(final) >= expected or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.2)
+
+
+# -- Prefect specifics ----------------------------------------------------------------------
+def test_runs_on_the_temporary_server_with_one_task_per_node_named_after_it():
+    """No server configured: Prefect's temporary local server records the flow run."""
+    from prefect.settings import PREFECT_API_URL
+
+    assert not PREFECT_API_URL.value()
+    wf = PrefectWorkflow(seed_quick_start(), workflow_name="task_names")
+    wf.query("^node[12]$").set_task_args({"tags": ["first-two"]})
+    assert wf.run() == 6
+    runs = task_runs_of(wf.last_flow_run_id, expected=3)
+    assert sorted(r.name for r in runs) == ["node1", "node2", "node3"]
+    assert all(r.state.is_completed() for r in runs)
+    tags = {r.name: set(r.tags) for r in runs}
+    assert tags == {"node1": {"first-two"}, "node2": {"first-two"}, "node3": set()}
+    # the dependencies are Prefect's own: node3's inputs are the task runs of node1 and node2
+    ids = {r.name: r.id for r in runs}
+    node3 = next(r for r in runs if r.name == "node3")
+    upstream = {i.id for inputs in node3.task_inputs.values() for i in inputs}
+    assert upstream == {ids["node1"], ids["node2"]}
+    # the tasks themselves carry the node names
+    assert sorted(t.name for t in wf.tasks.values()) == ["node1", "node2", "node3"]
+
+
+def _overlap(a, b):
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_independent_nodes_run_concurrently():
+    a, b = nap(0.6).set_name("a"), nap(0.6).set_name("b")
+    wf = PrefectWorkflow(pair(a, b), workflow_name="concurrent")
+    wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=4)})
+    ra, rb = wf.run()
+    assert _overlap(ra, rb), (ra, rb)
+
+
+def test_flow_options_reach_the_flow_one_worker_runs_nodes_one_at_a_time():
+    a, b = nap(0.3).set_name("a"), nap(0.3).set_name("b")
+    wf = PrefectWorkflow(pair(a, b), workflow_name="serial")
+    wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=1), "name": "serial-flow"})
+    flow = wf.generate_flow()
+    assert flow.name == "serial-flow"
+    ra, rb = wf.run()
+    assert not _overlap(ra, rb), (ra, rb)
+
+
+def test_flow_options_are_checked():
+    wf = PrefectWorkflow(seed_quick_start(), workflow_name="bad_options")
+    with pytest.raises(ConfigurationError, match="'retires' is not an option of prefect.flow"):
+        wf.set_prefect_flow_options({"retires": 2})
+    with pytest.raises(ConfigurationError, match="is not an option of prefect.task"):
+        wf.query("node1").set_task_args({"max_retries": 2})
+    with pytest.raises(ConfigurationError, match="dict"):
+        wf.query("node1").set_task_args(["retries"])  # type: ignore[arg-type]
+    wf.set_prefect_flow_options({"name": "a/b"})  # Prefect forbids '/' in flow names
+    with pytest.raises(ConfigurationError, match="Prefect refused the flow"):
+        wf.generate_flow()
+
+
+def test_retries_from_task_args_recover_a_transient_failure(tmp_path, storage):
+    counter = tmp_path / "calls"
+    node = flaky(str(counter), 1).set_name("flaky")
+    wf = PrefectWorkflow(identity(node).set_name("after"), workflow_name="retry")
+    wf.set_storage(storage)
+    wf.query("^flaky$").set_task_args({"retries": 2, "retry_delay_seconds": 0})
+    assert wf.run() == 2  # failed once, succeeded on the retry
+    assert counter.read_text() == "2"
+    assert storage.read_task("retry", "flaky") == 2
+    runs = task_runs_of(wf.last_flow_run_id, expected=2)
+    retried = next(r for r in runs if r.name == "flaky")
+    assert retried.run_count == 2 and retried.state.is_completed()
+
+
+def test_without_retries_the_transient_failure_fails_the_flow(tmp_path):
+    wf = PrefectWorkflow(flaky(str(tmp_path / "calls"), 1).set_name("flaky"), workflow_name="no_retry")
+    with pytest.raises(NodeExecutionError, match="'flaky'.*transient failure 1") as info:
+        wf.run()
+    assert info.value.node_name == "flaky"
+    assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_a_failing_node_fails_its_task_and_the_flow_run():
+    @workflow
+    def boom(x):
+        raise ValueError(f"bad input {x}")
+
+    wf = PrefectWorkflow(identity(boom(1).set_name("boom")).set_name("downstream"), workflow_name="failing")
+    flow = wf.generate_flow()
+    state = flow(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(NodeExecutionError, match="Node 'boom' of workflow 'failing' failed: ValueError: bad input 1"):
+        state.result()
+    runs = {r.name: r for r in task_runs_of(state.state_details.flow_run_id, expected=1)}
+    assert runs["boom"].state.is_failed()
+    assert "downstream" not in runs or not runs["downstream"].state.is_completed()
+
+
+def test_a_prefect_timeout_names_the_node():
+    wf = PrefectWorkflow(nap(5).set_name("slow"), workflow_name="timeout")
+    wf.query("slow").set_task_args({"timeout_seconds": 0.3})
+    t0 = time.monotonic()
+    with pytest.raises(NodeExecutionError, match="'slow'") as info:
+        wf.run()
+    assert time.monotonic() - t0 < 4
+    assert info.value.node_name == "slow"
+
+
+def test_results_are_saved_as_each_task_finishes(tmp_path, storage):
+    first = identity(1).set_name("first")
+    probe = stored_now(str(tmp_path / "storage"), "incremental", first).set_name("probe")
+    wf = PrefectWorkflow(probe, workflow_name="incremental")
+    wf.set_storage(storage)
+    # while 'probe' runs, 'first' is stored already (and 'probe' itself not yet)
+    assert wf.run() == ["first"]
+    assert storage.list_tasks("incremental") == ["first", "probe"]
+
+
+def test_a_later_failure_keeps_every_finished_branch_stored(tmp_path, storage):
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    from contracts.backend import fail_if
+
+    slow_branch = nap(0.5).set_name("slow_branch")
+    failing = fail_if(str(flag), identity(1).set_name("early")).set_name("failing")
+    wf = PrefectWorkflow(pair(slow_branch, failing), workflow_name="branches")
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="'failing'"):
+        wf.run()
+    # the independent branch finished and was stored although 'failing' failed first
+    assert storage.list_tasks("branches") == ["early", "slow_branch"]
+
+
+def test_class_nodes_keep_their_call_order_under_concurrency():
+    rec = Recorder().set_name("recorder")
+    last = None
+    for k in range(8):
+        last = rec.record(identity(k).set_name(f"value_{k}")).set_name(f"record_{k}")
+    wf = PrefectWorkflow(last, workflow_name="order")
+    wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=8)})
+    assert wf.run() == list(range(8))
+
+
+def test_generate_flow_stores_a_prefect_flow_that_run_reuses():
+    wf = PrefectWorkflow(seed_quick_start(), workflow_name="generated")
+    assert wf.flow is None
+    flow = wf.generate_flow()
+    assert isinstance(flow, prefect.Flow) and wf.flow is flow
+    assert flow.name == "generated"
+    assert flow() == 6  # calling the flow directly runs the workflow
+    assert wf.run() == 6 and wf.flow is flow
+    wf.query("node3").set_task_args({"retries": 1})
+    wf.run()
+    assert wf.flow is not flow  # options changed: run() generated the flow again
+    assert wf.tasks["node3"].retries == 1 and wf.tasks["node1"].retries == 0
+
+
+def test_corrupted_stored_result_is_recomputed_with_a_warning(storage):
+    wf = PrefectWorkflow(seed_quick_start(), workflow_name="corrupt")
+    wf.set_storage(storage)
+    wf.run()
+    path = Path(storage.path) / "corrupt" / "node3.ffr"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(ResultRecomputedWarning, match="node3"):
+        assert wf.run() == 6
+    assert wf.last_run.recomputed == 1
+    assert storage.read_task("corrupt", "node3") == 6
+
+
+def test_plugins_seed_nodes_as_in_local_workflow():
+    import random
+
+    @workflow
+    def draw(tag):
+        return random.random()
+
+    a, b = draw("a").set_name("draw_a"), draw("b").set_name("draw_b")
+    wf = PrefectWorkflow(a, b, workflow_name="rng")
+    wf.query("^draw_").set_plugin(RandomStatePlugin(seed=7, seed_func=random.seed))
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+
+    local = LocalWorkflow(a, b, workflow_name="rng")
+    local.query("^draw_").set_plugin(RandomStatePlugin(seed=7, seed_func=random.seed))
+    assert wf.run() == local.run()
+
+
+def test_the_example_flow_loads_from_its_entrypoint(tmp_path, monkeypatch):
+    """A deployment finds the generated flow as examples/prefect_pipeline.py:flow."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    monkeypatch.setenv("FUNCTIONFUSE_STORAGE", str(tmp_path / "storage"))
+    flow = load_flow_from_entrypoint(f"{EXAMPLE}:flow")
+    assert isinstance(flow, prefect.Flow) and flow.name == "prefect_pipeline"
+
+
+def test_importing_without_prefect_names_the_extra():
+    code = (
+        "import sys; sys.modules['prefect'] = None\n"
+        "try:\n"
+        "    import functionfuse.backends.addons.prefectback\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.startswith("MissingDependencyError")
+    assert "pip install 'functionfuse[prefect]'" in out.stdout
+
+
+# -- a real Prefect server -----------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(url: str, path: str, body: dict | None = None):
+    req = urllib.request.Request(
+        url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; stopped by PID."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if _api(url, "/health") is True:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        # the server runs in its own session: stop its process group (uvicorn and services)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_example_against_a_real_prefect_server(prefect_server, tmp_path):
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "client-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    cmd = [sys.executable, str(EXAMPLE), "--storage", str(tmp_path / "storage")]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "79994 values kept of 80000 loaded" in first.stdout
+    assert "see it in the Prefect UI: http://127.0.0.1:" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 tasks run, 1 results loaded from storage" in second.stdout  # resumed from storage
+
+    flow_runs = _api(prefect_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["prefect_pipeline"]}}})
+    assert len(flow_runs) == 2 and all(r["state_type"] == "COMPLETED" for r in flow_runs)
+    first_run = min(flow_runs, key=lambda r: r["created"])
+    expected = {f"{kind}_{k}" for kind in ("shard", "clean", "update", "count") for k in range(4)}
+    expected |= {"stats", "summary", "report"}
+    deadline = time.monotonic() + 30
+    while True:
+        task_runs = _api(prefect_server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [first_run["id"]]}}})
+        done = {t["name"] for t in task_runs if t["state_type"] == "COMPLETED"}
+        if done == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert done == expected
+    assert {t["name"]: t["tags"] for t in task_runs}["shard_0"] == ["io"]
+    # the UI is served too
+    with urllib.request.urlopen(prefect_server.rsplit("/api", 1)[0] + "/", timeout=10) as resp:
+        assert b"<html" in resp.read(2000).lower()
