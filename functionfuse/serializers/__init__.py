@@ -48,6 +48,9 @@ def register_serializer(name: str, target: str, *, extra: str = "all", clobber: 
     _REGISTRY[name] = (target, extra)
 
 
+register_serializer("DaskArraySerializer", "functionfuse.serializers.daskarray:DaskArraySerializer", extra="dask")
+
+
 def _load_entry_points() -> None:
     from importlib.metadata import entry_points
 

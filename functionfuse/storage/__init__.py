@@ -25,6 +25,8 @@ __all__ = ["storage_factory", "register_storage", "available_storages", "Storage
 _REGISTRY: dict[str, tuple[str, str | None]] = {
     "file": ("functionfuse.storage.filestorage:FileStorage", None),
     "ray": ("functionfuse.storage.rayfilestorage:FileStorage", "ray"),
+    "S3": ("functionfuse.storage.s3storage:S3Storage", "s3"),
+    "s3": ("functionfuse.storage.s3storage:S3Storage", "s3"),
 }
 available_storages = types.MappingProxyType(_REGISTRY)
 
@@ -68,7 +70,7 @@ def storage_factory(opt: dict) -> Any:
         _load_entry_points()
     if kind not in _REGISTRY:
         raise ConfigurationError(
-            f"Unknown storage kind {kind!r}. Known kinds: {', '.join(sorted(_REGISTRY))}."
+            f"Unknown storage kind {kind!r}. Known kinds: {', '.join(sorted(_REGISTRY, key=str.casefold))}."
         )
     target, extra = _REGISTRY[kind]
     module, _, attr = target.partition(":")
