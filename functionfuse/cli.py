@@ -4,6 +4,8 @@
     functionfuse storage show [--storage SPEC] WORKFLOW TASK [--json]
     functionfuse storage rm   [--storage SPEC] WORKFLOW PATTERN [--yes]
     functionfuse plan         [--storage SPEC] WORKFLOW --graph TARGET [--cache POLICY] [--json]
+    functionfuse image build  [IMAGE ...] [--base-image IMG] [--wheelhouse DIR] [--push REGISTRY] [--json]
+    functionfuse image push   REGISTRY [IMAGE ...] [--username USER --password-stdin] [--json]
 
 SPEC is a folder (``storage`` by default, or ``$FUNCTIONFUSE_STORAGE``), ``file:PATH``,
 or a JSON file holding storage_factory options (``{"kind": ..., "options": {...}}``).
@@ -226,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cache", choices=["name", "fingerprint", "off"], help="cache policy (default: name)")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
+
+    # argparse only: the Docker SDK is imported when an image subcommand runs
+    from .kit.cli import add_image_commands
+
+    add_image_commands(sub)
     return parser
 
 

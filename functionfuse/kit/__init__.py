@@ -1,0 +1,13 @@
+"""The deployment kit: container images and a local registry for functionfuse.
+
+* :mod:`functionfuse.kit.images`: the image recipes (the root ``Dockerfile`` and
+  ``images/{ray,prefect,kfp}``), their tags (``<version>-py3XX[-engine]``), builds and
+  pushes with the Docker SDK, and an offline wheelhouse served to builds on 127.0.0.1.
+* :mod:`functionfuse.kit.registry`: a real registry (Debian's ``docker-registry``) on
+  127.0.0.1, started and stopped by PID, for tests and kind clusters.
+
+Nothing here is imported by ``import functionfuse``; the Docker SDK is imported only
+when an image is built or pushed (``pip install 'functionfuse[kit]'``).
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,519 @@
+"""Build and push the functionfuse images with the Docker SDK.
+
+Four recipes, all built with the repository as the build context (``.dockerignore``
+keeps it to the package, its metadata and the pinned requirements):
+
+======== =========================== ============================ ===========================
+name     Dockerfile                  tag                          FROM (default)
+======== =========================== ============================ ===========================
+base     ``Dockerfile``              ``<version>-py3XX``          ``python:3.11-slim``
+ray      ``images/ray/Dockerfile``   ``<version>-py3XX-ray``      the base image just built
+prefect  ``images/prefect/...``      ``<version>-py3XX-prefect``  the base image just built
+kfp      ``images/kfp/Dockerfile``   ``<version>-py3XX-kfp``      the base image just built
+======== =========================== ============================ ===========================
+
+``py3XX`` is read from the built image itself (``python -c``), so a tag never lies about
+the interpreter inside. Builds use the classic builder with ``network_mode="host"`` (no
+BuildKit needed). With a *wheelhouse*, Python packages are downloaded on this machine
+first (``pip download``, pinned by ``requirements/*.txt`` when present) and served to the
+build from 127.0.0.1, so a build needs no index access and installs exactly the
+versions the host tests with.
+
+>>> image_tag("0.1.0", "py311", "ray")
+'0.1.0-py311-ray'
+>>> image_tag("0.1.0", "py311")
+'0.1.0-py311'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .._version import __version__
+from ..errors import ConfigurationError, FunctionFuseError, missing_dependency
+
+__all__ = [
+    "ImageRecipe",
+    "RECIPES",
+    "BuiltImage",
+    "PushedImage",
+    "ImageBuildError",
+    "ImagePushError",
+    "DockerUnavailableError",
+    "image_tag",
+    "docker_client",
+    "build_images",
+    "push_images",
+    "local_images",
+    "prepare_wheelhouse",
+    "serve_directory",
+    "wheelhouse_digest",
+    "project_root",
+]
+
+log = logging.getLogger("functionfuse.kit")
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+DEFAULT_REPOSITORY = "functionfuse"
+LABEL_IMAGE = "io.functionfuse.image"
+LABEL_VERSION = "io.functionfuse.version"
+LABEL_PYTHON = "io.functionfuse.python"
+
+
+class ImageBuildError(FunctionFuseError):
+    """An image build failed; the message ends with the last lines of the build log."""
+
+
+class ImagePushError(FunctionFuseError):
+    """Pushing an image to a registry failed."""
+
+
+class DockerUnavailableError(FunctionFuseError):
+    """No Docker daemon answers."""
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """How one image is built: its Dockerfile (relative to the project root), the
+    functionfuse extras it installs, and an optional file of pinned engine requirements."""
+
+    name: str
+    dockerfile: str
+    extras: tuple[str, ...]
+    requirements: str | None = None
+    on_base: bool = True  # FROM the functionfuse base image unless told otherwise
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.name == "base" else f"-{self.name}"
+
+
+RECIPES: Mapping[str, ImageRecipe] = {
+    "base": ImageRecipe("base", "Dockerfile", ("s3", "dask"), on_base=False),
+    "ray": ImageRecipe("ray", "images/ray/Dockerfile", ("ray", "s3", "dask"), "images/ray/requirements.txt"),
+    "prefect": ImageRecipe("prefect", "images/prefect/Dockerfile", ("prefect", "s3"), "images/prefect/requirements.txt"),
+    "kfp": ImageRecipe("kfp", "images/kfp/Dockerfile", ("s3", "dask"), "images/kfp/requirements.txt"),
+}
+
+
+@dataclass
+class BuiltImage:
+    name: str
+    tag: str  # repository:tag
+    image_id: str
+    size: int  # bytes, uncompressed (what `docker images` shows)
+    seconds: float
+    python: str
+    base_image: str
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("name", "tag", "image_id", "size", "seconds", "python", "base_image")}
+
+
+@dataclass
+class PushedImage:
+    source: str
+    reference: str  # registry/repository:tag
+    digest: str | None
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "reference": self.reference, "digest": self.digest, "seconds": self.seconds}
+
+
+def image_tag(version: str, python: str, engine: str | None = None) -> str:
+    """The tag of an image: ``<version>-py3XX[-engine]`` (``engine`` None or "base": no suffix)."""
+    if not re.fullmatch(r"py\d{2,3}", python):
+        raise ConfigurationError(f"Python tag {python!r} must look like 'py311'.")
+    return f"{version}-{python}" + ("" if engine in (None, "base") else f"-{engine}")
+
+
+def project_root() -> str:
+    """The functionfuse source tree that holds the Dockerfiles (this checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.isfile(os.path.join(root, "Dockerfile")) or not os.path.isfile(os.path.join(root, "pyproject.toml")):
+        raise ConfigurationError(
+            f"No functionfuse source tree with a Dockerfile at {root!r}: images are built from a checkout "
+            "of functionfuse (git clone, then pip install -e '.[kit]'); pass --project to name one."
+        )
+    return root
+
+
+# -- Docker ----------------------------------------------------------------------------------------
+def docker_client(timeout: int = 600) -> Any:
+    """A Docker SDK client for the daemon of the environment (``DOCKER_HOST`` or the local socket)."""
+    try:
+        import docker
+    except ImportError as exc:
+        raise missing_dependency("docker", "kit", exc) from exc
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailableError(
+            f"No Docker daemon answers ({exc}). Start one (on Debian as root, scripts/setup-docker.sh "
+            "installs and starts it) or set DOCKER_HOST."
+        ) from exc
+    return client
+
+
+def _stream_build(stream: Iterator[dict], tag: str, on_log: Callable[[str], None] | None) -> str | None:
+    tail: list[str] = []
+    image_id = None
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            message = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "")
+            log_tail = "".join(tail[-25:]).rstrip()
+            raise ImageBuildError(f"Building {tag!r} failed: {message.strip()}\n--- last build output ---\n{log_tail}")
+        text = chunk.get("stream")
+        if text:
+            tail.append(text)
+            if len(tail) > 200:
+                del tail[:100]
+            for line in text.rstrip("\n").splitlines():
+                log.debug("%s | %s", tag, line)
+                if on_log is not None:
+                    on_log(line)
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and "ID" in aux:
+            image_id = aux["ID"]
+    return image_id
+
+
+def _python_tag(client: Any, image: str) -> str:
+    """``py3XX`` of the interpreter on the image's PATH, read by running it (no network)."""
+    code = "import sys; print('py%d%d' % sys.version_info[:2])"
+    try:
+        out = client.containers.run(image, ["python3", "-c", code], remove=True, network_mode="none", entrypoint=[])
+    except Exception as exc:
+        raise ImageBuildError(f"Cannot run python3 in image {image!r} to read its version: {exc}") from exc
+    text = out.decode().strip() if isinstance(out, bytes) else str(out).strip()
+    if not re.fullmatch(r"py\d{2,3}", text):
+        raise ImageBuildError(f"python3 in image {image!r} printed {text!r}, not a version.")
+    return text
+
+
+def build_image(
+    client: Any,
+    recipe: ImageRecipe,
+    *,
+    repository: str = DEFAULT_REPOSITORY,
+    base_image: str,
+    project: str,
+    version: str = __version__,
+    buildargs: Mapping[str, str] | None = None,
+    network_mode: str = "host",
+    nocache: bool = False,
+    on_log: Callable[[str], None] | None = None,
+) -> BuiltImage:
+    """Build one image and tag it ``repository:<version>-py3XX[-engine]``."""
+    provisional = f"{repository}:{version}-building{recipe.suffix}"
+    args = {"BASE_IMAGE": base_image, **(buildargs or {})}
+    t0 = time.perf_counter()
+    log.info("building %s image from %s on %s", recipe.name, recipe.dockerfile, base_image)
+    stream = client.api.build(
+        path=project,
+        dockerfile=recipe.dockerfile,
+        tag=provisional,
+        buildargs=args,
+        network_mode=network_mode,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        nocache=nocache,
+        decode=True,
+        labels={LABEL_IMAGE: recipe.name, LABEL_VERSION: version},
+    )
+    _stream_build(stream, provisional, on_log)
+    seconds = time.perf_counter() - t0
+    python = _python_tag(client, provisional)
+    tag = image_tag(version, python, recipe.name)
+    image = client.images.get(provisional)
+    image.tag(repository, tag)
+    client.api.remove_image(provisional, noprune=True)
+    image.reload()
+    built = BuiltImage(recipe.name, f"{repository}:{tag}", image.id, int(image.attrs.get("Size", 0)), seconds, python, base_image)
+    log.info("built %s (%.1f MB) in %.1f s", built.tag, built.size / 1e6, seconds)
+    return built
+
+
+def build_images(
+    names: Sequence[str] = ("base", "ray", "prefect", "kfp"),
+    *,
+    repository: str = DEFAULT_REPOSITORY,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    engine_base_images: Mapping[str, str] | None = None,
+    project: str | None = None,
+    wheelhouse: str | None = None,
+    network_mode: str = "host",
+    nocache: bool = False,
+    client: Any = None,
+    on_log: Callable[[str], None] | None = None,
+) -> list[BuiltImage]:
+    """Build the images *names* (the base first when an engine image is built on it).
+
+    :param base_image: FROM of the base image (``python:3.11-slim`` by default).
+    :param engine_base_images: FROM of engine images, e.g. ``{"ray": "rayproject/ray:2.60.0-py311-cpu"}``;
+        an engine image not named here is built on the base image.
+    :param wheelhouse: a folder for wheels downloaded on this machine (``pip download``)
+        and served to the builds on 127.0.0.1; None: builds install from the index.
+    """
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise ConfigurationError(f"Unknown image(s) {unknown!r}; the images are {', '.join(RECIPES)} (or 'all').")
+    engine_base_images = dict(engine_base_images or {})
+    bad = sorted(set(engine_base_images) - (set(RECIPES) - {"base"}))
+    if bad:
+        raise ConfigurationError(f"Engine base images given for {bad!r}; engines are ray, prefect and kfp.")
+    project = project or project_root()
+    client = client or docker_client()
+    ordered = [n for n in RECIPES if n in names]
+    needs_base = any(RECIPES[n].on_base and n not in engine_base_images for n in ordered)
+    if needs_base and "base" not in ordered:
+        ordered.insert(0, "base")  # engine images are built FROM it
+    built: list[BuiltImage] = []
+    with contextlib.ExitStack() as stack:
+        buildargs: dict[str, str] = {}
+        if wheelhouse is not None:
+            prepare_wheelhouse(wheelhouse, [RECIPES[n] for n in ordered], project=project)
+            url = stack.enter_context(serve_directory(wheelhouse, port=_stable_port(wheelhouse)))
+            # The URL stays the same from one build to the next (a stable port) and the
+            # digest changes with the wheelhouse, so Docker's layer cache is reused exactly
+            # when the wheels and pins are the same.
+            buildargs = {
+                "PIP_NO_INDEX": "1",
+                "PIP_FIND_LINKS": url,
+                "PIP_CONSTRAINT": url + "constraints.txt",
+                "FUNCTIONFUSE_WHEELS": wheelhouse_digest(wheelhouse),
+            }
+        base_tag: str | None = None
+        for name in ordered:
+            recipe = RECIPES[name]
+            frm = base_image if name == "base" else (engine_base_images.get(name) or base_tag)
+            assert frm is not None
+            image = build_image(
+                client,
+                recipe,
+                repository=repository,
+                base_image=frm,
+                project=project,
+                buildargs=buildargs,
+                network_mode=network_mode,
+                nocache=nocache,
+                on_log=on_log,
+            )
+            if name == "base":
+                base_tag = image.tag
+            if name in names:
+                built.append(image)
+    return built
+
+
+# -- pushing ---------------------------------------------------------------------------------------
+def local_images(
+    client: Any, names: Sequence[str] | None = None, version: str = __version__, repository: str = DEFAULT_REPOSITORY
+) -> list[str]:
+    """Tags (``repository:tag``) of the functionfuse images of *version* built here
+    (not the copies tagged for a registry)."""
+    found: list[str] = []
+    for image in client.images.list(filters={"label": f"{LABEL_VERSION}={version}"}):
+        kind = image.labels.get(LABEL_IMAGE)
+        if names is not None and kind not in names:
+            continue
+        found.extend(t for t in image.tags if re.fullmatch(rf"{re.escape(repository)}:{re.escape(version)}-py\d+(-\w+)?", t))
+    return sorted(set(found))
+
+
+def push_images(
+    tags: Sequence[str],
+    registry: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    client: Any = None,
+) -> list[PushedImage]:
+    """Tag each local image ``registry/repository:tag`` and push it.
+
+    Credentials are passed to the daemon with each push request and kept in memory only:
+    nothing is written to ``~/.docker/config.json``.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?(/[a-z0-9._\-/]+)?", registry):
+        raise ConfigurationError(f"Registry {registry!r} must look like 'host[:port][/namespace]', e.g. 127.0.0.1:5000.")
+    if (username is None) != (password is None):
+        raise ConfigurationError("Give both a username and a password for the registry, or neither.")
+    client = client or docker_client()
+    auth = {"username": username, "password": password} if username is not None else None
+    pushed: list[PushedImage] = []
+    for source in tags:
+        repo, sep, tag = source.rpartition(":")
+        if not sep or "/" in tag:
+            raise ConfigurationError(f"Image {source!r} has no tag; expected repository:tag.")
+        target_repo = f"{registry}/{repo.rsplit('/', 1)[-1]}"
+        t0 = time.perf_counter()
+        if not client.api.tag(source, target_repo, tag):
+            raise ImagePushError(f"Cannot tag {source!r} as {target_repo}:{tag}.")
+        digest = None
+        for chunk in client.api.push(target_repo, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in chunk or "errorDetail" in chunk:
+                message = chunk.get("error") or chunk.get("errorDetail", {}).get("message", "")
+                raise ImagePushError(f"Pushing {target_repo}:{tag} failed: {message}")
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("Digest"):
+                digest = aux["Digest"]
+        result = PushedImage(source, f"{target_repo}:{tag}", digest, time.perf_counter() - t0)
+        log.info("pushed %s (%s) in %.1f s", result.reference, digest, result.seconds)
+        pushed.append(result)
+    return pushed
+
+
+# -- wheelhouse ------------------------------------------------------------------------------------
+_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
+
+
+def _extra_requirements(project: str, extras: Sequence[str]) -> list[str]:
+    """The requirements of functionfuse's core and *extras*, from pyproject.toml."""
+    path = os.path.join(project, "pyproject.toml")
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10: the installed metadata
+        from importlib.metadata import requires
+
+        reqs = []
+        for r in requires("functionfuse") or []:
+            spec, _, marker = r.partition(";")
+            m = re.search(r'extra\s*==\s*"([^"]+)"', marker)
+            if not marker.strip() or (m and m.group(1) in extras):
+                reqs.append(spec.strip())
+        return reqs
+    with open(path, "rb") as f:
+        project_table = tomllib.load(f)["project"]
+    reqs = list(project_table.get("dependencies", []))
+    optional = project_table.get("optional-dependencies", {})
+    for extra in extras:
+        reqs += [r for r in optional.get(extra, []) if not r.startswith("functionfuse")]
+    return reqs
+
+
+def _constraints(project: str) -> list[str]:
+    """Pins from the project's requirements/*.txt, as pip constraints (no extras allowed there)."""
+    folder = os.path.join(project, "requirements")
+    pins: dict[str, str] = {}
+    if not os.path.isdir(folder):
+        return []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".txt"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            for line in f:
+                line = line.split("#", 1)[0].strip()
+                m = _REQ_NAME.match(line)
+                if not line or line.startswith("-") or not m or "==" not in m.group(3):
+                    continue
+                pins.setdefault(m.group(1).lower().replace("_", "-"), f"{m.group(1)}{m.group(3)}")
+    return sorted(pins.values())
+
+
+#: Backports that packages require only on older Pythons, e.g. async-timeout for
+#: python_full_version < "3.11.3": pip evaluates such markers for this machine's Python,
+#: which may be newer than the image's (Debian bookworm has 3.11.2), so they are always added.
+_BACKPORTS = ("async-timeout", "exceptiongroup", "tomli", "typing-extensions", "importlib-metadata")
+
+
+def prepare_wheelhouse(
+    wheelhouse: str,
+    recipes: Sequence[ImageRecipe],
+    *,
+    project: str,
+    python: str | None = None,
+) -> None:
+    """Put a wheel of every package the *recipes* install into *wheelhouse* (``pip wheel``).
+
+    Runs with this machine's pip configuration (index, certificates); wheels already
+    there are reused, and a package published only as an sdist (kfp-server-api) is built
+    into a wheel here, so images never build anything. The build tools of the
+    functionfuse source install (setuptools, wheel) are included.
+    """
+    os.makedirs(wheelhouse, exist_ok=True)
+    extras = sorted({e for r in recipes for e in r.extras})
+    reqs = ["setuptools>=68", "wheel", "pip"] + list(_BACKPORTS) + _extra_requirements(project, extras)
+    for r in recipes:
+        if r.requirements:
+            with open(os.path.join(project, r.requirements)) as f:
+                reqs += [line.split("#", 1)[0].strip() for line in f if line.split("#", 1)[0].strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        req_file = os.path.join(tmp, "requirements.txt")
+        with open(req_file, "w") as f:
+            f.write("\n".join(reqs) + "\n")
+        cmd = [python or sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--prefer-binary",
+               "--wheel-dir", wheelhouse, "--find-links", wheelhouse, "-r", req_file]
+        # the pins, also served to the builds (PIP_CONSTRAINT), so an image installs the
+        # pinned version even when the wheelhouse holds several
+        con_file = os.path.join(wheelhouse, "constraints.txt")
+        with open(con_file, "w") as f:
+            f.write("".join(f"{c}\n" for c in _constraints(project)))
+        cmd += ["-c", con_file]
+        log.info("collecting wheels for %s into %s", ", ".join(r.name for r in recipes), wheelhouse)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageBuildError(
+                f"pip wheel into the wheelhouse {wheelhouse!r} failed (exit {proc.returncode}):\n"
+                + (proc.stderr or proc.stdout)[-4000:]
+            )
+        log.info("wheelhouse ready in %.1f s", time.perf_counter() - t0)
+
+
+def wheelhouse_digest(wheelhouse: str) -> str:
+    """A digest of the wheel files and pins in *wheelhouse* (names and sizes)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(wheelhouse)):
+        if name.endswith((".whl", ".txt")):
+            h.update(f"{name}\0{os.path.getsize(os.path.join(wheelhouse, name))}\n".encode())
+    if os.path.isfile(os.path.join(wheelhouse, "constraints.txt")):
+        with open(os.path.join(wheelhouse, "constraints.txt"), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def _stable_port(path: str) -> int:
+    """A port in 20000-29999 derived from *path*: the same for every build from it."""
+    return 20000 + int(hashlib.sha256(os.path.abspath(path).encode()).hexdigest(), 16) % 10000
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("wheelhouse: " + format, *args)
+
+
+@contextlib.contextmanager
+def serve_directory(path: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve *path* over HTTP on *host* while the block runs; yields its URL.
+
+    *port* 0, or a port that is taken: a free port.
+    """
+    handler = functools.partial(_QuietHandler, directory=os.path.abspath(path))
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer((host, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="functionfuse-wheelhouse", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
