@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DEMO_STORAGE := examples/storage
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup kit-setup demo test lint bench images e2e-kind clean
 
 setup:
 	@./scripts/setup.sh
@@ -15,9 +15,22 @@ demo: setup
 	@echo "== second run: results are read back from storage, nothing is recomputed =="
 	@$(PY) examples/ml_pipeline.py --storage $(DEMO_STORAGE)
 
-test: setup
+kit-setup:
+	@./scripts/setup-docker.sh
+	@./scripts/setup-helm.sh
+
+test: setup kit-setup
+	@./scripts/setup-rayworkflow.sh
 	@$(PY) -m mypy
 	@$(PY) -m pytest -q
+
+FF_BASE_IMAGE ?= $(shell docker image inspect functionfuse-local/debian-python:bookworm >/dev/null 2>&1 && echo functionfuse-local/debian-python:bookworm || echo python:3.11-slim)
+images: setup kit-setup
+	@.venv/bin/functionfuse image build --base-image $(FF_BASE_IMAGE) --wheelhouse build/wheelhouse $(if $(REGISTRY),--push $(REGISTRY))
+
+e2e-kind: setup
+	@./scripts/setup-helm.sh
+	@PATH="$(CURDIR)/.venv/bin:$$PATH" FUNCTIONFUSE_E2E_KIND=1 $(PY) -m pytest -q -rs tests/e2e
 
 lint: setup
 	@$(PY) -m mypy

@@ -61,7 +61,6 @@ def _utcnow() -> str:
 #: what storage holds for a node, as a plan reports it
 CURRENT, STALE, MISSING, CORRUPTED, NO_STORAGE = "current", "stale", "missing", "corrupted", "no storage"
 CACHE_POLICIES = ("name", "fingerprint", "off")
-_warned_stale: set[tuple[str, str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -159,6 +158,7 @@ class BaseWorkflow:
         self.cache_policy = "name"
         self._cache: dict[int, str] = {}
         self._records: list[dict] | None = None
+        self._warned_stale: set[tuple[str, str]] = set()  # (node, fingerprint) warned about
         self._progress: bool | None = None
         #: the report of the last run (see :class:`functionfuse.report.RunReport`)
         self.last_run: RunReport = RunReport(self.workflow_name, type(self).__name__)
@@ -305,10 +305,10 @@ class BaseWorkflow:
 
     def _warn_stale(self, name: str, why: str) -> None:
         assert self._records is not None
-        key = (self.workflow_name, name, self._records[self.graph.name_index[name]]["node"])
-        if key in _warned_stale:
+        key = (name, self._records[self.graph.name_index[name]]["node"])
+        if key in self._warned_stale:
             return
-        _warned_stale.add(key)
+        self._warned_stale.add(key)
         warnings.warn(
             f"Node {name!r} of workflow {self.workflow_name!r} reuses a stored result although "
             f"{why.partition('stale: ')[2].partition('; no node')[0]}. Remove the result, or use "
