@@ -54,14 +54,6 @@ def ray_with_workflow_storage():
 
 
 class TestRayWorkflowsConformance(BackendConformance):
-    @pytest.fixture(autouse=True)
-    def _fresh_stale_warnings(self):
-        from functionfuse import baseworkflow
-
-        baseworkflow._warned_stale.clear()
-        yield
-        baseworkflow._warned_stale.clear()
-
     @pytest.fixture
     def make_workflow(self):
         return RayWorkflow
