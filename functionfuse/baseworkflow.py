@@ -303,6 +303,27 @@ class BaseWorkflow:
                 reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
         return actions, reasons, states
 
+    def unreadable_count(self, stored: dict[str, Any] | None) -> int:
+        """How many stored results the plan found unreadable (they will be recomputed)."""
+        return sum(1 for v in (stored or {}).values() if isinstance(v, Exception))
+
+    def drop_damaged(self, stored: dict[str, Any] | None, i: int, error: BaseException, report: RunReport) -> None:
+        """A stored result of node *i* turned out damaged when loaded: warn, count it, and
+        leave it out of *stored* so the next plan runs the node again."""
+        name = self.graph.names[i]
+        warnings.warn(
+            f"Stored result of node {name!r} of workflow {self.workflow_name!r} is unreadable and will be "
+            f"recomputed: {error}",
+            ResultRecomputedWarning,
+            stacklevel=3,
+        )
+        report.recomputed += 1
+        if stored is not None:
+            stored.pop(name, None)
+
+    def too_many_damaged(self) -> StorageError:
+        return StorageError(f"Workflow {self.workflow_name!r}: too many unreadable stored results in {self.storage!r}.")
+
     def _warn_stale(self, name: str, why: str) -> None:
         assert self._records is not None
         key = (name, self._records[self.graph.name_index[name]]["node"])
@@ -560,6 +581,15 @@ def _arg_digest(fp: Fingerprinter, value: Any) -> str:
         digest = fp.value(value)
         return "@" + digest if _scan(value, []) else digest
     return fp.value(value)
+
+
+class DamagedResult(Exception):
+    """Raised inside a backend's executor when a stored result it loads is damaged."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index)
+        self.index = index
+        self.error = error
 
 
 # -- argument resolution ----------------------------------------------------------------------

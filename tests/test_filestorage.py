@@ -8,22 +8,10 @@ import pickle
 import numpy as np
 import pytest
 
-from contracts.storage import StorageContract, TextBlob, TextBlobSerializer
+from contracts.storage import StorageContract, TextBlob, TextBlobSerializer, damage_file_result
 from functionfuse.errors import ConfigurationError, CorruptedResultError, StorageError
 from functionfuse.storage import available_storages, register_storage, storage_factory
 from functionfuse.storage.filestorage import FileStorage
-
-
-def _damage(storage, workflow, task, how):
-    path = os.path.join(storage.path, workflow, task + ".ffr")
-    if how == "truncate":
-        os.truncate(path, os.path.getsize(path) // 2)
-    else:
-        with open(path, "r+b") as f:
-            f.seek(os.path.getsize(path) - 10)
-            byte = f.read(1)
-            f.seek(-1, os.SEEK_CUR)
-            f.write(bytes([byte[0] ^ 0x01]))
 
 
 class TestFileStorageContract(StorageContract):
@@ -33,7 +21,7 @@ class TestFileStorageContract(StorageContract):
 
     @pytest.fixture
     def corrupt(self):
-        return _damage
+        return damage_file_result
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import raysupport  # noqa: I001 - sets the Ray environment before ray is imported
-from contracts.storage import WF, StorageContract, TextBlob, TextBlobSerializer
+from contracts.storage import WF, StorageContract, TextBlob, TextBlobSerializer, damage_file_result
 
 import ray
 
@@ -19,19 +19,6 @@ from functionfuse.storage import available_storages, frame, storage_factory
 from functionfuse.storage.filestorage import FileStorage as LocalFileStorage
 
 REMOTE = {"resources": {"_disk": 0.001}}
-
-
-def _damage(storage, workflow, task, how):
-    path = os.path.join(storage.path, workflow, task + ".ffr")
-    if how == "truncate":
-        os.truncate(path, os.path.getsize(path) // 2)
-    else:
-        with open(path, "r+b") as f:
-            f.seek(os.path.getsize(path) - 10)
-            byte = f.read(1)
-            f.seek(-1, os.SEEK_CUR)
-            f.write(bytes([byte[0] ^ 0x01]))
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _ray_session():
@@ -55,7 +42,7 @@ class TestRayFileStorageContract(StorageContract):
 
     @pytest.fixture
     def corrupt(self):
-        return _damage
+        return damage_file_result
 
     def test_persistent_serializer_writes_beside_the_task_and_is_removed_with_it(self, storage):
         """As in the contract, except that the serializer runs on the storage node (another

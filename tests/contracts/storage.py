@@ -8,6 +8,7 @@ returns a fresh, empty storage object, and a ``corrupt`` fixture: a function
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -211,3 +212,16 @@ class TextBlobSerializer:
 
         with protocols[FILE_PROTOCOL].open(pid, "r") as f:
             return TextBlob(f.read())
+
+
+def damage_file_result(storage, workflow, task, how):
+    """Damage a result stored in file format under ``storage.path`` ("flip" or "truncate")."""
+    path = os.path.join(storage.path, workflow, task + ".ffr")
+    if how == "truncate":
+        os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) - 10)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))

@@ -33,7 +33,6 @@ import inspect
 import logging
 import threading
 import time
-import warnings
 from typing import Any, Callable, Mapping
 
 from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow
@@ -43,8 +42,6 @@ from ...errors import (
     CorruptedResultError,
     FunctionFuseError,
     NodeExecutionError,
-    ResultRecomputedWarning,
-    StorageError,
     missing_dependency,
 )
 
@@ -298,12 +295,10 @@ class PrefectWorkflow(BaseWorkflow):
 
     def _plan_and_load(self, report: Any) -> tuple[list[str], dict[int, Any]]:
         """The plan of this run and the stored values it needs; damaged results are recomputed."""
-        names, wf = self.graph.names, self.workflow_name
         stored = self._stored()
         actions = self.resume_actions(stored)
-        if stored is not None:  # results found unreadable while planning (the core warned)
-            report.recomputed += sum(1 for n in names if isinstance(stored.get(n), Exception))
-        for _attempt in range(len(names) + 1):
+        report.recomputed += self.unreadable_count(stored)  # found while planning (the core warned)
+        for _attempt in range(len(self.graph) + 1):
             loaded: dict[int, Any] = {}
             try:
                 for i, action in enumerate(actions):
@@ -311,21 +306,13 @@ class PrefectWorkflow(BaseWorkflow):
                         loaded[i] = self.load_result(i)
             except CorruptedResultError as exc:
                 # damaged past its header: plan again without it, as LocalWorkflow does
-                warnings.warn(
-                    f"Stored result of node {names[i]!r} of workflow {wf!r} is unreadable and will be "
-                    f"recomputed: {exc}",
-                    ResultRecomputedWarning,
-                    stacklevel=2,
-                )
-                report.recomputed += 1
-                assert stored is not None
-                stored.pop(names[i], None)
+                self.drop_damaged(stored, i, exc, report)
                 actions = self._actions(stored)[0]
                 continue
             report.loaded = len(loaded)
             report.skipped = sum(1 for a in actions if a == SKIP)
             return actions, loaded
-        raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {self.storage!r}.")
+        raise self.too_many_damaged()
 
     def _failure(self, i: int, fut: Any) -> BaseException:
         """The error to raise for failed node *i*: always names the node."""

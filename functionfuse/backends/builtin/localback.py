@@ -12,11 +12,10 @@ recomputed, so the node (and whatever it needs) runs again.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
-from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow, Query
-from ...errors import CorruptedResultError, ResultRecomputedWarning, StorageError
+from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow, DamagedResult, Query
+from ...errors import CorruptedResultError
 from ...report import Progress, RunReport
 from ...workflow import executing_nodes
 
@@ -87,28 +86,18 @@ class LocalWorkflow(BaseWorkflow):
         return R
 
     def _run_stored(self, report: RunReport, progress: Progress) -> list[Any]:
-        names, wf = self.graph.names, self.workflow_name
         stored = self._stored()
-        for attempt in range(len(names) + 1):
+        for attempt in range(len(self.graph) + 1):
             if attempt == 0:
                 actions = self.resume_actions(stored)
-                report.recomputed += sum(1 for n in names if isinstance((stored or {}).get(n), Exception))
+                report.recomputed += self.unreadable_count(stored)
             else:
                 actions = self._actions(stored)[0]
             try:
                 return self._execute(actions, stored, report, progress)
-            except _Damaged as damaged:
-                name = names[damaged.index]
-                warnings.warn(
-                    f"Stored result of node {name!r} of workflow {wf!r} is unreadable and will be "
-                    f"recomputed: {damaged.error}",
-                    ResultRecomputedWarning,
-                    stacklevel=3,
-                )
-                report.recomputed += 1
-                assert stored is not None
-                stored.pop(name, None)
-        raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {self.storage!r}.")
+            except DamagedResult as damaged:
+                self.drop_damaged(stored, damaged.index, damaged.error, report)
+        raise self.too_many_damaged()
 
     def _execute(
         self, actions: list[str], stored: dict[str, Any] | None, report: RunReport, progress: Progress
@@ -130,7 +119,7 @@ class LocalWorkflow(BaseWorkflow):
                     try:
                         R[i] = self.load_result(i)
                     except CorruptedResultError as exc:
-                        raise _Damaged(i, exc) from exc
+                        raise DamagedResult(i, exc) from exc
                     report.loaded += 1
                 else:
                     progress.running = 1
@@ -147,10 +136,3 @@ class LocalWorkflow(BaseWorkflow):
                     R[p] = None
                 progress.update()
         return R
-
-
-class _Damaged(Exception):
-    def __init__(self, index: int, error: BaseException) -> None:
-        super().__init__(index)
-        self.index = index
-        self.error = error

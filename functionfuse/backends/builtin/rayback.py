@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from typing import Any, Callable, Sequence
 
 from ...errors import (
     ConfigurationError,
     CorruptedResultError,
     NodeExecutionError,
-    ResultRecomputedWarning,
     SerializationError,
     StorageError,
     missing_dependency,
@@ -48,7 +46,7 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised in an environment without ray
     raise missing_dependency("ray", "ray", _exc) from _exc
 
-from ...baseworkflow import LOAD, RUN, RUNS, SKIP, BaseWorkflow
+from ...baseworkflow import LOAD, RUN, RUNS, SKIP, BaseWorkflow, DamagedResult
 from ...baseworkflow import Query as _BaseQuery
 from ...workflow import ClassNode, MethodNode
 from ..plugins import prepare
@@ -195,13 +193,13 @@ class RayWorkflow(BaseWorkflow):
         return self.outputs(results) if return_results else None
 
     def _run(self, report: Any, progress: Any, max_pending: int, fetch: bool) -> dict[int, Any]:
-        names, wf = self.graph.names, self.workflow_name
+        names = self.graph.names
         stored = self._stored()
         damaged: set[str] = set()
         for attempt in range(len(names) + 1):
             if attempt == 0:
                 actions = self.resume_actions(stored)
-                report.recomputed += sum(1 for n in names if isinstance((stored or {}).get(n), Exception))
+                report.recomputed += self.unreadable_count(stored)
             else:
                 # what this run stored before the damage was found is loaded, not run again
                 stored = self._stored()
@@ -211,17 +209,10 @@ class RayWorkflow(BaseWorkflow):
                 actions = self._actions(stored)[0]
             try:
                 return self._execute(actions, report, progress, max_pending, fetch)
-            except _Damaged as d:
-                name = names[d.index]
-                warnings.warn(
-                    f"Stored result of node {name!r} of workflow {wf!r} is unreadable and will be "
-                    f"recomputed: {d.error}",
-                    ResultRecomputedWarning,
-                    stacklevel=3,
-                )
-                report.recomputed += 1
-                damaged.add(name)
-        raise StorageError(f"Workflow {wf!r}: too many unreadable stored results in {self.storage!r}.")
+            except DamagedResult as d:
+                self.drop_damaged(stored, d.index, d.error, report)
+                damaged.add(names[d.index])
+        raise self.too_many_damaged()
 
     def _execute(self, actions: list[str], report: Any, progress: Any, max_pending: int, fetch: bool) -> dict[int, Any]:
         g = self.graph
@@ -415,7 +406,7 @@ class RayWorkflow(BaseWorkflow):
         names, wf = self.graph.names, self.workflow_name
         for f in sorted(failures, key=lambda f: f.index):
             if f.stage == "load" and isinstance(f.error, CorruptedResultError):
-                raise _Damaged(f.index, f.error)
+                raise DamagedResult(f.index, f.error)
         f = min(failures, key=lambda f: f.index)
         name = names[f.index]
         if f.stage == "load":
@@ -448,13 +439,6 @@ class _Failure:
 
     def __init__(self, index: int, stage: str, error: BaseException, tb: str, ray_error: BaseException) -> None:
         self.index, self.stage, self.error, self.tb, self.ray_error = index, stage, error, tb, ray_error
-
-
-class _Damaged(Exception):
-    def __init__(self, index: int, error: BaseException) -> None:
-        super().__init__(index)
-        self.index = index
-        self.error = error
 
 
 def _placement(storage: Any) -> tuple[Any, dict]:
