@@ -503,16 +503,35 @@ def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str]:
 
 
 def fingerprint_records(graph: Graph) -> list[dict]:
-    """Fingerprint record of every node, parents first, without loading any result."""
+    """Fingerprint record of every node, parents first, without loading any result.
+
+    This runs before every stored run, so the common cases take short paths: a node
+    argument contributes its fingerprint directly, plain constants are hashed once per
+    distinct value, and the code part of each function is joined once.
+    """
     names, parents = graph.names, graph.parents
     index = graph._index
     records: list[dict] = []
+    digests: list[str] = []  # the "node" digest of each record, by index
     code_parts: dict[int, str] = {}  # id(code dict) -> its part of the digest input
+    constants: dict[tuple[type, Any], str] = {}  # (type, value) -> digest of a plain constant
 
     def node_digest(v: Any) -> str:
         if type(v) is NodeItem:
-            return _fp_join("item", records[index[v.node]]["node"], fp.value(list(v.path)))
-        return "N" + records[index[v]]["node"]
+            return _fp_join("item", digests[index[v.node]], fp.value(list(v.path)))
+        return "N" + digests[index[v]]
+
+    def arg_digest(value: Any) -> str:
+        t = type(value)
+        if t in _NODE_TYPES:
+            return "@N" + digests[index[value]]
+        if t in _PLAIN:
+            key = (t, value)
+            digest = constants.get(key)
+            if digest is None:
+                digest = constants[key] = fp.value(value)
+            return digest
+        return _arg_digest(fp, value)
 
     fp = Fingerprinter(node_digest)
     head = f"v{FINGERPRINT_VERSION}"
@@ -522,24 +541,21 @@ def fingerprint_records(graph: Graph) -> list[dict]:
                 cls = node.instance.func
                 code = fp.code(cls)
                 target = getattr(cls, node.method, None)
-                args = _bind(fp, target, node.args, node.kwargs, skip_first=True)
+                args = _bind(fp, target, node.args, node.kwargs, skip_first=True, digest=arg_digest)
                 args = {"method": fp.value(node.method), **args}
             else:
                 code = fp.code(node.func)
-                args = _bind(fp, node.func, node.args, node.kwargs, skip_first=False)
+                args = _bind(fp, node.func, node.args, node.kwargs, skip_first=False, digest=arg_digest)
             code_part = code_parts.get(id(code))
             if code_part is None:
                 code_part = code_parts[id(code)] = "\x1f".join(f"{k}={v}" for k, v in code.items())
-            inputs = {names[p]: records[p]["node"] for p in parents[i]}
-            digest = _fp_join(
-                head,
-                node.kind,
-                code_part,
-                "|",
-                *(f"{k}={v}" for k, v in args.items()),
-                "|",
-                *(f"{k}={v}" for k, v in inputs.items()),
-            )
+            inputs = {names[p]: digests[p] for p in parents[i]}
+            parts = [head, node.kind, code_part, "|"]
+            parts += [f"{k}={v}" for k, v in args.items()]
+            parts.append("|")
+            parts += [f"{k}={v}" for k, v in inputs.items()]
+            digest = _fp_join(*parts)
+            digests.append(digest)
             records.append({"v": FINGERPRINT_VERSION, "node": digest, "code": code, "args": args, "inputs": inputs})
     return records
 
@@ -548,15 +564,17 @@ def _fp_join(*parts: str) -> str:
     return xxhash.xxh3_128_hexdigest("\x1f".join(parts).encode())
 
 
-def _bind(fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first: bool) -> dict[str, str]:
-    """Digest of each argument, keyed by parameter name where the signature allows."""
+def _bind(
+    fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first: bool, digest: Callable[[Any], str]
+) -> dict[str, str]:
+    """Digest (by *digest*) of each argument, keyed by parameter name where the signature allows."""
     simple = fp.positional_names(func)
     if simple is not None:
         names = simple[1:] if skip_first else simple
         if len(args) <= len(names) and not (kwargs and set(kwargs) & set(names[: len(args)])):
-            out = {name: _arg_digest(fp, a) for name, a in zip(names, args)}
+            out = {name: digest(a) for name, a in zip(names, args)}
             for k, v in kwargs.items():
-                out[k] = _arg_digest(fp, v)
+                out[k] = digest(v)
             return out
     sig = fp.signature(func) if func is not None else None
     if sig is not None:
@@ -566,9 +584,9 @@ def _bind(fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first
             bound = None
         if bound is not None:
             pairs = list(bound.arguments.items())[1 if skip_first else 0 :]
-            return {k: _arg_digest(fp, v) for k, v in pairs}
-    out = {f"#{j}": _arg_digest(fp, a) for j, a in enumerate(args)}
-    out.update({k: _arg_digest(fp, v) for k, v in kwargs.items()})
+            return {k: digest(v) for k, v in pairs}
+    out = {f"#{j}": digest(a) for j, a in enumerate(args)}
+    out.update({k: digest(v) for k, v in kwargs.items()})
     return out
 
 
@@ -633,6 +651,7 @@ def _getter(value: Any, index_of: Callable[[Any], int]) -> Callable[[Sequence[An
 
 _CONTAINERS = frozenset({list, tuple, dict, NodeItem})
 _NODE_TYPES = frozenset({Node, ClassNode, MethodNode})
+_PLAIN = frozenset({type(None), bool, int, str, bytes})  # not float: -0.0 == 0.0
 
 
 def _call_with_result(f: Callable[[Any], Any], j: int) -> Callable[[Sequence[Any]], Any]:

@@ -225,6 +225,16 @@ def test_values_are_hashed_by_content_not_identity():
     assert value_fingerprint(np.zeros((2, 3))) != value_fingerprint(np.zeros((3, 2)))
 
 
+def test_equal_constants_of_different_types_in_one_graph_stay_apart():
+    # the planner hashes each distinct plain constant once per plan: 1, True, 1.0, 0.0
+    # and -0.0 compare equal in Python but must still give different fingerprints
+    values = [1, True, 1.0, 0.0, -0.0, "1", b"1", None]
+    records = LocalWorkflow(*[scale(v, 2) for v in values], workflow_name="consts").fingerprints()
+    by_value = {repr(v): r["args"]["values"] for v, r in zip(values, records)}
+    assert len(set(by_value.values())) == len(values), by_value
+    assert by_value["1"] == value_fingerprint(1) and by_value["-0.0"] == value_fingerprint(-0.0)
+
+
 class Opaque:
     def __reduce_ex__(self, protocol):
         raise TypeError("no")
