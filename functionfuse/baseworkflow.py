@@ -338,6 +338,13 @@ class BaseWorkflow:
             stacklevel=3,
         )
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter shows a workflow as its DAG, coloured by storage state (when Graphviz is
+        installed and the graph is small enough to read; else as text)."""
+        from .backends.builtin.graphback import svg_or_none
+
+        return svg_or_none(self)
+
     def plan(self) -> Plan:
         """What :meth:`run` would do with each node now, what storage holds, and why."""
         actions, reasons, states = self._actions(self._stored())

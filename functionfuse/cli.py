@@ -4,6 +4,8 @@
     functionfuse storage show [--storage SPEC] WORKFLOW TASK [--json]
     functionfuse storage rm   [--storage SPEC] WORKFLOW PATTERN [--yes]
     functionfuse plan         [--storage SPEC] WORKFLOW --graph TARGET [--cache POLICY] [--json]
+    functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format FMT ...]
+    functionfuse stack up|down [--source DIR] [--dry-run]
     functionfuse image build  [IMAGE ...] [--base-image IMG] [--wheelhouse DIR] [--push REGISTRY] [--json]
     functionfuse image push   REGISTRY [IMAGE ...] [--username USER --password-stdin] [--json]
 
@@ -46,15 +48,28 @@ def _storage(spec: str | None) -> Any:
 
 def _load_target(target: str) -> list:
     """Nodes named by ``file.py:NAME`` or ``module:NAME``."""
+    return _as_nodes(_load_object(target))
+
+
+def _as_nodes(obj: Any) -> list:
+    from .baseworkflow import BaseWorkflow
+
+    if isinstance(obj, BaseWorkflow):
+        return list(obj.graph.output_refs)
+    return list(obj) if isinstance(obj, (list, tuple)) else [obj]
+
+
+def _load_object(target: str) -> Any:
+    """What ``file.py:NAME`` or ``module:NAME`` names (called first if it is a plain function)."""
     from .baseworkflow import BaseWorkflow
 
     where, sep, name = target.rpartition(":")
     if not sep or not where or not name:
-        raise FunctionFuseError(f"--graph {target!r} must look like path/to/file.py:NAME or package.module:NAME.")
+        raise FunctionFuseError(f"{target!r} must look like path/to/file.py:NAME or package.module:NAME.")
     if where.endswith(".py") or os.path.sep in where:
         path = os.path.abspath(where)
         if not os.path.isfile(path):
-            raise FunctionFuseError(f"--graph: no such file {where!r}.")
+            raise FunctionFuseError(f"{target!r}: no such file {where!r}.")
         sys.path.insert(0, os.path.dirname(path))
         spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
         assert spec is not None and spec.loader is not None
@@ -66,12 +81,10 @@ def _load_target(target: str) -> list:
     try:
         obj = getattr(module, name)
     except AttributeError:
-        raise FunctionFuseError(f"--graph: {where!r} has no attribute {name!r}.") from None
+        raise FunctionFuseError(f"{target!r}: {where!r} has no attribute {name!r}.") from None
     if callable(obj) and not hasattr(obj, "set_name") and not isinstance(obj, BaseWorkflow):
         obj = obj()
-    if isinstance(obj, BaseWorkflow):
-        return list(obj.graph.output_refs)
-    return list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    return obj
 
 
 def _size(n: float) -> str:
@@ -189,6 +202,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .backends.builtin.graphback import GraphWorkflow
+
+    obj = _load_object(args.target)
+    name = args.workflow or getattr(obj, "workflow_name", None) or args.target.rpartition(":")[2]
+    wf = GraphWorkflow(*_as_nodes(obj), workflow_name=name, doc_path=args.out)
+    if args.storage:
+        wf.set_storage(_storage(args.storage))
+    paths = wf.run(formats=args.format)
+    n = len(wf.graph)
+    for fmt, path in paths.items():
+        print(f"{fmt:<4} {path}")
+    print(f"{n} node{'s' if n != 1 else ''} drawn", file=sys.stderr)
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from .kit.stack import Stack, find_source
+
+    stack = Stack(find_source(args.source), dry_run=args.dry_run)
+    print(stack.up() if args.stack_command == "up" else stack.down())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="functionfuse", description="Inspect and manage functionfuse workflows.")
     parser.add_argument("--version", action="version", version=f"functionfuse {__version__}")
@@ -228,6 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cache", choices=["name", "fingerprint", "off"], help="cache policy (default: name)")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
+
+    graph = sub.add_parser("graph", help="draw a DAG defined in a Python file or module (DOT, SVG, PNG)")
+    graph.add_argument("target", help="FILE.py:NAME or module:NAME: a node, a list of nodes, a workflow, or a function returning them")
+    graph.add_argument("--out", default=".", help="folder for the drawings (default: the current folder)")
+    graph.add_argument("--workflow", help="workflow name: names the files and the stored results (default: NAME)")
+    graph.add_argument("--storage", help="colour nodes by what this storage holds (" + storage_help.split(": ", 1)[1] + ")")
+    graph.add_argument("--format", nargs="+", choices=["dot", "svg", "png"], default=["dot", "svg", "png"],
+                       help="files to write (default: dot svg png)")
+    graph.set_defaults(func=cmd_graph)
+
+    stack = sub.add_parser("stack", help="bring the functionfuse stack up on a local kind cluster, or down")
+    stack.add_argument("stack_command", choices=["up", "down"], help="up: registry, cluster, images, operators, charts; "
+                       "down: delete the cluster and the registry container")
+    stack.add_argument("--source", help="functionfuse source tree with charts/ and manifests/ (default: this checkout)")
+    stack.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    stack.set_defaults(func=cmd_stack)
 
     # argparse only: the Docker SDK is imported when an image subcommand runs
     from .kit.cli import add_image_commands

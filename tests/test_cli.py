@@ -53,7 +53,7 @@ def project(tmp_path):
 
 def test_version_and_help(tmp_path):
     assert ff("--version", cwd=tmp_path).stdout.strip() == f"functionfuse {__version__}"
-    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "rm"], ["plan"]):
+    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "rm"], ["plan"], ["graph"], ["stack"]):
         assert "usage:" in ff(*sub, "--help", cwd=tmp_path).stdout
 
 
@@ -110,3 +110,61 @@ def test_errors_are_one_line_with_the_fix(project):
     assert out.returncode == 1 and "list_tasks" in out.stderr and "Traceback" not in out.stderr
     out = ff("plan", "demo", "--graph", "dag.py", cwd=project, check=False)
     assert out.returncode == 1 and "path/to/file.py:NAME" in out.stderr
+
+
+def test_graph_command_draws_the_dag_file(project):
+    out = ff("graph", "dag.py:build", "--out", "docs", cwd=project)
+    assert "svg" in out.stdout and "2 nodes drawn" in out.stderr
+    svg = (project / "docs" / "build.svg").read_text()
+    assert all(f">{name}<" in svg for name in ("data", "total")), svg[:400]
+    assert (project / "docs" / "build.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data" in (project / "docs" / "build.dot").read_text()
+
+
+def test_graph_command_colours_by_storage(project):
+    from functionfuse.backends.builtin.graphback import STATE_COLOURS
+
+    (project / "dag.py").write_text(DAG.format(scale=3))
+    ff("graph", "dag.py:build", "--workflow", "demo", "--storage", "storage", "--format", "dot", cwd=project)
+    dot = (project / "demo.dot").read_text()
+    assert not (project / "demo.svg").exists()
+    line = {name: next(x for x in dot.splitlines() if f'"{name}"' in x and "fillcolor" in x) for name in ("data", "total")}
+    assert STATE_COLOURS["current"] in line["data"] and STATE_COLOURS["stale"] in line["total"]
+
+
+def test_graph_command_names_a_bad_target(project):
+    out = ff("graph", "dag.py:nothing", cwd=project, check=False)
+    assert out.returncode == 1 and "no attribute 'nothing'" in out.stderr and "Traceback" not in out.stderr
+    out = ff("graph", "missing.py:build", cwd=project, check=False)
+    assert out.returncode == 1 and "no such file" in out.stderr
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_stack_up_dry_run_lists_every_step_with_existing_files(tmp_path):
+    out = ff("stack", "up", "--dry-run", "--source", ROOT, cwd=tmp_path)
+    commands = [line[2:].split() for line in out.stderr.splitlines() if line.startswith("+ ")]
+    tools = [c[0] for c in commands]
+    assert {"docker", "kind", "kubectl", "helm"} <= set(tools)
+    assert any(c[:3] == ["kind", "create", "cluster"] for c in commands)
+    assert any(c[:2] == ["helm", "dependency"] for c in commands)
+    assert any("127.0.0.1:5001:5000" in c for c in commands), "the registry is published on loopback only"
+    paths = [a for c in commands for a in c if a.startswith(ROOT)]
+    assert paths and all(os.path.exists(p) for p in paths), [p for p in paths if not os.path.exists(p)]
+    assert "stack up" in out.stdout
+
+
+def test_stack_up_without_the_tools_says_what_to_install(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: none of docker, kind, kubectl, helm
+    out = subprocess.run([sys.executable, "-m", "functionfuse", "stack", "up", "--source", ROOT], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1 and "kind" in out.stderr and "kind.sigs.k8s.io" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_stack_needs_a_source_tree(tmp_path):
+    out = ff("stack", "down", "--dry-run", "--source", str(tmp_path), cwd=tmp_path, check=False)
+    assert out.returncode == 1 and "--source DIR" in out.stderr
+    out = ff("stack", "down", "--dry-run", "--source", ROOT, cwd=tmp_path)
+    assert "kind delete cluster --name functionfuse" in out.stderr and "docker rm -f kind-registry" in out.stderr

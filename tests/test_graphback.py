@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from contracts.backend import seed_incremental_sum, seed_quick_start
+from functionfuse import workflow
 from functionfuse.backends.builtin.graphback import STATE_COLOURS, GraphWorkflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.storage import storage_factory
@@ -66,3 +67,25 @@ def test_nodes_are_coloured_by_storage_state(tmp_path):
 def test_jupyter_displays_the_drawing():
     svg = GraphWorkflow(seed_quick_start(), workflow_name="nb")._repr_svg_()
     assert "<svg" in svg and ">node3</text>" in svg
+
+
+def test_any_workflow_displays_as_its_graph_in_jupyter(tmp_path):
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="nb")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+    missing = wf._repr_svg_()
+    assert "<svg" in missing and ">node3</text>" in missing and STATE_COLOURS["missing"] in missing
+    wf.run()
+    assert STATE_COLOURS["current"] in wf._repr_svg_()
+
+
+def test_a_graph_too_large_to_read_displays_as_text():
+    from functionfuse.backends.builtin.graphback import REPR_MAX_NODES
+
+    @workflow
+    def step(x):
+        return x + 1
+
+    x = step(0)
+    for _ in range(REPR_MAX_NODES):
+        x = step(x)
+    assert LocalWorkflow(x, workflow_name="big")._repr_svg_() is None

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Any
+from typing import Any, Sequence
 
 from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, STALE, BaseWorkflow
 from ...errors import ConfigurationError, FunctionFuseError
 from ...workflow import ClassNode, MethodNode
 
-__all__ = ["GraphWorkflow", "STATE_COLOURS"]
+__all__ = ["GraphWorkflow", "STATE_COLOURS", "dot_source", "svg_or_none"]
 
 #: fill colour of a node by storage state
 STATE_COLOURS = {
@@ -56,85 +56,31 @@ class GraphWorkflow(BaseWorkflow):
     # -- the drawing -------------------------------------------------------------------
     def dot_source(self) -> str:
         """The DAG in Graphviz's DOT language."""
-        g = self.graph
-        names = g.names
-        states = self._states()
-        lines = [
-            f"digraph {_quote(self.workflow_name)} {{",
-            "  rankdir=TB;",
-            '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
-            '  edge [color="#495057"];',
-        ]
-        in_cluster: set[int] = set()
-        for ctor, calls in g.chains.items():
-            members = [ctor, *calls]
-            in_cluster.update(members)
-            lines.append(f"  subgraph {_quote('cluster_' + names[ctor])} {{")
-            lines.append(f"    label={_quote(names[ctor] + ' (instance)')}; style=dashed; color=\"#868e96\"; fontsize=10;")
-            for i in members:
-                lines.append("    " + self._node_line(i, states))
-            lines.append("  }")
-        for i in range(len(g)):
-            if i not in in_cluster:
-                lines.append("  " + self._node_line(i, states))
-        for i, node in enumerate(g.nodes):
-            data = set(g.data_parents[i])
-            for p in g.parents[i]:
-                if type(node) is MethodNode and p == g.index_of(node.instance):
-                    continue  # the instance is drawn as the box around its calls
-                style = "" if p in data else ' [style=dashed, label="then", fontsize=9]'
-                lines.append(f"  {_quote(names[p])} -> {_quote(names[i])}{style};")
-        # a class node used by its first call: draw it as the first step of the chain
-        for ctor, calls in g.chains.items():
-            first = calls[0]
-            lines.append(f'  {_quote(names[ctor])} -> {_quote(names[first])} [style=dashed, label="then", fontsize=9];')
-        if self.storage is not None:
-            lines.append(self._legend())
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-
-    def _node_line(self, i: int, states: list[str]) -> str:
-        g = self.graph
-        node = g.nodes[i]
-        name = g.names[i]
-        label = name if name.startswith(node.label) else f"{name}\n{node.label}"
-        shape = ", shape=component" if type(node) is ClassNode else ""
-        fill = STATE_COLOURS[states[i]]
-        tooltip = f"{node.label} ({states[i]})"
-        return f"{_quote(name)} [label={_quote(label)}, fillcolor={_quote(fill)}, tooltip={_quote(tooltip)}{shape}];"
-
-    def _legend(self) -> str:
-        rows = "".join(
-            f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in (CURRENT, STALE, MISSING, CORRUPTED)
-        )
-        return (
-            '  subgraph cluster_legend { label="stored"; fontsize=10; style=dashed; '
-            f'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0">{rows}</TABLE>>]; }}'
-        )
-
-    def _states(self) -> list[str]:
-        if self.storage is None:
-            return [NO_STORAGE] * len(self.graph)
-        return [p.state for p in self.plan()]
+        return dot_source(self)
 
     # -- backend API ---------------------------------------------------------------------
-    def run(self) -> dict[str, str]:
+    def run(self, formats: Sequence[str] = ("dot", "svg", "png")) -> dict[str, str]:
         """Write ``<workflow_name>.dot``, ``.svg`` and ``.png`` into ``doc_path``.
 
-        :returns: ``{"dot": path, "svg": path, "png": path}``.
+        :param formats: which of the three files to write.
+        :returns: ``{"dot": path, "svg": path, "png": path}`` (the formats written).
         :raises MissingDependencyError: the graphviz package is not installed (the DOT
             file is written first).
         """
+        unknown = sorted(set(formats) - {"dot", "svg", "png"})
+        if unknown:
+            raise ConfigurationError(f"GraphWorkflow.run: unknown format(s) {', '.join(unknown)}; use dot, svg or png.")
         os.makedirs(self.doc_path, exist_ok=True)
         base = os.path.join(self.doc_path, self.workflow_name)
         source = self.dot_source()
-        with open(base + ".dot", "w") as f:
-            f.write(source)
-        paths = {"dot": base + ".dot"}
+        paths = {}
+        if "dot" in formats:
+            _write(base + ".dot", source.encode())
+            paths["dot"] = base + ".dot"
         for fmt in ("svg", "png"):
-            with open(base + "." + fmt, "wb") as f:
-                f.write(_render(source, fmt))
-            paths[fmt] = base + "." + fmt
+            if fmt in formats:
+                _write(base + "." + fmt, _render(source, fmt))
+                paths[fmt] = base + "." + fmt
         return paths
 
     def _repr_svg_(self) -> str:
@@ -143,6 +89,93 @@ class GraphWorkflow(BaseWorkflow):
     def set_storage(self, object_storage: Any) -> None:
         """Colour nodes by what *object_storage* holds for them."""
         super().set_storage(object_storage)
+
+
+def dot_source(wf: BaseWorkflow) -> str:
+    """The DAG of any workflow in Graphviz's DOT language, nodes coloured by storage state."""
+    g = wf.graph
+    names = g.names
+    states = _states(wf)
+    lines = [
+        f"digraph {_quote(wf.workflow_name)} {{",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
+        '  edge [color="#495057"];',
+    ]
+    in_cluster: set[int] = set()
+    for ctor, calls in g.chains.items():
+        members = [ctor, *calls]
+        in_cluster.update(members)
+        lines.append(f"  subgraph {_quote('cluster_' + names[ctor])} {{")
+        lines.append(f"    label={_quote(names[ctor] + ' (instance)')}; style=dashed; color=\"#868e96\"; fontsize=10;")
+        for i in members:
+            lines.append("    " + _node_line(wf, i, states))
+        lines.append("  }")
+    for i in range(len(g)):
+        if i not in in_cluster:
+            lines.append("  " + _node_line(wf, i, states))
+    for i, node in enumerate(g.nodes):
+        data = set(g.data_parents[i])
+        for p in g.parents[i]:
+            if type(node) is MethodNode and p == g.index_of(node.instance):
+                continue  # the instance is drawn as the box around its calls
+            style = "" if p in data else ' [style=dashed, label="then", fontsize=9]'
+            lines.append(f"  {_quote(names[p])} -> {_quote(names[i])}{style};")
+    # a class node used by its first call: draw it as the first step of the chain
+    for ctor, calls in g.chains.items():
+        first = calls[0]
+        lines.append(f'  {_quote(names[ctor])} -> {_quote(names[first])} [style=dashed, label="then", fontsize=9];')
+    if wf.storage is not None:
+        lines.append(_legend())
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+def _node_line(wf: BaseWorkflow, i: int, states: list[str]) -> str:
+    g = wf.graph
+    node = g.nodes[i]
+    name = g.names[i]
+    label = name if name.startswith(node.label) else f"{name}\n{node.label}"
+    shape = ", shape=component" if type(node) is ClassNode else ""
+    fill = STATE_COLOURS[states[i]]
+    tooltip = f"{node.label} ({states[i]})"
+    return f"{_quote(name)} [label={_quote(label)}, fillcolor={_quote(fill)}, tooltip={_quote(tooltip)}{shape}];"
+
+def _legend() -> str:
+    rows = "".join(
+        f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in (CURRENT, STALE, MISSING, CORRUPTED)
+    )
+    return (
+        '  subgraph cluster_legend { label="stored"; fontsize=10; style=dashed; '
+        f'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0">{rows}</TABLE>>]; }}'
+    )
+
+def _states(wf: BaseWorkflow) -> list[str]:
+    if wf.storage is None:
+        return [NO_STORAGE] * len(wf.graph)
+    return [p.state for p in wf.plan()]
+
+
+#: above this many nodes a workflow shows as text in Jupyter (a drawing would not be legible)
+REPR_MAX_NODES = 300
+
+
+def svg_or_none(wf: BaseWorkflow) -> str | None:
+    """The SVG drawing of *wf* for Jupyter, or None (then its text repr is shown) when the
+    graph is too large to read or Graphviz is not installed."""
+    if len(wf.graph) > REPR_MAX_NODES:
+        return None
+    try:
+        return _render(dot_source(wf), "svg").decode()
+    except FunctionFuseError:
+        return None
+
+
+def _write(path: str, data: bytes) -> None:
+    """Write *path* whole or not at all (a failed render leaves no half-written file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _render(source: str, fmt: str) -> bytes:
