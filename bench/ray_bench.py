@@ -186,7 +186,7 @@ def big_row(n_nodes: int, max_pending: int) -> dict:
         "name": "ray_100k_nodes_bounded" if n_nodes >= 100_000 else f"ray_{n_nodes // 1000}k_nodes_bounded",
         "ours": round(mem.peak / mb, 1),
         "baseline": round(before / mb, 1),
-        "unit": "MB driver RSS (peak during run vs before run)",
+        "unit": "MB",  # driver RSS: peak during the run (ours) vs just before it (baseline)
         "ratio": round(mem.peak / before, 3),
         "target": "completes with bounded driver memory",
         "pass": result == expected,

@@ -39,6 +39,13 @@ MEM_RATIO = 3.0  # figure 5: peak growth < 3 arrays
 FP_OVERHEAD = 1.2  # figure 6: fingerprint-policy run / name-only run <= 1.2
 FP_ARRAY = 0.05  # figure 6: fingerprinting an array / storing it < 0.05
 
+#: figures 7-10: the engine benchmarks, standalone scripts that start their own servers
+#: (Ray, Prefect, an S3 server, Docker and a registry) and print one JSON row per figure:
+#: ``{"name", "ours", "baseline", "unit", "ratio", "target", "pass", ...}``
+ENGINES = (("7", "Ray", "ray_bench.py"), ("8", "Prefect", "prefect_bench.py"), ("9", "S3", "s3_bench.py"),
+           ("10", "KFP", "kfp_bench.py"))
+ENGINE_TIMEOUT_S = 1800
+
 
 # -- running cases -------------------------------------------------------------------------------
 def run_case_here(name: str, quick: bool, n: int | None, tmpdir: Path) -> dict[str, Any]:
@@ -80,7 +87,7 @@ def run_case_subprocess(name: str, quick: bool, n: int | None, tmpdir: Path) -> 
     return result
 
 
-def collect(quick: bool, tmpdir: Path) -> dict[str, Any]:
+def collect(quick: bool, tmpdir: Path, engines: bool = True) -> dict[str, Any]:
     """Every case's raw measurements, keyed by case (build_graph: by size)."""
     s = sizes_for(quick)
     raw: dict[str, Any] = {}
@@ -94,12 +101,44 @@ def collect(quick: bool, tmpdir: Path) -> dict[str, Any]:
     raw["build_graph"] = {str(n): v for n, v in builds.items()}
     for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "fingerprint_chain", "fingerprint_array"):
         raw[name] = run_case_subprocess(name, quick, None, tmpdir)
+    if engines:
+        raw["engines"] = {script: run_engine(script, quick) for _fig, _engine, script in ENGINES}
     return raw
+
+
+def run_engine(script: str, quick: bool) -> dict[str, Any]:
+    """Run one engine benchmark script; ``{"rows": [...]}`` or ``{"error": ...}``."""
+    path = HERE.parent / script
+    if not path.exists():
+        return {"error": f"{script} not found"}
+    cmd = [sys.executable, str(path), *(["--quick"] if quick else [])]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ENGINE_TIMEOUT_S, cwd=REPO,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {ENGINE_TIMEOUT_S} s"}
+    rows = []
+    for line in proc.stdout.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "name" in row:
+            rows.append(row)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0 or not rows:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"[bench] {script}: FAILED ({tail})", file=sys.stderr, flush=True)
+        return {"error": tail, "rows": rows, "stderr": proc.stderr[-4000:]}
+    print(f"[bench] {script}: {dt:.1f} s", file=sys.stderr, flush=True)
+    return {"rows": rows, "seconds": round(dt, 1)}
 
 
 # -- rows ------------------------------------------------------------------------------------------
 def _failed_cases(raw: dict[str, Any]) -> list[str]:
-    out = [name for name, d in raw.items() if name != "build_graph" and _err(d)]
+    out = [name for name, d in raw.items() if name not in ("build_graph", "engines") and _err(d)]
+    out += [script for script, d in raw.get("engines", {}).items() if _err(d)]
     for n, reps in raw["build_graph"].items():
         bad = sum(1 for d in reps if _err(d))
         if bad:
@@ -246,9 +285,27 @@ def rows_fingerprint(raw: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_engines(raw: dict[str, Any]) -> list[Row]:
+    """Figures 7-10: each engine script's rows as it judged them."""
+    rows = []
+    for fig, engine, script in ENGINES:
+        got = raw.get("engines", {}).get(script)
+        if got is None:
+            continue
+        for i, r in enumerate(got.get("rows", [])):
+            target = str(r.get("target", ""))
+            comparison = target[:1] in "<>="
+            rows.append(Row(f"{fig}{chr(ord('a') + i)}", f"{engine}: {r['name']}", r.get("ours"), r.get("unit", ""),
+                            r.get("baseline"), r.get("unit", ""), r.get("ratio"), "ours/base",
+                            f"ours/base {target}" if comparison else target, passed=bool(r.get("pass"))))
+        if _err(got):
+            rows.append(error_row(f"{fig}!", f"{engine} benchmark ({script})", "runs", str(_err(got))))
+    return rows
+
+
 def build_rows(raw: dict[str, Any], s: Sizes) -> list[Row]:
     return [*rows_run(raw), *rows_buildrun(raw), *rows_build(raw, s), *rows_io(raw), *rows_memory(raw),
-            *rows_fingerprint(raw)]
+            *rows_fingerprint(raw), *rows_engines(raw)]
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -305,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmpdir", type=Path, default=RESULTS_DIR,
                     help="folder for the storage case's temporary files (default: bench/results; not /tmp, "
                          "which may be a tmpfs)")
+    ap.add_argument("--no-engines", action="store_true",
+                    help="skip the Ray, Prefect, S3 and KFP benchmarks (figures 7-10), which start servers")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON table")
     args = ap.parse_args(argv)
     args.tmpdir = args.tmpdir.resolve()  # cases run with the repository as working folder
@@ -317,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sizes_for(args.quick)
     t0 = time.perf_counter()
     busy0 = _cpu_busy()
-    raw = collect(args.quick, args.tmpdir)
+    raw = collect(args.quick, args.tmpdir, engines=not args.no_engines)
     busy1 = _cpu_busy()
     rows = build_rows(raw, s)
     seconds = time.perf_counter() - t0

@@ -207,7 +207,7 @@ def main() -> None:
             "baseline": round(rate["baseline"], 1),
             "unit": "MiB/s",
             "ratio": round(ratio, 3),
-            "target": THROUGHPUT_TARGET,
+            "target": f">= {THROUGHPUT_TARGET}",
             "pass": ratio >= THROUGHPUT_TARGET,
             "detail": detail,
         }), flush=True)
@@ -219,7 +219,7 @@ def main() -> None:
             "baseline": round(per_thread / MiB, 1),
             "unit": "MiB",
             "ratio": round(mem_ratio, 3),
-            "target": MEMORY_TARGET,
+            "target": f"< {MEMORY_TARGET}",
             "pass": mem_ratio < MEMORY_TARGET,
             "detail": {
                 "baseline_is": f"one {chunk // MiB} MiB chunk per writing thread ({threads} threads)",

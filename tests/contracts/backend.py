@@ -9,7 +9,9 @@ nodes in other processes too.
 
 from __future__ import annotations
 
+import io
 import os
+
 import pytest
 
 from functionfuse import workflow
@@ -238,6 +240,31 @@ class BackendConformance:
         with pytest.warns(StaleResultWarning, match="'b'.*argument 'b' changed"):
             assert by_name.run() == 6
         assert calls() == []
+
+    def test_progress_on_a_terminal_and_a_stored_run_report(self, make_workflow, storage, monkeypatch):
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        stream = Terminal()
+        monkeypatch.setattr("sys.stderr", stream)
+        wf = make_workflow(seed_quick_start(), workflow_name="shown")
+        wf.set_storage(storage)
+        assert wf.run() == 6
+        wf.run()
+        lines = [x for x in stream.getvalue().replace("\r", "\n").splitlines() if x.startswith("[shown]")]
+        assert any("3/3 nodes  3 run" in x for x in lines), stream.getvalue()[-500:]
+        assert "3/3 nodes  0 run · 1 loaded · 2 skipped" in lines[-1]
+        assert stream.getvalue().endswith("\n")
+        first, second = storage.list_run_reports("shown")
+        assert (first["ran"], first["nodes"], second["ran"]) == (3, 3, 0)
+        assert set(first["node_seconds"]) == {"node1", "node2", "node3"}
+
+        stream.truncate(0)
+        stream.seek(0)
+        wf.set_progress(False)
+        wf.run()
+        assert "[progress]" not in stream.getvalue()
 
     def test_plan_matches_what_runs(self, make_workflow, storage):
         wf = make_workflow(seed_quick_start(), workflow_name="plan")
