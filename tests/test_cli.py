@@ -168,3 +168,34 @@ def test_stack_needs_a_source_tree(tmp_path):
     assert out.returncode == 1 and "--source DIR" in out.stderr
     out = ff("stack", "down", "--dry-run", "--source", ROOT, cwd=tmp_path)
     assert "kind delete cluster --name functionfuse" in out.stderr and "docker rm -f kind-registry" in out.stderr
+
+
+def test_storage_commands_over_s3_by_url_and_by_options_file(tmp_path):
+    pytest.importorskip("s3fs", reason="the s3 extra is not installed")
+    import s3support
+    from contracts.backend import seed_quick_start
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse.storage import storage_factory
+
+    server = s3support.MotoProcess().start()
+    try:
+        bucket = server.make_bucket()
+        options = {"kind": "S3", "options": {"path": f"{bucket}/results", "s3fs": server.s3fs_options()}}
+        wf = LocalWorkflow(seed_quick_start(), workflow_name="demo")
+        wf.set_storage(storage_factory(options))
+        wf.run()
+        creds = server.s3fs_options()
+        env = {**os.environ, "AWS_ENDPOINT_URL": creds["endpoint_url"], "AWS_ACCESS_KEY_ID": creds["key"],
+               "AWS_SECRET_ACCESS_KEY": creds["secret"]}
+        by_url = subprocess.run([sys.executable, "-m", "functionfuse", "storage", "ls", "demo", "--json", "--storage",
+                                 f"s3://{bucket}/results"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                                stdin=subprocess.DEVNULL)
+        assert by_url.returncode == 0, by_url.stderr
+        assert [r["task"] for r in json.loads(by_url.stdout)] == ["node1", "node2", "node3"]
+        (tmp_path / "s3.json").write_text(json.dumps(options))
+        meta = json.loads(ff("storage", "show", "demo", "node3", "--json", "--storage", "s3.json", cwd=tmp_path).stdout)
+        assert meta["inputs"] == ["node1", "node2"]
+        ff("storage", "rm", "demo", "node3", "--yes", "--storage", "s3.json", cwd=tmp_path)
+        assert storage_factory(options).list_tasks("demo") == ["node1", "node2"]
+    finally:
+        server.stop()
