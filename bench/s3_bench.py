@@ -37,7 +37,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -120,30 +119,6 @@ def child(args: argparse.Namespace) -> None:
 
 
 # -- the parent: server, repetitions, rows ------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
-    proc = subprocess.Popen(cmd + ["-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start (is moto[server] installed?)")
-            time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def _fs(endpoint: str):
     import s3fs
 
@@ -179,7 +154,11 @@ def main() -> None:
     # keep the AWS settings of the machine out of the measurement
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    proc, endpoint = _start_server()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from s3support import MotoProcess  # moto_server in a process of its own, on 127.0.0.1
+
+    server = MotoProcess().start()
+    endpoint = server.endpoint
     try:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         fs = _fs(endpoint)
@@ -228,12 +207,7 @@ def main() -> None:
             },
         }), flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 if __name__ == "__main__":
