@@ -138,6 +138,7 @@ class RayWorkflow(BaseWorkflow):
         if ray_init_args is not None and not isinstance(ray_init_args, dict):
             raise ConfigurationError(f"ray_init_args must be a dict of ray.init arguments, got {ray_init_args!r}.")
         self.last_workflow_id: str | None = None
+        self._ran: list[str] = []  # names of the nodes the current run computes and stores
         if not self._ray.is_initialized():
             self._ray.init(**(ray_init_args or {}))
         self._workflow.init()
@@ -155,11 +156,21 @@ class RayWorkflow(BaseWorkflow):
         report, progress = self.start_run()
         try:
             results = self._run(report, workflow_id)
+            self._record_times(report)
         except BaseException as exc:
             self.finish_run(report, progress, started, exc)
             raise
         self.finish_run(report, progress, started)
         return self.outputs(results)
+
+    def _record_times(self, report: Any) -> None:
+        """Time per node for the run report. Ray Workflows hands back only the outputs, so
+        the times come from the metadata the steps stored (none without storage)."""
+        if self.storage is None or not self._ran:
+            return
+        for name, meta in self.storage.read_metadata_many(self.workflow_name, self._ran).items():
+            if isinstance(meta, dict) and meta.get("duration_s") is not None:
+                report.record(name, float(meta["duration_s"]))
 
     def _run(self, stats: Any, workflow_id: str | None) -> dict:
         from ..builtin._raytasks import _pack  # a node's call, pickled without the graph
@@ -168,6 +179,7 @@ class RayWorkflow(BaseWorkflow):
         g = self.graph
         names, nodes, data_parents, wf = g.names, g.nodes, g.data_parents, self.workflow_name
         actions = self.resume_actions(self._stored())
+        self._ran = [names[i] for i, a in enumerate(actions) if a == RUN] if self.storage is not None else []
         calls = self.node_calls()
         storage = self.storage
         step = ray.remote(_step)
