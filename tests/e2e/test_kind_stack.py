@@ -187,19 +187,34 @@ def test_b_prefect_server_runs_the_dag_into_minio(stack, monkeypatch):
 
 
 def test_c_kfp_pipeline_runs_the_dag(stack):
+    """KFPWorkflow from the laptop: build the step image on the functionfuse kfp image,
+    push it to the stack's registry, submit to the KFP API, wait, read results from S3."""
     if importlib.util.find_spec("functionfuse.backends.addons.kfpback") is None:
-        pytest.skip("KFPWorkflow (functionfuse.backends.addons.kfpback) is not available yet")
-    pf = PortForward("svc/ml-pipeline-ui", 80)
+        pytest.skip("KFPWorkflow (functionfuse.backends.addons.kfpback) is not available")
+    import functionfuse
+    from functionfuse.storage import storage_factory
+
+    pf = PortForward("svc/ml-pipeline", 8888)
     try:
         sys.path.insert(0, os.path.join(ROOT, "examples"))
         from ml_pipeline import build
 
         from functionfuse.backends.addons.kfpback import KFPWorkflow
+        from functionfuse.backends.plugins import RandomStatePlugin
 
+        registry = f"localhost:{kind_stack.REGISTRY_PORT}"  # the same name inside kind (containerd certs.d)
         wf = KFPWorkflow(build(), workflow_name=WORKFLOW, kfp_host=f"http://127.0.0.1:{pf.port}",
-                         baseimage=f"localhost:{kind_stack.REGISTRY_PORT}/functionfuse")
-        wf.set_storage(s3_storage(stack, "kfp"))
-        wf.run()
+                         baseimage=f"functionfuse:{functionfuse.__version__}-py311-kfp",  # built by `stack up`
+                         registry_credentials={"server": registry})
+        wf.set_project(os.path.join(ROOT, "examples"), exclude=["storage/", "*.ffr"])
+        wf.set_storage(s3_storage(stack, "kfp"))  # as the laptop sees it (port-forward)
+        release, ns = kind_stack.RELEASE, kind_stack.NAMESPACE
+        wf.set_step_storage(storage_factory({"kind": "S3", "options": {  # as the steps see it
+            "path": "functionfuse/kfp",
+            "s3fs": {"endpoint_url": f"http://{release}-functionfuse-minio.{ns}.svc:9000"}}}))
+        wf.set_storage_secret(f"{release}-functionfuse-minio")  # accessKey/secretKey as AWS_* variables
+        wf.query("^split$").set_plugin(RandomStatePlugin(seed=42))
+        wf.run(wait=True, timeout=1800)
     finally:
         pf.stop()
     storage = s3_storage(stack, "kfp")

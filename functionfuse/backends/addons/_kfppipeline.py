@@ -1,0 +1,182 @@
+"""The KFP v2 pipeline of a workflow: one container step per node.
+
+Each step runs ``python -m functionfuse.backends.addons._kfpstep`` in the workflow's
+image. Values travel between steps as artifacts (cloudpickle files): every step writes
+its node's value to its ``result`` artifact, and a method call of a class node also
+writes the instance after the call to its ``state`` artifact, which the next call on the
+same instance reads (the instance itself is never stored, as in the other backends).
+The pipeline's outputs are the results of the workflow's output nodes.
+
+With a plan (``actions``), nodes the plan skips have no step, loaded nodes have a step
+that reads storage and needs no input, and every other step runs its node. Without
+one, every node has a step that decides when it runs (``--action auto``), so a
+compiled pipeline resumes from whatever storage holds when it runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from typing import Any, Callable, Mapping, Sequence
+
+from ...baseworkflow import LOAD, SKIP, BaseWorkflow
+from ...workflow import MethodNode
+
+STEP_COMMAND = ["python3", "-m", "functionfuse.backends.addons._kfpstep"]
+
+
+def pipeline_name(workflow_name: str) -> str:
+    """A KFP pipeline name for a workflow (lowercase letters, digits and '-')."""
+    return (re.sub(r"[^a-z0-9]+", "-", workflow_name.lower()).strip("-") or "workflow")[:100]
+
+
+def step_inputs(wf: BaseWorkflow, i: int) -> list[tuple[int, int, str]]:
+    """``(parent, producer, output)`` for each value node *i* reads: the parent node whose
+    value it is, and the step output that holds it."""
+    g = wf.graph
+    node = g.nodes[i]
+    instance = g.index_of(node.instance) if type(node) is MethodNode else None
+    out = []
+    for j in g.data_parents[i]:
+        if j == instance:
+            prev = g.index_of(node.previous)  # type: ignore[attr-defined]
+            out.append((j, prev, "state") if type(g.nodes[prev]) is MethodNode else (j, j, "result"))
+        else:
+            out.append((j, j, "result"))
+    return out
+
+
+def _component(name: str, image: str, args: Callable[[Sequence[Any], Any, Any], list], n_inputs: int,
+               state: bool) -> Any:
+    """A container component with *n_inputs* artifact inputs, a ``result`` artifact
+    output and, for method calls, a ``state`` one."""
+    from kfp import dsl
+
+    P = inspect.Parameter
+    params = [P(f"in_{k}", P.POSITIONAL_OR_KEYWORD, annotation=dsl.Input[dsl.Artifact]) for k in range(n_inputs)]
+    params.append(P("result", P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.Artifact]))
+    if state:
+        params.append(P("state", P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.Artifact]))
+
+    def step(*placeholders: Any) -> Any:
+        ins = placeholders[:n_inputs]
+        result = placeholders[n_inputs]
+        st = placeholders[n_inputs + 1] if state else None
+        return dsl.ContainerSpec(image=image, command=list(STEP_COMMAND), args=args(ins, result, st))
+
+    step.__name__ = step.__qualname__ = re.sub(r"\W", "_", name)
+    step.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    step.__doc__ = f"functionfuse node {name!r}"
+    return dsl.container_component(step)
+
+
+def build_pipeline(
+    wf: BaseWorkflow,
+    image: str,
+    *,
+    storage_arg: str | None,
+    actions: Sequence[str] | None,
+    task_options: Mapping[int, Mapping[str, Any]],
+    platform: Mapping[str, Any] | None = None,
+    display_names: bool = True,
+) -> tuple[Any, dict[int, str]]:
+    """The ``@dsl.pipeline`` of *wf*; returns it and the pipeline output name of each
+    output node."""
+    from kfp import dsl
+
+    g = wf.graph
+    names = g.names
+    steps: list[tuple[int, Any, list[tuple[int, int, str]], str]] = []
+    for i in range(len(g)):
+        action = actions[i] if actions is not None else "auto"
+        if action == SKIP:
+            continue
+        inputs = [] if action == LOAD else step_inputs(wf, i)
+        node = g.nodes[i]
+        state = type(node) is MethodNode
+
+        def args(ins: Sequence[Any], result: Any, st: Any, *, _i: int = i, _action: str = action,
+                 _inputs: list = inputs) -> list:
+            a: list[Any] = ["--node", names[_i], "--action", _action]
+            if storage_arg:
+                a += ["--storage", storage_arg]
+            for (j, _p, _o), placeholder in zip(_inputs, ins):
+                a += ["--input", names[j], placeholder.path]
+            a += ["--result", result.path, "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
+            if st is not None:
+                a += ["--state", st.path]
+            return a
+
+        steps.append((i, _component(names[i], image, args, len(inputs), state), inputs, action))
+
+    outputs: dict[int, str] = {}
+    for i in g.outputs:
+        outputs.setdefault(i, f"out_{len(outputs)}")
+    Outputs = typing.NamedTuple("Outputs", [(o, dsl.Artifact) for o in outputs.values()])  # type: ignore[misc]
+
+    def functionfuse_pipeline() -> Outputs:  # type: ignore[valid-type]
+        tasks: dict[int, Any] = {}
+        for i, component, inputs, _action in steps:
+            kwargs = {f"in_{k}": tasks[p].outputs[o] for k, (_j, p, o) in enumerate(inputs)}
+            task = component(**kwargs)
+            if display_names:
+                task.set_display_name(names[i])
+            task.set_caching_options(False)  # storage decides what runs again, not KFP's cache
+            wired = {p for _j, p, _o in inputs}
+            order = [tasks[p] for p in g.parents[i] if p in tasks and p not in wired and _action != LOAD]
+            if order:
+                task.after(*order)
+            apply_options(task, task_options.get(i, {}), platform or {})
+            tasks[i] = task
+        return Outputs(**{o: tasks[i].outputs["result"] for i, o in outputs.items()})
+
+    functionfuse_pipeline.__annotations__ = {"return": Outputs}  # a type, not the string of this module's annotations
+    functionfuse_pipeline.__doc__ = f"functionfuse workflow {wf.workflow_name!r} ({len(g)} nodes)"
+    pipeline = dsl.pipeline(name=pipeline_name(wf.workflow_name), description=functionfuse_pipeline.__doc__)(
+        functionfuse_pipeline
+    )
+    return pipeline, outputs
+
+
+#: per-node options (``KFPWorkflow.query(...).set_task_args``) and what they call
+TASK_OPTIONS = {
+    "cpu_request": "set_cpu_request",
+    "cpu_limit": "set_cpu_limit",
+    "memory_request": "set_memory_request",
+    "memory_limit": "set_memory_limit",
+    "accelerator_type": "set_accelerator_type",
+    "accelerator_limit": "set_accelerator_limit",
+    "retries": "set_retry",
+    "env": "set_env_variable",
+    "node_selector": "platform",
+    "image_pull_policy": "platform",
+    "image_pull_secrets": "platform",
+}
+
+
+def apply_options(task: Any, options: Mapping[str, Any], platform: Mapping[str, Any]) -> None:
+    """Set the options of one node on its task (resources, retries, Kubernetes settings)."""
+    kube: dict[str, Any] = {}
+    merged = {**platform, **options}
+    for key, value in merged.items():
+        if key == "retries":
+            task.set_retry(num_retries=int(value), backoff_duration="10s", backoff_factor=2.0)
+        elif key == "env":
+            for k, v in value.items():
+                task.set_env_variable(k, str(v))
+        elif key == "node_selector":
+            kube["nodeSelector"] = {"labels": dict(value)}
+        elif key == "image_pull_policy":
+            kube["imagePullPolicy"] = value
+        elif key == "image_pull_secrets":
+            kube["imagePullSecret"] = [{"secretName": s} for s in value]
+        elif key == "secret_env":
+            kube["secretAsEnv"] = [
+                {"secretName": secret, "keyToEnv": [{"secretKey": sk, "envVar": ev} for ev, sk in keys.items()]}
+                for secret, keys in value.items()
+            ]
+        else:
+            getattr(task, TASK_OPTIONS[key])(value if key != "accelerator_limit" else int(value))
+    if kube:
+        task.platform_config["kubernetes"] = {**task.platform_config.get("kubernetes", {}), **kube}

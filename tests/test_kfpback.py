@@ -1,0 +1,636 @@
+"""KFPWorkflow: real images, a real registry, real containers, the real KFP SDK.
+
+* Without Docker: the compiled pipeline YAML is checked against the DAG (one step per
+  node, named after it, the DAG's dependencies, step options); configuration errors;
+  the build context (``.dockerignore``, content hash); submission with the real
+  ``kfp.Client`` to :class:`kfpsupport.KFPAPIStandIn` (a KFP API server needs Kubernetes,
+  so a small HTTP server on 127.0.0.1 stands in for it at the HTTP boundary).
+* With Docker (skipped with the reason when the engine is unavailable): step images
+  built for real FROM the local Debian base image, Python packages from the project's
+  wheelhouse; pushes to Debian's docker-registry on 127.0.0.1 with htpasswd
+  authentication; the seed DAG and the stateful class-node example run step by step in
+  containers through ``kfp.local.DockerRunner``, with resume through file and S3 storage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from functionfuse.backends.addons import _kfpimage  # noqa: E402
+from functionfuse.backends.addons.kfpback import KFPWorkflow  # noqa: E402
+from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
+from functionfuse.errors import (  # noqa: E402
+    ConfigurationError,
+    FunctionFuseError,
+    NodeExecutionError,
+    SerializationError,
+)
+from functionfuse.kit.images import ImagePushError  # noqa: E402
+from functionfuse.storage import storage_factory  # noqa: E402
+from contracts import backend as contract  # noqa: E402
+from contracts.backend import BackendConformance  # noqa: E402
+from kfpsupport import SEED_RESULT, STATEFUL_RESULT, KFPAPIStandIn, write_project  # noqa: E402
+from kitsupport import LOCAL_BASE, ROOT, WHEELHOUSE, docker_client  # noqa: E402
+
+MODULE = "ffkfp_user_dag"
+PASSWORD = "s3cr3t-Pa55word-for-kfp-tests"
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A user project on disk whose module defines the DAGs; imported from there."""
+    folder = write_project(str(tmp_path_factory.mktemp("user-project")), MODULE)
+    sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(MODULE)
+        yield folder, module
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop(MODULE, None)
+
+
+@pytest.fixture
+def dag(project):
+    return project[1]
+
+
+def make(dag_nodes, name, project, **kwargs):
+    kwargs.setdefault("baseimage", LOCAL_BASE)
+    wf = KFPWorkflow(*dag_nodes, workflow_name=name, **kwargs)
+    wf.set_project(project[0])
+    wf.set_wheelhouse(WHEELHOUSE)
+    return wf
+
+
+def file_storage(path):
+    return storage_factory({"kind": "file", "options": {"path": str(path)}})
+
+
+def compiled(wf, tmp_path, **kwargs):
+    path = wf.compile(tmp_path / "pipeline.yaml", **kwargs)
+    with open(path) as f:
+        text = f.read()
+    docs = list(yaml.safe_load_all(text))
+    return text, docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def tasks_by_node(spec):
+    """{node name: task} of the root DAG (task display names are the node names)."""
+    return {t["taskInfo"]["name"]: (key, t) for key, t in spec["root"]["dag"]["tasks"].items()}
+
+
+# -- compile: offline, no Docker -----------------------------------------------------------------
+@pytest.mark.parametrize("which", ["seed", "stateful"])
+def test_compile_has_one_step_per_node_with_the_dags_dependencies(dag, project, tmp_path, monkeypatch, which):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # compile needs no Docker
+    out = getattr(dag, which)()
+    wf = make([out], f"compile-{which}", project)
+    text, spec, _platform = compiled(wf, tmp_path)
+    g = wf.graph
+    tasks = tasks_by_node(spec)
+    assert sorted(tasks) == sorted(g.names)
+    key_of = {name: key for name, (key, _t) in tasks.items()}
+    for i, name in enumerate(g.names):
+        _key, task = tasks[name]
+        expected = sorted(key_of[g.names[p]] for p in g.parents[i])
+        assert sorted(task.get("dependentTasks", [])) == expected, name
+        assert task["cachingOptions"].get("enableCache", False) is False
+        executor = spec["deploymentSpec"]["executors"][spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+        container = executor["container"]
+        assert container["image"] == "functionfuse-kfp-compile-" + which + ":latest"
+        assert container["command"] == ["python3", "-m", "functionfuse.backends.addons._kfpstep"]
+        args = container["args"]
+        assert args[args.index("--node") + 1] == name
+        assert args[args.index("--action") + 1] == "auto"
+        # every parent whose value the node reads arrives as an input artifact file
+        parents = [args[k + 1] for k, a in enumerate(args) if a == "--input"]
+        assert sorted(parents) == sorted(g.names[p] for p in g.data_parents[i])
+    outputs = spec["root"]["dag"]["outputs"]["artifacts"]
+    assert [sel["artifactSelectors"][0]["producerSubtask"] for sel in outputs.values()] == [key_of[out.name]]
+
+
+def test_compile_passes_the_instance_of_a_class_node_from_call_to_call(dag, project, tmp_path):
+    wf = make([dag.stateful()], "compile-chain", project)
+    _text, spec, _ = compiled(wf, tmp_path)
+    tasks = tasks_by_node(spec)
+    key = {name: k for name, (k, _t) in tasks.items()}
+    chain = ["IncrementalSum", "one_plus_two", "three_plus_two", "five_plus_one"]
+    for prev, call in zip(chain, chain[1:]):
+        inputs = tasks[call][1]["inputs"]["artifacts"]
+        sources = {(v["taskOutputArtifact"]["producerTask"], v["taskOutputArtifact"]["outputArtifactKey"]) for v in inputs.values()}
+        produced = "result" if prev == "IncrementalSum" else "state"
+        assert (key[prev], produced) in sources, call
+
+
+def test_compile_sets_step_options_from_queries(dag, project, tmp_path):
+    wf = make([dag.seed()], "compile-options", project)
+    wf.query("^node3$").set_task_args(
+        {"cpu_request": "250m", "cpu_limit": "2", "memory_request": "256Mi", "memory_limit": "1Gi", "retries": 3,
+         "node_selector": {"pool": "highmem"}, "image_pull_policy": "Always", "accelerator_type": "nvidia.com/gpu",
+         "accelerator_limit": 1, "env": {"MODE": "fast"}}
+    )
+    wf.query("^node1$").set_resources(memory_limit="2G")
+    wf.set_storage_secret("ff-s3")
+    text, spec, platform = compiled(wf, tmp_path)
+    tasks = tasks_by_node(spec)
+    node3 = tasks["node3"][1]
+    assert node3["retryPolicy"]["maxRetryCount"] == 3
+    exec3 = spec["components"][node3["componentRef"]["name"]]["executorLabel"]
+    res = spec["deploymentSpec"]["executors"][exec3]["container"]["resources"]
+    assert res["resourceCpuRequest"] == "250m" and res["resourceCpuLimit"] == "2"
+    assert res["resourceMemoryRequest"] == "256Mi" and res["resourceMemoryLimit"] == "1Gi"
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
+    assert {"name": "MODE", "value": "fast"} in spec["deploymentSpec"]["executors"][exec3]["container"]["env"]
+    kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert kube[exec3]["nodeSelector"] == {"labels": {"pool": "highmem"}}
+    assert kube[exec3]["imagePullPolicy"] == "Always"
+    assert kube[exec3]["secretAsEnv"][0]["secretName"] == "ff-s3"
+    exec1 = spec["components"][tasks["node1"][1]["componentRef"]["name"]]["executorLabel"]
+    assert spec["deploymentSpec"]["executors"][exec1]["container"]["resources"]["resourceMemoryLimit"] == "2G"
+    assert "nodeSelector" not in kube.get(exec1, {})
+
+
+def test_compile_with_the_plan_leaves_out_nodes_that_need_not_run(dag, project, tmp_path):
+    out = dag.seed()
+    storage = file_storage(tmp_path / "storage")
+    local = LocalWorkflow(out, workflow_name="compile-plan")
+    local.set_storage(storage)
+    assert local.run() == SEED_RESULT
+    storage.remove_task("compile-plan", "node2")
+    wf = make([out], "compile-plan", project)
+    wf.set_storage(storage)
+    _text, spec, _ = compiled(wf, tmp_path, resume="plan")
+    tasks = tasks_by_node(spec)
+    # as in every backend: the missing node2 runs (it needs node1, loaded), node3 is stored
+    assert sorted(tasks) == ["node1", "node2", "node3"]
+    actions = {}
+    for name, (_k, t) in tasks.items():
+        ex = spec["components"][t["componentRef"]["name"]]["executorLabel"]
+        args = spec["deploymentSpec"]["executors"][ex]["container"]["args"]
+        actions[name] = args[args.index("--action") + 1]
+    assert actions == {"node1": "load", "node2": "run", "node3": "load"}
+    assert actions == dict(zip(wf.graph.names, wf.plan_actions() or []))
+    assert "inputs" not in tasks["node1"][1]  # a loaded node reads storage, not its parents
+    local.run()  # everything stored again: only node3 (the output) is loaded
+    _text, spec, _ = compiled(wf, tmp_path, resume="plan")
+    assert sorted(tasks_by_node(spec)) == ["node3"]
+
+
+# -- configuration errors ------------------------------------------------------------------------
+def test_unknown_or_bad_task_options_are_named(dag, project):
+    wf = make([dag.seed()], "bad-options", project)
+    with pytest.raises(ConfigurationError, match=r"'cpus' is not a step option.*Valid options: .*cpu_limit"):
+        wf.query("^node1$").set_task_args({"cpus": 2})
+    with pytest.raises(ConfigurationError, match=r"'memory_limit' must be a memory quantity.*'lots'"):
+        wf.query("^node1$").set_task_args({"memory_limit": "lots"})
+    with pytest.raises(ConfigurationError, match=r"'image_pull_policy' must be one of Always, Never, IfNotPresent"):
+        wf.query(None).set_task_args({"image_pull_policy": "always"})
+    with pytest.raises(ConfigurationError, match=r"'retries' must be a whole number"):
+        wf.query(None).set_task_args({"retries": -1})
+
+
+def test_registry_credentials_are_checked_and_never_shown(dag, project):
+    wf = make([dag.seed()], "creds", project)
+    with pytest.raises(ConfigurationError, match=r"unknown keys \['token'\]"):
+        wf.set_registry_credentials({"server": "r:5000", "token": "x"})
+    with pytest.raises(ConfigurationError, match="both 'username' and 'password'"):
+        wf.set_registry_credentials({"server": "r:5000", "username": "me"})
+    with pytest.raises(ConfigurationError, match="No registry to push to: set_registry_credentials"):
+        wf.push_image()
+    wf.set_registry_credentials({"server": "https://r.example.com:5000/", "username": "me", "password": PASSWORD})
+    assert wf.registry == "r.example.com:5000"
+    assert PASSWORD not in repr(wf) and PASSWORD not in repr(vars(wf).get("last_build"))
+    with pytest.raises(ConfigurationError, match="kfp_host 'localhost:3000' must be a URL"):
+        wf.set_kfp_host("localhost:3000")
+    with pytest.raises(ConfigurationError, match="Base image 'python 3' must be an image reference"):
+        wf.set_baseimage("python 3")
+
+
+def test_an_unpicklable_argument_is_named(project):
+    import threading
+
+    from functionfuse import workflow
+
+    @workflow
+    def use(lock):
+        return lock
+
+    wf = make([use(threading.Lock()).set_name("uses_a_lock")], "unpicklable", project)
+    with pytest.raises(SerializationError, match=r"Node 'uses_a_lock'.*cannot be serialised with cloudpickle"):
+        wf.snapshot()
+
+
+def test_build_without_a_docker_daemon_says_how_to_start_one(dag, project, monkeypatch):
+    from functionfuse.kit.images import DockerUnavailableError
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    wf = make([dag.seed()], "no-docker", project)
+    with pytest.raises(DockerUnavailableError, match="No Docker daemon answers.*scripts/setup-docker.sh"):
+        wf.build_image()
+
+
+def test_missing_kfp_gives_the_install_hint():
+    code = (
+        "import sys; sys.modules['kfp'] = None\n"
+        "try:\n"
+        "    import functionfuse.backends.addons.kfpback\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "MissingDependencyError" in out and "pip install 'functionfuse[kfp]'" in out
+
+
+# -- the build context (no Docker) ---------------------------------------------------------------
+def context_of(wf):
+    buf = io.BytesIO()
+    digest, _count = _kfpimage.write_context(
+        buf, wf.project_dir, wf.snapshot(), _kfpimage.step_requirements(), wf._excluded(), wf.project_exclude
+    )
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    return digest, files
+
+
+def test_build_context_honours_dockerignore_and_leaves_storage_out(dag, project, tmp_path):
+    folder = project[0]
+    wf = make([dag.seed()], "context", project)
+    wf.set_storage(file_storage(os.path.join(folder, "storage")))
+    os.makedirs(os.path.join(folder, "storage", "context"), exist_ok=True)
+    with open(os.path.join(folder, "storage", "context", "node1.ffr"), "wb") as f:
+        f.write(b"stored result")
+    wf.set_registry_credentials({"server": "127.0.0.1:5000", "username": "me", "password": PASSWORD})
+    _digest, files = context_of(wf)
+    names = set(files)
+    assert f"project/{MODULE}.py" in names and "project/README.txt" in names and "project/.dockerignore" in names
+    assert not any(n.startswith(("project/data/", "project/storage/")) or n.endswith(".secret") for n in names)
+    assert "dag.pkl" in names and "functionfuse/backends/addons/_kfpstep.py" in names
+    assert not any("__pycache__" in n for n in names)
+    assert not any(PASSWORD.encode() in data for data in files.values())
+
+
+def test_content_hash_follows_the_code_and_nothing_else(dag, project, tmp_path):
+    folder = project[0]
+    wf = make([dag.seed()], "hash", project)
+    d1, _ = context_of(wf)
+    d2, _ = context_of(make([dag.seed()], "hash", project))
+    assert d1 == d2  # the same DAG built again: the same content
+    extra = os.path.join(folder, "helper.py")
+    with open(extra, "w") as f:
+        f.write("X = 1\n")
+    try:
+        d3, _ = context_of(wf)
+        assert d3 != d1
+        with open(extra, "w") as f:
+            f.write("X = 2\n")  # a one-line change
+        assert context_of(wf)[0] not in (d1, d3)
+    finally:
+        os.remove(extra)
+    assert context_of(wf)[0] == d1
+
+
+# -- submission through the real kfp.Client (no Docker) ------------------------------------------
+def test_submit_sends_the_compiled_pipeline_through_kfp_client(dag, project, tmp_path):
+    with KFPAPIStandIn() as api:
+        wf = make([dag.seed()], "submit", project, kfp_host=api.url)
+        package = wf.compile(tmp_path / "p.yaml", image="127.0.0.1:5000/functionfuse-kfp-submit:abc")
+        run = wf.submit(package, experiment_name="functionfuse-tests")
+    assert re.fullmatch(r"[0-9a-f-]{36}", run.run_id)
+    assert run.url == f"{api.url}/#/runs/details/{run.run_id}"
+    posted = api.run_requests()
+    assert len(posted) == 1
+    spec = posted[0]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "submit"
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"127.0.0.1:5000/functionfuse-kfp-submit:abc"}
+    experiments = [b for m, p, b in api.requests if m == "POST" and p.startswith("/apis/v2beta1/experiments")]
+    assert experiments[0]["display_name"] == "functionfuse-tests"
+    assert posted[0]["experiment_id"] == next(iter(api.experiments))
+
+
+def drop(client, ref):
+    """Remove a tag a test made (a stopped step container may still hold the image)."""
+    import docker
+
+    try:
+        client.images.remove(ref, force=True, noprune=False)
+    except docker.errors.NotFound:
+        pass
+
+
+# -- with Docker: images ------------------------------------------------------------------------
+TEST_WORKFLOWS = {"kfp-seed", "kfp-stateful", "kfp-two-outputs", "kfp-failure", "kfp-s3", "kfp-example-test", "kfp-on-ff"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    client = docker_client()
+    yield client
+    # the step images of this module's workflows (layers shared with later runs stay cached)
+    for image in client.images.list(filters={"label": _kfpimage.LABEL_WORKFLOW}):
+        if image.labels.get(_kfpimage.LABEL_WORKFLOW) in TEST_WORKFLOWS:
+            for tag in image.tags:
+                drop(client, tag)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    import shutil
+
+    from functionfuse.kit.registry import LocalRegistry
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (scripts/setup-docker.sh installs it)")
+    with LocalRegistry(users={"ff": PASSWORD}, root=str(tmp_path_factory.mktemp("registry"))) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def built(client, project):
+    """The seed DAG's image, built once for the module (log lines collected; forced, so
+    the build runs even if an earlier session left the image: Docker's cache keeps it quick)."""
+    lines: list[str] = []
+    wf = make([project[1].seed()], "kfp-seed", project)
+    ref = wf.build_image(on_log=lines.append, force=True)
+    return wf, ref, lines
+
+
+@pytest.mark.slow
+def test_build_image_holds_the_project_and_the_dag(client, built):
+    wf, ref, lines = built
+    assert ref == wf.image and re.fullmatch(r"functionfuse-kfp-kfp-seed:[0-9a-f]{20}", ref)
+    assert any("Step" in line for line in lines)  # the build log reached the caller
+    script = (
+        "import os, sys; from functionfuse.backends.addons._kfpstep import load_snapshot;"
+        "wf = load_snapshot(open('/opt/functionfuse-kfp/dag.pkl','rb').read());"
+        "print(sorted(wf.graph.names)); print(sorted(os.listdir('.')));"
+        "import kfp, cloudpickle; print(kfp.__version__)"
+    )
+    out = client.containers.run(ref, ["python3", "-c", script], remove=True, network_mode="none").decode().split("\n")
+    import kfp
+
+    assert out[0] == "['node1', 'node2', 'node3']"
+    listing = eval(out[1])  # noqa: S307 - our own output
+    assert f"{MODULE}.py" in listing and "README.txt" in listing
+    assert "data" not in listing and "token.secret" not in listing
+    assert out[2] == kfp.__version__
+
+
+@pytest.mark.slow
+def test_build_on_a_functionfuse_image_uses_its_environment(client, project):
+    """A base image whose python3 is a virtual environment (functionfuse's kfp image) is
+    installed into, so its packages stay importable in the steps."""
+    from functionfuse import __version__
+
+    base = f"functionfuse:{__version__}-py311-kfp"
+    try:
+        client.images.get(base)
+    except Exception:
+        pytest.skip(f"{base} is not built here (tests/test_images.py builds it)")
+    wf = make([project[1].seed()], "kfp-on-ff", project, baseimage=base)
+    ref = wf.build_image(on_log=None)
+    code = "import dask, numpy, functionfuse, os, sys; print(functionfuse.__file__); print(os.path.realpath(sys.prefix))"
+    out = client.containers.run(ref, ["python3", "-c", code], remove=True, network_mode="none").decode().split()
+    assert out[0] == "/opt/functionfuse-kfp/lib/functionfuse/__init__.py"  # the functionfuse that compiled the DAG
+    assert out[1] == "/opt/functionfuse"  # the base image's environment
+    assert wf.run_local() == SEED_RESULT
+
+
+@pytest.mark.slow
+def test_unchanged_project_is_not_rebuilt_and_a_change_reuses_cached_layers(client, built, project):
+    wf, ref, _lines = built
+    again = make([project[1].seed()], "kfp-seed", project)
+    assert again.build_image(on_log=None) == ref
+    assert again.last_build is not None and not again.last_build.built
+    path = os.path.join(project[0], "changed.py")
+    with open(path, "w") as f:
+        f.write("VALUE = 1\n")
+    lines: list[str] = []
+    try:
+        changed = make([project[1].seed()], "kfp-seed", project)
+        new_ref = changed.build_image(on_log=lines.append)
+    finally:
+        os.remove(path)
+    assert new_ref != ref and changed.last_build is not None and changed.last_build.built
+    text = "\n".join(lines)
+    # the dependency install layer came from the cache; the project layer did not
+    install = text.index("pip install")
+    assert "Using cache" in text[install : install + 300]
+    drop(client, new_ref)
+
+
+@pytest.mark.slow
+def test_push_with_credentials_in_memory_only(client, built, registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # where docker login would write
+    wf, ref, _ = built
+    wf.set_registry_credentials({"server": registry.address, "username": "ff", "password": PASSWORD})
+    pushed = wf.push_image()
+    repo, tag = ref.split(":")
+    assert pushed == f"{registry.address}/{repo}:{tag}"
+    assert tag in registry.tags(repo, auth=("ff", PASSWORD))
+    assert not (tmp_path / "docker-config").exists()  # nothing written by a login
+    image = client.images.get(ref)
+    assert PASSWORD not in json.dumps(image.attrs) and PASSWORD not in json.dumps(image.history())
+    drop(client, pushed)
+
+
+@pytest.mark.slow
+def test_push_with_a_wrong_password_fails_clearly(built, registry):
+    wf, _ref, _ = built
+    wrong = "not-the-password-123"
+    wf.set_registry_credentials({"server": registry.address, "username": "ff", "password": wrong})
+    with pytest.raises(ImagePushError, match=rf"Registry '{re.escape(registry.address)}' refused user 'ff'") as err:
+        wf.push_image()
+    assert wrong not in str(err.value)
+    assert "set_registry_credentials" in str(err.value)
+
+
+# -- with Docker: running steps in containers ---------------------------------------------------
+@pytest.mark.slow
+def test_run_local_runs_the_seed_dag_in_containers_and_resumes(client, built, project, tmp_path):
+    wf, ref, _ = built
+    storage = file_storage(tmp_path / "storage")
+    wf.set_storage(storage)
+    assert wf.run_local() == SEED_RESULT
+    assert wf.last_run.ran == 3
+    assert sorted(storage.list_tasks("kfp-seed", "*")) == ["node1", "node2", "node3"]
+    metadata = storage.read_metadata_many("kfp-seed", ["node1", "node2", "node3"])
+    assert [metadata[n]["node"] for n in ("node1", "node2", "node3")] == ["node1", "node2", "node3"]
+    assert all("fingerprint" in m for m in metadata.values())
+    # second run: nothing runs, the output is loaded in its step
+    assert wf.run_local() == SEED_RESULT
+    assert (wf.last_run.ran, wf.last_run.loaded, wf.last_run.skipped) == (0, 1, 2)
+    # a lost intermediate result runs again (with node1 loaded for it); node3 stays stored
+    storage.remove_task("kfp-seed", "node2")
+    assert wf.run_local() == SEED_RESULT
+    assert (wf.last_run.ran, wf.last_run.loaded) == (1, 2)
+    assert storage.read_task("kfp-seed", "node2") == 3
+    assert wf.image == ref  # no rebuild for a new storage state
+
+
+@pytest.mark.slow
+def test_run_local_stateful_class_nodes(client, project, tmp_path):
+    wf = make([project[1].stateful()], "kfp-stateful", project)
+    storage = file_storage(tmp_path / "storage")
+    wf.set_storage(storage)
+    assert wf.run_local() == STATEFUL_RESULT
+    assert storage.read_task("kfp-stateful", "five_plus_one") == 6
+    # the steps stored the fingerprints this process computes: every result is current
+    wf.set_cache("fingerprint")
+    assert {e.state for e in wf.plan()} == {"current"}
+    assert storage.read_task("kfp-stateful", "IncrementalSum").start == 1  # stored when constructed
+    storage.remove_task("kfp-stateful", "three_plus_two")
+    assert wf.run_local() == STATEFUL_RESULT
+    plan_ran = wf.last_run.ran
+    assert plan_ran == 3  # IncrementalSum and one_plus_two replayed, three_plus_two run
+    assert storage.read_task("kfp-stateful", "three_plus_two") == 5
+    drop(client, wf.image)
+
+
+@pytest.mark.slow
+def test_run_local_without_storage_returns_several_outputs(client, project):
+    m = project[1]
+    facts = m.where().set_name("where")
+    wf = make([m.seed(), facts], "kfp-two-outputs", project)
+    result, where = wf.run_local()
+    assert result == SEED_RESULT
+    assert where["in_image"] is True and where["cwd"] == "/opt/functionfuse-kfp/project"
+    assert where["pid"] != os.getpid()
+    drop(client, wf.image)
+
+
+@pytest.mark.slow
+def test_a_failing_step_names_its_node(client, project):
+    m = project[1]
+    wf = make([m.fail_if(True, m.sum(1, 2).set_name("three")).set_name("refuses")], "kfp-failure", project)
+    with pytest.raises(NodeExecutionError, match=r"Node 'refuses' of workflow 'kfp-failure' failed") as err:
+        wf.run_local()
+    assert err.value.node_name == "refuses"
+    assert "ValueError: refusing 3" in str(err.value)  # the step's own error, from its container
+    drop(client, wf.image)
+
+
+@pytest.mark.slow
+def test_run_local_with_s3_storage_keeps_credentials_out_of_the_pipeline(client, project, tmp_path):
+    s3support = pytest.importorskip("s3support")
+    pytest.importorskip("s3fs")
+    server = s3support.start_server("moto")
+    try:
+        bucket = server.make_bucket()
+        storage = storage_factory({"kind": "S3", "options": {"path": f"{bucket}/ff", "s3fs": {
+            "endpoint_url": server.endpoint, "key": s3support.KEY, "secret": s3support.SECRET}}})
+        wf = make([project[1].seed()], "kfp-s3", project)
+        wf.set_storage(storage)
+        text, _spec, _ = compiled(wf, tmp_path)
+        assert s3support.SECRET not in text and s3support.KEY not in text
+        assert wf.run_local(environment={"AWS_DEFAULT_REGION": "us-east-1"}) == SEED_RESULT
+        assert sorted(storage.list_tasks("kfp-s3", "*")) == ["node1", "node2", "node3"]
+        assert storage.read_task("kfp-s3", "node2") == 3
+        assert wf.run_local(environment={"AWS_DEFAULT_REGION": "us-east-1"}) == SEED_RESULT
+        assert (wf.last_run.ran, wf.last_run.loaded) == (0, 1)
+    finally:
+        server.stop()
+
+
+# -- with Docker: the backend conformance suite, every node in its own container -------------------
+class ContainerRuns(KFPWorkflow):
+    """KFPWorkflow whose ``run()`` is ``run_local()``: what the conformance suite calls.
+
+    The suite's node functions record their calls in files under the test's temporary
+    folder (``FUNCTIONFUSE_TEST_CALLS``): that folder is mounted into every container and
+    the variable passed on. Their module imports pytest, which the image lacks, so it
+    travels by value (cloudpickle's ``register_pickle_by_value``).
+    """
+
+    mount = ""
+
+    def run(self):  # type: ignore[override]
+        env = {contract.CALLS: os.environ[contract.CALLS]} if contract.CALLS in os.environ else {}
+        return self.run_local(environment=env, mounts={self.mount: self.mount})
+
+
+@pytest.mark.slow
+class TestKFPConformance(BackendConformance):
+    @pytest.fixture(scope="class")
+    def empty_project(self, tmp_path_factory, client):
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(contract)
+        yield str(tmp_path_factory.mktemp("empty-project"))
+        cloudpickle.unregister_pickle_by_value(contract)
+
+    @pytest.fixture
+    def make_workflow(self, empty_project, tmp_path_factory):
+        def make(*nodes, workflow_name):
+            TEST_WORKFLOWS.add(workflow_name)
+            wf = ContainerRuns(*nodes, workflow_name=workflow_name, baseimage=LOCAL_BASE)
+            wf.set_project(empty_project)
+            wf.set_wheelhouse(WHEELHOUSE)
+            wf.mount = str(tmp_path_factory.getbasetemp())
+            return wf
+
+        return make
+
+
+# -- with Docker: run() = build, push, compile, submit ------------------------------------------
+@pytest.mark.slow
+def test_run_builds_pushes_and_submits(client, built, registry, project, tmp_path):
+    wf, ref, _ = built
+    storage = file_storage(tmp_path / "storage")
+    with KFPAPIStandIn() as api:
+        wf.set_kfp_host(api.url)
+        wf.set_registry_credentials({"server": registry.address, "username": "ff", "password": PASSWORD})
+        wf.set_storage(None)
+        run = wf.run()
+        assert wf.image is not None and run.image == f"{registry.address}/{wf.image}"
+        spec = api.run_requests()[0]["pipeline_spec"]
+        images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+        assert images == {run.image}
+        assert PASSWORD not in json.dumps(api.requests)
+        # wait=True: the stand-in reports the run finished; results come from storage,
+        # here filled by a local run in containers
+        wf.set_storage(storage)
+        assert wf.run_local() == SEED_RESULT
+        assert wf.run(wait=True) == SEED_RESULT
+        assert len(api.run_requests()) == 2
+    drop(client, run.image)
+
+
+@pytest.mark.slow
+def test_example_runs_locally_from_a_script(client, tmp_path):
+    """The worked example as a user runs it: its DAG lives in the script (``__main__``)."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    cmd = [sys.executable, os.path.join(ROOT, "examples", "kfp_pipeline.py"), "--local", "--base-image", LOCAL_BASE,
+           "--wheelhouse", WHEELHOUSE, "--storage", str(tmp_path / "storage"), "--workflow-name", "kfp-example-test"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"node3": SEED_RESULT, "six_minus_two": STATEFUL_RESULT}
+    # the stored class instance loads back here, where the script is __main__ again
+    storage = file_storage(tmp_path / "storage")
+    assert sorted(storage.list_tasks("kfp-example-test", "*")) == sorted(
+        ["node1", "node2", "node3", "four_minus_three", "IncrementalSum", "three_minus_one", "one_plus_two",
+         "three_plus_two", "five_plus_one", "six_minus_two"]
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if "not rebuilt" not in proc.stderr:
+        # the image holds the functionfuse package of this checkout: an edit to it in
+        # between rebuilds it (rightly); unchanged, a third run must find it built
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "not rebuilt" in proc.stderr
+    assert "0 run, 2 loaded from storage, 8 skipped" in proc.stderr
