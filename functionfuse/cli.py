@@ -6,6 +6,8 @@
     functionfuse plan         [--storage SPEC] WORKFLOW --graph TARGET [--cache POLICY] [--json]
     functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format FMT ...]
     functionfuse stack up|down [--source DIR] [--dry-run]
+    functionfuse kfp compile  TARGET [-o FILE] [--image IMG] [--storage SPEC] [--resume auto|plan]
+    functionfuse kfp submit   TARGET --host URL --registry SERVER [--username USER --password-stdin] [--wait]
     functionfuse image build  [IMAGE ...] [--base-image IMG] [--wheelhouse DIR] [--push REGISTRY] [--json]
     functionfuse image push   REGISTRY [IMAGE ...] [--username USER --password-stdin] [--json]
 
@@ -286,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .kit.cli import add_image_commands
 
     add_image_commands(sub)
+    from ._kfpcli import add_kfp_commands
+
+    add_kfp_commands(sub, _load_object, _as_nodes, _storage, storage_help.split(": ", 1)[1])
     return parser
 
 

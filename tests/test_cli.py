@@ -53,7 +53,8 @@ def project(tmp_path):
 
 def test_version_and_help(tmp_path):
     assert ff("--version", cwd=tmp_path).stdout.strip() == f"functionfuse {__version__}"
-    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "rm"], ["plan"], ["graph"], ["stack"]):
+    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "rm"], ["plan"], ["graph"], ["stack"], ["kfp", "compile"],
+                ["kfp", "submit"]):
         assert "usage:" in ff(*sub, "--help", cwd=tmp_path).stdout
 
 
@@ -67,7 +68,7 @@ def test_ls_workflows_and_tasks(project):
 
 def test_ls_graph_reports_stale_and_missing(project):
     (project / "dag.py").write_text(DAG.format(scale=2))
-    os.remove(project / "storage" / "demo" / "data.ffr")
+    os.remove(project / "storage" / "demo" / "total.ffr")  # "total" runs; "data" is loaded for it
     rows = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--graph", "dag.py:build", "--json", cwd=project).stdout)}
     assert rows["data"]["status"] == "missing"
     assert rows["total"]["status"] == "stale" and "argument 'scale' changed" in rows["total"]["reason"]
@@ -199,3 +200,32 @@ def test_storage_commands_over_s3_by_url_and_by_options_file(tmp_path):
         assert storage_factory(options).list_tasks("demo") == ["node1", "node2"]
     finally:
         server.stop()
+
+
+def test_kfp_compile_writes_one_step_per_node_offline(project):
+    pytest.importorskip("kfp", reason="the kfp extra is not installed")
+    import yaml
+
+    out = ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "-o", "out/pipeline.yaml", "--image",
+             "registry.example/demo:1", cwd=project)
+    assert out.stdout.strip() == "out/pipeline.yaml" and "2 nodes" in out.stderr
+    spec = yaml.safe_load((project / "out" / "pipeline.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"data", "total"} and tasks["total"]["dependentTasks"] == ["data"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/demo:1"}
+
+
+def test_kfp_compile_plan_mode_needs_storage_and_leaves_out_stored_nodes(project):
+    pytest.importorskip("kfp", reason="the kfp extra is not installed")
+    import yaml
+
+    out = ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "--resume", "plan", cwd=project, check=False)
+    assert out.returncode == 1 and "--storage" in out.stderr and "Traceback" not in out.stderr
+    ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "--resume", "plan", "--storage", "storage", cwd=project)
+    tasks = yaml.safe_load((project / "demo.yaml").read_text())["root"]["dag"]["tasks"]
+    assert set(tasks) == {"total"}  # everything is stored: "data" is not needed, "total" is loaded
+    os.remove(project / "storage" / "demo" / "total.ffr")  # "total" runs; "data" is loaded for it
+    ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "--resume", "plan", "--storage", "storage", cwd=project)
+    tasks = yaml.safe_load((project / "demo.yaml").read_text())["root"]["dag"]["tasks"]
+    assert set(tasks) == {"data", "total"} and tasks["total"]["dependentTasks"] == ["data"]

@@ -634,3 +634,22 @@ def test_example_runs_locally_from_a_script(client, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not rebuilt" in proc.stderr
     assert "0 run, 2 loaded from storage, 8 skipped" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_submit_builds_pushes_and_submits(client, built, registry, project):
+    """``functionfuse kfp submit`` as a user runs it: the password comes on standard input."""
+    folder, _module = project
+    with KFPAPIStandIn() as api:
+        cmd = [sys.executable, "-m", "functionfuse", "kfp", "submit", f"{MODULE}:seed", "--workflow", "kfp-seed",
+               "--host", api.url, "--registry", registry.address, "--username", "ff", "--password-stdin",
+               "--baseimage", LOCAL_BASE, "--project", folder, "--wheelhouse", WHEELHOUSE, "--json"]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([folder, ROOT])}
+        proc = subprocess.run(cmd, input=PASSWORD + "\n", capture_output=True, text=True, env=env, cwd=folder, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert out["run_id"] and out["image"].startswith(f"{registry.address}/functionfuse-kfp-kfp-seed:")
+        spec = api.run_requests()[0]["pipeline_spec"]
+        assert set(spec["root"]["dag"]["tasks"]) == {"node1", "node2", "node3"}
+        assert PASSWORD not in proc.stdout + proc.stderr + json.dumps(api.requests)
+    drop(client, out["image"])

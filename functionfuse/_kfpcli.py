@@ -1,0 +1,117 @@
+"""``functionfuse kfp compile|submit``: Kubeflow Pipelines from the command line.
+
+    functionfuse kfp compile TARGET [-o FILE] [--workflow NAME] [--image IMAGE] [--storage SPEC] [--resume auto|plan]
+    functionfuse kfp submit  TARGET --host URL --registry SERVER [--username USER --password-stdin]
+                             [--workflow NAME] [--baseimage IMAGE] [--project DIR] [--wheelhouse DIR]
+                             [--storage SPEC] [--wait]
+
+TARGET is ``file.py:NAME`` or ``module:NAME``: a node, a list of nodes, a function
+returning them, or a ``KFPWorkflow`` (whose settings, e.g. per-node resources, are kept;
+the options given here override them). Only argparse is imported until a subcommand
+runs; then :mod:`functionfuse.backends.addons.kfpback` (``pip install 'functionfuse[kfp]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+__all__ = ["add_kfp_commands"]
+
+
+def _workflow(args: argparse.Namespace, load: Callable[[str], Any], as_nodes: Callable[[Any], list],
+              storage: Callable[[str | None], Any]) -> Any:
+    from .backends.addons.kfpback import KFPWorkflow
+
+    obj = load(args.target)
+    if isinstance(obj, KFPWorkflow):
+        wf = obj
+        if args.workflow and args.workflow != wf.workflow_name:
+            wf = KFPWorkflow(*as_nodes(obj), workflow_name=args.workflow)
+    else:
+        wf = KFPWorkflow(*as_nodes(obj), workflow_name=args.workflow or args.target.rpartition(":")[2])
+    if args.storage:
+        wf.set_storage(storage(args.storage))
+    return wf
+
+
+def cmd_compile(args: argparse.Namespace, load: Callable, as_nodes: Callable, storage: Callable) -> int:
+    wf = _workflow(args, load, as_nodes, storage)
+    if args.resume == "plan" and wf.storage is None:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError("--resume plan decides from stored results: give --storage too.")
+    out = args.output or f"{wf.workflow_name}.yaml"
+    path = wf.compile(out, image=args.image, resume=args.resume)
+    n = len(wf.graph)
+    if args.json:
+        print(json.dumps({"package": path, "workflow": wf.workflow_name, "nodes": n}))
+    else:
+        print(path)
+        print(f"{n} node{'s' if n != 1 else ''} of workflow {wf.workflow_name!r} compiled", file=sys.stderr)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, load: Callable, as_nodes: Callable, storage: Callable) -> int:
+    from .kit.cli import _password
+
+    wf = _workflow(args, load, as_nodes, storage)
+    wf.set_kfp_host(args.host)
+    creds = {"server": args.registry}
+    password = _password(args)
+    if args.username is not None and password is not None:
+        creds.update(username=args.username, password=password)
+    wf.set_registry_credentials(creds)
+    if args.baseimage:
+        wf.set_baseimage(args.baseimage)
+    if args.project:
+        wf.set_project(args.project)
+    if args.wheelhouse:
+        wf.set_wheelhouse(args.wheelhouse)
+    result = wf.run(wait=args.wait, experiment_name=args.experiment)
+    if args.wait:
+        print(json.dumps(result, default=repr) if args.json else repr(result))
+        return 0
+    if args.json:
+        print(json.dumps({"run_id": result.run_id, "url": result.url, "image": result.image}))
+    else:
+        print(f"run {result.run_id}: {result.url}")
+    return 0
+
+
+def add_kfp_commands(sub: Any, load: Callable[[str], Any], as_nodes: Callable[[Any], list],
+                     storage: Callable[[str | None], Any], storage_help: str) -> None:
+    """Register ``kfp compile`` and ``kfp submit`` on the ``functionfuse`` parser."""
+    from .kit.cli import _auth_arguments
+
+    kfp = sub.add_parser("kfp", help="compile a DAG to a Kubeflow Pipelines (v2) pipeline, or build, push and submit it")
+    kfp_sub = kfp.add_subparsers(dest="kfp_command", required=True)
+    target_help = "FILE.py:NAME or module:NAME: nodes, a function returning them, or a KFPWorkflow"
+
+    comp = kfp_sub.add_parser("compile", help="write the pipeline YAML (offline: no Docker, no cluster)")
+    comp.add_argument("target", help=target_help)
+    comp.add_argument("-o", "--output", help="the pipeline file (default: WORKFLOW.yaml)")
+    comp.add_argument("--workflow", help="workflow name (default: the workflow's, else NAME)")
+    comp.add_argument("--image", help="step image reference (default: the one build_image/push_image gives)")
+    comp.add_argument("--storage", help="storage the steps save to and resume from: " + storage_help)
+    comp.add_argument("--resume", choices=["auto", "plan"], default="auto",
+                      help="auto: each step checks storage when it runs; plan: leave out what storage holds now")
+    comp.add_argument("--json", action="store_true", help="print JSON")
+    comp.set_defaults(func=lambda a: cmd_compile(a, load, as_nodes, storage))
+
+    sbm = kfp_sub.add_parser("submit", help="build and push the step image, compile, and submit to a KFP API")
+    sbm.add_argument("target", help=target_help)
+    sbm.add_argument("--host", required=True, help="the KFP API address, e.g. http://localhost:3000")
+    sbm.add_argument("--registry", required=True, help="registry the cluster pulls from: host[:port][/namespace]")
+    sbm.add_argument("--workflow", help="workflow name (default: the workflow's, else NAME)")
+    sbm.add_argument("--baseimage", help="image the step image is built on (default: python)")
+    sbm.add_argument("--project", help="project folder copied into the image (default: the current folder)")
+    sbm.add_argument("--wheelhouse", help="install the image's Python packages from this folder (filled on first use)")
+    sbm.add_argument("--storage", help="storage the steps save to: " + storage_help)
+    sbm.add_argument("--experiment", help="KFP experiment name")
+    sbm.add_argument("--wait", action="store_true", help="wait for the run and print the results (needs --storage)")
+    sbm.add_argument("--json", action="store_true", help="print JSON")
+    _auth_arguments(sbm)
+    sbm.set_defaults(func=lambda a: cmd_submit(a, load, as_nodes, storage))
