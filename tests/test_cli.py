@@ -68,7 +68,7 @@ def test_ls_workflows_and_tasks(project):
 
 def test_ls_graph_reports_stale_and_missing(project):
     (project / "dag.py").write_text(DAG.format(scale=2))
-    os.remove(project / "storage" / "demo" / "total.ffr")  # "total" runs; "data" is loaded for it
+    os.remove(project / "storage" / "demo" / "data.ffr")
     rows = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--graph", "dag.py:build", "--json", cwd=project).stdout)}
     assert rows["data"]["status"] == "missing"
     assert rows["total"]["status"] == "stale" and "argument 'scale' changed" in rows["total"]["reason"]

@@ -66,6 +66,7 @@ def rayworkflow_python():
 def test_addon_passes_the_conformance_suite_on_ray_2_47(rayworkflow_python):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "RAY_ADDRESS"))}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # its Ray stays on 127.0.0.1
+    env["FUNCTIONFUSE_RAYWORKFLOW_CHECKS"] = "1"  # tests/conftest.py collects tests/rayworkflow/ only then
     out = subprocess.run(
         [
             rayworkflow_python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
