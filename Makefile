@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 DEMO_STORAGE := examples/storage
 
-.PHONY: setup kit-setup demo test lint bench images e2e-kind clean
+.PHONY: setup kit-setup demo test lint bench images release e2e-kind clean
 
 setup:
 	@./scripts/setup.sh
@@ -27,6 +27,14 @@ test: setup kit-setup
 FF_BASE_IMAGE ?= $(shell docker image inspect functionfuse-local/debian-python:bookworm >/dev/null 2>&1 && echo functionfuse-local/debian-python:bookworm || echo python:3.11-slim)
 images: setup kit-setup
 	@.venv/bin/functionfuse image build --base-image $(FF_BASE_IMAGE) --wheelhouse build/wheelhouse $(if $(REGISTRY),--push $(REGISTRY))
+
+# make release REGISTRY=host[:port]/namespace: sdist and wheel (dist/), every image pushed to
+# REGISTRY/functionfuse, every chart pushed to oci://REGISTRY/charts; what the registry
+# already holds is not pushed again. Credentials: $FUNCTIONFUSE_REGISTRY_USERNAME and
+# $FUNCTIONFUSE_REGISTRY_PASSWORD, else docker login / helm registry login.
+release: setup kit-setup
+	@test -n "$(REGISTRY)" || { echo "usage: make release REGISTRY=host[:port]/namespace" >&2; exit 2; }
+	@PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/functionfuse release $(REGISTRY) --base-image $(FF_BASE_IMAGE) --wheelhouse build/wheelhouse
 
 e2e-kind: setup
 	@./scripts/setup-helm.sh

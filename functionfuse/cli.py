@@ -10,6 +10,7 @@
     functionfuse kfp submit   TARGET --host URL --registry SERVER [--username USER --password-stdin] [--wait]
     functionfuse image build  [IMAGE ...] [--base-image IMG] [--wheelhouse DIR] [--push REGISTRY] [--json]
     functionfuse image push   REGISTRY [IMAGE ...] [--username USER --password-stdin] [--json]
+    functionfuse release      REGISTRY [--steps dist,images,charts] [--check-versions] [--json]
 
 SPEC is a folder (``storage`` by default, or ``$FUNCTIONFUSE_STORAGE``), ``file:PATH``,
 or a JSON file holding storage_factory options (``{"kind": ..., "options": {...}}``).
@@ -285,12 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(func=cmd_stack)
 
     # argparse only: the Docker SDK is imported when an image subcommand runs
-    from .kit.cli import add_image_commands
+    from .kit.cli import add_image_commands, add_release_command
 
     add_image_commands(sub)
     from ._kfpcli import add_kfp_commands
 
     add_kfp_commands(sub, _load_object, _as_nodes, _storage, storage_help.split(": ", 1)[1])
+    add_release_command(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""``functionfuse image build|push``: the image subcommands of the ``functionfuse`` command.
+"""``functionfuse image build|push`` and ``functionfuse release``: the deployment-kit
+subcommands of the ``functionfuse`` command.
 
-Only argparse is imported here; :mod:`functionfuse.kit.images` (and the Docker SDK) is
-imported when a subcommand runs.
+Only argparse is imported here; :mod:`functionfuse.kit.images`, :mod:`functionfuse.kit.release`
+(and the Docker SDK) are imported when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_image_commands"]
+__all__ = ["add_image_commands", "add_release_command"]
 
 IMAGES = ("base", "ray", "prefect", "kfp")
 
@@ -141,3 +142,79 @@ def add_image_commands(sub: Any) -> None:
     push.add_argument("--json", action="store_true", help="print JSON")
     _auth_arguments(push)
     push.set_defaults(func=cmd_push)
+
+
+def _engine_bases(items: list[str] | None) -> dict[str, str]:
+    bases: dict[str, str] = {}
+    for item in items or []:
+        engine, sep, image = item.partition("=")
+        if not sep or not image:
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError(f"--engine-base-image {item!r} must look like ENGINE=IMAGE, e.g. ray=rayproject/ray:2.60.0-py311-cpu.")
+        bases[engine] = image
+    return bases
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from . import release
+
+    if args.check_versions:
+        from .images import project_root
+
+        wrong = release.version_mismatches(args.project or project_root())
+        for line in wrong:
+            print(line, file=sys.stderr)
+        if not wrong:
+            from .._version import __version__
+
+            print(f"every chart, image default and manifest names functionfuse {__version__}")
+        return 1 if wrong else 0
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    on_log = None if (args.quiet or args.json) else (lambda line: print(f"  {line}", file=sys.stderr))
+    report = release.release(
+        args.registry,
+        steps=steps,
+        project=args.project,
+        base_image=args.base_image,
+        engine_base_images=_engine_bases(args.engine_base_image),
+        wheelhouse=args.wheelhouse,
+        dist_dir=args.dist,
+        plain_http=args.plain_http,
+        on_log=on_log,
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    for a in report.artifacts:
+        print(f"{a.action:<9} {a.kind:<5} {a.reference}  {a.digest or ''}".rstrip())
+    print(f"functionfuse {report.version}: {len(report.pushed)} artifact(s) pushed, "
+          f"{sum(a.action == 'unchanged' for a in report.artifacts)} already published ({report.seconds:.1f} s)")
+    return 0
+
+
+def add_release_command(sub: Any) -> None:
+    """Add ``release`` to the ``functionfuse`` command's subparsers."""
+    rel = sub.add_parser(
+        "release",
+        help="build and publish this version: sdist and wheel, images, Helm charts (OCI)",
+        description=(
+            "Build the sdist and wheel (dist/), build and push every image to REGISTRY/functionfuse, "
+            "package every chart and push it to oci://REGISTRY/charts. Artifacts the registry already "
+            "holds are not pushed again. Credentials: $FUNCTIONFUSE_REGISTRY_USERNAME and "
+            "$FUNCTIONFUSE_REGISTRY_PASSWORD, else docker login / helm registry login."
+        ),
+    )
+    rel.add_argument("registry", nargs="?", help="host[:port][/namespace], e.g. ghcr.io/functionfuse or 127.0.0.1:5000/ff")
+    rel.add_argument("--steps", default="dist,images,charts", help="comma-separated steps to run (default: dist,images,charts)")
+    rel.add_argument("--check-versions", action="store_true", help="only check that every chart, image default and manifest names this version")
+    rel.add_argument("--base-image", default="python:3.11-slim", help="FROM of the base image (default: python:3.11-slim)")
+    rel.add_argument("--engine-base-image", action="append", metavar="ENGINE=IMAGE", help="FROM of an engine image instead of the base")
+    rel.add_argument("--wheelhouse", metavar="DIR", help="build the images from wheels collected into DIR (see `image build`)")
+    rel.add_argument("--dist", metavar="DIR", help="where the sdist and wheel go (default: dist/ of the project)")
+    rel.add_argument("--plain-http", action=argparse.BooleanOptionalAction, default=None,
+                     help="helm talks HTTP to the registry (default: only for 127.0.0.0/8 and localhost)")
+    rel.add_argument("--project", help="functionfuse source tree to release (default: this checkout)")
+    rel.add_argument("--quiet", "-q", action="store_true", help="do not print the build output")
+    rel.add_argument("--json", action="store_true", help="print JSON (every artifact, pushed or unchanged, with digests)")
+    rel.set_defaults(func=cmd_release)

@@ -19,6 +19,12 @@ first (``pip download``, pinned by ``requirements/*.txt`` when present) and serv
 build from 127.0.0.1, so a build needs no index access and installs exactly the
 versions the host tests with.
 
+Every image carries the OCI labels of the release it belongs to (:func:`oci_labels`):
+``org.opencontainers.image.version`` (the package version), ``.source`` (the project
+URL in pyproject.toml), ``.revision`` (the git commit) and ``.created`` (the commit time,
+or ``$SOURCE_DATE_EPOCH``): the same source gives the same labels, so a rebuild of an
+unchanged checkout reuses the layer cache and yields the same image.
+
 >>> image_tag("0.1.0", "py311", "ray")
 '0.1.0-py311-ray'
 >>> image_tag("0.1.0", "py311")
@@ -62,6 +68,9 @@ __all__ = [
     "serve_directory",
     "wheelhouse_digest",
     "project_root",
+    "oci_labels",
+    "source_date_epoch",
+    "git_revision",
 ]
 
 log = logging.getLogger("functionfuse.kit")
@@ -71,6 +80,7 @@ DEFAULT_REPOSITORY = "functionfuse"
 LABEL_IMAGE = "io.functionfuse.image"
 LABEL_VERSION = "io.functionfuse.version"
 LABEL_PYTHON = "io.functionfuse.python"
+OCI = "org.opencontainers.image."
 
 
 class ImageBuildError(FunctionFuseError):
@@ -152,6 +162,63 @@ def project_root() -> str:
     return root
 
 
+# -- labels ------------------------------------------------------------------------------------------
+def _git(project: str, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", project, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def source_date_epoch(project: str) -> int:
+    """When the source was last changed, in seconds since the epoch: ``$SOURCE_DATE_EPOCH``
+    if set, else the time of the git commit checked out, else the mtime of ``_version.py``."""
+    env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if env:
+        if not env.isdigit():
+            raise ConfigurationError(f"SOURCE_DATE_EPOCH={env!r} must be a whole number of seconds since 1970-01-01 UTC.")
+        return int(env)
+    committed = _git(project, "log", "-1", "--format=%ct")
+    if committed and committed.isdigit():
+        return int(committed)
+    return int(os.path.getmtime(os.path.join(project, "functionfuse", "_version.py")))
+
+
+def git_revision(project: str) -> str:
+    """The commit checked out in *project* (``-dirty`` when tracked files differ from it);
+    ``$FUNCTIONFUSE_REVISION`` if set; ``unknown`` outside git."""
+    env = os.environ.get("FUNCTIONFUSE_REVISION", "").strip()
+    if env:
+        return env
+    commit = _git(project, "rev-parse", "HEAD")
+    if not commit:
+        return "unknown"
+    changed = _git(project, "status", "--porcelain", "--untracked-files=no")
+    return f"{commit}-dirty" if changed else commit
+
+
+def _source_url(project: str) -> str:
+    try:
+        import tomllib
+
+        with open(os.path.join(project, "pyproject.toml"), "rb") as f:
+            urls = tomllib.load(f)["project"].get("urls", {})
+        return str(urls.get("Source") or urls.get("Homepage") or "")
+    except (ImportError, OSError, KeyError, ValueError):
+        return ""
+
+
+def oci_labels(project: str, version: str = __version__) -> dict[str, str]:
+    """The ``org.opencontainers.image.*`` labels of an image built from *project*."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(source_date_epoch(project)))
+    labels = {OCI + "version": version, OCI + "revision": git_revision(project), OCI + "created": created}
+    source = _source_url(project)
+    if source:
+        labels[OCI + "source"] = source
+    return labels
+
+
 # -- Docker ----------------------------------------------------------------------------------------
 def docker_client(timeout: int = 600) -> Any:
     """A Docker SDK client for the daemon of the environment (``DOCKER_HOST`` or the local socket)."""
@@ -218,8 +285,12 @@ def build_image(
     network_mode: str = "host",
     nocache: bool = False,
     on_log: Callable[[str], None] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> BuiltImage:
-    """Build one image and tag it ``repository:<version>-py3XX[-engine]``."""
+    """Build one image and tag it ``repository:<version>-py3XX[-engine]``.
+
+    :param labels: labels added to the image (default: :func:`oci_labels` of *project*).
+    """
     provisional = f"{repository}:{version}-building{recipe.suffix}"
     args = {"BASE_IMAGE": base_image, **(buildargs or {})}
     t0 = time.perf_counter()
@@ -235,7 +306,7 @@ def build_image(
         pull=False,
         nocache=nocache,
         decode=True,
-        labels={LABEL_IMAGE: recipe.name, LABEL_VERSION: version},
+        labels={**(oci_labels(project, version) if labels is None else labels), LABEL_IMAGE: recipe.name, LABEL_VERSION: version},
     )
     _stream_build(stream, provisional, on_log)
     seconds = time.perf_counter() - t0
@@ -300,6 +371,7 @@ def build_images(
                 "FUNCTIONFUSE_WHEELS": wheelhouse_digest(wheelhouse),
             }
         base_tag: str | None = None
+        labels = oci_labels(project)
         for name in ordered:
             recipe = RECIPES[name]
             frm = base_image if name == "base" else (engine_base_images.get(name) or base_tag)
@@ -314,6 +386,7 @@ def build_images(
                 network_mode=network_mode,
                 nocache=nocache,
                 on_log=on_log,
+                labels=labels,
             )
             if name == "base":
                 base_tag = image.tag
