@@ -35,11 +35,13 @@ WORKFLOW = "classifier"
 
 
 def _skip_reason() -> str | None:
-    if os.environ.get("FUNCTIONFUSE_E2E_KIND") != "1":
-        return "kind end-to-end tests run with `make e2e-kind` (FUNCTIONFUSE_E2E_KIND=1)"
     absent = kind_stack.missing_tools()
     if absent:
-        return f"{', '.join(absent)} not installed: the kind end-to-end tests need docker, kind, kubectl and helm"
+        return (f"{', '.join(absent)} not installed: the kind end-to-end tests need docker, kind, kubectl, helm "
+                "and internet access (node and operator images are pulled)")
+    if os.environ.get("FUNCTIONFUSE_E2E_KIND") != "1":
+        return ("docker, kind, kubectl and helm are here; the kind end-to-end tests take about 20 minutes and "
+                "pull images from the internet, so they run with `make e2e-kind` (FUNCTIONFUSE_E2E_KIND=1)")
     return None
 
 
