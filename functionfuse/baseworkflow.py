@@ -45,7 +45,7 @@ from .graph import Graph, _gc_paused
 from .report import Progress, RunReport, progress_enabled
 from .workflow import ClassNode, MethodNode, Node, NodeItem, _scan, executing_nodes, validate_name
 
-__all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS"]
+__all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED"]
 
 log = logging.getLogger("functionfuse")
 
@@ -58,8 +58,14 @@ def _utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-#: what storage holds for a node, as a plan reports it
+#: what storage holds for a node, as a plan reports it; UNVERIFIED: stored without a
+#: fingerprint (by an older version, or by ``storage.save``), so nothing is known to
+#: have changed, and nothing is known to be current
 CURRENT, STALE, MISSING, CORRUPTED, NO_STORAGE = "current", "stale", "missing", "corrupted", "no storage"
+UNVERIFIED = "unverified"
+NO_FINGERPRINT = "stored without a fingerprint"
+#: the input digest recorded for a parent whose stored result had no fingerprint
+UNRECORDED = "unrecorded"
 CACHE_POLICIES = ("name", "fingerprint", "off")
 
 
@@ -158,6 +164,8 @@ class BaseWorkflow:
         self.cache_policy = "name"
         self._cache: dict[int, str] = {}
         self._records: list[dict] | None = None
+        #: the records results of this run are saved with (see _run_records)
+        self._effective: list[dict] | None = None
         self._warned_stale: set[tuple[str, str]] = set()  # (node, fingerprint) warned about
         self._progress: bool | None = None
         #: the report of the last run (see :class:`functionfuse.report.RunReport`)
@@ -215,8 +223,9 @@ class BaseWorkflow:
         """When a stored result is reused (queries can override it per node):
 
         * ``"name"`` (default): whenever a result is stored under the node's name, as
-          the original functionfuse did; warns once per node whose code, arguments or
-          inputs changed since its result was stored;
+          the original functionfuse did; warns once per node whose code or arguments
+          changed since its result was stored, or that is reused while an input of it
+          is recomputed (a result stored without a fingerprint is reused silently);
         * ``"fingerprint"``: only if the stored fingerprint matches; a changed node and
           everything downstream of it run again;
         * ``"off"``: never; the node always runs (its result is still stored).
@@ -249,9 +258,31 @@ class BaseWorkflow:
                     ResultRecomputedWarning,
                     stacklevel=2,
                 )
-            elif state == STALE and actions[i] in (LOAD, SKIP) and _own_change(reasons[i]):
-                self._warn_stale(names[i], reasons[i])
+            elif state == STALE and actions[i] in (LOAD, SKIP):
+                if _own_change(reasons[i]):
+                    self._warn_stale(names[i], reasons[i].partition("stale: ")[2].partition("; no node")[0])
+                else:
+                    rerun = self._rerun_inputs(i, stored, actions)
+                    if rerun:
+                        inputs = ", ".join(map(repr, rerun))
+                        self._warn_stale(
+                            names[i], f"its input {inputs} {'is' if len(rerun) == 1 else 'are'} recomputed in this run"
+                        )
         return actions
+
+    def _rerun_inputs(self, i: int, stored: dict[str, Any] | None, actions: list[str]) -> list[str]:
+        """Parents of node *i* that run in this run and differ from what its stored
+        result was computed from (a node reused by name while an input of it is
+        recomputed, e.g. under a per-node ``fingerprint`` policy)."""
+        assert self._records is not None
+        g = self.graph
+        meta = (stored or {}).get(g.names[i])
+        old = (meta.get("fingerprint") or {}).get("inputs", {}) if isinstance(meta, dict) else {}
+        return [
+            g.names[p]
+            for p in g.parents[i]
+            if actions[p] == RUN and old.get(g.names[p]) != self._records[p]["node"]
+        ]
 
     def _stored(self) -> dict[str, Any] | None:
         """Metadata of the stored results of this graph's nodes (None without storage).
@@ -301,7 +332,52 @@ class BaseWorkflow:
                 reasons[i] = why or "stored"
             else:
                 reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
+        self._effective = self._run_records(actions, stored, records)
         return actions, reasons, states
+
+    def _run_records(self, actions: Sequence[str], stored: dict[str, Any], records: list[dict]) -> list[dict]:
+        """The fingerprint record each node that runs is saved with.
+
+        A node computed from a parent that is loaded (or skipped) rather than run was
+        computed from the parent's *stored* result: its record names the stored
+        fingerprint of that parent as the input (``UNRECORDED`` if none was stored), so
+        a later plan sees it stale if the parent's stored result was. Nodes computed
+        from such nodes inherit the difference. Without any, these are the current
+        records (the common case costs one comparison per stored node).
+        """
+        g = self.graph
+        names, parents = g.names, g.parents
+        effective: list[str] | None = None
+        for i, action in enumerate(actions):
+            if action not in (LOAD, SKIP):
+                continue
+            meta = stored.get(names[i])
+            fp = meta.get("fingerprint") if isinstance(meta, dict) else None
+            digest = fp.get("node") if isinstance(fp, dict) else None
+            if digest != records[i]["node"]:
+                if effective is None:
+                    effective = [r["node"] for r in records]
+                effective[i] = digest or UNRECORDED
+        if effective is None:
+            return records
+        out = list(records)
+        for i, action in enumerate(actions):
+            if action in (LOAD, SKIP):
+                continue
+            changed = {names[p]: effective[p] for p in parents[i] if effective[p] != records[p]["node"]}
+            if changed:
+                inputs = {**records[i]["inputs"], **changed}
+                effective[i] = _fp_join(records[i]["node"], "computed from", *(f"{k}={v}" for k, v in changed.items()))
+                out[i] = {**records[i], "node": effective[i], "inputs": inputs}
+        return out
+
+    def run_record(self, i: int) -> dict:
+        """The fingerprint record node *i*'s result is saved with in this run."""
+        if self._effective is None and self.storage is not None:
+            self._actions(self._stored())  # run_node() without a plan (a step given its action)
+        records = self._effective if self._effective is not None else self._records
+        assert records is not None
+        return records[i]
 
     def unreadable_count(self, stored: dict[str, Any] | None) -> int:
         """How many stored results the plan found unreadable (they will be recomputed)."""
@@ -332,8 +408,8 @@ class BaseWorkflow:
         self._warned_stale.add(key)
         warnings.warn(
             f"Node {name!r} of workflow {self.workflow_name!r} reuses a stored result although "
-            f"{why.partition('stale: ')[2].partition('; no node')[0]}. Remove the result, or use "
-            "set_cache('fingerprint') to recompute changed nodes automatically.",
+            f"{why}. Remove the result, or use set_cache('fingerprint') to recompute changed nodes "
+            "automatically.",
             StaleResultWarning,
             stacklevel=3,
         )
@@ -414,7 +490,7 @@ class BaseWorkflow:
             "inputs": [g.names[p] for p in g.parents[i]],
         }
         if self._records is not None:
-            meta["fingerprint"] = self._records[i]
+            meta["fingerprint"] = self.run_record(i)
         return meta
 
     def run_node(self, i: int, results: Any, *, save: bool) -> Any:
@@ -499,6 +575,11 @@ def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str]:
         return False, MISSING, "not stored"
     if isinstance(meta, Exception):
         return False, CORRUPTED, f"stored result is unreadable: {meta}"
+    if not meta.get("fingerprint"):
+        # nothing is known to have changed: reused by name, recomputed under "fingerprint"
+        if policy == "off":
+            return False, UNVERIFIED, "cache is off"
+        return policy == "name", UNVERIFIED, NO_FINGERPRINT
     reasons = explain(meta.get("fingerprint"), record)
     state = STALE if reasons else CURRENT
     why = ("stale: " + "; ".join(reasons)) if reasons else ""

@@ -328,3 +328,99 @@ def test_fingerprints_do_not_load_parent_results(storage, monkeypatch):
     monkeypatch.setattr(type(storage), "read_task", lambda *a, **k: pytest.fail("a result was loaded"))
     assert [p.action for p in wf.plan()] == ["skip", "load"]
     wf.fingerprints()
+
+
+# -- soundness: what must make a result stale ---------------------------------------------------
+@workflow
+def source(v):
+    return v
+
+
+@workflow
+def tenfold(x):
+    return x * 10
+
+
+def source_and_child(v):
+    return tenfold(source(v).set_name("src")).set_name("child")
+
+
+def test_a_node_computed_from_a_stale_loaded_input_is_recomputed_later(storage):
+    first = LocalWorkflow(source_and_child(1), workflow_name="stale_parent")
+    first.set_storage(storage)
+    assert first.run() == 10
+    storage.remove_task("stale_parent", task_name="child")
+    by_name = LocalWorkflow(source_and_child(2), workflow_name="stale_parent")
+    by_name.set_storage(storage)
+    with pytest.warns(StaleResultWarning, match="'src'.*argument 'v' changed"):
+        assert by_name.run() == 10  # child is computed from the stored (stale) src = 1
+    meta = storage.read_metadata("stale_parent", "child")
+    assert meta["fingerprint"]["inputs"]["src"] == storage.read_metadata("stale_parent", "src")["fingerprint"]["node"]
+    plan = {p.name: p for p in by_name.plan()}
+    assert plan["child"].state == "stale" and "input 'src' changed" in plan["child"].reason
+    by_fingerprint = LocalWorkflow(source_and_child(2), workflow_name="stale_parent")
+    by_fingerprint.set_storage(storage)
+    by_fingerprint.set_cache("fingerprint")
+    assert by_fingerprint.run() == 20
+    assert by_fingerprint.last_run.ran == 2
+    assert {p.state for p in by_fingerprint.plan()} == {"current"}
+
+
+def test_a_chain_computed_from_a_stale_input_stays_stale_all_the_way(storage):
+    def build(v):
+        return tenfold(tenfold(source(v).set_name("src")).set_name("mid")).set_name("end")
+
+    wf = LocalWorkflow(build(1), workflow_name="chain")
+    wf.set_storage(storage)
+    wf.run()
+    storage.remove_task("chain", pattern="*d")  # mid and end
+    with pytest.warns(StaleResultWarning):
+        changed = LocalWorkflow(build(2), workflow_name="chain")
+        changed.set_storage(storage)
+        assert changed.run() == 100
+    again = LocalWorkflow(build(2), workflow_name="chain")
+    again.set_storage(storage)
+    again.set_cache("fingerprint")
+    assert again.run() == 200 and again.last_run.ran == 3
+
+
+def test_name_policy_warns_about_nodes_reused_while_their_input_is_recomputed(storage):
+    wf = LocalWorkflow(source_and_child(1), workflow_name="mixed")
+    wf.set_storage(storage)
+    wf.run()
+    changed = LocalWorkflow(source_and_child(2), workflow_name="mixed")
+    changed.set_storage(storage)
+    changed.query("^src$").set_cache("fingerprint")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert changed.run() == 10  # child is reused by name
+        changed.run()
+    stale = [str(w.message) for w in caught if w.category is StaleResultWarning]
+    assert len(stale) == 1 and "'child'" in stale[0] and "input 'src' is recomputed" in stale[0], stale
+    assert changed.last_run.ran == 0
+
+
+def test_results_stored_without_a_fingerprint_are_unverified_not_stale(storage):
+    storage.save("old", "src", 1, {})
+    storage.save("old", "child", 10, {})
+    wf = LocalWorkflow(source_and_child(1), workflow_name="old")
+    wf.set_storage(storage)
+    plan = {p.name: p for p in wf.plan()}
+    assert plan["child"].state == "unverified" and plan["child"].action == "load"
+    assert plan["child"].reason == "stored without a fingerprint"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wf.run() == 10
+    wf.set_cache("fingerprint")
+    assert [(p.action, p.state) for p in wf.plan()] == [("run", "unverified"), ("run", "unverified")]
+    assert wf.run() == 10 and wf.last_run.ran == 2
+
+
+def test_a_node_computed_from_a_result_without_fingerprint_records_that(storage):
+    storage.save("older", "src", 1, {})
+    wf = LocalWorkflow(source_and_child(1), workflow_name="older")
+    wf.set_storage(storage)
+    assert wf.run() == 10
+    assert storage.read_metadata("older", "child")["fingerprint"]["inputs"] == {"src": "unrecorded"}
+    wf.set_cache("fingerprint")
+    assert wf.run() == 10 and wf.last_run.ran == 2

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from typing import Any, Sequence
 
-from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, STALE, BaseWorkflow
+from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, STALE, UNVERIFIED, BaseWorkflow
 from ...errors import ConfigurationError, FunctionFuseError
 from ...workflow import ClassNode, MethodNode
 
@@ -31,6 +31,7 @@ STATE_COLOURS = {
     STALE: "#ffd8a8",  # orange: stored, but its code, arguments or inputs changed
     MISSING: "#e9ecef",  # grey: not stored
     CORRUPTED: "#ffa8a8",  # red: stored but unreadable
+    UNVERIFIED: "#d0ebff",  # blue: stored without a fingerprint (by an older version or storage.save)
     NO_STORAGE: "#ffffff",
 }
 
@@ -142,7 +143,7 @@ def _node_line(wf: BaseWorkflow, i: int, states: list[str]) -> str:
 
 def _legend() -> str:
     rows = "".join(
-        f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in (CURRENT, STALE, MISSING, CORRUPTED)
+        f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in (CURRENT, STALE, UNVERIFIED, MISSING, CORRUPTED)
     )
     return (
         '  subgraph cluster_legend { label="stored"; fontsize=10; style=dashed; '

@@ -130,8 +130,8 @@ class LocalWorkflow(BaseWorkflow):
                     report.ran += 1
                     progress.running = 0
                     if save and action == RUN:
-                        assert stored is not None and self._records is not None
-                        stored[names[i]] = {"fingerprint": self._records[i]}
+                        assert stored is not None
+                        stored[names[i]] = {"fingerprint": self.run_record(i)}
                 for p in frees[i]:
                     R[p] = None
                 progress.update()
