@@ -3,11 +3,13 @@
 The fingerprint of a node hashes
 
 * its **code**: the function's (or class's, for class nodes: every method's) source,
-  parsed and re-serialized so comments, docstrings and formatting do not count, plus
-  the code of the module-level functions and classes *of the user's own modules* it
-  refers to (recursively), the values of immutable module-level constants it reads
-  (numbers, strings, bytes, and tuples/frozensets of them),
-  its default arguments and closure values;
+  parsed and re-serialized so comments, docstrings and formatting do not count, with
+  its decorators (except ``@workflow``), plus the code of the functions and classes
+  *of the user's own modules* it refers to (recursively, as globals, through closures,
+  or as ``module.name`` / ``package.module.name``), the wrappers that decorators made
+  of them, the values of immutable module-level constants it reads (numbers, strings,
+  bytes, and tuples/frozensets of them), its default arguments and closure values
+  (whatever their type: a closure's values are fixed when the function is made);
 * its **arguments** that are not nodes (bound to parameter names, so ``f(1, b=2)`` and
   ``f(1, 2)`` agree);
 * the fingerprints of its **parents** (the nodes it depends on). A node's fingerprint
@@ -15,9 +17,12 @@ The fingerprint of a node hashes
   loaded to compute it.
 
 Values are hashed by content with xxh3-128: NumPy arrays hash their bytes once (25 GB/s;
-an array passed to many nodes is hashed once per run), Dask arrays use their graph
-token, containers recurse, other objects hash their ``__reduce_ex__`` state. Nothing
-uses ``hash()`` or pickle bytes of functions, so fingerprints agree across processes,
+an array passed to many nodes is hashed once per run), Zarr arrays their metadata and
+stored chunks (checksums the store keeps, else the compressed bytes) and Dask arrays
+their graph token plus the Zarr arrays they read (see :mod:`functionfuse._arrayfp`),
+built-in and C functions (``len``, ufuncs, ``math.sin``) their qualified name,
+containers recurse, other objects hash their ``__reduce_ex__`` state. Nothing uses
+``hash()`` or pickle bytes of functions, so fingerprints agree across processes,
 machines, hash seeds and Python versions with the same ``ast`` for the code.
 
 Limits: code outside the user's modules (installed packages, the standard library) is
@@ -29,6 +34,7 @@ identified by type only, with a warning.
 from __future__ import annotations
 
 import ast
+import copyreg
 import dis
 import functools
 import inspect
@@ -40,11 +46,11 @@ import sysconfig
 import textwrap
 import types
 import warnings
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 import xxhash
 
-from .workflow import ClassNode, MethodNode, Node, NodeItem
+from .workflow import ClassNode, MethodNode, Node, NodeItem, workflow
 
 __all__ = ["Fingerprinter", "code_fingerprint", "value_fingerprint", "FINGERPRINT_VERSION", "explain"]
 
@@ -52,6 +58,7 @@ log = logging.getLogger("functionfuse.fingerprint")
 
 FINGERPRINT_VERSION = 1
 _MAX_DEPTH = 64
+_MAX_WRAPPERS = 32  # decorators on one function, at most
 _NODE_TYPES = frozenset({Node, ClassNode, MethodNode, NodeItem})
 
 
@@ -106,16 +113,19 @@ def _user_object(obj: Any) -> bool:
 _SKIP_FIELDS = {"ctx", "lineno", "col_offset", "end_lineno", "end_col_offset", "type_comment", "kind"}
 
 
-def _canonical(node: Any, out: list[str]) -> None:
+def _canonical(node: Any, out: list[str], keep: Callable[[Any], bool] = lambda d: True) -> None:
+    """Append the canonical form of *node* to *out*; *keep* filters the decorators of
+    the outermost definition (the ``@workflow`` decorator is not part of the
+    computation; every other decorator is)."""
     if isinstance(node, ast.AST):
         out.append(type(node).__name__)
         out.append("(")
         body_fields = ("body",) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else ()
         for field, value in ast.iter_fields(node):
+            if field == "decorator_list":
+                value = [d for d in value if keep(d)]
             if field in _SKIP_FIELDS or value is None or value == []:
                 continue
-            if field in ("decorator_list",):
-                continue  # the @workflow decorator is not part of the computation
             if field in body_fields and value and _is_docstring(value[0]):
                 value = value[1:]
                 if not value:
@@ -145,27 +155,55 @@ _SOURCE_DIGESTS: dict[tuple[Any, str], str | None] = {}
 
 def _source_digest(obj: Any) -> str | None:
     """Digest of *obj*'s canonical source, cached per code object for the process
-    (parsing is the expensive part of a fingerprint)."""
+    (parsing is the expensive part of a fingerprint). A function's source is read from
+    its own code object, so a wrapper made by a decorator is not mistaken for the
+    function it wraps."""
     code = getattr(obj, "__code__", None)
-    if code is None:
-        return _parse_digest(obj)
+    if not isinstance(code, types.CodeType):
+        return _parse_digest(obj, obj)
     key = (code, code.co_filename)
     if key not in _SOURCE_DIGESTS:
-        _SOURCE_DIGESTS[key] = _parse_digest(obj)
+        _SOURCE_DIGESTS[key] = _parse_digest(code, obj)
     return _SOURCE_DIGESTS[key]
 
 
-def _parse_digest(obj: Any) -> str | None:
+def _parse_digest(source_of: Any, obj: Any) -> str | None:
     try:
-        src = textwrap.dedent(inspect.getsource(obj))
+        src = textwrap.dedent(inspect.getsource(source_of))
         tree = ast.parse(src)
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
     if len(tree.body) != 1:
         return None
     out: list[str] = []
-    _canonical(tree.body[0], out)
+    _canonical(tree.body[0], out, functools.partial(_not_ours, _namespace(obj)))
     return _h("".join(out).encode())
+
+
+def _namespace(obj: Any) -> dict:
+    """The globals a definition's decorators were evaluated in."""
+    globs = getattr(obj, "__globals__", None)
+    if isinstance(globs, dict):
+        return globs
+    return getattr(sys.modules.get(getattr(obj, "__module__", None) or ""), "__dict__", {})
+
+
+def _not_ours(namespace: dict, decorator: Any) -> bool:
+    """False for ``@workflow`` / ``@task`` (however imported), True for any other decorator."""
+    expr = decorator.func if isinstance(decorator, ast.Call) else decorator
+    path: list[str] = []
+    while isinstance(expr, ast.Attribute):
+        path.append(expr.attr)
+        expr = expr.value
+    if not isinstance(expr, ast.Name):
+        return True
+    value = namespace.get(expr.id, _MISSING)
+    for attr in reversed(path):
+        value = getattr(value, attr, _MISSING)
+    return value is not workflow
+
+
+_MISSING = object()
 
 
 def _code_digest(code: types.CodeType) -> str:
@@ -181,21 +219,33 @@ def _code_digest(code: types.CodeType) -> str:
     return _h(*parts)
 
 
-def _names_used(code: types.CodeType) -> tuple[set[str], set[str]]:
-    """(global names read, attribute names read) by *code* and the code nested in it."""
+@functools.lru_cache(maxsize=4096)
+def _names_used(code: types.CodeType) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """(global names read, attribute names read, modules imported) by *code* and the
+    code nested in it."""
     globals_: set[str] = set()
     attrs: set[str] = set()
+    imported: set[str] = set()
+    # the import level and the fromlist are loaded just before IMPORT_NAME
+    previous: list[Any] = [None, None]
     for ins in dis.get_instructions(code):
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str):
             globals_.add(ins.argval)
-        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and isinstance(ins.argval, str):
+        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM") and isinstance(ins.argval, str):
             attrs.add(ins.argval)
+        elif ins.opname == "IMPORT_NAME" and isinstance(ins.argval, str):
+            first = previous[0]  # the level: only absolute imports name a module by themselves
+            if first is not None and first.opname == "LOAD_CONST" and first.argval == 0:
+                imported.add(ins.argval)
+                imported.add(ins.argval.partition(".")[0])
+        previous = [previous[1], ins]
     for c in code.co_consts:
         if isinstance(c, types.CodeType):
-            g, a = _names_used(c)
+            g, a, m = _names_used(c)
             globals_ |= g
             attrs |= a
-    return globals_, attrs
+            imported |= m
+    return frozenset(globals_), frozenset(attrs), frozenset(imported)
 
 
 def _simple(value: Any) -> bool:
@@ -225,21 +275,41 @@ class Fingerprinter:
         cached = self._code.get(key)
         if cached is None:
             found: dict[str, str] = {}
-            self._owners: dict[str, int] = {}
-            self._collect(obj, found, set())
+            outer = getattr(self, "_owners", None)  # code() is re-entered for functions inside values
+            self._owners: dict[str, list[int]] = {}
+            try:
+                self._collect(obj, found, set())
+            finally:
+                if outer is not None:
+                    self._owners = outer
             cached = self._code[key] = dict(sorted(found.items()))
         return cached
 
     def _key(self, obj: Any) -> str:
         """The name code is recorded under: its qualified name, so the same code run as a
-        script (``__main__``) or imported as a module agrees; the module is added only
-        to tell apart two objects with one qualified name."""
+        script (``__main__``) or imported as a module agrees. Objects met later with a
+        qualified name already taken (lambdas, functions of one factory, same-named
+        helpers of two modules) get ``#1``, ``#2``... in the order the code refers to
+        them, which does not depend on module names either."""
         qual = getattr(obj, "__ff_qualname__", None) or getattr(obj, "__qualname__", None) or type(obj).__qualname__
-        owner = self._owners.setdefault(qual, id(obj))
-        return qual if owner == id(obj) else f"{getattr(obj, '__module__', '?')}:{qual}"
+        owners = self._owners.setdefault(qual, [])
+        if id(obj) not in owners:
+            owners.append(id(obj))
+        k = owners.index(id(obj))
+        return qual if k == 0 else f"{qual}#{k}"
 
     def _collect(self, obj: Any, found: dict[str, str], seen: set[int]) -> None:
-        obj = inspect.unwrap(obj) if callable(obj) else obj
+        wrappers: list[Any] = []
+        if callable(obj):
+            # decorators made with functools.wraps: the wrappers are code too (their
+            # closures hold the decorator's arguments); the innermost function names it
+            chain = {id(obj)}
+            inner = getattr(obj, "__wrapped__", None)
+            while inner is not None and id(inner) not in chain and callable(inner) and len(chain) <= _MAX_WRAPPERS:
+                wrappers.append(obj)
+                chain.add(id(inner))
+                obj = inner
+                inner = getattr(obj, "__wrapped__", None)
         if id(obj) in seen:
             return
         seen.add(id(obj))
@@ -251,6 +321,7 @@ class Fingerprinter:
                     self._collect(f, found, seen)
             return
         if isinstance(obj, functools.partial):
+            found[self._key(obj)] = _h(b"partial", self.value(obj.args).encode(), self.value(obj.keywords).encode())
             self._collect(obj.func, found, seen)
             return
         name = self._key(obj)
@@ -275,52 +346,99 @@ class Fingerprinter:
             return  # builtins, C functions: identified by name where they are used
         if not _user_object(obj) and found:
             return  # library code referenced by user code: by name only
+        parts = self._function_parts(obj, code, found, seen)
+        for wrapper in wrappers:
+            wcode = getattr(wrapper, "__code__", None)
+            if isinstance(wcode, types.CodeType) and _user_object(wrapper):
+                parts.append(b"wrapped-by:" + _h(*self._function_parts(wrapper, wcode, found, seen)).encode())
+        found[name] = _h(*parts)
+
+    def _function_parts(self, obj: Any, code: types.CodeType, found: dict[str, str], seen: set[int]) -> list[bytes]:
+        """A function's own code, defaults, closure values and the globals (and user
+        modules) it reads."""
         digest = _source_digest(obj) or ("bc:" + _code_digest(code))
-        extra = []
+        parts = [digest.encode()]
         if getattr(obj, "__defaults__", None):
-            extra.append(self.value(obj.__defaults__).encode())
+            parts.append(self.value(obj.__defaults__).encode())
         if getattr(obj, "__kwdefaults__", None):
-            extra.append(self.value(obj.__kwdefaults__).encode())
+            parts.append(self.value(obj.__kwdefaults__).encode())
+        used, attrs, imported = _names_used(code)
         if getattr(obj, "__closure__", None):
             for cell in obj.__closure__:
                 try:
                     content = cell.cell_contents
                 except ValueError:
                     continue
-                extra.append(self._reference(content, found, seen).encode())
+                parts.append(self._reference(content, found, seen, code_names=attrs, closure=True).encode())
         globs = getattr(obj, "__globals__", {})
-        used, attrs = _names_used(code)
         for gname in sorted(used):
             if gname not in globs:
                 continue
             ref = self._reference(globs[gname], found, seen, code_names=attrs)
             if ref:
-                extra.append(f"{gname}:{ref}".encode())
-        found[name] = _h(digest.encode(), *extra)
+                parts.append(f"{gname}:{ref}".encode())
+        for modname in sorted(imported):  # import statements inside the function
+            module = sys.modules.get(modname)
+            if isinstance(module, types.ModuleType):
+                ref = self._module_reference(module, found, seen, attrs, set())
+                if ref:
+                    parts.append(f"import {modname}:{ref}".encode())
+        return parts
 
-    def _reference(self, value: Any, found: dict[str, str], seen: set[int], code_names: Any = ()) -> str:
-        """How a global or closure value enters a code fingerprint."""
+    def _reference(
+        self, value: Any, found: dict[str, str], seen: set[int], code_names: Any = (), closure: bool = False
+    ) -> str:
+        """How a global or closure value enters a code fingerprint.
+
+        Mutable globals (caches, counters, registries) are left out: they change while
+        the program runs and would make every result look stale. A closure's values are
+        fixed when the function is made, so they count whatever their type.
+        """
         if isinstance(value, types.ModuleType):
-            if _is_user_module(value.__name__):
-                # attributes of a user module that the code names (helpers.normalize)
-                for attr in sorted(set(code_names)):
-                    member = getattr(value, attr, None)
-                    if isinstance(member, (types.FunctionType, type)) and _user_object(member):
-                        self._collect(member, found, seen)
-            return ""
-        if isinstance(value, (types.FunctionType, type, functools.partial)) or hasattr(value, "__wrapped__"):
-            target = getattr(value, "__wrapped__", value)
+            return self._module_reference(value, found, seen, set(code_names), set())
+        if isinstance(value, functools.partial):
+            inner = self._reference(value.func, found, seen, code_names, closure)
+            return _h(b"partial", inner.encode(), self.value(value.args).encode(), self.value(value.keywords).encode())
+        if isinstance(value, (types.FunctionType, type)) or hasattr(value, "__wrapped__"):
+            target = value
+            for _ in range(_MAX_WRAPPERS):
+                if _user_object(target) or not hasattr(target, "__wrapped__"):
+                    break
+                target = target.__wrapped__  # a library wrapper of user code
             if _user_object(target):
                 self._collect(target, found, seen)
                 return ""
             return _display_name(target)
-        if callable(value) and not _simple(value):
+        if type(value) in _NODE_TYPES and self._node_digest is None:
+            return _h(b"node", str(getattr(value, "name", "")).encode())
+        if callable(value) and not closure:
             return _display_name(value)
-        if _simple(value):
-            # immutable constants only: mutable globals (caches, counters, registries)
-            # change while the program runs and would make every result look stale
+        if closure or _simple(value):
             return self.value(value)
         return ""
+
+    def _module_reference(
+        self, module: types.ModuleType, found: dict[str, str], seen: set[int], names: AbstractSet[str], visited: set[int]
+    ) -> str:
+        """The members of a user module that the code names (``helpers.normalize``,
+        ``pkg.sub.deep``: through submodules too), collected or hashed like globals."""
+        if not _is_user_module(module.__name__) or id(module) in visited:
+            return ""
+        visited.add(id(module))
+        parts = []
+        for attr in sorted(names):
+            member = getattr(module, attr, _MISSING)
+            if member is _MISSING:
+                continue
+            if isinstance(member, types.ModuleType):
+                ref = self._module_reference(member, found, seen, names, visited)
+            elif _simple(member) or isinstance(member, functools.partial) or _user_object(member):
+                ref = self._reference(member, found, seen)
+            else:
+                ref = ""  # library objects imported into the module, mutable values
+            if ref:
+                parts.append(f"{attr}:{ref}".encode())
+        return _h(b"module", *parts) if parts else ""
 
     # -- values ------------------------------------------------------------------------------
     def value(self, value: Any) -> str:
@@ -368,7 +486,13 @@ class Fingerprinter:
         if module == "numpy" and hasattr(v, "dtype") and getattr(v, "shape", None) == ():
             return _h(b"npscalar", str(v.dtype).encode(), repr(v.item()).encode())
         if module.startswith("dask.array") and t.__name__ == "Array":
-            return _h(b"dask.array", v.name.encode())
+            from ._arrayfp import dask_summary
+
+            return dask_summary(self, v)
+        if module.startswith("zarr.") and t.__name__ == "Array":
+            from ._arrayfp import zarr_summary
+
+            return zarr_summary(self, v)
         if isinstance(v, (types.FunctionType, type)) or hasattr(v, "__wrapped__"):
             return _h(b"code", repr(sorted(self.code(v).items())).encode())
         if isinstance(v, types.ModuleType):
@@ -376,9 +500,13 @@ class Fingerprinter:
         if hasattr(v, "__dataclass_fields__") or (hasattr(v, "__dict__") and not hasattr(t, "__reduce_ex__")):
             return _h(b"obj", _display_name(t).encode(), self._value(dict(vars(v)), depth + 1).encode())
         try:
-            reduced = v.__reduce_ex__(4)
+            reducer = copyreg.dispatch_table.get(t)  # as pickle does: NumPy's ufuncs register here
+            reduced = reducer(v) if reducer is not None else v.__reduce_ex__(4)
         except Exception:
             reduced = None
+        if isinstance(reduced, str):
+            # a global found by name (built-in and C functions, ufuncs, singletons)
+            return _h(b"global", f"{_owner_module(v, reduced)}.{reduced}".encode())
         if isinstance(reduced, tuple) and len(reduced) >= 2:
             parts = [b"reduce", _display_name(t).encode(), _display_name(reduced[0]).encode()]
             parts.append(self._value(tuple(reduced[1]) if isinstance(reduced[1], tuple) else reduced[1], depth + 1).encode())
@@ -391,6 +519,10 @@ class Fingerprinter:
                 if extra is not None:
                     parts.append(self._value(list(extra), depth + 1).encode())
             return _h(*parts)
+        return self.opaque(t)
+
+    def opaque(self, t: type) -> str:
+        """The digest of a value known by its type only (with a warning, once per type)."""
         name = _display_name(t)
         if name not in self._opaque_warned:
             self._opaque_warned.add(name)
@@ -398,7 +530,7 @@ class Fingerprinter:
                 f"Values of type {name} cannot be fingerprinted by content; changes to them will not "
                 "make results stale. Pass plain data, NumPy arrays or picklable objects instead.",
                 FingerprintWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return _h(b"opaque", name.encode())
 
@@ -426,6 +558,17 @@ class Fingerprinter:
             except (TypeError, ValueError):
                 self._signatures[key] = None
         return self._signatures[key]
+
+
+def _owner_module(obj: Any, name: str) -> str:
+    """The module *obj* is the global *name* of (as pickle finds it)."""
+    module = getattr(obj, "__module__", None)
+    if isinstance(module, str):
+        return module
+    for modname, mod in list(sys.modules.items()):
+        if getattr(mod, name, None) is obj:
+            return modname
+    return "__main__"
 
 
 def _display_name(obj: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -424,3 +425,284 @@ def test_a_node_computed_from_a_result_without_fingerprint_records_that(storage)
     assert storage.read_metadata("older", "child")["fingerprint"]["inputs"] == {"src": "unrecorded"}
     wf.set_cache("fingerprint")
     assert wf.run() == 10 and wf.last_run.ran == 2
+
+
+class UserModules:
+    """Modules of a user project written to a folder and imported from it."""
+
+    def __init__(self, folder, monkeypatch):
+        self.folder = folder
+        monkeypatch.syspath_prepend(str(folder))
+        monkeypatch.setattr(sys, "dont_write_bytecode", True)
+        self.names: list[str] = []
+
+    def write(self, name, source):
+        path = self.folder.joinpath(*name.split("."))
+        if name.count("."):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for parent in [path.parent, *path.parent.parents]:
+                if parent == self.folder:
+                    break
+                (parent / "__init__.py").touch()
+        path.with_suffix(".py").write_text(source)
+
+    def load(self, name):
+        import importlib
+
+        importlib.invalidate_caches()
+        self.names.append(name)
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        return importlib.import_module(name)
+
+    def close(self):
+        for name in list(sys.modules):
+            if any(name == n or name.startswith(n.split(".")[0] + ".") or name == n.split(".")[0] for n in self.names):
+                del sys.modules[name]
+
+
+@pytest.fixture
+def modules(tmp_path, monkeypatch):
+    m = UserModules(tmp_path / "project", monkeypatch)
+    (tmp_path / "project").mkdir()
+    yield m
+    m.close()
+
+
+def test_helpers_of_dotted_submodules_are_tracked(modules):
+    modules.write("ffdots.sub.leaf", "SCALE = 2\n\ndef deep(x):\n    return x * SCALE\n")
+    modules.write("ffdots_user", "import ffdots.sub.leaf\n\ndef node(x):\n    return ffdots.sub.leaf.deep(x)\n")
+    user = modules.load("ffdots_user")
+    before = code_fingerprint(user.node)
+    assert "deep" in before
+    modules.write("ffdots.sub.leaf", "SCALE = 2\n\ndef deep(x):\n    return x * SCALE + 1\n")
+    modules.load("ffdots.sub.leaf")
+    after = code_fingerprint(user.node)
+    assert after["deep"] != before["deep"] and after != before
+    modules.write("ffdots.sub.leaf", "SCALE = 3\n\ndef deep(x):\n    return x * SCALE + 1\n")
+    modules.load("ffdots.sub.leaf")
+    assert code_fingerprint(user.node)["deep"] != after["deep"]
+
+
+def test_constants_of_user_modules_read_as_attributes_count(modules):
+    modules.write("ffconsts", "FACTOR = 2\n")
+    modules.write("ffconsts_user", "import ffconsts\n\ndef node(x):\n    return x * ffconsts.FACTOR\n")
+    user = modules.load("ffconsts_user")
+    before = code_fingerprint(user.node)
+    modules.write("ffconsts", "FACTOR = 3\n")
+    modules.load("ffconsts")
+    assert code_fingerprint(user.node) != before
+
+
+def test_builtins_ufuncs_and_c_functions_are_told_apart():
+    import math
+    import operator
+
+    pairs = [(len, print), (np.add, np.multiply), (math.sin, math.cos), (operator.add, operator.mul),
+             (functools.partial(operator.add, 1), functools.partial(operator.mul, 1))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of them is opaque
+        for a, b in pairs:
+            assert value_fingerprint(a) != value_fingerprint(b), (a, b)
+            assert value_fingerprint(a) == value_fingerprint(a)
+
+
+def make_scaler(factor):
+    def apply(x):
+        return x * factor[0] + sum(config.values()) + float(weights.sum())
+
+    config = {"shift": 1}
+    weights = np.ones(2)
+    return apply
+
+
+def test_mutable_closure_values_count():
+    base = code_fingerprint(make_scaler([2]))
+    assert code_fingerprint(make_scaler([2])) == base
+    assert code_fingerprint(make_scaler([3])) != base
+
+    def with_config(config):
+        def f(x):
+            return x + config["k"]
+
+        return f
+
+    assert code_fingerprint(with_config({"k": 1})) != code_fingerprint(with_config({"k": 2}))
+
+    def with_array(arr):
+        return lambda x: x * arr
+
+    assert code_fingerprint(with_array(np.zeros(3))) != code_fingerprint(with_array(np.ones(3)))
+
+
+DECORATED = '''
+import functools
+from functionfuse import workflow
+
+def scaled(k):
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(x):
+            return fn(x) * k
+        return wrapper
+    return decorate
+
+@scaled({k})
+def helper(x):
+    return x + 1
+
+@workflow
+def node(x):
+    return helper(x)
+'''
+
+
+def test_decorators_of_helpers_count_and_workflow_does_not(modules):
+    for name, k in (("ffdeco_a", 2), ("ffdeco_b", 2), ("ffdeco_c", 3)):
+        modules.write(name, DECORATED.format(k=k))
+    a, b, c = (modules.load(n) for n in ("ffdeco_a", "ffdeco_b", "ffdeco_c"))
+    assert a.helper(1) == 4 and c.helper(1) == 6
+    fa, fb, fc = (code_fingerprint(m.node.__wrapped__) for m in (a, b, c))
+    assert fa == fb  # same code in two modules
+    assert set(fa) == {"node", "helper"}
+    assert fc["helper"] != fa["helper"]
+    # the decorator's own code counts too
+    modules.write("ffdeco_d", DECORATED.format(k=2).replace("fn(x) * k", "fn(x) * k + 0"))
+    assert code_fingerprint(modules.load("ffdeco_d").node.__wrapped__)["helper"] != fa["helper"]
+    # @workflow itself is not part of the computation
+    modules.write("ffdeco_e", DECORATED.format(k=2).replace("@workflow\n", ""))
+    assert code_fingerprint(modules.load("ffdeco_e").node)["node"] == fa["node"]
+
+
+LAMBDAS = '''
+import json, sys
+from functionfuse import workflow
+from functionfuse.fingerprint import code_fingerprint
+
+first = lambda x: x + 1
+second = lambda x: x + 2
+third = lambda x: x + {third}
+
+@workflow
+def node(x):
+    return first(x) + second(x) + third(x)
+
+if __name__ == "__main__":
+    print(json.dumps(code_fingerprint(node.__wrapped__)))
+'''
+
+
+def test_lambdas_get_distinct_keys_that_do_not_depend_on_the_module_name(modules, tmp_path):
+    modules.write("fflambdas", LAMBDAS.format(third=3))
+    imported = code_fingerprint(modules.load("fflambdas").node.__wrapped__)
+    assert len(imported) == 4 and len(set(imported.values())) == 4, imported
+    script = subprocess.run([sys.executable, str(modules.folder / "fflambdas.py")], capture_output=True, text=True, check=True)
+    assert json.loads(script.stdout) == imported
+    modules.write("fflambdas", LAMBDAS.format(third=4))
+    changed = code_fingerprint(modules.load("fflambdas").node.__wrapped__)
+    assert [k for k in imported if imported[k] != changed[k]] == [k for k in imported if k.endswith("#2")]
+
+
+# -- arrays in stores: Zarr and Dask ------------------------------------------------------------
+def zarr_array(path, data, chunks=(5, 5), **kwargs):
+    zarr = pytest.importorskip("zarr")
+    store = str(path) if isinstance(path, os.PathLike) else path
+    z = zarr.create_array(store, shape=data.shape, chunks=chunks, dtype=data.dtype, **kwargs)
+    z[:] = data
+    return z
+
+
+@pytest.fixture
+def no_chunk_decoding(monkeypatch):
+    """Fingerprinting a Zarr array must not read its data (only stored chunk bytes)."""
+    zarr = pytest.importorskip("zarr")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the array's data was read")
+
+    monkeypatch.setattr(zarr.core.array.AsyncArray, "getitem", refuse)
+
+
+def test_zarr_arrays_are_fingerprinted_by_stored_content_not_by_path(tmp_path, no_chunk_decoding):
+    zarr = pytest.importorskip("zarr")
+    data = np.arange(100.0).reshape(10, 10)
+    here = zarr_array(tmp_path / "a.zarr", data)
+    elsewhere = zarr_array(tmp_path / "other" / "b.zarr", data)
+    digest = value_fingerprint(here)
+    assert value_fingerprint(elsewhere) == digest
+    assert value_fingerprint(zarr.open_array(str(tmp_path / "a.zarr"))) == digest
+    assert value_fingerprint(zarr_array(tmp_path / "c.zarr", data, chunks=(2, 10))) != digest
+    assert value_fingerprint(zarr_array(tmp_path / "d.zarr", data.astype("f4"))) != digest
+    assert value_fingerprint(zarr_array(tmp_path / "e.zarr", data, compressors=None)) != digest
+    group = zarr.open_group(str(tmp_path / "g.zarr"))
+    inner = group.create_array("inner", shape=(10, 10), chunks=(5, 5), dtype="f8")
+    inner[:] = data
+    assert value_fingerprint(inner) == digest  # inside a group: the path within the store does not count
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        zarr.open_array(str(tmp_path / "a.zarr"), mode="r+")[0, 0] = -1.0  # same path, new content
+    assert value_fingerprint(zarr.open_array(str(tmp_path / "a.zarr"))) != digest
+
+
+def test_dask_arrays_read_from_zarr_follow_the_stored_data(tmp_path, no_chunk_decoding):
+    da = pytest.importorskip("dask.array")
+    zarr = pytest.importorskip("zarr")
+    data = np.arange(100.0).reshape(10, 10)
+    zarr_array(tmp_path / "a.zarr", data)
+    zarr_array(tmp_path / "copy.zarr", data)
+    before = da.from_zarr(str(tmp_path / "a.zarr"))
+    digest = value_fingerprint(before)
+    derived = value_fingerprint(before + 1)
+    assert value_fingerprint(da.from_zarr(str(tmp_path / "copy.zarr"))) == digest
+    assert value_fingerprint(da.from_zarr(str(tmp_path / "a.zarr"), inline_array=True)) == digest
+    zarr.open_array(str(tmp_path / "a.zarr"), mode="r+")[:] = data * 2
+    after = da.from_zarr(str(tmp_path / "a.zarr"))
+    assert after.name == before.name  # Dask's token does not see the new data...
+    assert value_fingerprint(after) != digest  # ...the fingerprint does
+    assert value_fingerprint(after + 1) != derived
+    # other Dask arrays: their graph name; random arrays get a new name every time
+    assert value_fingerprint(da.from_array(data, chunks=5)) == value_fingerprint(da.from_array(data.copy(), chunks=5))
+    assert value_fingerprint(da.random.random(4)) != value_fingerprint(da.random.random(4))
+
+
+def test_zarr_on_s3_uses_the_stored_etags(monkeypatch, no_chunk_decoding):
+    pytest.importorskip("s3fs")
+    import s3support
+    import zarr
+    from zarr.storage import FsspecStore
+
+    server = s3support.MotoS3().start()
+    try:
+        bucket = server.make_bucket()
+        data = np.arange(64, dtype="i8").reshape(8, 8)
+
+        def on_s3(path):
+            store = FsspecStore.from_url(f"s3://{bucket}/{path}", storage_options=server.s3fs_options())
+            return zarr_array(store, data, chunks=(4, 4))
+
+        here, there, different = on_s3("a.zarr"), on_s3("deeper/b.zarr"), on_s3("c.zarr")
+        different[0, 0] = -1
+
+        def refuse(self, key, *args, **kwargs):
+            raise AssertionError(f"chunk {key!r} was read: the ETag identifies it")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(FsspecStore, "get", refuse)
+            digest = value_fingerprint(here)
+            assert value_fingerprint(there) == digest
+            assert value_fingerprint(different) != digest
+        here[0, 0] = -1
+        assert value_fingerprint(here) == value_fingerprint(different)
+    finally:
+        server.stop()
+
+
+def test_fingerprints_import_no_array_library_for_other_values():
+    code = (
+        "import sys, numpy as np\n"
+        "from functionfuse.fingerprint import value_fingerprint\n"
+        "class Point:\n    def __init__(self): self.x = 1\n"
+        "value_fingerprint([np.ones(3), {'a': Point()}, len, np.add])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'zarr', 'dask', 's3fs'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
