@@ -241,6 +241,48 @@ class BackendConformance:
             assert by_name.run() == 6
         assert calls() == []
 
+    def test_cache_off_always_runs(self, make_workflow, storage, calls):
+        first = make_workflow(seed_quick_start(), workflow_name="cache_off")
+        first.set_storage(storage)
+        assert first.run() == 6
+        calls.reset()
+        again = make_workflow(seed_quick_start(), workflow_name="cache_off")
+        again.set_storage(storage)
+        again.set_cache("off")
+        assert again.run() == 6
+        assert sorted(calls()) == ["add", "add", "multiply"]
+
+    def test_fingerprint_policy_detects_a_code_change(self, make_workflow, storage, calls):
+        # add(2, 2) == multiply(2, 2): node "b" keeps its name and its value, only its code changes
+        def build(operation):
+            a = add(1, 1).set_name("a")
+            b = operation(a, 2).set_name("b")
+            return multiply(b, 3).set_name("c")
+
+        first = make_workflow(build(add), workflow_name="code_change")
+        first.set_storage(storage)
+        assert first.run() == 12
+        calls.reset()
+        changed = make_workflow(build(multiply), workflow_name="code_change")
+        changed.set_storage(storage)
+        changed.set_cache("fingerprint")
+        plan = {p.name: p for p in changed.plan()}
+        assert (plan["a"].action, plan["b"].action, plan["c"].action) == ("load", "run", "run")
+        assert plan["b"].state == "stale" and "code" in plan["b"].reason
+        assert changed.run() == 12
+        assert calls() == ["multiply", "multiply"]  # b and c
+
+    def test_cache_policy_per_query(self, make_workflow, storage, calls):
+        first = make_workflow(seed_quick_start(), workflow_name="cache_query")
+        first.set_storage(storage)
+        assert first.run() == 6
+        calls.reset()
+        again = make_workflow(seed_quick_start(), workflow_name="cache_query")
+        again.set_storage(storage)
+        again.query("^node3$").set_cache("off")
+        assert again.run() == 6
+        assert calls() == ["multiply"]  # node3 only; node1 and node2 are loaded for it
+
     def test_progress_on_a_terminal_and_a_stored_run_report(self, make_workflow, storage, monkeypatch):
         class Terminal(io.StringIO):
             def isatty(self) -> bool:
