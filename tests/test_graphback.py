@@ -11,6 +11,7 @@ from contracts.backend import seed_incremental_sum, seed_quick_start
 from functionfuse import workflow
 from functionfuse.backends.builtin.graphback import STATE_COLOURS, GraphWorkflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.errors import ConfigurationError
 from functionfuse.storage import storage_factory
 
 pytest.importorskip("graphviz", reason="the graph extra is not installed")
@@ -64,9 +65,47 @@ def test_nodes_are_coloured_by_storage_state(tmp_path):
     assert "legend" in dot
 
 
+def test_an_unreadable_stored_result_is_drawn_red(tmp_path):
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    out = seed_quick_start()
+    run = LocalWorkflow(out, workflow_name="ops")
+    run.set_storage(storage)
+    run.run()
+    (tmp_path / "s" / "ops" / "node2.ffr").write_bytes(b"torn")
+    drawing = GraphWorkflow(out, workflow_name="ops", doc_path=str(tmp_path))
+    drawing.set_storage(storage)
+    node2 = drawing.dot_source().split('"node2" [')[1].split("\n")[0]
+    assert f'fillcolor="{STATE_COLOURS["corrupted"]}"' in node2 and "(corrupted)" in node2
+    svg = Path(drawing.run(formats="svg")["svg"]).read_text()
+    assert STATE_COLOURS["corrupted"] in svg
+
+
+def test_formats_may_be_a_string(tmp_path):
+    wf = GraphWorkflow(seed_quick_start(), workflow_name="one", doc_path=str(tmp_path))
+    assert set(wf.run(formats="svg")) == {"svg"}
+    assert set(wf.run(formats="dot,png")) == {"dot", "png"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.dot", "one.png", "one.svg"]
+    with pytest.raises(ConfigurationError, match="unknown format.*jpg"):
+        wf.run(formats="jpg")
+
+
+def test_a_folder_that_cannot_be_created_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    wf = GraphWorkflow(seed_quick_start(), workflow_name="x", doc_path=str(tmp_path / "file" / "docs"))
+    with pytest.raises(ConfigurationError, match="file/docs.*doc_path"):
+        wf.run()
+
+
 def test_jupyter_displays_the_drawing():
     svg = GraphWorkflow(seed_quick_start(), workflow_name="nb")._repr_svg_()
-    assert "<svg" in svg and ">node3</text>" in svg
+    assert svg is not None and "<svg" in svg and ">node3</text>" in svg
+
+
+def test_without_graphviz_jupyter_shows_text(monkeypatch):
+    import functionfuse.backends.builtin.graphback as graphback
+
+    monkeypatch.setattr(graphback.shutil, "which", lambda name: None)
+    assert GraphWorkflow(seed_quick_start(), workflow_name="nb")._repr_svg_() is None
 
 
 def test_any_workflow_displays_as_its_graph_in_jupyter(tmp_path):

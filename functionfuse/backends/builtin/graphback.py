@@ -60,32 +60,43 @@ class GraphWorkflow(BaseWorkflow):
         return dot_source(self)
 
     # -- backend API ---------------------------------------------------------------------
-    def run(self, formats: Sequence[str] = ("dot", "svg", "png")) -> dict[str, str]:
+    def run(self, formats: str | Sequence[str] = ("dot", "svg", "png")) -> dict[str, str]:
         """Write ``<workflow_name>.dot``, ``.svg`` and ``.png`` into ``doc_path``.
 
-        :param formats: which of the three files to write.
+        :param formats: which of the three files to write: a sequence such as
+            ``("dot", "svg")``, or a string such as ``"svg"`` or ``"dot,png"``.
         :returns: ``{"dot": path, "svg": path, "png": path}`` (the formats written).
         :raises MissingDependencyError: the graphviz package is not installed (the DOT
             file is written first).
+        :raises ConfigurationError: an unknown format, or ``doc_path`` cannot be written.
         """
+        if isinstance(formats, str):
+            formats = [f.strip() for f in formats.split(",") if f.strip()]
         unknown = sorted(set(formats) - {"dot", "svg", "png"})
         if unknown:
             raise ConfigurationError(f"GraphWorkflow.run: unknown format(s) {', '.join(unknown)}; use dot, svg or png.")
-        os.makedirs(self.doc_path, exist_ok=True)
         base = os.path.join(self.doc_path, self.workflow_name)
         source = self.dot_source()
         paths = {}
-        if "dot" in formats:
-            _write(base + ".dot", source.encode())
-            paths["dot"] = base + ".dot"
-        for fmt in ("svg", "png"):
-            if fmt in formats:
-                _write(base + "." + fmt, _render(source, fmt))
-                paths[fmt] = base + "." + fmt
+        try:
+            os.makedirs(self.doc_path, exist_ok=True)
+            if "dot" in formats:
+                _write(base + ".dot", source.encode())
+                paths["dot"] = base + ".dot"
+            for fmt in ("svg", "png"):
+                if fmt in formats:
+                    _write(base + "." + fmt, _render(source, fmt))
+                    paths[fmt] = base + "." + fmt
+        except OSError as exc:
+            raise ConfigurationError(
+                f"Cannot write the drawings of workflow {self.workflow_name!r} into {self.doc_path!r}: "
+                f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}. "
+                "Set doc_path (functionfuse graph --out) to a folder you can create and write."
+            ) from exc
         return paths
 
-    def _repr_svg_(self) -> str:
-        return _render(self.dot_source(), "svg").decode()
+    def _repr_svg_(self) -> str | None:
+        return svg_or_none(self)
 
     def set_storage(self, object_storage: Any) -> None:
         """Colour nodes by what *object_storage* holds for them."""
