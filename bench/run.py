@@ -294,7 +294,7 @@ def rows_engines(raw: dict[str, Any]) -> list[Row]:
             continue
         for i, r in enumerate(got.get("rows", [])):
             target = str(r.get("target", ""))
-            comparison = target[:1] in "<>="
+            comparison = target.startswith(("<", ">", "="))
             rows.append(Row(f"{fig}{chr(ord('a') + i)}", f"{engine}: {r['name']}", r.get("ours"), r.get("unit", ""),
                             r.get("baseline"), r.get("unit", ""), r.get("ratio"), "ours/base",
                             f"ours/base {target}" if comparison else target, passed=bool(r.get("pass"))))
