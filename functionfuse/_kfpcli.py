@@ -1,22 +1,28 @@
 """``functionfuse kfp compile|submit``: Kubeflow Pipelines from the command line.
 
     functionfuse kfp compile TARGET [-o FILE] [--workflow NAME] [--image IMAGE] [--storage SPEC] [--resume auto|plan]
-    functionfuse kfp submit  TARGET --host URL --registry SERVER [--username USER --password-stdin]
+    functionfuse kfp submit  TARGET --host URL [--registry SERVER] [--username USER --password-stdin]
                              [--workflow NAME] [--baseimage IMAGE] [--project DIR] [--wheelhouse DIR]
                              [--storage SPEC] [--wait]
 
 TARGET is ``file.py:NAME`` or ``module:NAME``: a node, a list of nodes, a function
-returning them, or a ``KFPWorkflow`` (whose settings, e.g. per-node resources, are kept;
-the options given here override them). Only argparse is imported until a subcommand
+returning them, or a ``KFPWorkflow`` (whose settings, e.g. per-node resources, plugins,
+the registry and its credentials, are kept, also under another ``--workflow`` name; the
+options given here override them). The registry password comes from
+``--password-stdin`` or ``$FUNCTIONFUSE_REGISTRY_PASSWORD``, the user from ``--username``
+or ``$FUNCTIONFUSE_REGISTRY_USERNAME``. Only argparse is imported until a subcommand
 runs; then :mod:`functionfuse.backends.addons.kfpback` (``pip install 'functionfuse[kfp]'``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 __all__ = ["add_kfp_commands"]
 
@@ -24,12 +30,15 @@ __all__ = ["add_kfp_commands"]
 def _workflow(args: argparse.Namespace, load: Callable[[str], Any], as_nodes: Callable[[Any], list],
               storage: Callable[[str | None], Any]) -> Any:
     from .backends.addons.kfpback import KFPWorkflow
+    from .workflow import validate_name
 
     obj = load(args.target)
     if isinstance(obj, KFPWorkflow):
         wf = obj
         if args.workflow and args.workflow != wf.workflow_name:
-            wf = KFPWorkflow(*as_nodes(obj), workflow_name=args.workflow)
+            # the same settings under another name (the stored results are the new name's)
+            wf = copy.copy(obj)
+            wf.workflow_name = validate_name(args.workflow, "Workflow name")
     else:
         wf = KFPWorkflow(*as_nodes(obj), workflow_name=args.workflow or args.target.rpartition(":")[2])
     if args.storage:
@@ -54,16 +63,40 @@ def cmd_compile(args: argparse.Namespace, load: Callable, as_nodes: Callable, st
     return 0
 
 
+def _host(server: str) -> str:
+    return re.sub(r"^https?://", "", server).rstrip("/").split("/", 1)[0]
+
+
+def registry_credentials(current: Mapping[str, str], registry: str | None, username: str | None,
+                         password: str | None) -> dict[str, str]:
+    """The registry credentials of ``kfp submit``: *registry* (default: the workflow's
+    server) with *username* and *password* when given; otherwise the workflow's own user
+    and password, if they are for the same registry host (never sent to another)."""
+    from .errors import ConfigurationError
+
+    server = registry or current.get("server")
+    if not server:
+        raise ConfigurationError(
+            "kfp submit needs a registry the cluster pulls the step image from: --registry host[:port][/namespace] "
+            "(or a KFPWorkflow target with registry_credentials={'server': ...})."
+        )
+    creds = {"server": server}
+    if username is not None and password is not None:
+        creds.update(username=username, password=password)
+    elif current.get("username") and (not current.get("server") or _host(current["server"]) == _host(server)):
+        creds.update(username=current["username"], password=current.get("password", ""))
+    return creds
+
+
 def cmd_submit(args: argparse.Namespace, load: Callable, as_nodes: Callable, storage: Callable) -> int:
     from .kit.cli import _password
 
     wf = _workflow(args, load, as_nodes, storage)
     wf.set_kfp_host(args.host)
-    creds = {"server": args.registry}
+    if args.username is None:
+        args.username = os.environ.get("FUNCTIONFUSE_REGISTRY_USERNAME") or None
     password = _password(args)
-    if args.username is not None and password is not None:
-        creds.update(username=args.username, password=password)
-    wf.set_registry_credentials(creds)
+    wf.set_registry_credentials(registry_credentials(wf._credentials, args.registry, args.username, password))
     if args.baseimage:
         wf.set_baseimage(args.baseimage)
     if args.project:
@@ -94,7 +127,9 @@ def add_kfp_commands(sub: Any, load: Callable[[str], Any], as_nodes: Callable[[A
     comp.add_argument("target", help=target_help)
     comp.add_argument("-o", "--output", help="the pipeline file (default: WORKFLOW.yaml)")
     comp.add_argument("--workflow", help="workflow name (default: the workflow's, else NAME)")
-    comp.add_argument("--image", help="step image reference (default: the one build_image/push_image gives)")
+    comp.add_argument("--image", help="step image reference (default: the one build_image() and push_image() give "
+                      "for this project and DAG, computed here without Docker: REGISTRY/functionfuse-kfp-WORKFLOW:HASH "
+                      "for a KFPWorkflow target with a registry, else functionfuse-kfp-WORKFLOW:HASH)")
     comp.add_argument("--storage", help="storage the steps save to and resume from: " + storage_help)
     comp.add_argument("--resume", choices=["auto", "plan"], default="auto",
                       help="auto: each step checks storage when it runs; plan: leave out what storage holds now")
@@ -104,7 +139,8 @@ def add_kfp_commands(sub: Any, load: Callable[[str], Any], as_nodes: Callable[[A
     sbm = kfp_sub.add_parser("submit", help="build and push the step image, compile, and submit to a KFP API")
     sbm.add_argument("target", help=target_help)
     sbm.add_argument("--host", required=True, help="the KFP API address, e.g. http://localhost:3000")
-    sbm.add_argument("--registry", required=True, help="registry the cluster pulls from: host[:port][/namespace]")
+    sbm.add_argument("--registry", help="registry the cluster pulls from: host[:port][/namespace] (default: the "
+                     "KFPWorkflow target's; its user and password are kept unless --username is given)")
     sbm.add_argument("--workflow", help="workflow name (default: the workflow's, else NAME)")
     sbm.add_argument("--baseimage", help="image the step image is built on (default: python)")
     sbm.add_argument("--project", help="project folder copied into the image (default: the current folder)")

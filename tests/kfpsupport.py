@@ -65,6 +65,17 @@ SEED_MODULE = textwrap.dedent(
         return {"pid": os.getpid(), "cwd": os.getcwd(), "in_image": os.path.exists("/opt/functionfuse-kfp/dag.pkl")}
 
 
+    @workflow
+    def env_value(name):
+        """The environment variable *name* where the node runs (None: unset)."""
+        return os.environ.get(name)
+
+
+    def set_mark():
+        """An initializer for InitializerPlugin: marks the process the node runs in."""
+        os.environ["FF_PLUGIN_MARK"] = "set by the plugin"
+
+
     def seed():
         a, b = 1, 1
         a_plus_b = sum(a, b).set_name("node1")

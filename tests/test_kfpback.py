@@ -99,6 +99,9 @@ def test_compile_has_one_step_per_node_with_the_dags_dependencies(dag, project, 
     out = getattr(dag, which)()
     wf = make([out], f"compile-{which}", project)
     text, spec, _platform = compiled(wf, tmp_path)
+    # the image a build of this project and DAG gives, named without Docker
+    image = wf.image_reference()
+    assert re.fullmatch(rf"functionfuse-kfp-compile-{which}:[0-9a-f]{{20}}", image)
     g = wf.graph
     tasks = tasks_by_node(spec)
     assert sorted(tasks) == sorted(g.names)
@@ -110,7 +113,7 @@ def test_compile_has_one_step_per_node_with_the_dags_dependencies(dag, project, 
         assert task["cachingOptions"].get("enableCache", False) is False
         executor = spec["deploymentSpec"]["executors"][spec["components"][task["componentRef"]["name"]]["executorLabel"]]
         container = executor["container"]
-        assert container["image"] == "functionfuse-kfp-compile-" + which + ":latest"
+        assert container["image"] == image
         assert container["command"] == ["python3", "-m", "functionfuse.backends.addons._kfpstep"]
         args = container["args"]
         assert args[args.index("--node") + 1] == name
@@ -189,16 +192,177 @@ def test_compile_with_the_plan_leaves_out_nodes_that_need_not_run(dag, project, 
     assert sorted(tasks_by_node(spec)) == ["node3"]
 
 
+def test_compile_names_the_image_a_push_gives_and_follows_the_snapshot(dag, project, tmp_path, monkeypatch):
+    """Offline, the pipeline names the image build_image() and push_image() will give now:
+    the content hash of the project and DAG, on the registry when one is set; a plugin or
+    cache policy set later is a new snapshot, so another image."""
+    from functionfuse.backends.plugins import InitializerPlugin
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+
+    def image_of(wf):
+        _text, spec, _ = compiled(wf, tmp_path)
+        images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+        assert len(images) == 1
+        return images.pop()
+
+    wf = make([dag.seed()], "compile-image", project)
+    local = wf.image_reference()
+    assert image_of(wf) == local
+    wf.set_registry_credentials({"server": "127.0.0.1:5000/team", "username": "me", "password": PASSWORD})
+    assert image_of(wf) == "127.0.0.1:5000/team/" + local
+    assert make([dag.seed()], "compile-image", project).image_reference() == local  # the same inputs, the same tag
+    wf.query("^node2$").set_plugin(InitializerPlugin(dag.set_mark))
+    with_plugin = wf.image_reference()
+    assert with_plugin != local and image_of(wf) == "127.0.0.1:5000/team/" + with_plugin
+    wf.set_cache("fingerprint")
+    assert wf.image_reference() not in (local, with_plugin)
+
+
+def test_decimal_memory_is_refused_when_set_naming_the_node_and_the_whole_quantity(dag, project, tmp_path):
+    wf = make([dag.seed()], "memory", project)
+    with pytest.raises(ConfigurationError, match=r"'memory_limit' of node 'node3' must be a memory quantity.*"
+                       r"KFP takes no decimals.*not '1.5Gi'\. Use '1536Mi' instead\."):
+        wf.query("^node3$").set_task_args({"memory_limit": "1.5Gi"})
+    with pytest.raises(ConfigurationError, match=r"'memory_request' of nodes 'node1', 'node2', 'node3'.*Use '500M'"):
+        wf.query(None).set_resources(memory_request="0.5G")
+    # what kfp accepts is accepted, and compiles: whole memory, decimal or milli CPUs
+    wf.query("^node3$").set_task_args({"memory_limit": "1536Mi", "memory_request": "1000", "cpu_limit": ".5",
+                                       "cpu_request": "0.25"})
+    _text, spec, _ = compiled(wf, tmp_path)
+    task = tasks_by_node(spec)["node3"][1]
+    res = spec["deploymentSpec"]["executors"][spec["components"][task["componentRef"]["name"]]["executorLabel"]]
+    res = res["container"]["resources"]
+    assert (res["resourceMemoryLimit"], res["resourceCpuLimit"]) == ("1536Mi", ".5")
+
+
+def test_a_step_option_kfp_refuses_names_the_node(dag, project, tmp_path):
+    wf = make([dag.seed()], "refused", project)
+    wf._task_args[wf.graph.name_index["node2"]] = {"memory_limit": "1.5Gi"}  # past the check, as an older version let it
+    with pytest.raises(ConfigurationError, match=r"Step options of node 'node2' of workflow 'refused' are refused by KFP"):
+        wf.compile(tmp_path / "p.yaml")
+
+
+def test_a_malformed_registry_is_a_configuration_error(dag, project):
+    wf = make([dag.seed()], "bad-registry", project)
+    with pytest.raises(ConfigurationError, match=r"'registry example.com' must look like 'host\[:port\]\[/namespace\]'"):
+        wf.set_registry_credentials({"server": "registry example.com"})
+    # and from the push itself, before any Docker call: the fix is the setting, not the push
+    with pytest.raises(ConfigurationError, match="must look like 'host\\[:port\\]\\[/namespace\\]'"):
+        _kfpimage.push_step_image(None, "functionfuse-kfp-x:abc", {"server": "bad registry"})
+
+
+def test_the_image_tag_is_the_base_images_name_not_whether_it_is_here(dag, project, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    one = make([dag.seed()], "base-name", project, baseimage="registry.example.com/python:3.11-slim")
+    other = make([dag.seed()], "base-name", project, baseimage="registry.example.com/python:3.12-slim")
+    assert one.image_reference() != other.image_reference()
+    assert one.image_reference() == make([dag.seed()], "base-name", project,
+                                         baseimage="registry.example.com/python:3.11-slim").image_reference()
+
+
+# -- the command line (no Docker) ----------------------------------------------------------------
+TARGET = """
+import os
+import {module}
+from functionfuse.backends.addons.kfpback import KFPWorkflow
+
+wf = KFPWorkflow({module}.seed(), workflow_name="kfp-seed", baseimage={base!r},
+                 registry_credentials={{"server": {server!r}, "username": "ff",
+                                        "password": os.environ.get("KFP_TEST_PASSWORD", "unused")}})
+wf.set_project({folder!r})
+wf.set_wheelhouse({wheelhouse!r})
+wf.query("^node3$").set_task_args({{"cpu_limit": "2"}})
+"""
+
+
+def write_target(tmp_path, project, server):
+    path = tmp_path / "target.py"
+    path.write_text(TARGET.format(module=MODULE, base=LOCAL_BASE, server=server, folder=project[0], wheelhouse=WHEELHOUSE))
+    return path
+
+
+def functionfuse_command(*args, project, cwd, env_extra=None, **kwargs):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([project[0], ROOT]), **(env_extra or {})}
+    kwargs.setdefault("timeout", 900)
+    return subprocess.run([sys.executable, "-m", "functionfuse", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, **kwargs)
+
+
+def test_cli_compile_under_another_name_keeps_the_workflows_settings(project, tmp_path):
+    target = write_target(tmp_path, project, "127.0.0.1:5000/team")
+    proc = functionfuse_command("kfp", "compile", f"{target}:wf", "--workflow", "renamed", "-o", "p.yaml",
+                                project=project, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert spec["pipelineInfo"]["name"] == "renamed"
+    tasks = tasks_by_node(spec)
+    executors = spec["deploymentSpec"]["executors"]
+    ex3 = executors[spec["components"][tasks["node3"][1]["componentRef"]["name"]]["executorLabel"]]
+    assert ex3["container"]["resources"]["resourceCpuLimit"] == "2"  # the target's per-node option
+    # its registry, and the content-hash tag of the renamed workflow
+    assert re.fullmatch(r"127\.0\.0\.1:5000/team/functionfuse-kfp-renamed:[0-9a-f]{20}", ex3["container"]["image"])
+
+
+def test_cli_submit_keeps_the_targets_registry_credentials():
+    from functionfuse._kfpcli import registry_credentials
+
+    mine = {"server": "127.0.0.1:5000/team", "username": "ff", "password": PASSWORD}
+    assert registry_credentials(mine, None, None, None) == mine
+    assert registry_credentials(mine, "127.0.0.1:5000/other", None, None) == {**mine, "server": "127.0.0.1:5000/other"}
+    assert registry_credentials(mine, "127.0.0.1:5000", "me", "pw") == {"server": "127.0.0.1:5000", "username": "me",
+                                                                        "password": "pw"}
+    # never sent to another registry host
+    assert registry_credentials(mine, "registry.example.com", None, None) == {"server": "registry.example.com"}
+    with pytest.raises(ConfigurationError, match="--registry"):
+        registry_credentials({}, None, None, None)
+
+
+def test_example_plans_with_the_laptops_s3_endpoint_and_gives_the_steps_theirs(tmp_path):
+    """The laptop and the steps see one S3 store at two addresses: the example plans
+    through the laptop's (here a real S3 server on 127.0.0.1) and compiles the steps'."""
+    s3support = pytest.importorskip("s3support")
+    pytest.importorskip("s3fs")
+    from functionfuse.backends.addons._kfpstep import decode_storage
+
+    server = s3support.start_server("moto")
+    try:
+        bucket = server.make_bucket()
+        env = {**os.environ, "PYTHONPATH": ROOT, "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+               "AWS_ACCESS_KEY_ID": s3support.KEY, "AWS_SECRET_ACCESS_KEY": s3support.SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        base = [sys.executable, os.path.join(ROOT, "examples", "kfp_pipeline.py"), "--storage-s3", f"{bucket}/ff",
+                "--s3-endpoint", server.endpoint, "--s3-step-endpoint", "http://minio.kubeflow.svc:9000",
+                "--s3-secret", "functionfuse-s3"]
+        plan = subprocess.run([*base, "--plan"], capture_output=True, text=True, env=env, timeout=300)
+        assert plan.returncode == 0, plan.stderr[-3000:]
+        rows = [line.split() for line in plan.stdout.strip().splitlines()[1:]]
+        assert len(rows) == 10 and all(r[1:3] == ["run", "missing"] for r in rows)
+        proc = subprocess.run([*base, "--compile", str(tmp_path / "p.yaml")], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        server.stop()
+    text = (tmp_path / "p.yaml").read_text()
+    assert s3support.KEY not in text and s3support.SECRET not in text
+    docs = list(yaml.safe_load_all(text))
+    args = next(iter(docs[0]["deploymentSpec"]["executors"].values()))["container"]["args"]
+    storage = decode_storage(args[args.index("--storage") + 1])
+    assert storage._options["endpoint_url"] == "http://minio.kubeflow.svc:9000"
+    kube = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(e["secretAsEnv"][0]["secretName"] == "functionfuse-s3" for e in kube.values())
+
+
 # -- configuration errors ------------------------------------------------------------------------
 def test_unknown_or_bad_task_options_are_named(dag, project):
     wf = make([dag.seed()], "bad-options", project)
     with pytest.raises(ConfigurationError, match=r"'cpus' is not a step option.*Valid options: .*cpu_limit"):
         wf.query("^node1$").set_task_args({"cpus": 2})
-    with pytest.raises(ConfigurationError, match=r"'memory_limit' must be a memory quantity.*'lots'"):
+    with pytest.raises(ConfigurationError, match=r"'memory_limit' of node 'node1' must be a memory quantity.*'lots'"):
         wf.query("^node1$").set_task_args({"memory_limit": "lots"})
-    with pytest.raises(ConfigurationError, match=r"'image_pull_policy' must be one of Always, Never, IfNotPresent"):
+    with pytest.raises(ConfigurationError, match=r"'image_pull_policy' of nodes 'node1', 'node2', 'node3' must be one of Always, Never, IfNotPresent"):
         wf.query(None).set_task_args({"image_pull_policy": "always"})
-    with pytest.raises(ConfigurationError, match=r"'retries' must be a whole number"):
+    with pytest.raises(ConfigurationError, match=r"'retries' of nodes .* must be a whole number"):
         wf.query(None).set_task_args({"retries": -1})
 
 
@@ -322,6 +486,34 @@ def test_submit_sends_the_compiled_pipeline_through_kfp_client(dag, project, tmp
     assert posted[0]["experiment_id"] == next(iter(api.experiments))
 
 
+def shared_inputs_digest():
+    """A digest of what every step image holds besides the test's project: the
+    functionfuse package and the wheelhouse."""
+    import hashlib
+
+    from functionfuse.kit.images import wheelhouse_digest
+
+    root, files = _kfpimage._package_files()
+    h = hashlib.sha256(wheelhouse_digest(WHEELHOUSE).encode() if os.path.isdir(WHEELHOUSE) else b"")
+    for rel in files:
+        with open(os.path.join(root, rel), "rb") as f:
+            h.update(rel.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def while_the_shared_inputs_are_unchanged(check, attempts=3):
+    """Run *check* (it compares image tags made at different times) again if it failed
+    while the functionfuse package or the wheelhouse changed: both are in every step
+    image, so a change in between rightly gives another tag."""
+    for attempt in range(attempts):
+        before = shared_inputs_digest()
+        try:
+            return check()
+        except AssertionError:
+            if attempt == attempts - 1 or shared_inputs_digest() == before:
+                raise
+
+
 def drop(client, ref):
     """Remove a tag a test made (a stopped step container may still hold the image)."""
     import docker
@@ -333,7 +525,8 @@ def drop(client, ref):
 
 
 # -- with Docker: images ------------------------------------------------------------------------
-TEST_WORKFLOWS = {"kfp-seed", "kfp-stateful", "kfp-two-outputs", "kfp-failure", "kfp-s3", "kfp-example-test", "kfp-on-ff"}
+TEST_WORKFLOWS = {"kfp-seed", "kfp-stateful", "kfp-two-outputs", "kfp-failure", "kfp-s3", "kfp-example-test", "kfp-on-ff",
+                  "kfp-pull", "kfp-settings", "kfp-base-alias"}
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +638,77 @@ def test_push_with_credentials_in_memory_only(client, built, registry, tmp_path,
     assert not (tmp_path / "docker-config").exists()  # nothing written by a login
     image = client.images.get(ref)
     assert PASSWORD not in json.dumps(image.attrs) and PASSWORD not in json.dumps(image.history())
+    # a pipeline compiled now names the pushed image, not the local tag the cluster cannot pull
+    _text, spec, _ = compiled(wf, tmp_path)
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {pushed}
     drop(client, pushed)
+
+
+def pull_error(client, repo, tag, auth=None):
+    """What the daemon says when it cannot pull ``repo:tag`` (None: pulled)."""
+    import docker
+
+    try:
+        for chunk in client.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in chunk or "errorDetail" in chunk:
+                return chunk.get("error") or chunk["errorDetail"].get("message", "")
+    except docker.errors.APIError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.slow
+def test_the_pushed_image_pulls_back_with_credentials_and_runs_a_step(client, registry, project):
+    import docker
+
+    wf = make([project[1].seed()], "kfp-pull", project)
+    wf.set_registry_credentials({"server": registry.address, "username": "ff", "password": PASSWORD})
+    pushed = wf.push_image()
+    assert wf.image is not None
+    built_id = client.images.get(wf.image).id
+    repo, tag = pushed.rsplit(":", 1)
+    manifest = registry.manifest(repo.split("/", 1)[1], tag, auth=("ff", PASSWORD))
+    assert manifest["config"]["digest"] == built_id  # the registry holds this very image
+    # gone from here, then pulled back from the registry
+    drop(client, wf.image)
+    drop(client, pushed)
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(built_id)
+    assert re.search(r"(?i)unauthori[sz]ed|authentication required|no basic auth", pull_error(client, repo, tag) or "")
+    assert pull_error(client, repo, tag, auth={"username": "ff", "password": PASSWORD}) is None
+    pulled = client.images.get(pushed)
+    try:
+        assert pulled.id == built_id
+        assert any(d.startswith(f"{repo}@sha256:") for d in pulled.attrs["RepoDigests"])
+        # one step from the pulled reference: node1 = sum(1, 1)
+        script = ("python3 -m functionfuse.backends.addons._kfpstep --node node1 --action run --result /tmp/result && "
+                  "python3 -c \"import pickle; print(pickle.load(open('/tmp/result', 'rb')))\"")
+        out = client.containers.run(pushed, ["sh", "-c", script], remove=True, network_mode="none")
+        assert out.decode().strip().splitlines()[-1] == "2"
+    finally:
+        drop(client, pushed)
+
+
+@pytest.mark.slow
+def test_the_tag_does_not_change_when_the_base_image_arrives(client, project):
+    """The base image counts by its name: the tag computed while it is absent (offline,
+    or before a build pulls it) is the one the build gives once it is here."""
+    alias = "functionfuse-local/kfp-test-base:alias"
+    wf = make([project[1].seed()], "kfp-base-alias", project, baseimage=alias)
+
+    def check():
+        drop(client, alias)
+        expected = wf.image_reference()
+        client.images.get(LOCAL_BASE).tag(alias)  # what a pull would do
+        try:
+            assert wf.image_reference() == expected
+            assert wf.build_image(on_log=None) == expected and wf.last_build is not None and wf.last_build.built
+            assert wf.build_image(on_log=None) == expected and not wf.last_build.built
+        finally:
+            drop(client, alias)
+            drop(client, expected)
+
+    while_the_shared_inputs_are_unchanged(check)
 
 
 @pytest.mark.slow
@@ -479,7 +742,10 @@ def test_run_local_runs_the_seed_dag_in_containers_and_resumes(client, built, pr
     assert wf.run_local() == SEED_RESULT
     assert (wf.last_run.ran, wf.last_run.loaded) == (1, 2)
     assert storage.read_task("kfp-seed", "node2") == 3
-    assert wf.image == ref  # no rebuild for a new storage state
+    # the storage is not in the image: a new storage state, or another storage, needs no rebuild
+    now = wf.image
+    wf.set_storage(file_storage(tmp_path / "other-storage"))
+    assert wf.image_reference() == now
 
 
 @pytest.mark.slow
@@ -489,6 +755,7 @@ def test_run_local_stateful_class_nodes(client, project, tmp_path):
     wf.set_storage(storage)
     assert wf.run_local() == STATEFUL_RESULT
     assert storage.read_task("kfp-stateful", "five_plus_one") == 6
+    first = wf.image
     # the steps stored the fingerprints this process computes: every result is current
     wf.set_cache("fingerprint")
     assert {e.state for e in wf.plan()} == {"current"}
@@ -498,6 +765,13 @@ def test_run_local_stateful_class_nodes(client, project, tmp_path):
     plan_ran = wf.last_run.ran
     assert plan_ran == 3  # IncrementalSum and one_plus_two replayed, three_plus_two run
     assert storage.read_task("kfp-stateful", "three_plus_two") == 5
+    # the steps ran from a snapshot with the policy set after the first build
+    assert wf.image is not None and wf.image != first
+    code = ("from functionfuse.backends.addons._kfpstep import load_snapshot;"
+            "print(load_snapshot(open('/opt/functionfuse-kfp/dag.pkl', 'rb').read()).cache_policy)")
+    assert client.containers.run(wf.image, ["python3", "-c", code], remove=True, network_mode="none").decode().strip() \
+        == "fingerprint"
+    drop(client, first)
     drop(client, wf.image)
 
 
@@ -511,6 +785,31 @@ def test_run_local_without_storage_returns_several_outputs(client, project):
     assert where["in_image"] is True and where["cwd"] == "/opt/functionfuse-kfp/project"
     assert where["pid"] != os.getpid()
     drop(client, wf.image)
+
+
+@pytest.mark.slow
+def test_a_nodes_env_reaches_its_local_container(client, project):
+    m = project[1]
+    wf = make([m.env_value("FF_NODE_MODE").set_name("mode"), m.env_value("FF_RUN_WIDE").set_name("wide")],
+              "kfp-settings", project)
+    wf.query("^mode$").set_task_args({"env": {"FF_NODE_MODE": "fast", "FF_RUN_WIDE": "from the node"}})
+    wf.query("^wide$").set_task_args({"env": {"FF_RUN_WIDE": "from the node"}})
+    # the runner's environment wins over a node's env of the same name
+    assert wf.run_local(environment={"FF_RUN_WIDE": "from the run"}) == ["fast", "from the run"]
+
+
+@pytest.mark.slow
+def test_a_plugin_set_after_a_build_reaches_the_steps(client, project):
+    from functionfuse.backends.plugins import InitializerPlugin
+
+    m = project[1]
+    wf = make([m.env_value("FF_PLUGIN_MARK").set_name("mark")], "kfp-settings", project)
+    assert wf.run_local() is None
+    first = wf.image
+    wf.query("^mark$").set_plugin(InitializerPlugin(m.set_mark))
+    assert wf.run_local() == "set by the plugin"  # run_local builds the new snapshot
+    assert wf.image != first
+    drop(client, first)
 
 
 @pytest.mark.slow
@@ -634,6 +933,27 @@ def test_example_runs_locally_from_a_script(client, tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not rebuilt" in proc.stderr
     assert "0 run, 2 loaded from storage, 8 skipped" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_submit_pushes_with_the_targets_credentials(client, built, registry, project, tmp_path):
+    """A KFPWorkflow target with registry credentials: ``kfp submit --registry`` (no
+    --username) pushes with them to the htpasswd registry, which refuses anonymous pushes."""
+    target = write_target(tmp_path, project, registry.address)
+    with KFPAPIStandIn() as api:
+        proc = functionfuse_command("kfp", "submit", f"{target}:wf", "--host", api.url, "--registry", registry.address,
+                                    "--json", project=project, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                    env_extra={"KFP_TEST_PASSWORD": PASSWORD})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        repo, tag = out["image"].rsplit(":", 1)
+        assert tag in registry.tags(repo.split("/", 1)[1], auth=("ff", PASSWORD))
+        spec = api.run_requests()[0]["pipeline_spec"]
+        node3 = spec["deploymentSpec"]["executors"][
+            spec["components"][spec["root"]["dag"]["tasks"]["node3"]["componentRef"]["name"]]["executorLabel"]]
+        assert node3["container"]["resources"]["resourceCpuLimit"] == "2"
+        assert PASSWORD not in proc.stdout + proc.stderr + json.dumps(api.requests)
+    drop(client, out["image"])
 
 
 @pytest.mark.slow

@@ -10,9 +10,13 @@ last two and reuses the (large) dependency layers from Docker's cache::
     COPY dag.pkl       -> /opt/functionfuse-kfp/dag.pkl    (the DAG snapshot, cloudpickle)
     RUN  the step entrypoint loads the snapshot (fails the build, not the run, if it cannot)
 
-The tag is a content hash of everything that goes in (the build context, the base image
-ID, the wheelhouse), so an unchanged project is found already built and not rebuilt.
-Builds use the classic builder through the Docker SDK with ``network_mode="host"``.
+The tag is a content hash of everything that goes in (the build context, the base
+image's *name*, the wheelhouse), so an unchanged project is found already built and not
+rebuilt, and the tag is known without Docker (:func:`image_tag`: ``compile()`` names the
+image a build will give, offline). The base image counts by its name whether or not it
+is present locally, so pulling it does not change the tag; pin it by digest
+(``python:3.11-slim@sha256:...``) for a tag that follows its content. Builds use the
+classic builder through the Docker SDK with ``network_mode="host"``.
 """
 
 from __future__ import annotations
@@ -87,6 +91,13 @@ def repository_for(workflow_name: str) -> str:
     """A valid local image repository for a workflow: ``functionfuse-kfp-<name>``."""
     slug = re.sub(r"[^a-z0-9]+", "-", workflow_name.lower()).strip("-") or "workflow"
     return f"functionfuse-kfp-{slug}"[:120].rstrip("-")
+
+
+def registry_reference(reference: str, server: str) -> str:
+    """Where :func:`push_step_image` pushes the local *reference* on *server*:
+    ``server/repository:tag``."""
+    repo, _, tag = reference.rpartition(":")
+    return f"{server.rstrip('/')}/{repo.rsplit('/', 1)[-1]}:{tag}"
 
 
 # -- requirements ----------------------------------------------------------------------------------
@@ -217,19 +228,78 @@ def write_context(fileobj: IO[bytes], project: str, snapshot: bytes, requirement
     return digest.hexdigest(), count + 3
 
 
+class _Sink(io.RawIOBase):
+    """A write-only file that keeps nothing: the context is hashed, not stored."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+
+def image_tag(project: str, snapshot: bytes, base_image: str, exclude: Iterable[str] = (),
+              patterns: Iterable[str] = (), wheelhouse: str | None = None) -> str:
+    """The tag :func:`build_step_image` gives these inputs, computed without Docker.
+
+    With a wheelhouse that a build has not filled yet for these requirements, the build
+    fills it first and its tag then differs (a warning says so).
+    """
+    requirements = step_requirements()
+    if wheelhouse is not None and not os.path.exists(os.path.join(wheelhouse, _STAMP + _requirements_key(requirements))):
+        log.warning(
+            "the wheelhouse %s is not filled for these requirements yet: build_image() fills it, and the image "
+            "tag it gives then differs from this one (build the image first)", wheelhouse,
+        )
+    with _Sink() as sink:
+        digest, _count = write_context(sink, project, snapshot, requirements, exclude, patterns)  # type: ignore[arg-type]
+    return content_hash(digest, base_image, wheelhouse)[:TAG_LENGTH]
+
+
 # -- building --------------------------------------------------------------------------------------
-def _base_image_id(client: Any, base_image: str) -> str:
+def _base_image_id(client: Any, base_image: str) -> str | None:
+    """The ID of the local base image (None: not here, or the daemon cannot say)."""
     import docker
 
     try:
         return str(client.images.get(base_image).id)
-    except docker.errors.ImageNotFound:
-        return "not-local"
-    except docker.errors.APIError:
-        return "unknown"
+    except (docker.errors.ImageNotFound, docker.errors.APIError):
+        return None
+
+
+def _warn_if_base_moved(client: Any, found: Any, base_image: str, reference: str) -> None:
+    """The tag follows the base image's name: say so when the local image of that name is
+    no longer the one *found* was built on."""
+    base_id = _base_image_id(client, base_image)
+    if base_id is None:
+        return
+    try:
+        ancestors = {h.get("Id") for h in found.history()}
+    except Exception:
+        return
+    if base_id not in ancestors:
+        log.warning(
+            "%s was built on an earlier image named %r than the one here now: the tag follows the base image's "
+            "name, so it is not rebuilt. Pin the base by digest (name@sha256:...) or call build_image(force=True).",
+            reference, base_image,
+        )
 
 
 _STAMP = ".functionfuse-kfp-wheels-"
+#: hex digits of the content hash in an image tag
+TAG_LENGTH = 20
+
+
+def _requirements_key(requirements: list[str]) -> str:
+    return hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -241,8 +311,7 @@ def _wheel_buildargs(wheelhouse: str | None, requirements: list[str]) -> Iterato
         return
     from ...kit import images
 
-    wanted = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
-    stamp = os.path.join(wheelhouse, _STAMP + wanted)
+    stamp = os.path.join(wheelhouse, _STAMP + _requirements_key(requirements))
     if not os.path.exists(stamp):
         with tempfile.TemporaryDirectory() as tmp:
             # prepare_wheelhouse reads the engine pins from a file: kfp and cloudpickle
@@ -280,11 +349,14 @@ def _wheelhouse_port(wheelhouse: str) -> int:
     return 0
 
 
-def content_hash(context_digest: str, base_image: str, base_id: str, wheelhouse: str | None) -> str:
+def content_hash(context_digest: str, base_image: str, wheelhouse: str | None) -> str:
+    """The image's content hash: the build context, the base image's name (not its local
+    ID, which a machine without Docker, or without the image pulled yet, cannot know) and
+    the wheelhouse."""
     from ...kit import images
 
     h = hashlib.sha256()
-    h.update(f"{context_digest}\0{base_image}\0{base_id}\0".encode())
+    h.update(f"functionfuse-kfp-image-v2\0{context_digest}\0{base_image}\0".encode())
     if wheelhouse is not None and os.path.isdir(wheelhouse):
         h.update(images.wheelhouse_digest(wheelhouse).encode())
     return h.hexdigest()
@@ -316,8 +388,7 @@ def build_step_image(
     with tempfile.TemporaryFile() as ctx:
         context_digest, count = write_context(ctx, project, snapshot, requirements, exclude, patterns)
         size = ctx.tell()
-        base_id = _base_image_id(client, base_image)
-        tag = content_hash(context_digest, base_image, base_id, wheelhouse)[:20]
+        tag = content_hash(context_digest, base_image, wheelhouse)[:TAG_LENGTH]
         reference = f"{repository}:{tag}"
         if not force:
             try:
@@ -326,11 +397,12 @@ def build_step_image(
                 found = None
             if found is not None:
                 log.info("image %s is up to date (content hash %s): not rebuilt", reference, tag)
+                _warn_if_base_moved(client, found, base_image, reference)
                 return StepImage(reference, tag, False, time.perf_counter() - t0, str(found.id), size)
         log.info("building %s on %s: %d files, %.1f MB of context", reference, base_image, count, size / 1e6)
         with _wheel_buildargs(wheelhouse, requirements) as buildargs:
             if wheelhouse is not None:  # the wheelhouse may have grown: the tag follows its digest
-                tag = content_hash(context_digest, base_image, base_id, wheelhouse)[:20]
+                tag = content_hash(context_digest, base_image, wheelhouse)[:TAG_LENGTH]
                 reference = f"{repository}:{tag}"
             ctx.seek(0)
             try:
@@ -380,6 +452,8 @@ def push_step_image(client: Any, reference: str, credentials: Mapping[str, str])
                 "['password'] (set_registry_credentials)."
             ) from None
         raise images.ImagePushError(text) from None
+    except ConfigurationError:  # a malformed server or credentials: the fix is the caller's setting
+        raise
     except Exception as exc:  # the daemon's own errors (unreachable registry...)
         text = str(exc).replace(password, "***") if password else str(exc)
         raise images.ImagePushError(f"Pushing {reference!r} to {server!r} failed: {text}") from None

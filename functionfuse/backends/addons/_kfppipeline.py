@@ -21,6 +21,7 @@ import typing
 from typing import Any, Callable, Mapping, Sequence
 
 from ...baseworkflow import LOAD, SKIP, BaseWorkflow
+from ...errors import ConfigurationError
 from ...workflow import MethodNode
 
 STEP_COMMAND = ["python3", "-m", "functionfuse.backends.addons._kfpstep"]
@@ -127,7 +128,13 @@ def build_pipeline(
             order = [tasks[p] for p in g.parents[i] if p in tasks and p not in wired and _action != LOAD]
             if order:
                 task.after(*order)
-            apply_options(task, task_options.get(i, {}), platform or {})
+            try:
+                apply_options(task, task_options.get(i, {}), platform or {})
+            except ValueError as exc:  # kfp's own checks: name the node and the option setter
+                raise ConfigurationError(
+                    f"Step options of node {names[i]!r} of workflow {wf.workflow_name!r} are refused by KFP: {exc} "
+                    "Change them with query(...).set_task_args({...})."
+                ) from exc
             tasks[i] = task
         return Outputs(**{o: tasks[i].outputs["result"] for i, o in outputs.items()})
 
@@ -137,6 +144,21 @@ def build_pipeline(
         functionfuse_pipeline
     )
     return pipeline, outputs
+
+
+def package_image(path: str) -> str | None:
+    """The step image a pipeline file written by ``compile()`` names (None: none, several,
+    or not such a file)."""
+    import yaml  # type: ignore[import-untyped]  # a kfp dependency
+
+    try:
+        with open(path) as f:
+            docs = list(yaml.safe_load_all(f))
+        executors = docs[0]["deploymentSpec"]["executors"].values()
+        images = {e["container"]["image"] for e in executors}
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return images.pop() if len(images) == 1 else None
 
 
 #: per-node options (``KFPWorkflow.query(...).set_task_args``) and what they call

@@ -53,22 +53,56 @@ __all__ = ["KFPWorkflow", "Query", "KFPRun"]
 
 log = logging.getLogger("functionfuse.kfp")
 
-_CPU = re.compile(r"^\d+(\.\d+)?m?$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+#: the quantities kfp 2.x accepts (``PipelineTask._validate_cpu_request_limit`` and
+#: ``_validate_memory_request_limit``): a CPU count may be decimal, memory may not
+_CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
+_MEMORY_UNITS = ("E", "Ei", "P", "Pi", "T", "Ti", "G", "Gi", "M", "Mi", "K", "Ki")
+_MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
 _PULL_POLICIES = ("Always", "Never", "IfNotPresent")
 _CREDENTIAL_KEYS = ("server", "username", "password")
+_REGISTRY = re.compile(r"[A-Za-z0-9.\-]+(:\d+)?(/[a-z0-9._\-/]+)?")
 #: s3fs options that hold credentials: never in an image or a pipeline file
 _SECRET_OPTIONS = ("key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 
 
-def _check_option(key: str, value: Any) -> Any:
+def _whole_memory(value: str) -> str | None:
+    """*value* (a decimal memory quantity such as ``1.5Gi``) as a whole number of a
+    smaller unit of the same kind (``1536Mi``), or of bytes; None if it is no quantity."""
+    from decimal import Decimal, InvalidOperation
+
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)(Ei|Pi|Ti|Gi|Mi|Ki|E|P|T|G|M|K)?", value.strip())
+    if not m:
+        return None
+    try:
+        amount = Decimal(m.group(1))
+    except InvalidOperation:  # pragma: no cover - the pattern admits numbers only
+        return None
+    unit = m.group(2) or ""
+    binary = unit.endswith("i")
+    ladder = ["Ei", "Pi", "Ti", "Gi", "Mi", "Ki", ""] if binary else ["E", "P", "T", "G", "M", "K", ""]
+    step = 1024 if binary else 1000
+    for smaller in ladder[ladder.index(unit):-1]:
+        if amount == amount.to_integral_value():
+            return f"{int(amount)}{smaller}"
+        amount *= step
+    return str(int(amount.to_integral_value(rounding="ROUND_CEILING")))  # bytes
+
+
+def _check_option(key: str, value: Any, nodes: str = "") -> Any:
+    """*value* checked (and normalised) as the step option *key* of *nodes* (their names,
+    for the error)."""
     bad = None
+    fix = ""
     if key in ("cpu_request", "cpu_limit"):
         value = str(value)
-        bad = None if _CPU.match(value) else "a CPU quantity such as '500m', '1' or '2.5'"
+        bad = None if _CPU.fullmatch(value) else "a CPU quantity such as '500m', '1' or '2.5'"
     elif key in ("memory_request", "memory_limit"):
         value = str(value)
-        bad = None if _MEMORY.match(value) else "a memory quantity such as '512Mi', '2G' or '1.5Gi'"
+        if not _MEMORY.fullmatch(value):
+            bad = (f"a memory quantity: a whole number of bytes, optionally followed by one of {', '.join(_MEMORY_UNITS)} "
+                   "(e.g. '512Mi', '4G'; KFP takes no decimals)")
+            whole = _whole_memory(value)
+            fix = f" Use {whole!r} instead." if whole is not None and whole != value else ""
     elif key in ("accelerator_limit", "retries"):
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         bad = None if ok else "a whole number >= 0"
@@ -85,7 +119,8 @@ def _check_option(key: str, value: Any) -> Any:
         bad = None if ok else "a list of Kubernetes secret names"
         value = list(value) if ok else value
     if bad:
-        raise ConfigurationError(f"Task option {key!r} must be {bad}, not {value!r}.")
+        where = f" of {nodes}" if nodes else ""
+        raise ConfigurationError(f"Task option {key!r}{where} must be {bad}, not {value!r}.{fix}")
     return value
 
 
@@ -150,7 +185,10 @@ class Query(BaseQuery):
                 f"{'is not a step option' if len(unknown) == 1 else 'are not step options'}. "
                 f"Valid options: {', '.join(sorted(_kfppipeline.TASK_OPTIONS))}."
             )
-        checked = {k: _check_option(k, v) for k, v in args.items()}
+        names = self.names
+        nodes = (f"node {names[0]!r}" if len(names) == 1 else
+                 f"nodes {', '.join(map(repr, names[:3]))}{', ...' if len(names) > 3 else ''}")
+        checked = {k: _check_option(k, v, nodes) for k, v in args.items()}
         options = self.workflow._task_args
         for i in self.indices:
             options[i] = {**options.get(i, {}), **checked}
@@ -214,9 +252,9 @@ class KFPWorkflow(BaseWorkflow):
         self.step_storage: Any = None
         self._storage_secret: dict[str, dict[str, str]] = {}
         self._pipeline_options: dict[str, Any] = {}
-        #: the step image built last (:meth:`build_image`): ``repository:tag``
+        #: the step image built (or found built) last by :meth:`build_image`: ``repository:tag``
         self.image: str | None = None
-        #: the image reference pushed last (:meth:`push_image`)
+        #: the image reference pushed last by :meth:`push_image`
         self.pushed_image: str | None = None
         #: what the last :meth:`build_image` did (tag, content hash, seconds, built or found)
         self.last_build: _kfpimage.StepImage | None = None
@@ -269,6 +307,11 @@ class KFPWorkflow(BaseWorkflow):
             raise ConfigurationError("registry_credentials: give both 'username' and 'password', or neither.")
         if "server" in creds:
             creds["server"] = re.sub(r"^https?://", "", creds["server"]).rstrip("/")
+            if not _REGISTRY.fullmatch(creds["server"]):
+                raise ConfigurationError(
+                    f"registry_credentials['server'] {registry_credentials['server']!r} must look like "
+                    "'host[:port][/namespace]', e.g. 'registry.example.com/team' or '127.0.0.1:5000'."
+                )
         self._credentials = creds
 
     @property
@@ -336,10 +379,32 @@ class KFPWorkflow(BaseWorkflow):
             out.append(self.wheelhouse)
         return out
 
+    def image_reference(self) -> str:
+        """The step image of the project and DAG as they are now, computed without Docker:
+        ``repository:<content hash>``, what :meth:`build_image` gives (or finds built).
+
+        The content hash covers the build context (functionfuse, the project, the DAG
+        snapshot with its plugins and cache policies), the base image's name and the
+        wheelhouse; so any change to those names another image.
+        """
+        tag = _kfpimage.image_tag(
+            self.project_dir, self.snapshot(), self.baseimage, self._excluded(), self.project_exclude, self.wheelhouse
+        )
+        return f"{_kfpimage.repository_for(self.workflow_name)}:{tag}"
+
+    def _pull_reference(self, local: str) -> str:
+        """The reference the steps pull *local* by: pushed to the registry when one is set
+        (what :meth:`push_image` gives), else *local* itself."""
+        return _kfpimage.registry_reference(local, self.registry) if self.registry else local
+
     def build_image(
         self, *, on_log: Callable[[str], None] | None = _kfpimage.stderr_log, force: bool = False, nocache: bool = False
     ) -> str:
         """Build the step image (or find it built) and return its ``repository:tag``.
+
+        The tag is the content hash of the project and DAG as they are now (see
+        :meth:`image_reference`): with nothing changed since the last build, nothing is
+        built (``last_build.built`` is False).
 
         :param on_log: called with each line of the build log (default: standard
             error; None: quiet).
@@ -369,14 +434,17 @@ class KFPWorkflow(BaseWorkflow):
         return built.reference
 
     def push_image(self) -> str:
-        """Push the step image (built first if needed) to ``registry_credentials["server"]``;
+        """Push the step image of the project and DAG as they are now to
+        ``registry_credentials["server"]`` (building it first unless it is built);
         returns the pushed reference (``server/repository:tag``)."""
         if not self.registry:
             raise ConfigurationError(
                 "No registry to push to: set_registry_credentials({'server': 'registry.example.com[:port]', "
                 "'username': ..., 'password': ...}) first."
             )
-        image = self.image or self.build_image()
+        # built again, not self.image: a plugin, cache policy or code change since the
+        # last build is a new snapshot, so a new image (finding an unchanged one is cheap)
+        image = self.build_image()
         client = _docker_client()
         try:
             self.pushed_image = _kfpimage.push_step_image(client, image, self._credentials)
@@ -427,7 +495,7 @@ class KFPWorkflow(BaseWorkflow):
         storage_arg, _env = self._storage_for_steps()
         pipeline, _outputs = _kfppipeline.build_pipeline(
             self,
-            image or self.image or self._default_image(),
+            image or self._pull_reference(self.image_reference()),
             storage_arg=storage_arg,
             actions=actions,
             task_options=self._task_args,
@@ -436,18 +504,17 @@ class KFPWorkflow(BaseWorkflow):
         )
         return pipeline
 
-    def _default_image(self) -> str:
-        # compile() works offline: the reference the image will have, without Docker
-        return self.pushed_image or f"{_kfpimage.repository_for(self.workflow_name)}:latest"
-
     def compile(self, package_path: str | os.PathLike, *, image: str | None = None, resume: str = "auto") -> str:
         """Write the KFP v2 pipeline YAML to *package_path*; returns the path.
 
         One container step per node, named after it, depending on its parents' steps.
         Works offline, without Docker.
 
-        :param image: the step image reference (default: the one pushed or built last,
-            else ``functionfuse-kfp-<workflow>:latest``).
+        :param image: the step image reference. Default: the image of the project and
+            DAG as they are now (:meth:`image_reference`, computed without Docker), as
+            :meth:`push_image` pushes it (``server/repository:<hash>``) when a registry
+            is set, else the local ``repository:<hash>`` that :meth:`build_image` gives.
+            Build and push it before the pipeline runs (:meth:`run` does both).
         :param resume: ``"auto"``: each step asks storage when it runs whether its node
             runs, loads or is skipped; ``"plan"``: the plan of the core computed now
             (nodes that need not run have no step).
@@ -485,8 +552,7 @@ class KFPWorkflow(BaseWorkflow):
                 "run(wait=True) returns the results read back from storage: set_storage(...) first "
                 "(the steps must reach the same storage, see set_step_storage)."
             )
-        self.build_image()
-        image = self.push_image()
+        image = self.push_image()  # builds the image first unless it is built
         try:
             actions = self.plan_actions()
         except (StorageError, OSError) as exc:
@@ -513,7 +579,7 @@ class KFPWorkflow(BaseWorkflow):
         :returns: the :class:`KFPRun` (run id, URL in the KFP UI).
         """
         client = self.client()
-        image = self.pushed_image or self.image or self._default_image()
+        image = _kfppipeline.package_image(os.fspath(package_path)) or self.pushed_image or self.image or ""
         try:
             result = client.create_run_from_pipeline_package(
                 os.fspath(package_path),
@@ -544,11 +610,17 @@ class KFPWorkflow(BaseWorkflow):
 
         With storage set, nodes that need not run have no step, stored values are loaded
         in their steps, and every node that runs stores its result. File storage is
-        mounted into the containers at the same path.
+        mounted into the containers at the same path. The image is the one of the
+        project and DAG as they are now (:meth:`build_image`: built if it changed).
+
+        Of the step options (:meth:`Query.set_task_args`), a node's ``env`` reaches its
+        container; resources, accelerators, retries and the Kubernetes settings are for
+        a cluster (local runs leave them out).
 
         :param pipeline_root: folder for the step artifacts (default: a temporary folder,
             removed afterwards).
-        :param environment: extra environment variables of the step containers.
+        :param environment: extra environment variables of every step container. They,
+            and the storage credentials, win over a node's ``env`` of the same name.
         :param mounts: extra folders of this machine to mount into the step containers:
             ``{host path: container path}`` (e.g. a data folder the nodes read).
         :returns: the result of the single node given to the constructor, or a list of
@@ -559,11 +631,16 @@ class KFPWorkflow(BaseWorkflow):
         started = time.perf_counter()
         report, progress = self.start_run()
         try:
-            image = self.image or self.build_image()
+            # built again, not self.image: settings changed since the last build (plugins,
+            # cache policies) are in a new snapshot; an unchanged one is found built
+            image = self.build_image()
             actions = self.plan_actions()
             storage_arg, env = self._storage_for_steps()
+            # of the step options, only a node's env applies to a local container; the
+            # runner's environment (storage credentials, *environment*) wins over it
+            node_env = {i: {"env": o["env"]} for i, o in self._task_args.items() if o.get("env")}
             pipeline, outputs = _kfppipeline.build_pipeline(
-                self, image, storage_arg=storage_arg, actions=actions, task_options={}, display_names=False,
+                self, image, storage_arg=storage_arg, actions=actions, task_options=node_env, display_names=False,
             )
             binds = self._mounts(mounts or {})
             env.update(environment or {})
@@ -585,6 +662,8 @@ class KFPWorkflow(BaseWorkflow):
                     warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
                     try:
                         task = pipeline()
+                    except ConfigurationError:
+                        raise
                     except (RuntimeError, ValueError) as exc:  # a failed step (ValueError: it was an output)
                         raise self._local_failure(exc, self._run_folders(outputs_dir, earlier)) from exc
                 values = {i: _kfpstep.load_value(task.outputs[o].path, f"Result of node {self.graph.names[i]!r}")
