@@ -2,9 +2,10 @@
 
     functionfuse storage ls   [--storage SPEC] [WORKFLOW] [--graph TARGET] [--verify] [--json]
     functionfuse storage show [--storage SPEC] WORKFLOW TASK [--json]
+    functionfuse storage runs [--storage SPEC] WORKFLOW [--last N] [--json]
     functionfuse storage rm   [--storage SPEC] WORKFLOW PATTERN [--yes]
-    functionfuse plan         [--storage SPEC] WORKFLOW --graph TARGET [--cache POLICY] [--json]
-    functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format FMT ...]
+    functionfuse plan         [--storage SPEC] [WORKFLOW] --graph TARGET [--cache POLICY] [--json]
+    functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format dot,svg,png]
     functionfuse stack up|down [--source DIR] [--dry-run]
     functionfuse kfp compile  TARGET [-o FILE] [--image IMG] [--storage SPEC] [--resume auto|plan]
     functionfuse kfp submit   TARGET --host URL --registry SERVER [--username USER --password-stdin] [--wait]
@@ -13,9 +14,14 @@
     functionfuse release      REGISTRY [--steps dist,images,charts] [--check-versions] [--json]
 
 SPEC is a folder (``storage`` by default, or ``$FUNCTIONFUSE_STORAGE``), ``file:PATH``,
-or a JSON file holding storage_factory options (``{"kind": ..., "options": {...}}``).
-TARGET is ``path/to/file.py:NAME`` or ``package.module:NAME``, where NAME is a node,
-a list of nodes, or a function without arguments that returns them.
+an S3 URL ``s3://bucket/prefix`` (``s3a://`` too; the endpoint and keys come from
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``), or a JSON
+file holding storage_factory options (``{"kind": ..., "options": {...}}``).
+TARGET is ``path/to/file.py:NAME`` or ``package.module:NAME`` (imported with the
+current folder first on ``sys.path``, as ``python -m`` does), where NAME is a node, a
+list of nodes, a workflow object, or a function without arguments that returns them.
+A workflow object is planned as it would run: with its own storage (unless
+``--storage`` is given) and its own cache policy and per-node queries.
 """
 
 from __future__ import annotations
@@ -34,24 +40,38 @@ from .errors import CorruptedResultError, FunctionFuseError
 __all__ = ["main"]
 
 
+#: URL schemes of --storage and the storage kind each one means
+_URL_KINDS = {"s3": "s3", "s3a": "s3", "file": "file"}
+
+
 def _storage(spec: str | None) -> Any:
-    from .storage import storage_factory
+    from .storage import available_storages, storage_factory
 
     spec = spec or os.environ.get("FUNCTIONFUSE_STORAGE") or "storage"
-    if spec.endswith(".json") and os.path.isfile(spec):
-        with open(spec) as f:
-            return storage_factory(json.load(f))
+    if spec.endswith(".json") and not os.path.isdir(spec):
+        try:
+            with open(spec) as f:
+                options = json.load(f)
+        except FileNotFoundError:
+            raise FunctionFuseError(
+                f"Storage {spec!r}: no such file. A SPEC ending in .json is a file of storage_factory options "
+                '({"kind": ..., "options": {...}}); check the path, or name a folder.'
+            ) from None
+        except ValueError as exc:
+            raise FunctionFuseError(f"Storage options file {spec!r} is not valid JSON: {exc}.") from None
+        return storage_factory(options)
+    scheme, sep, rest = spec.partition("://")
+    if sep:
+        kind = _URL_KINDS.get(scheme.lower()) or (scheme if scheme in available_storages else None)
+        if kind is None:
+            raise FunctionFuseError(
+                f"Storage {spec!r}: unknown URL scheme {scheme!r}. Use s3://bucket/prefix (or s3a://), file:PATH, "
+                "a folder, or a JSON file of storage_factory options for other kinds."
+            )
+        return storage_factory({"kind": kind, "options": {"path": rest}})
     if spec.startswith("file:"):
         spec = spec[len("file:") :]
-    elif "://" in spec:
-        scheme = spec.split("://", 1)[0]
-        return storage_factory({"kind": scheme, "options": {"path": spec.split("://", 1)[1]}})
     return storage_factory({"kind": "file", "options": {"path": spec}})
-
-
-def _load_target(target: str) -> list:
-    """Nodes named by ``file.py:NAME`` or ``module:NAME``."""
-    return _as_nodes(_load_object(target))
 
 
 def _as_nodes(obj: Any) -> list:
@@ -69,18 +89,31 @@ def _load_object(target: str) -> Any:
     where, sep, name = target.rpartition(":")
     if not sep or not where or not name:
         raise FunctionFuseError(f"{target!r} must look like path/to/file.py:NAME or package.module:NAME.")
-    if where.endswith(".py") or os.path.sep in where:
-        path = os.path.abspath(where)
-        if not os.path.isfile(path):
-            raise FunctionFuseError(f"{target!r}: no such file {where!r}.")
-        sys.path.insert(0, os.path.dirname(path))
-        spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
+    try:
+        if where.endswith(".py") or os.path.sep in where:
+            path = os.path.abspath(where)
+            if not os.path.isfile(path):
+                raise FunctionFuseError(f"{target!r}: no such file {where!r}.")
+            sys.path.insert(0, os.path.dirname(path))  # as `python path/to/file.py` does
+            spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            if not sys.path or sys.path[0] not in ("", os.getcwd()):
+                sys.path.insert(0, os.getcwd())  # as `python -m` does
+            module = importlib.import_module(where)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or str(exc)
+        if where == missing or where.startswith(missing + "."):
+            raise FunctionFuseError(
+                f"{target!r}: no module named {missing!r} in the current folder or on sys.path. Run the command "
+                f"from the folder that holds it, install its package, or name the file: path/to/file.py:{name}."
+            ) from None
+        raise FunctionFuseError(
+            f"{target!r}: importing {where!r} failed: no module named {missing!r}. Install the package that provides it."
+        ) from None
     try:
         obj = getattr(module, name)
     except AttributeError:
@@ -105,39 +138,114 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _plan_rows(storage: Any, workflow: str, target: str, cache: str | None) -> list[dict]:
-    from .backends.builtin.localback import LocalWorkflow
+def _workflow(target: str, workflow: str | None, storage: Any, cache: str | None) -> Any:
+    """The workflow *target* names, set up as it would run.
 
-    wf = LocalWorkflow(*_load_target(target), workflow_name=workflow)
-    wf.set_storage(storage)
+    A workflow object is used as it is: its own cache policy and queries, its own storage
+    unless *storage* is given. Nodes get a LocalWorkflow named *workflow*.
+    """
+    from .backends.builtin.localback import LocalWorkflow
+    from .baseworkflow import BaseWorkflow
+
+    obj = _load_object(target)
+    if isinstance(obj, BaseWorkflow):
+        if workflow and workflow != obj.workflow_name:
+            raise FunctionFuseError(
+                f"{target!r} is workflow {obj.workflow_name!r}, not {workflow!r}: omit WORKFLOW or pass "
+                f"{obj.workflow_name!r}."
+            )
+        wf = obj
+        if storage is not None or wf.storage is None:
+            wf.set_storage(storage if storage is not None else _storage(None))
+    else:
+        if not workflow:
+            raise FunctionFuseError(
+                f"{target!r} names nodes, not a workflow object: give the WORKFLOW name their results are stored under."
+            )
+        wf = LocalWorkflow(*_as_nodes(obj), workflow_name=workflow)
+        wf.set_storage(storage if storage is not None else _storage(None))
     if cache:
         wf.set_cache(cache)
+    return wf
+
+
+def _plan_rows(wf: Any) -> list[dict]:
     return [{"task": p.name, "action": p.action, "status": p.state, "reason": p.reason} for p in wf.plan()]
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    storage = _storage(args.storage)
-    if not args.workflow:
-        rows = []
-        for wf in storage.list_workflows():
-            tasks = storage.list_tasks(wf, "*")
-            rows.append({"workflow": wf, "tasks": len(tasks)})
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
-            print(_table([[r["workflow"], str(r["tasks"])] for r in rows], ["workflow", "tasks"]) if rows else "no workflows stored")
+def _run_status(report: dict) -> str:
+    if report.get("failed"):
+        return f"failed at {report['failed']!r}"
+    return "failed" if report.get("error") else "finished"
+
+
+def _last_run_report(storage: Any, workflow: str) -> dict | None:
+    last = getattr(storage, "last_run_report", None)
+    if last is not None:
+        return last(workflow)
+    lister = getattr(storage, "list_run_reports", None)
+    reports: list[dict] = lister(workflow) if lister is not None else []
+    return reports[-1] if reports else None
+
+
+def _workflow_rows(storage: Any) -> list[dict]:
+    """One row per stored workflow: tasks, their total size, the last write, the last run."""
+    rows = []
+    for wf in storage.list_workflows():
+        metas = storage.read_metadata_many(wf, storage.list_tasks(wf, "*"))
+        good = [m for m in metas.values() if isinstance(m, dict)]
+        last = _last_run_report(storage, wf)
+        rows.append({
+            "workflow": wf,
+            "tasks": len(metas),
+            "corrupted": len(metas) - len(good),
+            "size": sum(m.get("size") or 0 for m in good),
+            "last_write": max((m["finished"] for m in good if m.get("finished")), default=None),
+            "last_run": None if last is None else {
+                "started": last.get("started"), "status": _run_status(last), "seconds": last.get("seconds"),
+                "ran": last.get("ran"), "loaded": last.get("loaded"), "failed": last.get("failed"),
+            },
+        })
+    return rows
+
+
+def _ls_workflows(storage: Any, as_json: bool) -> int:
+    rows = _workflow_rows(storage)
+    if as_json:
+        print(json.dumps(rows, indent=2))
         return 0
+    if not rows:
+        print("no workflows stored")
+        return 0
+    table = []
+    for r in rows:
+        run = r["last_run"]
+        tasks = f"{r['tasks']} ({r['corrupted']} corrupted)" if r["corrupted"] else str(r["tasks"])
+        last = "-" if run is None else f"{(run['started'] or '-')[:19]} {run['status']}"
+        table.append([r["workflow"], tasks, _size(r["size"]), (r["last_write"] or "-")[:19], last])
+    print(_table(table, ["workflow", "tasks", "size", "last write (UTC)", "last run (UTC)"]))
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.graph:
+        wf = _workflow(args.graph, args.workflow, _storage(args.storage) if args.storage else None, None)
+        storage, workflow = wf.storage, wf.workflow_name
+    else:
+        storage, workflow = _storage(args.storage), args.workflow
+        if not workflow:
+            return _ls_workflows(storage, args.json)
     entries: dict[str, dict] = {}
-    for task in storage.list_tasks(args.workflow, args.pattern):
+    for task in storage.list_tasks(workflow, args.pattern):
         try:
-            meta = storage.read_metadata(args.workflow, task)
+            meta = storage.read_metadata(workflow, task)
             if args.verify:
-                storage.verify_task(args.workflow, task)
+                storage.verify_task(workflow, task)
             entries[task] = {"task": task, "size": meta.get("size"), "finished": meta.get("finished"), "status": "stored"}
         except CorruptedResultError as exc:
             entries[task] = {"task": task, "size": None, "finished": None, "status": "corrupted", "reason": str(exc)}
     if args.graph:
-        for row in _plan_rows(storage, args.workflow, args.graph, None):
+        for row in _plan_rows(wf):
             entry = entries.setdefault(row["task"], {"task": row["task"], "size": None, "finished": None})
             if entry.get("status") != "corrupted":
                 entry["status"] = row["status"]
@@ -148,7 +256,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no tasks stored for workflow {args.workflow!r}")
+        print(f"no tasks stored for workflow {workflow!r}")
         return 0
     table = [
         [r["task"], _size(r["size"]) if r["size"] is not None else "-", (r["finished"] or "-")[:19], r["status"], r.get("reason", "")]
@@ -177,6 +285,32 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    storage = _storage(args.storage)
+    lister = getattr(storage, "list_run_reports", None)
+    if lister is None:
+        raise FunctionFuseError(f"{storage!r} does not store run reports.")
+    reports = lister(args.workflow)
+    if args.last > 0:
+        reports = reports[-args.last :]
+    if args.json:
+        print(json.dumps(reports, indent=2, default=str))
+        return 0
+    if not reports:
+        print(f"no run reports stored for workflow {args.workflow!r}")
+        return 0
+    table = []
+    for r in reports:
+        slow = ", ".join(f"{name} {s:.2f} s" for name, s in (r.get("slowest") or [])[:3])
+        table.append([
+            (r.get("started") or "-")[:19], r.get("backend", "-"), _run_status(r),
+            *(str(r.get(k, "-")) for k in ("nodes", "ran", "loaded", "skipped")),
+            f"{r.get('seconds') or 0:.2f}", slow,
+        ])
+    print(_table(table, ["started (UTC)", "backend", "status", "nodes", "ran", "loaded", "skipped", "seconds", "slowest"]))
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     storage = _storage(args.storage)
     names = storage.list_tasks(args.workflow, args.pattern)
@@ -188,7 +322,12 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if not sys.stdin.isatty():
             print("Refusing to remove without confirmation: pass --yes.", file=sys.stderr)
             return 2
-        if input("Remove them? [y/N] ").strip().lower() not in ("y", "yes"):
+        try:
+            answer = input("Remove them? [y/N] ")
+        except EOFError:  # Ctrl-D: no
+            print()
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
             print("Nothing removed.")
             return 1
     removed = storage.remove_task(args.workflow, pattern=args.pattern)
@@ -197,7 +336,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    rows = _plan_rows(_storage(args.storage), args.workflow, args.graph, args.cache)
+    wf = _workflow(args.graph, args.workflow, _storage(args.storage) if args.storage else None, args.cache)
+    rows = _plan_rows(wf)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -213,12 +353,29 @@ def cmd_graph(args: argparse.Namespace) -> int:
     wf = GraphWorkflow(*_as_nodes(obj), workflow_name=name, doc_path=args.out)
     if args.storage:
         wf.set_storage(_storage(args.storage))
-    paths = wf.run(formats=args.format)
+    elif getattr(obj, "storage", None) is not None:  # a workflow object: colour by its own storage
+        wf.set_storage(obj.storage)
+    formats = list(dict.fromkeys(f for group in args.format for f in group)) if args.format else ["dot", "svg", "png"]
+    paths = wf.run(formats=formats)
     n = len(wf.graph)
     for fmt, path in paths.items():
         print(f"{fmt:<4} {path}")
     print(f"{n} node{'s' if n != 1 else ''} drawn", file=sys.stderr)
     return 0
+
+
+_FORMATS = ("dot", "svg", "png")
+
+
+def _formats(value: str) -> list[str]:
+    """``--format svg,png``: a comma-separated list of drawing formats."""
+    formats = [f.strip().lower() for f in value.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in _FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown) or value!r}: use dot, svg or png, comma-separated (--format svg,png)"
+        )
+    return formats
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -234,15 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"functionfuse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    storage_help = "storage: a folder, file:PATH, or a JSON file of storage_factory options (default: $FUNCTIONFUSE_STORAGE or ./storage)"
-    st = sub.add_parser("storage", help="list, show and remove stored results")
+    storage_help = (
+        "storage: a folder, file:PATH, an S3 URL s3://bucket/prefix (or s3a://; endpoint and keys from AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or a JSON file of storage_factory options "
+        "(default: $FUNCTIONFUSE_STORAGE or ./storage)"
+    )
+    st = sub.add_parser("storage", help="list, show and remove stored results; list run reports")
     st_sub = st.add_subparsers(dest="storage_command", required=True)
 
-    ls = st_sub.add_parser("ls", help="list workflows, or the tasks of one workflow with size, time and status")
+    ls = st_sub.add_parser("ls", help="list workflows (tasks, size, last write, last run), or the tasks of one "
+                           "workflow with size, time and status")
     ls.add_argument("workflow", nargs="?", help="workflow name (omit to list workflows)")
     ls.add_argument("--storage", help=storage_help)
     ls.add_argument("--pattern", default="*", help="glob pattern of task names (default: *)")
-    ls.add_argument("--graph", help="FILE.py:NAME or module:NAME of the DAG, to report stale and missing nodes")
+    ls.add_argument("--graph", help="FILE.py:NAME or module:NAME of the DAG (or of a workflow object), to report stale "
+                    "and missing nodes")
     ls.add_argument("--verify", action="store_true", help="read every result to check its checksum")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_ls)
@@ -254,6 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
 
+    runs = st_sub.add_parser("runs", help="list the stored run reports of a workflow (oldest first)")
+    runs.add_argument("workflow")
+    runs.add_argument("--storage", help=storage_help)
+    runs.add_argument("--last", type=int, default=20, metavar="N", help="show the last N runs (default: 20; 0: all kept)")
+    runs.add_argument("--json", action="store_true", help="print the whole reports as JSON")
+    runs.set_defaults(func=cmd_runs)
+
     rm = st_sub.add_parser("rm", help="remove stored results matching a glob pattern (asks first)")
     rm.add_argument("workflow")
     rm.add_argument("pattern", help="glob pattern of task names, e.g. 'model*' or '*'")
@@ -262,10 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     rm.set_defaults(func=cmd_rm)
 
     plan = sub.add_parser("plan", help="what a run of a DAG would do with each node, and why")
-    plan.add_argument("workflow")
-    plan.add_argument("--graph", required=True, help="FILE.py:NAME or module:NAME of the DAG")
-    plan.add_argument("--storage", help=storage_help)
-    plan.add_argument("--cache", choices=["name", "fingerprint", "off"], help="cache policy (default: name)")
+    plan.add_argument("workflow", nargs="?", help="workflow name (default: that of a workflow object TARGET)")
+    plan.add_argument("--graph", required=True, help="FILE.py:NAME or module:NAME of the DAG; a workflow object is "
+                      "planned with its own storage, cache policy and queries")
+    plan.add_argument("--storage", help=storage_help + "; overrides a workflow object's own storage")
+    plan.add_argument("--cache", choices=["name", "fingerprint", "off"],
+                      help="cache policy (default: the workflow object's, else name)")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
 
@@ -273,9 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("target", help="FILE.py:NAME or module:NAME: a node, a list of nodes, a workflow, or a function returning them")
     graph.add_argument("--out", default=".", help="folder for the drawings (default: the current folder)")
     graph.add_argument("--workflow", help="workflow name: names the files and the stored results (default: NAME)")
-    graph.add_argument("--storage", help="colour nodes by what this storage holds (" + storage_help.split(": ", 1)[1] + ")")
-    graph.add_argument("--format", nargs="+", choices=["dot", "svg", "png"], default=["dot", "svg", "png"],
-                       help="files to write (default: dot svg png)")
+    graph.add_argument("--storage", help="colour nodes by what this storage holds (" + storage_help.split(": ", 1)[1]
+                       + "; default: a workflow object's own storage)")
+    graph.add_argument("--format", type=_formats, action="append", metavar="FMT[,FMT]",
+                       help="files to write: dot, svg, png, comma-separated or repeated (default: all three)")
     graph.set_defaults(func=cmd_graph)
 
     stack = sub.add_parser("stack", help="bring the functionfuse stack up on a local kind cluster, or down")
@@ -299,8 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe is reported here, not at exit
+        return code
     except FunctionFuseError as exc:
+        print(f"functionfuse: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nfunctionfuse: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`functionfuse plan ... --json | head`): stop quietly, as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except OSError as exc:
         print(f"functionfuse: error: {exc}", file=sys.stderr)
         return 1
 

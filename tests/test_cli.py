@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,8 +30,14 @@ def build(scale={scale}):
 '''
 
 
+#: the installed console script, as a user runs it (``python -m functionfuse`` would put the
+#: current folder on sys.path and hide import problems of ``module:NAME`` targets)
+FUNCTIONFUSE = os.path.join(os.path.dirname(sys.executable), "functionfuse")
+
+
 def ff(*args, cwd, check=True, stdin=subprocess.DEVNULL):
-    out = subprocess.run([sys.executable, "-m", "functionfuse", *args], capture_output=True, text=True, cwd=cwd, stdin=stdin)
+    assert os.access(FUNCTIONFUSE, os.X_OK), f"{FUNCTIONFUSE} is missing: pip install -e . in this environment"
+    out = subprocess.run([FUNCTIONFUSE, *args], capture_output=True, text=True, cwd=cwd, stdin=stdin)
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -53,14 +62,19 @@ def project(tmp_path):
 
 def test_version_and_help(tmp_path):
     assert ff("--version", cwd=tmp_path).stdout.strip() == f"functionfuse {__version__}"
-    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "rm"], ["plan"], ["graph"], ["stack"], ["kfp", "compile"],
-                ["kfp", "submit"]):
+    for sub in (["storage", "ls"], ["storage", "show"], ["storage", "runs"], ["storage", "rm"], ["plan"], ["graph"], ["stack"],
+                ["kfp", "compile"], ["kfp", "submit"], ["image", "build"], ["image", "push"], ["release"]):
         assert "usage:" in ff(*sub, "--help", cwd=tmp_path).stdout
+    assert "s3://" in ff("storage", "ls", "--help", cwd=tmp_path).stdout
 
 
 def test_ls_workflows_and_tasks(project):
     out = ff("storage", "ls", cwd=project).stdout
-    assert "demo" in out and "2" in out
+    assert "demo" in out and "2" in out and "finished" in out
+    (overview,) = json.loads(ff("storage", "ls", "--json", cwd=project).stdout)
+    assert (overview["workflow"], overview["tasks"], overview["corrupted"]) == ("demo", 2, 0)
+    assert overview["size"] > 0 and overview["last_write"].startswith("20")
+    assert overview["last_run"]["status"] == "finished" and overview["last_run"]["ran"] == 2
     rows = json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)
     assert [r["task"] for r in rows] == ["data", "total"]
     assert all(r["status"] == "stored" and r["size"] > 0 and r["finished"] for r in rows)
@@ -93,6 +107,27 @@ def test_show_prints_metadata(project):
     assert "fingerprint" in text and "duration_s" in text
 
 
+def test_runs_lists_the_stored_run_reports(project):
+    (project / "dag.py").write_text(DAG.format(scale=1) + "\nbroken = total(load(3).set_name('data'), None).set_name('total')\n")
+    ff("storage", "rm", "demo", "total", "--yes", cwd=project)
+    run = ("import sys; sys.path.insert(0, '.'); import dag\n"
+           "from functionfuse.backends.builtin.localback import LocalWorkflow\n"
+           "from functionfuse.storage import storage_factory\n"
+           "wf = LocalWorkflow(dag.broken, workflow_name='demo')\n"
+           "wf.set_storage(storage_factory({'kind': 'file', 'options': {'path': 'storage'}}))\n"
+           "wf.run()\n")
+    assert subprocess.run([sys.executable, "-c", run], capture_output=True, cwd=project).returncode == 1
+    first, second = json.loads(ff("storage", "runs", "demo", "--json", cwd=project).stdout)
+    assert (first["ran"], first["failed"], second["failed"]) == (2, None, "total")
+    assert set(first["node_seconds"]) == {"data", "total"}
+    text = ff("storage", "runs", "demo", cwd=project).stdout.splitlines()
+    assert text[0].split()[:4] == ["started", "(UTC)", "backend", "status"] and len(text) == 3
+    assert "LocalWorkflow  finished" in text[1] and "failed at 'total'" in text[2]
+    assert len(json.loads(ff("storage", "runs", "demo", "--last", "1", "--json", cwd=project).stdout)) == 1
+    assert "failed at 'total'" in ff("storage", "ls", cwd=project).stdout
+    assert "no run reports" in ff("storage", "runs", "other", cwd=project).stdout
+
+
 def test_rm_asks_first(project):
     out = ff("storage", "rm", "demo", "*", cwd=project, check=False)
     assert out.returncode == 2 and "--yes" in out.stderr
@@ -101,9 +136,94 @@ def test_rm_asks_first(project):
     assert [r["task"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)] == ["data"]
 
 
+def at_a_terminal(args, cwd, keys=b"", interrupt=False):
+    """Run the command with a pseudo-terminal as its stdin/stdout/stderr; at its prompt,
+    type *keys* or press Ctrl-C (SIGINT). Returns the exit status and what it printed."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([FUNCTIONFUSE, *args], cwd=cwd, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out, answered = b"", 0.0
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if b"[y/N]" in out and not answered:
+                answered = time.monotonic() + 0.3
+                if not interrupt:
+                    os.write(master, keys)
+            # Ctrl-C shortly after the prompt shows, again if nothing happened for 10 s (a
+            # signal that lands before the command starts reading its answer is lost)
+            if interrupt and answered and b"interrupted" not in out and time.monotonic() >= answered:
+                proc.send_signal(signal.SIGINT)
+                answered = time.monotonic() + 10
+            if select.select([master], [], [], 0.3)[0]:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the command exited and closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=30), out.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_rm_prompt_at_a_terminal(project):
+    code, out = at_a_terminal(["storage", "rm", "demo", "*"], project, keys=b"\x04")  # Ctrl-D
+    assert code == 1 and "Nothing removed." in out and "Traceback" not in out, out
+    code, out = at_a_terminal(["storage", "rm", "demo", "*"], project, interrupt=True)  # Ctrl-C
+    assert code == 130 and "interrupted" in out and "Traceback" not in out, out
+    code, out = at_a_terminal(["storage", "rm", "demo", "*"], project, keys=b"n\n")
+    assert code == 1 and "Nothing removed." in out
+    assert len(json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)) == 2
+    code, out = at_a_terminal(["storage", "rm", "demo", "tot*"], project, keys=b"y\n")
+    assert code == 0 and "removed 1 task(s)" in out, out
+    assert [r["task"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)] == ["data"]
+
+
 def test_plan_command(project):
     rows = json.loads(ff("plan", "demo", "--graph", "dag.py:build", "--json", cwd=project).stdout)
     assert [(r["task"], r["action"], r["status"]) for r in rows] == [("data", "skip", "current"), ("total", "load", "current")]
+
+
+WORKFLOW_OBJECT = """
+from functionfuse.backends.builtin.localback import LocalWorkflow
+
+flow = LocalWorkflow(build(), workflow_name="demo")
+flow.set_cache("fingerprint")
+"""
+
+
+def test_plan_of_a_workflow_object_is_its_own_plan(project):
+    (project / "dag.py").write_text(DAG.format(scale=2) + WORKFLOW_OBJECT)
+
+    def actions(*args):
+        rows = json.loads(ff("plan", *args, "--json", cwd=project).stdout)
+        return {r["task"]: r["action"] for r in rows}
+
+    # the object's "fingerprint" policy reruns the changed node, as its run() would
+    assert actions("--graph", "dag.py:flow") == {"data": "load", "total": "run"}
+    assert actions("demo", "--graph", "dag.py:flow") == {"data": "load", "total": "run"}
+    assert actions("demo", "--graph", "dag.py:build") == {"data": "skip", "total": "load"}  # nodes: policy "name"
+    assert actions("--graph", "dag.py:flow", "--cache", "name") == {"data": "skip", "total": "load"}
+    out = ff("plan", "other", "--graph", "dag.py:flow", cwd=project, check=False)
+    assert out.returncode == 1 and "is workflow 'demo', not 'other'" in out.stderr
+    out = ff("plan", "--graph", "dag.py:build", cwd=project, check=False)
+    assert out.returncode == 1 and "WORKFLOW" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_module_targets_are_found_in_the_current_folder(project):
+    out = ff("graph", "dag:build", "--format", "dot", cwd=project)
+    assert "dot" in out.stdout and (project / "build.dot").exists()
+    rows = json.loads(ff("plan", "demo", "--graph", "dag:build", "--json", cwd=project).stdout)
+    assert [r["task"] for r in rows] == ["data", "total"]
+    rows = json.loads(ff("storage", "ls", "demo", "--graph", "dag:build", "--json", cwd=project).stdout)
+    assert [r["status"] for r in rows] == ["current", "current"]
 
 
 def test_errors_are_one_line_with_the_fix(project):
@@ -111,6 +231,33 @@ def test_errors_are_one_line_with_the_fix(project):
     assert out.returncode == 1 and "list_tasks" in out.stderr and "Traceback" not in out.stderr
     out = ff("plan", "demo", "--graph", "dag.py", cwd=project, check=False)
     assert out.returncode == 1 and "path/to/file.py:NAME" in out.stderr
+    out = ff("graph", "nomodule:build", cwd=project, check=False)
+    assert out.returncode == 1 and "no module named 'nomodule'" in out.stderr and "Traceback" not in out.stderr
+    (project / "needs.py").write_text("import notinstalled\n")
+    out = ff("graph", "needs:build", cwd=project, check=False)
+    assert out.returncode == 1 and "'notinstalled'" in out.stderr and "Install" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = ff("graph", "dag.py:build", "--out", "dag.py/drawings", cwd=project, check=False)  # a file, not a folder
+    assert out.returncode == 1 and "dag.py/drawings" in out.stderr and "--out" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = ff("storage", "ls", "--storage", "missing.json", cwd=project, check=False)
+    assert out.returncode == 1 and "'missing.json': no such file" in out.stderr and not (project / "missing.json").exists()
+    (project / "bad.json").write_text("{")
+    out = ff("storage", "ls", "--storage", "bad.json", cwd=project, check=False)
+    assert out.returncode == 1 and "not valid JSON" in out.stderr
+    out = ff("storage", "ls", "--storage", "gs://bucket/prefix", cwd=project, check=False)
+    assert out.returncode == 1 and "unknown URL scheme 'gs'" in out.stderr and "s3://" in out.stderr
+
+
+def test_plan_json_into_a_closed_pipe_is_quiet(project):
+    # as `functionfuse plan ... --json | head -0`: the reader is gone before anything is written
+    proc = subprocess.Popen([FUNCTIONFUSE, "plan", "demo", "--graph", "dag.py:build", "--json"], cwd=project,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141 and err == b""
 
 
 def test_graph_command_draws_the_dag_file(project):
@@ -131,6 +278,23 @@ def test_graph_command_colours_by_storage(project):
     assert not (project / "demo.svg").exists()
     line = {name: next(x for x in dot.splitlines() if f'"{name}"' in x and "fillcolor" in x) for name in ("data", "total")}
     assert STATE_COLOURS["current"] in line["data"] and STATE_COLOURS["stale"] in line["total"]
+
+    (project / "storage" / "demo" / "data.ffr").write_bytes(b"torn")  # unreadable: drawn red
+    ff("graph", "--format", "dot", "--workflow", "demo", "--storage", "storage", "dag.py:build", cwd=project)
+    dot = (project / "demo.dot").read_text()
+    data = next(x for x in dot.splitlines() if '"data"' in x and "fillcolor" in x)
+    assert STATE_COLOURS["corrupted"] in data and "(corrupted)" in data
+
+
+def test_graph_formats_come_before_or_after_the_target(project):
+    out = ff("graph", "--format", "svg", "dag.py:build", cwd=project)
+    assert out.stdout.split() == ["svg", "./build.svg"]
+    out = ff("graph", "dag.py:build", "--format", "dot,png", "--format", "dot", "--out", "d", cwd=project)
+    assert sorted(os.listdir(project / "d")) == ["build.dot", "build.png"]
+    out = ff("graph", "dag.py:build", "--format", "dot", "svg", cwd=project, check=False)
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+    out = ff("graph", "--format", "jpg", "dag.py:build", cwd=project, check=False)
+    assert out.returncode == 2 and "use dot, svg or png" in out.stderr
 
 
 def test_graph_command_names_a_bad_target(project):
@@ -188,12 +352,16 @@ def test_storage_commands_over_s3_by_url_and_by_options_file(tmp_path):
         creds = server.s3fs_options()
         env = {**os.environ, "AWS_ENDPOINT_URL": creds["endpoint_url"], "AWS_ACCESS_KEY_ID": creds["key"],
                "AWS_SECRET_ACCESS_KEY": creds["secret"]}
-        by_url = subprocess.run([sys.executable, "-m", "functionfuse", "storage", "ls", "demo", "--json", "--storage",
-                                 f"s3://{bucket}/results"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                                stdin=subprocess.DEVNULL)
-        assert by_url.returncode == 0, by_url.stderr
-        assert [r["task"] for r in json.loads(by_url.stdout)] == ["node1", "node2", "node3"]
+        for scheme in ("s3", "s3a"):
+            by_url = subprocess.run([FUNCTIONFUSE, "storage", "ls", "demo", "--json", "--storage", f"{scheme}://{bucket}/results"],
+                                    capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+            assert by_url.returncode == 0, by_url.stderr
+            assert [r["task"] for r in json.loads(by_url.stdout)] == ["node1", "node2", "node3"]
         (tmp_path / "s3.json").write_text(json.dumps(options))
+        (overview,) = json.loads(ff("storage", "ls", "--json", "--storage", "s3.json", cwd=tmp_path).stdout)
+        assert overview["tasks"] == 3 and overview["size"] > 0 and overview["last_run"]["ran"] == 3
+        (report,) = json.loads(ff("storage", "runs", "demo", "--json", "--storage", "s3.json", cwd=tmp_path).stdout)
+        assert set(report["node_seconds"]) == {"node1", "node2", "node3"}
         meta = json.loads(ff("storage", "show", "demo", "node3", "--json", "--storage", "s3.json", cwd=tmp_path).stdout)
         assert meta["inputs"] == ["node1", "node2"]
         ff("storage", "rm", "demo", "node3", "--yes", "--storage", "s3.json", cwd=tmp_path)

@@ -213,6 +213,11 @@ class Storage(ABC):
         """Stored run reports of the workflow, oldest first."""
         return []
 
+    def last_run_report(self, workflow_name: str) -> dict | None:
+        """The newest stored run report of the workflow, or None."""
+        reports = self.list_run_reports(workflow_name)
+        return reports[-1] if reports else None
+
     def remove_workflow(self, workflow_name: str) -> None:
         """Remove the workflow (every stored result and its data) from the storage."""
         validate_name(workflow_name, "Workflow name")

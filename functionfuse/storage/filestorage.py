@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigurationError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
@@ -240,16 +240,23 @@ class FileStorage(Storage):
             os.remove(os.path.join(runs, old))
 
     def list_run_reports(self, workflow_name: str) -> list[dict]:
+        """Stored run reports of the workflow, oldest first."""
+        return list(reversed(list(self._run_reports(workflow_name))))
+
+    def last_run_report(self, workflow_name: str) -> dict | None:
+        """The newest stored run report of the workflow (one file read), or None."""
+        return next(self._run_reports(workflow_name), None)
+
+    def _run_reports(self, workflow_name: str) -> Iterator[dict]:
+        """Readable run reports, newest first."""
         validate_name(workflow_name, "Workflow name")
         runs = os.path.join(self._wf(workflow_name), _RUNS)
-        out = []
-        for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        for name in sorted(os.listdir(runs), reverse=True) if os.path.isdir(runs) else []:
             try:
                 with open(os.path.join(runs, name)) as f:
-                    out.append(json.load(f))
+                    yield json.load(f)
             except (OSError, ValueError):
                 continue
-        return out
 
     def list_workflows(self) -> list[str]:
         try:

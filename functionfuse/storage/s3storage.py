@@ -44,7 +44,7 @@ import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import S3_PROTOCOL
@@ -360,15 +360,21 @@ class S3Storage(Storage):
 
     def list_run_reports(self, workflow_name: str) -> list[dict]:
         """Stored run reports of the workflow, oldest first."""
+        return list(reversed(list(self._run_reports(workflow_name))))
+
+    def last_run_report(self, workflow_name: str) -> dict | None:
+        """The newest stored run report of the workflow (one listing, one GET), or None."""
+        return next(self._run_reports(workflow_name), None)
+
+    def _run_reports(self, workflow_name: str) -> Iterator[dict]:
+        """Readable run reports, newest first."""
         validate_name(workflow_name, "Workflow name")
         keys, _ = self.io.list_keys(f"{self._wf(workflow_name)}{_RUNS}/")
-        out = []
-        for key in sorted(k for k in keys if k.endswith(".json")):
+        for key in sorted((k for k in keys if k.endswith(".json")), reverse=True):
             try:
-                out.append(json.loads(self.io.get(key)))
+                yield json.loads(self.io.get(key))
             except (_s3io.Missing, ValueError):
                 continue
-        return out
 
     def list_workflows(self) -> list[str]:
         """Names of the workflows that have stored results."""
