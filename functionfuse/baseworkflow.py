@@ -153,6 +153,8 @@ class BaseWorkflow:
     """Common base of the backends: see the module documentation."""
 
     query_class: type[Query] = Query
+    #: what the progress line calls the nodes being worked on
+    progress_running_label = "running"
 
     def __init__(self, *nodes: Any, workflow_name: str) -> None:
         self.workflow_name = validate_name(workflow_name, "Workflow name")
@@ -198,20 +200,25 @@ class BaseWorkflow:
         report = RunReport(self.workflow_name, type(self).__name__, nodes=len(self.graph))
         self.last_run = report
         progress = Progress(report, enabled=progress_enabled(self._progress, sys.stderr))
-        progress.update(force=True)
+        progress.running_label = self.progress_running_label
+        progress.start()
         return report, progress
 
     def finish_run(self, report: RunReport, progress: Progress, started: float, error: BaseException | None = None) -> None:
-        """Close the progress display, log the summary and store the report."""
+        """Close the progress display with the run's summary under it (logged instead when
+        there is no display) and store the report."""
         report.seconds = time.perf_counter() - started
         if error is not None:
             report.error = f"{type(error).__name__}: {error}"
             if isinstance(error, NodeExecutionError):
                 report.failed = error.node_name
-        progress.close()
         level = logging.WARNING if error is not None else logging.INFO
-        if log.isEnabledFor(level):  # the summary names and sorts every node: only on demand
-            log.log(level, report.summary())
+        if progress.enabled:
+            progress.close(report.summary())
+        else:
+            progress.close()
+            if log.isEnabledFor(level):  # the summary names and sorts every node: only on demand
+                log.log(level, report.summary())
         saver = getattr(self.storage, "save_run_report", None)
         if saver is not None:
             try:

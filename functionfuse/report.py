@@ -6,9 +6,11 @@ slowest ones. With storage set, the report is stored with the workflow
 (``storage.list_run_reports(workflow_name)``).
 
 While a run is going, a one-line progress display (nodes done / loaded / running /
-failed, elapsed time) is written to standard error when it is a terminal. It is off
-when standard error is not a terminal, with ``FUNCTIONFUSE_PROGRESS=0``, or with
-``workflow.set_progress(False)``.
+failed, elapsed time) is written to standard error when it is a terminal; a daemon
+thread redraws it every second, so the elapsed time moves during a long node, and the
+run's summary is printed under it at the end. It is off when standard error is not a
+terminal, with ``FUNCTIONFUSE_PROGRESS=0``, or with ``workflow.set_progress(False)``;
+the summary is then only logged (``functionfuse`` logger).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -101,17 +105,42 @@ def progress_enabled(setting: bool | None, stream: IO[str]) -> bool:
 
 
 class Progress:
-    """A throttled one-line progress display on a terminal."""
+    """A throttled one-line progress display on a terminal.
 
-    def __init__(self, report: RunReport, *, enabled: bool, stream: IO[str] | None = None, interval: float = 0.1) -> None:
+    :meth:`start` draws it and starts a daemon thread that redraws it every *tick*
+    seconds; :meth:`close` stops that thread and ends the line (with the run's summary
+    under it, if given). Backends set :attr:`running` (and may rename what it counts
+    with :attr:`running_label`) and call :meth:`update` as nodes finish.
+    """
+
+    def __init__(
+        self, report: RunReport, *, enabled: bool, stream: IO[str] | None = None, interval: float = 0.1, tick: float = 1.0
+    ) -> None:
         self.report = report
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
+        self.tick = tick
         self.running = 0
+        #: what :attr:`running` counts (Ray: tasks handed to Ray and not finished, "in flight")
+        self.running_label = "running"
         self._t0 = time.perf_counter()
         self._last = 0.0
         self._width = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._closed = False
+
+    def start(self) -> None:
+        """Draw the line and keep its elapsed time moving until :meth:`close`."""
+        if not self.enabled:
+            return
+        self.update(force=True)
+        if self.tick > 0:
+            ticker = threading.Thread(
+                target=_tick, args=(weakref.ref(self), self._stop, self.tick), name="functionfuse-progress", daemon=True
+            )
+            ticker.start()
 
     def update(self, force: bool = False) -> None:
         if not self.enabled:
@@ -119,21 +148,49 @@ class Progress:
         now = time.perf_counter()
         if not force and now - self._last < self.interval:
             return
-        self._last = now
+        with self._lock:
+            if self._closed:
+                return
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
         r = self.report
         done = r.ran + r.loaded + r.skipped
         line = (
             f"[{r.workflow}] {done}/{r.nodes} nodes  {r.ran} run · {r.loaded} loaded · {r.skipped} skipped"
-            f" · {self.running} running · {1 if r.failed else 0} failed  {now - self._t0:6.1f} s"
+            f" · {self.running} {self.running_label} · {1 if r.failed else 0} failed  {now - self._t0:6.1f} s"
         )
         pad = max(0, self._width - len(line))
         self._width = len(line)
-        self.stream.write("\r" + line + " " * pad)
-        self.stream.flush()
+        self._write("\r" + line + " " * pad)
 
-    def close(self) -> None:
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # the terminal went away (closed, or a broken pipe)
+            self.enabled = False
+            self._stop.set()
+
+    def close(self, summary: str | None = None) -> None:
+        """End the line; print *summary* (the run's report) under it."""
+        self._stop.set()
         if not self.enabled:
             return
-        self.update(force=True)
-        self.stream.write("\n")
-        self.stream.flush()
+        with self._lock:
+            if self._closed:
+                return
+            self._draw(time.perf_counter())
+            self._closed = True
+            self._write("\n" if summary is None else "\n" + summary + "\n")
+
+
+def _tick(ref: "weakref.ref[Progress]", stop: threading.Event, every: float) -> None:
+    """Redraw the line every *every* seconds until *stop* is set (or the display is gone)."""
+    while not stop.wait(every):
+        progress = ref()
+        if progress is None:
+            return
+        progress.update(force=True)
+        del progress

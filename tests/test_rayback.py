@@ -309,6 +309,30 @@ def test_max_pending_tasks_bounds_the_tasks_in_flight(local_ray, monkeypatch):
     assert seen and max(seen) <= 5
 
 
+@workflow
+def sleep_then(seconds, x):
+    time.sleep(seconds)
+    return x
+
+
+def test_progress_counts_tasks_in_flight_and_its_time_moves(local_ray, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr("sys.stderr", stream)
+    wf = RayWorkflow(sleep_then(2.0, 1).set_name("long"), workflow_name="inflight")
+    wf.set_progress(True)
+    wf.run()
+    lines = [x for x in stream.getvalue().split("\r") if x.startswith("[inflight] 0/1 nodes")]
+    assert lines and all("in flight" in x and "running" not in x for x in lines), lines
+    # redrawn while Ray runs the node, not only when it finishes
+    assert any(float(x.rsplit(None, 2)[-2]) >= 0.9 for x in lines), lines
+
+
 def test_plugins_run_in_the_worker_and_seed_like_local_workflow(local_ray):
     a = draw("a").set_name("draw_a")
     b = draw("b").set_name("draw_b")

@@ -306,7 +306,7 @@ class BackendConformance:
         stream.seek(0)
         wf.set_progress(False)
         wf.run()
-        assert "[progress]" not in stream.getvalue()
+        assert "[shown]" not in stream.getvalue()
 
     def test_plan_matches_what_runs(self, make_workflow, storage):
         wf = make_workflow(seed_quick_start(), workflow_name="plan")

@@ -133,6 +133,8 @@ class RayWorkflow(BaseWorkflow):
     """
 
     query_class = Query
+    #: the progress line counts tasks handed to Ray and not finished (queued, running or loading)
+    progress_running_label = "in flight"
 
     def __init__(self, *nodes: Any, workflow_name: str, ray_init_args: dict | None = None) -> None:
         super().__init__(*nodes, workflow_name=workflow_name)
