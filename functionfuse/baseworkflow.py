@@ -52,6 +52,7 @@ log = logging.getLogger("functionfuse")
 RUN, REPLAY, LOAD, SKIP = "run", "replay", "load", "skip"
 #: actions that execute the node (a replayed node is stored already: it is not saved again)
 RUNS = frozenset({RUN, REPLAY})
+_REUSED = frozenset({LOAD, SKIP})
 
 
 def _utcnow() -> str:
@@ -339,10 +340,12 @@ class BaseWorkflow:
                 reasons[i] = why or "stored"
             else:
                 reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
-        self._effective = self._run_records(actions, stored, records)
+        self._effective = self._run_records(actions, states, stored, records)
         return actions, reasons, states
 
-    def _run_records(self, actions: Sequence[str], stored: dict[str, Any], records: list[dict]) -> list[dict]:
+    def _run_records(
+        self, actions: Sequence[str], states: Sequence[str], stored: dict[str, Any], records: list[dict]
+    ) -> list[dict]:
         """The fingerprint record each node that runs is saved with.
 
         A node computed from a parent that is loaded (or skipped) rather than run was
@@ -350,26 +353,23 @@ class BaseWorkflow:
         fingerprint of that parent as the input (``UNRECORDED`` if none was stored), so
         a later plan sees it stale if the parent's stored result was. Nodes computed
         from such nodes inherit the difference. Without any, these are the current
-        records (the common case costs one comparison per stored node).
+        records (the common case costs one look at the state of each node).
         """
+        # a reused result whose stored fingerprint is not the current one: stale or unverified
+        differ = [i for i, state in enumerate(states) if state != CURRENT and actions[i] in _REUSED]
+        if not differ:
+            return records
         g = self.graph
         names, parents = g.names, g.parents
-        effective: list[str] | None = None
-        for i, action in enumerate(actions):
-            if action not in (LOAD, SKIP):
-                continue
+        effective = [r["node"] for r in records]
+        for i in differ:
             meta = stored.get(names[i])
             fp = meta.get("fingerprint") if isinstance(meta, dict) else None
             digest = fp.get("node") if isinstance(fp, dict) else None
-            if digest != records[i]["node"]:
-                if effective is None:
-                    effective = [r["node"] for r in records]
-                effective[i] = digest or UNRECORDED
-        if effective is None:
-            return records
+            effective[i] = digest or UNRECORDED
         out = list(records)
         for i, action in enumerate(actions):
-            if action in (LOAD, SKIP):
+            if action in _REUSED:
                 continue
             changed = {names[p]: effective[p] for p in parents[i] if effective[p] != records[p]["node"]}
             if changed:
