@@ -76,6 +76,8 @@ class NodePlan:
     action: str
     reason: str
     state: str = NO_STORAGE
+    #: why storage holds what *state* says, without what the run does ("" when current)
+    detail: str = ""
 
 
 class Plan(Sequence[NodePlan]):
@@ -256,7 +258,7 @@ class BaseWorkflow:
         """
         if stored is None:
             stored = self._stored()
-        actions, reasons, states = self._actions(stored)
+        actions, reasons, states, _ = self._actions(stored)
         names = self.graph.names
         for i, state in enumerate(states):
             if state == CORRUPTED:
@@ -303,11 +305,12 @@ class BaseWorkflow:
         wanted = self.storage.stored_tasks(self.workflow_name) & set(self.graph.names)
         return self.storage.read_metadata_many(self.workflow_name, sorted(wanted))
 
-    def _actions(self, stored: dict[str, Any] | None) -> tuple[list[str], list[str], list[str]]:
+    def _actions(self, stored: dict[str, Any] | None) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(action, reason, state, state detail) of each node."""
         g = self.graph
         n = len(g)
         if stored is None:
-            return [RUN] * n, ["no storage"] * n, [NO_STORAGE] * n
+            return [RUN] * n, ["no storage"] * n, [NO_STORAGE] * n, [""] * n
         records = self._records or self.fingerprints()
         names, nodes, data_parents = g.names, g.nodes, g.data_parents
         need = [False] * n
@@ -317,11 +320,12 @@ class BaseWorkflow:
         actions = [SKIP] * n
         reasons = [""] * n
         states = [MISSING] * n
+        details = [""] * n
         default = self.cache_policy
         for i in range(n - 1, -1, -1):
             name = names[i]
             policy = self._cache.get(i, default)
-            reuse, states[i], why = _judge(stored.get(name, None), records[i], policy)
+            reuse, states[i], why, details[i] = _judge(stored.get(name, None), records[i], policy)
             if not reuse or replay[i]:
                 if reuse:
                     actions[i] = REPLAY
@@ -341,7 +345,7 @@ class BaseWorkflow:
             else:
                 reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
         self._effective = self._run_records(actions, states, stored, records)
-        return actions, reasons, states
+        return actions, reasons, states, details
 
     def _run_records(
         self, actions: Sequence[str], states: Sequence[str], stored: dict[str, Any], records: list[dict]
@@ -430,10 +434,8 @@ class BaseWorkflow:
 
     def plan(self) -> Plan:
         """What :meth:`run` would do with each node now, what storage holds, and why."""
-        actions, reasons, states = self._actions(self._stored())
-        return Plan(
-            [NodePlan(name, a, r, st) for name, a, r, st in zip(self.graph.names, actions, reasons, states)]
-        )
+        actions, reasons, states, details = self._actions(self._stored())
+        return Plan([NodePlan(*entry) for entry in zip(self.graph.names, actions, reasons, states, details)])
 
     # -- execution helpers ----------------------------------------------------------------
     def node_calls(self) -> list[Callable[[Sequence[Any]], Any]]:
@@ -576,25 +578,25 @@ def _check_policy(policy: str) -> str:
     return policy
 
 
-def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str]:
-    """(reuse the stored result?, state, reason) for one node."""
+def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
+    """(reuse the stored result?, state, reason, state detail) for one node."""
     if meta is None:
-        return False, MISSING, "not stored"
+        return False, MISSING, "not stored", "not stored"
     if isinstance(meta, Exception):
-        return False, CORRUPTED, f"stored result is unreadable: {meta}"
+        why = f"stored result is unreadable: {meta}"
+        return False, CORRUPTED, why, why
     if not meta.get("fingerprint"):
         # nothing is known to have changed: reused by name, recomputed under "fingerprint"
-        if policy == "off":
-            return False, UNVERIFIED, "cache is off"
-        return policy == "name", UNVERIFIED, NO_FINGERPRINT
+        return policy == "name", UNVERIFIED, "cache is off" if policy == "off" else NO_FINGERPRINT, NO_FINGERPRINT
     reasons = explain(meta.get("fingerprint"), record)
     state = STALE if reasons else CURRENT
-    why = ("stale: " + "; ".join(reasons)) if reasons else ""
+    detail = "; ".join(reasons)
+    why = "stale: " + detail if reasons else ""
     if policy == "off":
-        return False, state, "cache is off"
+        return False, state, "cache is off", detail
     if policy == "fingerprint" and reasons:
-        return False, state, why
-    return True, state, why
+        return False, state, why, detail
+    return True, state, why, detail
 
 
 def fingerprint_records(graph: Graph) -> list[dict]:

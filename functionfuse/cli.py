@@ -27,6 +27,7 @@ A workflow object is planned as it would run: with its own storage (unless
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import importlib.util
 import json
@@ -245,12 +246,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
         except CorruptedResultError as exc:
             entries[task] = {"task": task, "size": None, "finished": None, "status": "corrupted", "reason": str(exc)}
     if args.graph:
-        for row in _plan_rows(wf):
-            entry = entries.setdefault(row["task"], {"task": row["task"], "size": None, "finished": None})
+        for p in wf.plan():
+            if not fnmatch.fnmatchcase(p.name, args.pattern):
+                continue
+            entry = entries.setdefault(p.name, {"task": p.name, "size": None, "finished": None})
             if entry.get("status") != "corrupted":
-                entry["status"] = row["status"]
-                if row["status"] != "current":
-                    entry["reason"] = row["reason"].removeprefix("stale: ")
+                entry["status"] = p.state
+                if p.detail:
+                    entry["reason"] = p.detail
     rows = sorted(entries.values(), key=lambda r: r["task"])
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -88,6 +88,15 @@ def test_ls_graph_reports_stale_and_missing(project):
     assert rows["total"]["status"] == "stale" and "argument 'scale' changed" in rows["total"]["reason"]
 
 
+
+def test_ls_graph_gives_what_storage_holds_and_honours_the_pattern(project):
+    (project / "dag.py").write_text(DAG.format(scale=1).replace("load(10)", "load(11)"))
+    rows = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--graph", "dag.py:build", "--json", cwd=project).stdout)}
+    assert rows["data"]["status"] == "stale" and rows["data"]["reason"] == "argument 'n' changed"  # no plan wording
+    assert rows["total"]["status"] == "stale" and rows["total"]["reason"] == "input 'data' changed"
+    only = json.loads(ff("storage", "ls", "demo", "--graph", "dag.py:build", "--pattern", "tot*", "--json", cwd=project).stdout)
+    assert [r["task"] for r in only] == ["total"]
+
 def test_ls_verify_finds_a_damaged_payload(project):
     path = project / "storage" / "demo" / "data.ffr"
     data = bytearray(path.read_bytes())
