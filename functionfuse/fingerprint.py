@@ -98,10 +98,10 @@ def _is_user_module(name: str) -> bool:
         return False
     mod = sys.modules.get(name)
     path = getattr(mod, "__file__", None)
-    if not path:
-        return False
-    real = os.path.realpath(path)
-    return not any(real.startswith(root + os.sep) for root in _library_roots())
+    # a namespace package (no __init__.py) has folders only
+    paths = [path] if path else [p for p in getattr(mod, "__path__", None) or () if isinstance(p, str)]
+    roots = _library_roots()
+    return any(not any(os.path.realpath(p).startswith(root + os.sep) for root in roots) for p in paths)
 
 
 def _user_object(obj: Any) -> bool:

@@ -436,12 +436,12 @@ class UserModules:
         monkeypatch.setattr(sys, "dont_write_bytecode", True)
         self.names: list[str] = []
 
-    def write(self, name, source):
+    def write(self, name, source, namespace=False):
         path = self.folder.joinpath(*name.split("."))
         if name.count("."):
             path.parent.mkdir(parents=True, exist_ok=True)
             for parent in [path.parent, *path.parent.parents]:
-                if parent == self.folder:
+                if parent == self.folder or namespace:
                     break
                 (parent / "__init__.py").touch()
         path.with_suffix(".py").write_text(source)
@@ -482,6 +482,12 @@ def test_helpers_of_dotted_submodules_are_tracked(modules):
     modules.write("ffdots.sub.leaf", "SCALE = 3\n\ndef deep(x):\n    return x * SCALE + 1\n")
     modules.load("ffdots.sub.leaf")
     assert code_fingerprint(user.node)["deep"] != after["deep"]
+
+
+def test_helpers_of_namespace_packages_are_tracked(modules):
+    modules.write("ffnamespace.leaf", "def deep(x):\n    return x + 1\n", namespace=True)
+    modules.write("ffnamespace_user", "import ffnamespace.leaf\n\ndef node(x):\n    return ffnamespace.leaf.deep(x)\n")
+    assert "deep" in code_fingerprint(modules.load("ffnamespace_user").node)
 
 
 def test_constants_of_user_modules_read_as_attributes_count(modules):
