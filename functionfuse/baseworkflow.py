@@ -585,10 +585,13 @@ def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
     if isinstance(meta, Exception):
         why = f"stored result is unreadable: {meta}"
         return False, CORRUPTED, why, why
-    if not meta.get("fingerprint"):
+    stored = meta.get("fingerprint")
+    if not stored:
         # nothing is known to have changed: reused by name, recomputed under "fingerprint"
         return policy == "name", UNVERIFIED, "cache is off" if policy == "off" else NO_FINGERPRINT, NO_FINGERPRINT
-    reasons = explain(meta.get("fingerprint"), record)
+    if stored.get("node") == record["node"]:  # the common case of a resumed run: current
+        return (False, CURRENT, "cache is off", "") if policy == "off" else (True, CURRENT, "", "")
+    reasons = explain(stored, record)
     state = STALE if reasons else CURRENT
     detail = "; ".join(reasons)
     why = "stale: " + detail if reasons else ""
@@ -632,8 +635,46 @@ def fingerprint_records(graph: Graph) -> list[dict]:
 
     fp = Fingerprinter(node_digest)
     head = f"v{FINGERPRINT_VERSION}"
+    #: id(func) -> (code, the digest input up to the arguments, positional parameter names
+    #: or None), for the short path of plain function nodes (most nodes of a large graph
+    #: share few functions); it hashes exactly what the general path below hashes
+    functions: dict[int, tuple[dict[str, str], str, tuple[str, ...] | None]] = {}
+    node_types, plain, join, hexdigest = _NODE_TYPES, _PLAIN, "\x1f".join, xxhash.xxh3_128_hexdigest
     with _gc_paused():
         for i, node in enumerate(graph.nodes):
+            if type(node) is Node and not node.kwargs:
+                func = node.func
+                known = functions.get(id(func))
+                if known is None:
+                    code = fp.code(func)
+                    prefix = join([head, Node.kind, join(f"{k}={v}" for k, v in code.items()), "|"])
+                    known = functions[id(func)] = (code, prefix, fp.positional_names(func))
+                code, prefix, pnames = known
+                if pnames is not None and len(node.args) <= len(pnames):
+                    args = {}
+                    parts = [prefix]
+                    for pname, a in zip(pnames, node.args):
+                        t = type(a)
+                        if t in node_types:
+                            d = "@N" + digests[index[a]]
+                        elif t in plain:
+                            key = (t, a)
+                            known_d = constants.get(key)
+                            d = constants[key] = fp.value(a) if known_d is None else known_d
+                        else:
+                            d = _arg_digest(fp, a)
+                        args[pname] = d
+                        parts.append(f"{pname}={d}")
+                    parts.append("|")
+                    inputs = {}
+                    for p in parents[i]:
+                        pname, d = names[p], digests[p]
+                        inputs[pname] = d
+                        parts.append(f"{pname}={d}")
+                    digest = hexdigest(join(parts).encode())
+                    digests.append(digest)
+                    records.append({"v": FINGERPRINT_VERSION, "node": digest, "code": code, "args": args, "inputs": inputs})
+                    continue
             if type(node) is MethodNode:
                 cls = node.instance.func
                 code = fp.code(cls)
