@@ -498,7 +498,7 @@ class Fingerprinter:
         if isinstance(v, types.ModuleType):
             return _h(b"module", v.__name__.encode())
         if hasattr(v, "__dataclass_fields__") or (hasattr(v, "__dict__") and not hasattr(t, "__reduce_ex__")):
-            return _h(b"obj", _display_name(t).encode(), self._value(dict(vars(v)), depth + 1).encode())
+            return _h(b"obj", _type_name(t).encode(), self._value(dict(vars(v)), depth + 1).encode())
         try:
             reducer = copyreg.dispatch_table.get(t)  # as pickle does: NumPy's ufuncs register here
             reduced = reducer(v) if reducer is not None else v.__reduce_ex__(4)
@@ -508,7 +508,7 @@ class Fingerprinter:
             # a global found by name (built-in and C functions, ufuncs, singletons)
             return _h(b"global", f"{_owner_module(v, reduced)}.{reduced}".encode())
         if isinstance(reduced, tuple) and len(reduced) >= 2:
-            parts = [b"reduce", _display_name(t).encode(), _display_name(reduced[0]).encode()]
+            parts = [b"reduce", _type_name(t).encode(), _type_name(reduced[0]).encode()]
             parts.append(self._value(tuple(reduced[1]) if isinstance(reduced[1], tuple) else reduced[1], depth + 1).encode())
             if len(reduced) > 2 and reduced[2] is not None:
                 state = reduced[2]
@@ -577,6 +577,19 @@ def _display_name(obj: Any) -> str:
         qual = type(obj).__qualname__
     mod = getattr(obj, "__module__", None) or ""
     return f"{mod}.{qual}" if mod else qual
+
+
+def _type_name(obj: Any) -> str:
+    """How a value's class (or reconstructor) is named in its fingerprint: a class or
+    function of the user's own modules by its qualified name alone, so a file run as a
+    script (``__main__``) and the same file imported agree, as code keys do; anything
+    else by module and qualified name."""
+    module = getattr(obj, "__module__", None)
+    if isinstance(module, str) and _is_user_module(module):
+        qual = getattr(obj, "__qualname__", None)
+        if isinstance(qual, str):
+            return qual
+    return _display_name(obj)
 
 
 def code_fingerprint(obj: Any) -> dict[str, str]:

@@ -712,3 +712,43 @@ def test_fingerprints_import_no_array_library_for_other_values():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+VALUES = '''
+import dataclasses, json, sys
+from functionfuse.fingerprint import value_fingerprint
+
+@dataclasses.dataclass
+class Config:
+    rate: float
+    layers: tuple
+
+class Plain:
+    def __init__(self, n):
+        self.n = n
+
+class Slotted:
+    __slots__ = ("n",)
+    def __init__(self, n):
+        self.n = n
+    def __reduce__(self):
+        return (Slotted, (self.n,))
+
+def digests(rate):
+    return [value_fingerprint(v) for v in (Config(rate, (2, 3)), Plain(rate), Slotted(rate))]
+
+if __name__ == "__main__":
+    print(json.dumps(digests(0.5)))
+'''
+
+
+def test_values_of_user_classes_agree_as_a_script_or_imported(modules):
+    """An argument that is an instance of a class of the user's own script gets the same
+    fingerprint whether the file runs as ``__main__`` (a laptop run) or is imported (a
+    step of a cluster run), and still changes with its contents."""
+    modules.write("ffvalues", VALUES)
+    imported = modules.load("ffvalues").digests(0.5)
+    script = subprocess.run([sys.executable, str(modules.folder / "ffvalues.py")], capture_output=True, text=True, check=True)
+    assert json.loads(script.stdout) == imported
+    changed = modules.load("ffvalues").digests(0.25)
+    assert all(a != b for a, b in zip(imported, changed))
