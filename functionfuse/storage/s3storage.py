@@ -60,7 +60,11 @@ SUFFIX = ".ffr"
 _DATA = re.compile(r"(.+)\.([0-9a-f]{16})\.data")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]")
 _MANAGED = frozenset({"asynchronous", "loop", "skip_instance_cache"})
-_READ_ATTEMPTS = 3
+#: reads of a result replaced meanwhile: attempts, and the first pause between them
+#: (doubled each time: 0.05 + 0.1 + 0.2 + 0.4 s at most, so a reader is not starved by a
+#: writer that replaces the result again and again)
+_READ_ATTEMPTS = 5
+_READ_PAUSE = 0.05
 _RUNS = ".runs"
 _KEEP_RUNS = 100
 _METADATA_THREADS = 8
@@ -392,6 +396,7 @@ class S3Storage(Storage):
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
                 log.debug("task %r of workflow %r was replaced while read; reading it again", task_name, workflow_name)
+                time.sleep(_READ_PAUSE * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
