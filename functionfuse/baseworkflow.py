@@ -21,7 +21,6 @@ order:
 from __future__ import annotations
 
 import logging
-import operator
 import sys
 import time
 import warnings
@@ -29,9 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
+from ._calls import build_call, call_with_result
+from ._records import NODE_TYPES, fingerprint_records, fp_join
 from .backends.plugins import prepare
-import xxhash
-
 from .errors import (
     ConfigurationError,
     NodeExecutionError,
@@ -40,10 +39,10 @@ from .errors import (
     StaleResultWarning,
     StorageError,
 )
-from .fingerprint import FINGERPRINT_VERSION, Fingerprinter, explain
+from .fingerprint import explain
 from .graph import Graph, _gc_paused
 from .report import Progress, RunReport, progress_enabled
-from .workflow import ClassNode, MethodNode, Node, NodeItem, _scan, executing_nodes, validate_name
+from .workflow import MethodNode, Node, NodeItem, executing_nodes, validate_name
 
 __all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED"]
 
@@ -378,7 +377,7 @@ class BaseWorkflow:
             changed = {names[p]: effective[p] for p in parents[i] if effective[p] != records[p]["node"]}
             if changed:
                 inputs = {**records[i]["inputs"], **changed}
-                effective[i] = _fp_join(records[i]["node"], "computed from", *(f"{k}={v}" for k, v in changed.items()))
+                effective[i] = fp_join(records[i]["node"], "computed from", *(f"{k}={v}" for k, v in changed.items()))
                 out[i] = {**records[i], "node": effective[i], "inputs": inputs}
         return out
 
@@ -450,8 +449,8 @@ class BaseWorkflow:
                     args = node.args
                     if type(node) is Node and len(args) == 1 and not node.kwargs:
                         a0 = args[0]
-                        if type(a0) in _NODE_TYPES:
-                            calls.append(_call_with_result(node.func, index[a0]))
+                        if type(a0) in NODE_TYPES:
+                            calls.append(call_with_result(node.func, index[a0]))
                             continue
                     calls.append(build_call(node, index_of))
             self._calls = calls
@@ -602,143 +601,6 @@ def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
     return True, state, why, detail
 
 
-def fingerprint_records(graph: Graph) -> list[dict]:
-    """Fingerprint record of every node, parents first, without loading any result.
-
-    This runs before every stored run, so the common cases take short paths: a node
-    argument contributes its fingerprint directly, plain constants are hashed once per
-    distinct value, and the code part of each function is joined once.
-    """
-    names, parents = graph.names, graph.parents
-    index = graph._index
-    records: list[dict] = []
-    digests: list[str] = []  # the "node" digest of each record, by index
-    code_parts: dict[int, str] = {}  # id(code dict) -> its part of the digest input
-    constants: dict[tuple[type, Any], str] = {}  # (type, value) -> digest of a plain constant
-
-    def node_digest(v: Any) -> str:
-        if type(v) is NodeItem:
-            return _fp_join("item", digests[index[v.node]], fp.value(list(v.path)))
-        return "N" + digests[index[v]]
-
-    def arg_digest(value: Any) -> str:
-        t = type(value)
-        if t in _NODE_TYPES:
-            return "@N" + digests[index[value]]
-        if t in _PLAIN:
-            key = (t, value)
-            digest = constants.get(key)
-            if digest is None:
-                digest = constants[key] = fp.value(value)
-            return digest
-        return _arg_digest(fp, value)
-
-    fp = Fingerprinter(node_digest)
-    head = f"v{FINGERPRINT_VERSION}"
-    #: id(func) -> (code, the digest input up to the arguments, positional parameter names
-    #: or None), for the short path of plain function nodes (most nodes of a large graph
-    #: share few functions); it hashes exactly what the general path below hashes
-    functions: dict[int, tuple[dict[str, str], str, tuple[str, ...] | None]] = {}
-    node_types, plain, join, hexdigest = _NODE_TYPES, _PLAIN, "\x1f".join, xxhash.xxh3_128_hexdigest
-    with _gc_paused():
-        for i, node in enumerate(graph.nodes):
-            if type(node) is Node and not node.kwargs:
-                func = node.func
-                known = functions.get(id(func))
-                if known is None:
-                    code = fp.code(func)
-                    prefix = join([head, Node.kind, join(f"{k}={v}" for k, v in code.items()), "|"])
-                    known = functions[id(func)] = (code, prefix, fp.positional_names(func))
-                code, prefix, pnames = known
-                if pnames is not None and len(node.args) <= len(pnames):
-                    args = {}
-                    parts = [prefix]
-                    for pname, a in zip(pnames, node.args):
-                        t = type(a)
-                        if t in node_types:
-                            d = "@N" + digests[index[a]]
-                        elif t in plain:
-                            key = (t, a)
-                            known_d = constants.get(key)
-                            d = constants[key] = fp.value(a) if known_d is None else known_d
-                        else:
-                            d = _arg_digest(fp, a)
-                        args[pname] = d
-                        parts.append(f"{pname}={d}")
-                    parts.append("|")
-                    inputs = {}
-                    for p in parents[i]:
-                        pname, d = names[p], digests[p]
-                        inputs[pname] = d
-                        parts.append(f"{pname}={d}")
-                    digest = hexdigest(join(parts).encode())
-                    digests.append(digest)
-                    records.append({"v": FINGERPRINT_VERSION, "node": digest, "code": code, "args": args, "inputs": inputs})
-                    continue
-            if type(node) is MethodNode:
-                cls = node.instance.func
-                code = fp.code(cls)
-                target = getattr(cls, node.method, None)
-                args = _bind(fp, target, node.args, node.kwargs, skip_first=True, digest=arg_digest)
-                args = {"method": fp.value(node.method), **args}
-            else:
-                code = fp.code(node.func)
-                args = _bind(fp, node.func, node.args, node.kwargs, skip_first=False, digest=arg_digest)
-            code_part = code_parts.get(id(code))
-            if code_part is None:
-                code_part = code_parts[id(code)] = "\x1f".join(f"{k}={v}" for k, v in code.items())
-            inputs = {names[p]: digests[p] for p in parents[i]}
-            parts = [head, node.kind, code_part, "|"]
-            parts += [f"{k}={v}" for k, v in args.items()]
-            parts.append("|")
-            parts += [f"{k}={v}" for k, v in inputs.items()]
-            digest = _fp_join(*parts)
-            digests.append(digest)
-            records.append({"v": FINGERPRINT_VERSION, "node": digest, "code": code, "args": args, "inputs": inputs})
-    return records
-
-
-def _fp_join(*parts: str) -> str:
-    return xxhash.xxh3_128_hexdigest("\x1f".join(parts).encode())
-
-
-def _bind(
-    fp: Fingerprinter, func: Any, args: tuple, kwargs: dict, *, skip_first: bool, digest: Callable[[Any], str]
-) -> dict[str, str]:
-    """Digest (by *digest*) of each argument, keyed by parameter name where the signature allows."""
-    simple = fp.positional_names(func)
-    if simple is not None:
-        names = simple[1:] if skip_first else simple
-        if len(args) <= len(names) and not (kwargs and set(kwargs) & set(names[: len(args)])):
-            out = {name: digest(a) for name, a in zip(names, args)}
-            for k, v in kwargs.items():
-                out[k] = digest(v)
-            return out
-    sig = fp.signature(func) if func is not None else None
-    if sig is not None:
-        try:
-            bound = sig.bind(None, *args, **kwargs) if skip_first else sig.bind(*args, **kwargs)
-        except TypeError:
-            bound = None
-        if bound is not None:
-            pairs = list(bound.arguments.items())[1 if skip_first else 0 :]
-            return {k: digest(v) for k, v in pairs}
-    out = {f"#{j}": digest(a) for j, a in enumerate(args)}
-    out.update({k: digest(v) for k, v in kwargs.items()})
-    return out
-
-
-def _arg_digest(fp: Fingerprinter, value: Any) -> str:
-    """An argument's digest; "@"-prefixed when it holds nodes (it changes with its inputs)."""
-    t = type(value)
-    if t in _NODE_TYPES:
-        return "@" + fp.value(value)
-    if t in _CONTAINERS:
-        digest = fp.value(value)
-        return "@" + digest if _scan(value, []) else digest
-    return fp.value(value)
-
-
 class DamagedResult(Exception):
     """Raised inside a backend's executor when a stored result it loads is damaged."""
 
@@ -746,110 +608,3 @@ class DamagedResult(Exception):
         super().__init__(index)
         self.index = index
         self.error = error
-
-
-# -- argument resolution ----------------------------------------------------------------------
-def _getter(value: Any, index_of: Callable[[Any], int]) -> Callable[[Sequence[Any]], Any] | None:
-    """A function of the results list giving *value* resolved, or None for a constant."""
-    t = type(value)
-    if t is Node or t is ClassNode or t is MethodNode:
-        return operator.itemgetter(index_of(value))
-    if t is NodeItem:
-        j = index_of(value.node)
-        path = value.path
-
-        def item(R: Sequence[Any]) -> Any:
-            v = R[j]
-            for k in path:
-                v = v[k]
-            return v
-
-        return item
-    if t is list or t is tuple:
-        parts = [(_getter(v, index_of), v) for v in value]
-        if all(g is None for g, _ in parts):
-            return None
-
-        def seq(R: Sequence[Any]) -> Any:
-            out = [v if g is None else g(R) for g, v in parts]
-            return out if t is list else tuple(out)
-
-        return seq
-    if t is dict:
-        items = [(k, _getter(v, index_of), v) for k, v in value.items()]
-        if all(g is None for _, g, _ in items):
-            return None
-
-        def mapping(R: Sequence[Any]) -> Any:
-            return {k: v if g is None else g(R) for k, g, v in items}
-
-        return mapping
-    return None
-
-
-_CONTAINERS = frozenset({list, tuple, dict, NodeItem})
-_NODE_TYPES = frozenset({Node, ClassNode, MethodNode})
-_PLAIN = frozenset({type(None), bool, int, str, bytes})  # not float: -0.0 == 0.0
-
-
-def _call_with_result(f: Callable[[Any], Any], j: int) -> Callable[[Sequence[Any]], Any]:
-    return lambda R: f(R[j])
-
-
-def build_call(node: Node, index_of: Callable[[Any], int]) -> Callable[[Sequence[Any]], Any]:
-    """Compile *node* into ``call(results) -> value``; fast paths for the common shapes."""
-    args, kwargs = node.args, node.kwargs
-    if type(node) is MethodNode:
-        k = index_of(node.instance)
-        method = node.method
-    else:
-        f = node.func
-        if not kwargs:  # fast path: constants and direct node arguments only
-            if len(args) == 1:
-                a0 = args[0]
-                t0 = type(a0)
-                if t0 is Node or t0 is ClassNode or t0 is MethodNode:
-                    j = index_of(a0)
-                    return lambda R: f(R[j])
-                if t0 not in _CONTAINERS:
-                    return lambda R: f(a0)
-            elif not args:
-                return lambda R: f()
-    arg_getters = [_getter(a, index_of) for a in args]
-    kw_getters = {key: _getter(v, index_of) for key, v in kwargs.items()}
-    simple = all(g is None or isinstance(g, operator.itemgetter) for g in arg_getters)
-    if type(node) is not MethodNode and simple and not kwargs:
-        slots = [(pos, g) for pos, g in enumerate(arg_getters) if g is not None]
-        if not slots:
-            return lambda R: f(*args)
-        if len(args) == 1:
-            g0 = slots[0][1]
-            return lambda R: f(g0(R))
-        template = list(args)
-
-        def call_simple(R: Sequence[Any]) -> Any:
-            a = template.copy()
-            for pos, g in slots:
-                a[pos] = g(R)
-            return f(*a)
-
-        return call_simple
-
-    def resolve(R: Sequence[Any]) -> tuple[list, dict]:
-        a = [v if g is None else g(R) for g, v in zip(arg_getters, args)]
-        kw = {key: v if kw_getters[key] is None else kw_getters[key](R) for key, v in kwargs.items()}  # type: ignore[misc]
-        return a, kw
-
-    if type(node) is MethodNode:
-
-        def call_method(R: Sequence[Any]) -> Any:
-            a, kw = resolve(R)
-            return getattr(R[k], method)(*a, **kw)
-
-        return call_method
-
-    def call(R: Sequence[Any]) -> Any:
-        a, kw = resolve(R)
-        return f(*a, **kw)
-
-    return call
