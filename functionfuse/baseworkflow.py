@@ -257,7 +257,7 @@ class BaseWorkflow:
         """
         if stored is None:
             stored = self._stored()
-        actions, reasons, states, _ = self._actions(stored)
+        actions, reasons, states, details = self._actions(stored)
         names = self.graph.names
         for i, state in enumerate(states):
             if state == CORRUPTED:
@@ -268,8 +268,8 @@ class BaseWorkflow:
                     stacklevel=2,
                 )
             elif state == STALE and actions[i] in (LOAD, SKIP):
-                if _own_change(reasons[i]):
-                    self._warn_stale(names[i], reasons[i].partition("stale: ")[2].partition("; no node")[0])
+                if _own_change(details[i]):
+                    self._warn_stale(names[i], details[i])
                 else:
                     rerun = self._rerun_inputs(i, stored, actions)
                     if rerun:
@@ -565,10 +565,10 @@ class BaseWorkflow:
         return values[0] if len(values) == 1 else values
 
 
-def _own_change(reason: str) -> bool:
-    """True if a stale reason names more than changed inputs (the node itself changed)."""
-    parts = reason.partition("stale: ")[2].partition("; no node")[0].split("; ")
-    return any(p and not p.startswith("input ") for p in parts)
+def _own_change(detail: str) -> bool:
+    """True if why a result is stale (a plan's state detail) names more than changed
+    inputs: the node itself changed."""
+    return any(p and not p.startswith("input ") for p in detail.split("; "))
 
 
 def _check_policy(policy: str) -> str:
