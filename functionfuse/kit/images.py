@@ -69,6 +69,8 @@ __all__ = [
     "wheelhouse_digest",
     "project_root",
     "oci_labels",
+    "REGISTRY_FORM",
+    "registry_repository",
     "source_date_epoch",
     "git_revision",
 ]
@@ -410,6 +412,16 @@ def local_images(
     return sorted(set(found))
 
 
+#: what a registry argument looks like: ``host[:port][/namespace]``
+REGISTRY_FORM = re.compile(r"[A-Za-z0-9.\-]+(:\d+)?(/[a-z0-9._\-/]+)?")
+
+
+def registry_repository(registry: str, repository: str) -> str:
+    """Where :func:`push_images` puts the local *repository* on *registry*: the last
+    part of its name under the registry (``functionfuse`` -> ``REGISTRY/functionfuse``)."""
+    return f"{registry}/{repository.rsplit('/', 1)[-1]}"
+
+
 def push_images(
     tags: Sequence[str],
     registry: str,
@@ -423,7 +435,7 @@ def push_images(
     Credentials are passed to the daemon with each push request and kept in memory only:
     nothing is written to ``~/.docker/config.json``.
     """
-    if not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?(/[a-z0-9._\-/]+)?", registry):
+    if not REGISTRY_FORM.fullmatch(registry):
         raise ConfigurationError(f"Registry {registry!r} must look like 'host[:port][/namespace]', e.g. 127.0.0.1:5000.")
     if (username is None) != (password is None):
         raise ConfigurationError("Give both a username and a password for the registry, or neither.")
@@ -434,7 +446,7 @@ def push_images(
         repo, sep, tag = source.rpartition(":")
         if not sep or "/" in tag:
             raise ConfigurationError(f"Image {source!r} has no tag; expected repository:tag.")
-        target_repo = f"{registry}/{repo.rsplit('/', 1)[-1]}"
+        target_repo = registry_repository(registry, repo)
         t0 = time.perf_counter()
         if not client.api.tag(source, target_repo, tag):
             raise ImagePushError(f"Cannot tag {source!r} as {target_repo}:{tag}.")

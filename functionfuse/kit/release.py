@@ -267,13 +267,13 @@ def publish_images(
 ) -> list[Published]:
     """Push each local image ``repository:tag`` to ``registry/repository:tag`` unless the
     registry already holds it (same manifest digest)."""
-    from .images import push_images
+    from .images import push_images, registry_repository
 
     auth = {"username": credentials[0], "password": credentials[1]} if credentials else None
     done: list[Published] = []
     for source in tags:
         repo, _, tag = source.rpartition(":")
-        target = f"{registry}/{repo.rsplit('/', 1)[-1]}"
+        target = registry_repository(registry, repo)
         reference = f"{target}:{tag}"
         remote = _remote_digest(client, reference, auth)
         if remote and remote in _local_digests(client, source, target):

@@ -96,8 +96,10 @@ def repository_for(workflow_name: str) -> str:
 def registry_reference(reference: str, server: str) -> str:
     """Where :func:`push_step_image` pushes the local *reference* on *server*:
     ``server/repository:tag``."""
+    from ...kit.images import registry_repository
+
     repo, _, tag = reference.rpartition(":")
-    return f"{server.rstrip('/')}/{repo.rsplit('/', 1)[-1]}:{tag}"
+    return f"{registry_repository(server.rstrip('/'), repo)}:{tag}"
 
 
 # -- requirements ----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ...baseworkflow import LOAD, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
 from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, StorageError, missing_dependency
+from ...kit.images import REGISTRY_FORM
 from . import _kfpimage, _kfppipeline, _kfpstep
 
 try:
@@ -60,7 +61,6 @@ _MEMORY_UNITS = ("E", "Ei", "P", "Pi", "T", "Ti", "G", "Gi", "M", "Mi", "K", "Ki
 _MEMORY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
 _PULL_POLICIES = ("Always", "Never", "IfNotPresent")
 _CREDENTIAL_KEYS = ("server", "username", "password")
-_REGISTRY = re.compile(r"[A-Za-z0-9.\-]+(:\d+)?(/[a-z0-9._\-/]+)?")
 #: s3fs options that hold credentials: never in an image or a pipeline file
 _SECRET_OPTIONS = ("key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 
@@ -307,7 +307,7 @@ class KFPWorkflow(BaseWorkflow):
             raise ConfigurationError("registry_credentials: give both 'username' and 'password', or neither.")
         if "server" in creds:
             creds["server"] = re.sub(r"^https?://", "", creds["server"]).rstrip("/")
-            if not _REGISTRY.fullmatch(creds["server"]):
+            if not REGISTRY_FORM.fullmatch(creds["server"]):
                 raise ConfigurationError(
                     f"registry_credentials['server'] {registry_credentials['server']!r} must look like "
                     "'host[:port][/namespace]', e.g. 'registry.example.com/team' or '127.0.0.1:5000'."
