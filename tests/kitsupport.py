@@ -13,6 +13,8 @@ import functools
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -23,6 +25,19 @@ STATE = os.environ.get("FF_KIT_STATE", "/var/tmp/functionfuse-kit")
 LOCAL_BASE = os.environ.get("FF_LOCAL_BASE_IMAGE", "functionfuse-local/debian-python:bookworm")
 WHEELHOUSE = os.path.join(ROOT, "build", "wheelhouse")
 FIGURES = os.path.join(ROOT, "build", "image-figures.json")
+
+
+def modules_imported_parsing(argv: list[str], modules: tuple[str, ...]) -> list[str]:
+    """Which of *modules* a fresh Python imports to parse the ``functionfuse`` command
+    line *argv* (the kit subcommands import the Docker SDK only when they run)."""
+    code = (
+        "import sys, json\n"
+        "from functionfuse.cli import build_parser\n"
+        f"build_parser().parse_args({argv!r})\n"
+        f"print(json.dumps([m for m in {modules!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout)
 
 
 def _setup_reason() -> str:

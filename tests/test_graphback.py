@@ -48,15 +48,22 @@ def test_class_method_chains_are_visible(tmp_path):
         assert f">{name}</text>" in svg
 
 
-def test_nodes_are_coloured_by_storage_state(tmp_path):
+def stored_drawing(tmp_path, damage):
+    """The seed DAG run once into file storage, *damage* done to the storage, and a
+    GraphWorkflow of the DAG reading that storage."""
     storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
     out = seed_quick_start()
     run = LocalWorkflow(out, workflow_name="ops")
     run.set_storage(storage)
     run.run()
-    storage.remove_task("ops", task_name="node3")
+    damage(storage)
     drawing = GraphWorkflow(out, workflow_name="ops", doc_path=str(tmp_path))
     drawing.set_storage(storage)
+    return drawing
+
+
+def test_nodes_are_coloured_by_storage_state(tmp_path):
+    drawing = stored_drawing(tmp_path, lambda storage: storage.remove_task("ops", task_name="node3"))
     dot = drawing.dot_source()
     node1 = dot.split('"node1" [')[1].split("\n")[0]
     assert f'fillcolor="{STATE_COLOURS["current"]}"' in node1
@@ -66,14 +73,7 @@ def test_nodes_are_coloured_by_storage_state(tmp_path):
 
 
 def test_an_unreadable_stored_result_is_drawn_red(tmp_path):
-    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
-    out = seed_quick_start()
-    run = LocalWorkflow(out, workflow_name="ops")
-    run.set_storage(storage)
-    run.run()
-    (tmp_path / "s" / "ops" / "node2.ffr").write_bytes(b"torn")
-    drawing = GraphWorkflow(out, workflow_name="ops", doc_path=str(tmp_path))
-    drawing.set_storage(storage)
+    drawing = stored_drawing(tmp_path, lambda storage: (tmp_path / "s" / "ops" / "node2.ffr").write_bytes(b"torn"))
     node2 = drawing.dot_source().split('"node2" [')[1].split("\n")[0]
     assert f'fillcolor="{STATE_COLOURS["corrupted"]}"' in node2 and "(corrupted)" in node2
     svg = Path(drawing.run(formats="svg")["svg"]).read_text()

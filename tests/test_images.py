@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from kitsupport import LOCAL_BASE, ROOT, built_images, docker_client
+from kitsupport import LOCAL_BASE, ROOT, built_images, docker_client, modules_imported_parsing
 
 pytestmark = pytest.mark.slow
 
@@ -82,14 +82,7 @@ def test_engine_pins_match_the_project_pins(image_req, project_req, name):
 
 
 def test_image_cli_keeps_import_light():
-    code = (
-        "import sys, json\n"
-        "from functionfuse.cli import build_parser\n"
-        "build_parser().parse_args(['image', 'build', 'base'])\n"
-        "print(json.dumps([m for m in ('docker', 'functionfuse.kit.images') if m in sys.modules]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert json.loads(out.stdout) == []
+    assert modules_imported_parsing(["image", "build", "base"], ("docker", "functionfuse.kit.images")) == []
 
 
 def test_missing_docker_sdk_names_the_extra():

@@ -29,7 +29,7 @@ import urllib.request
 
 import pytest
 
-from kitsupport import LOCAL_BASE, ROOT, WHEELHOUSE, built_images, docker_client
+from kitsupport import LOCAL_BASE, ROOT, WHEELHOUSE, built_images, docker_client, modules_imported_parsing
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed: pip install -r requirements/kit.txt")
 
@@ -174,14 +174,7 @@ def test_release_arguments_are_checked(capsys):
 
 
 def test_release_command_keeps_import_light():
-    code = (
-        "import sys, json\n"
-        "from functionfuse.cli import build_parser\n"
-        "build_parser().parse_args(['release', '127.0.0.1:5000/ff'])\n"
-        "print(json.dumps([m for m in ('docker', 'yaml', 'functionfuse.kit.release') if m in sys.modules]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert json.loads(out.stdout) == []
+    assert modules_imported_parsing(["release", "127.0.0.1:5000/ff"], ("docker", "yaml", "functionfuse.kit.release")) == []
 
 
 @needs_helm
