@@ -24,6 +24,7 @@ import contextlib
 import gc
 import operator
 import re
+import unicodedata
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import DuplicateNameError, GraphError
@@ -113,8 +114,11 @@ class Graph:
             self._name_index = {name: i for i, name in enumerate(self.names)}
         return self._name_index
 
-    def _check_explicit_names(self) -> dict[str, int]:
+    def _check_explicit_names(self) -> set[str]:
+        """Refuse two nodes with one name, or with names one file system would take for
+        one file; return the folded keys (:func:`_fold`) of the explicit names."""
         explicit: dict[str, int] = {}
+        folded: dict[str, int] = {}
         for i, n in enumerate(self.nodes):
             name = n._name
             if name is None:
@@ -125,11 +129,20 @@ class Graph:
                     f"Two nodes of this workflow are named {name!r}: {self._describe(j)} and "
                     f"{self._describe(i)}. Give each node a unique name with set_name()."
                 )
-        return explicit
+            j = folded.setdefault(_fold(name), i)
+            if j != i:
+                other = self.nodes[j]._name
+                raise DuplicateNameError(
+                    f"Two nodes of this workflow have names that differ only in case or Unicode normalisation: "
+                    f"{other!r} ({self._describe(j)}) and {name!r} ({self._describe(i)}). Case-insensitive file "
+                    "systems (macOS, Windows) would store both results in one file. Give one of them another "
+                    "name with set_name()."
+                )
+        return set(folded)
 
     def _assign_names(self) -> list[str]:
         names: list[str | None] = [n._name for n in self.nodes]
-        explicit = self._check_explicit_names()
+        taken = self._check_explicit_names()
         counters: dict[str, int] = {}
         labels: dict[int, str] = {}
         nodes = self.nodes
@@ -144,8 +157,10 @@ class Graph:
             while True:
                 candidate = f"{label}_{k:04d}"
                 k += 1
-                if candidate not in explicit:
+                key = _fold(candidate)
+                if key not in taken:  # nor a name in another case (labels `Sum` and `sum`)
                     break
+            taken.add(key)
             counters[label] = k
             if len(candidate.encode()) > MAX_NAME_BYTES:
                 candidate = validate_name(candidate)  # raises with a clear message
@@ -191,6 +206,16 @@ class Graph:
     def is_stateful(self, i: int) -> bool:
         """True for class constructor and method nodes."""
         return type(self.nodes[i]) in (ClassNode, MethodNode)
+
+
+def _fold(name: str) -> str:
+    """The key under which two names are one file on macOS and Windows: equal after
+    Unicode normalisation (NFC) and case folding.
+
+    >>> _fold("Caf\u00e9") == _fold("cafe\u0301")
+    True
+    """
+    return name.casefold() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, TypeVar, overload
 
 from .errors import GraphError, InvalidNameError
 
-__all__ = ["workflow", "task", "Node", "NodeItem", "ClassNode", "validate_name", "MAX_NAME_BYTES"]
+__all__ = ["workflow", "task", "Node", "NodeItem", "ClassNode", "validate_name", "name_problem", "MAX_NAME_BYTES"]
 
 #: Longest node, task or workflow name in UTF-8 bytes (file systems allow 255;
 #: storage adds suffixes).
@@ -51,28 +51,49 @@ def validate_name(name: object, what: str = "Node name") -> str:
     Traceback (most recent call last):
     ...
     functionfuse.errors.InvalidNameError: Node name 'a/b' is not a valid storage key: names may not contain '/'. Use set_name() with letters, digits, '.', '_' or '-'.
+
+    A name is kept exactly as written: it is not normalised, so ``"caf\\u00e9"`` (NFC)
+    and ``"cafe\\u0301"`` (NFD) are both valid. Two nodes of one workflow whose names
+    differ only in case or normalisation are refused when the DAG is checked
+    (:class:`~functionfuse.graph.Graph`), since macOS and Windows file systems would
+    store them in one file.
     """
     hint = "Use set_name() with letters, digits, '.', '_' or '-'." if what == "Node name" else (
         "Use letters, digits, '.', '_' or '-'."
     )
     if not isinstance(name, str):
         raise InvalidNameError(f"{what} {name!r} must be a str, not {type(name).__name__}. {hint}")
-    problem = None
-    if not name or not name.strip():
-        problem = "names may not be empty or blank"
-    elif m := _UNSAFE_CHARS.search(name):
-        problem = f"names may not contain {m.group()!r}"
-    elif ".." in name:
-        problem = "names may not contain '..'"
-    elif name.startswith("."):
-        problem = "names may not start with '.'"
-    elif name != name.strip():
-        problem = "names may not start or end with whitespace"
-    elif len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        problem = f"names may be at most {MAX_NAME_BYTES} bytes long"
+    problem = name_problem(name)
     if problem:
         raise InvalidNameError(f"{what} {name!r} is not a valid storage key: {problem}. {hint}")
     return name
+
+
+def name_problem(name: str) -> str | None:
+    """Why *name* is not a valid node, task or workflow name, or None if it is.
+
+    >>> name_problem("bad name ")
+    'names may not start or end with whitespace'
+    >>> name_problem("model") is None
+    True
+    """
+    if not name or not name.strip():
+        return "names may not be empty or blank"
+    if m := _UNSAFE_CHARS.search(name):
+        return f"names may not contain {m.group()!r}"
+    if ".." in name:
+        return "names may not contain '..'"
+    if name.startswith("."):
+        return "names may not start with '.'"
+    if name != name.strip():
+        return "names may not start or end with whitespace"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate (e.g. a file name that was not UTF-8)
+        return f"names may not contain the lone surrogate {name[exc.start]!r} (not encodable as UTF-8)"
+    if size > MAX_NAME_BYTES:
+        return f"names may be at most {MAX_NAME_BYTES} bytes long"
+    return None
 
 
 def _executing() -> bool:

@@ -7,8 +7,9 @@ import pickle
 import pytest
 
 from functionfuse import task, workflow
-from functionfuse.errors import GraphError, InvalidNameError
-from functionfuse.workflow import ClassNode, MethodNode, Node, NodeItem
+from functionfuse.errors import DuplicateNameError, GraphError, InvalidNameError
+from functionfuse.graph import Graph
+from functionfuse.workflow import ClassNode, MethodNode, Node, NodeItem, validate_name
 
 
 @workflow
@@ -127,3 +128,39 @@ def test_decorating_twice_is_harmless():
 def test_decorating_something_else_is_an_error():
     with pytest.raises(TypeError, match="decorates functions and classes"):
         workflow(3)
+
+
+def test_a_lone_surrogate_is_refused_naming_the_name():
+    with pytest.raises(InvalidNameError, match=r"'a\\udc80b'.*surrogate") as info:
+        add(1, 2).set_name("a\udc80b")
+    assert "set_name()" in str(info.value)
+    with pytest.raises(InvalidNameError, match="surrogate"):
+        validate_name("\ud800", "Workflow name")
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("model", "Model"), ("caf\u00e9", "cafe\u0301"), ("strasse", "Stra\u00dfe")],
+    ids=["case", "nfc-nfd", "casefold"],
+)
+def test_names_equal_under_case_folding_or_normalisation_are_refused(first, second):
+    a = add(1, 2).set_name(first)
+    b = add(a, 1).set_name(second)
+    with pytest.raises(DuplicateNameError) as info:
+        Graph([b])
+    message = str(info.value)
+    assert repr(first) in message and repr(second) in message
+    assert "case" in message and "normalisation" in message and "set_name()" in message
+
+
+def test_automatic_names_avoid_explicit_names_that_differ_only_in_case():
+    a = add(1, 2).set_name("ADD_0000")
+    b = add(a, 1)
+    assert Graph([b]).names == ["ADD_0000", "add_0001"]
+
+
+def test_names_are_kept_as_written_nfc_or_not():
+    # accepted and stored under exactly these code points: only clashes are refused
+    nfd = add(1, 2).set_name("cafe\u0301")
+    assert nfd.name == "cafe\u0301"
+    assert Graph([add(nfd, 1).set_name("caf\u00e9s")]).names == ["cafe\u0301", "caf\u00e9s"]
