@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigurationError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
-from ..workflow import validate_name
+from ..workflow import name_problem, validate_name
 from . import frame
 from .base import Storage
 from .frame import iter_pieces
@@ -258,9 +258,20 @@ class FileStorage(Storage):
             except (OSError, ValueError):
                 continue
 
-    def list_workflows(self) -> list[str]:
+    def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
+        """Names of the workflows stored under ``path``, sorted.
+
+        A folder whose name is not a valid workflow name (made by hand or by another
+        tool) is left out, so it cannot break a listing of the others; with
+        *include_foreign* it is listed too, for a caller that reports it (check each
+        name with :func:`~functionfuse.workflow.name_problem`). Hidden folders
+        (``.name``) are never listed.
+        """
         try:
             with os.scandir(self.path) as it:
-                return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+                names = [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
         except FileNotFoundError:
             return []
+        if not include_foreign:
+            names = [n for n in names if name_problem(n) is None]
+        return sorted(names)

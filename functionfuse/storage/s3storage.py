@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import S3_PROTOCOL
-from ..workflow import validate_name
+from ..workflow import name_problem, validate_name
 from . import _s3io, frame
 from .base import Storage
 
@@ -380,12 +380,19 @@ class S3Storage(Storage):
             except (_s3io.Missing, ValueError):
                 continue
 
-    def list_workflows(self) -> list[str]:
-        """Names of the workflows that have stored results."""
+    def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
+        """Names of the workflows that have stored results, sorted.
+
+        A prefix whose name is not a valid workflow name (written by another tool) is
+        left out, so it cannot break a listing of the others; with *include_foreign* it
+        is listed too (check each name with :func:`~functionfuse.workflow.name_problem`).
+        """
         root = self._root()
         _, prefixes = self.io.list_keys(root)
-        names = (p[len(root) :].rstrip("/") for p in prefixes)
-        return sorted(n for n in names if n and not n.startswith("."))
+        names = [n for n in (p[len(root) :].rstrip("/") for p in prefixes) if n and not n.startswith(".")]
+        if not include_foreign:
+            names = [n for n in names if name_problem(n) is None]
+        return sorted(names)
 
     # -- reads that retry when the result was replaced meanwhile -----------------------------
     def _again(self, read: Callable[[str, str], Any], workflow_name: str, task_name: str) -> Any:
