@@ -207,13 +207,11 @@ class BaseWorkflow:
         return report, progress
 
     def finish_run(self, report: RunReport, progress: Progress, started: float, error: BaseException | None = None) -> None:
-        """Close the progress display with the run's summary under it (logged instead when
-        there is no display) and store the report."""
-        report.seconds = time.perf_counter() - started
-        if error is not None:
-            report.error = f"{type(error).__name__}: {error}"
-            if isinstance(error, NodeExecutionError):
-                report.failed = error.node_name
+        """Close the report (how the run ended: *error* is what it raised, None if it
+        finished; a backend sets ``report.failed`` to the node it stopped at), close the
+        progress display with the run's summary under it (logged instead when there is
+        no display) and store the report."""
+        report.end(time.perf_counter() - started, error)
         level = logging.WARNING if error is not None else logging.INFO
         if progress.enabled:
             progress.close(report.summary())

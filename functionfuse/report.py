@@ -1,9 +1,16 @@
 """Run reports and the progress line.
 
-Every run of a backend produces a :class:`RunReport` (``workflow.last_run``): how many
-nodes ran, were loaded or skipped, which failed, the time each node took and the
-slowest ones. With storage set, the report is stored with the workflow
-(``storage.list_run_reports(workflow_name)``).
+Every run of a backend produces a :class:`RunReport` (``workflow.last_run``): how the
+run ended (:attr:`~RunReport.status`: ``"finished"``, ``"failed"`` or ``"interrupted"``)
+and at which node (:attr:`~RunReport.failed`), how many nodes ran, were loaded or
+skipped, the time each node took and the slowest ones. With storage set, the report is
+stored with the workflow (``storage.list_run_reports(workflow_name)``).
+
+A run ends *failed* when it raises an exception (a node raised, its result could not be
+stored or loaded, storage failed), and *interrupted* when it is stopped by
+``KeyboardInterrupt`` (Ctrl-C) or ``SystemExit`` (``sys.exit()``), also when a node
+raised it. :attr:`~RunReport.failed` names the node the run stopped at whenever the
+backend knows it, whatever the error.
 
 While a run is going, a one-line progress display (nodes done / loaded / running /
 failed, elapsed time) is written to standard error when it is a terminal; a daemon
@@ -23,11 +30,33 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
-__all__ = ["RunReport", "Progress", "progress_enabled"]
+from .errors import NodeExecutionError
+
+__all__ = ["RunReport", "Progress", "progress_enabled", "RUNNING", "FINISHED", "FAILED", "INTERRUPTED", "outcome"]
 
 log = logging.getLogger("functionfuse")
+
+#: values of :attr:`RunReport.status`
+RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
+
+
+def outcome(report: Mapping[str, Any]) -> str:
+    """How a run ended, in words, from a report's :meth:`~RunReport.as_dict` (a stored
+    report too; one stored before reports had a ``status`` is judged by its error).
+
+    >>> outcome({"status": "interrupted", "failed": "train"})
+    "interrupted at 'train'"
+    >>> outcome({"failed": None, "error": None})
+    'finished'
+    """
+    status = report.get("status") or (FAILED if report.get("error") or report.get("failed") else FINISHED)
+    return _outcome(status, report.get("failed"))
+
+
+def _outcome(status: str, node: str | None) -> str:
+    return f"{status} at {node!r}" if node and status in (FAILED, INTERRUPTED) else status
 
 
 @dataclass
@@ -43,8 +72,13 @@ class RunReport:
     loaded: int = 0
     skipped: int = 0
     recomputed: int = 0
+    #: the node the run stopped at (it raised, or its result could not be stored or
+    #: loaded), when known; None for a finished run
     failed: str | None = None
+    #: the exception the run raised, ``"Type: message"``
     error: str | None = None
+    #: how the run ended: FINISHED, FAILED or INTERRUPTED (RUNNING until then)
+    status: str = RUNNING
     #: clock readings after each node of a fast local run (node i: [i + 1] - [i])
     _stamps: list[float] | None = field(default=None, repr=False)
     _names: Any = field(default=None, repr=False)
@@ -63,6 +97,21 @@ class RunReport:
     def record(self, name: str, seconds: float) -> None:
         self._node_seconds[name] = seconds
 
+    def end(self, seconds: float, error: BaseException | None = None) -> None:
+        """Close the report of a run that took *seconds* and raised *error* (None: it
+        finished). ``KeyboardInterrupt`` and ``SystemExit`` interrupt a run, any other
+        exception fails it; the failed node is the one the backend named, else the one
+        a :class:`~functionfuse.errors.NodeExecutionError` names."""
+        self.seconds = seconds
+        if error is None:
+            self.status = FINISHED
+            return
+        self.status = FAILED if isinstance(error, Exception) else INTERRUPTED
+        message = str(error)
+        self.error = f"{type(error).__name__}: {message}" if message else type(error).__name__
+        if self.failed is None and isinstance(error, NodeExecutionError):
+            self.failed = error.node_name
+
     def slowest(self, k: int = 5) -> list[tuple[str, float]]:
         """The *k* nodes that took longest, slowest first."""
         return sorted(self.node_seconds.items(), key=lambda kv: -kv[1])[:k]
@@ -74,9 +123,8 @@ class RunReport:
         return d
 
     def summary(self) -> str:
-        status = f"failed at {self.failed!r}" if self.failed else "finished"
         text = (
-            f"workflow {self.workflow!r} {status} in {self.seconds:.2f} s: {self.ran} run, "
+            f"workflow {self.workflow!r} {_outcome(self.status, self.failed)} in {self.seconds:.2f} s: {self.ran} run, "
             f"{self.loaded} loaded from storage, {self.skipped} skipped"
         )
         if self.recomputed:
@@ -89,7 +137,7 @@ class RunReport:
     def __repr__(self) -> str:
         return (
             f"RunReport(workflow={self.workflow!r}, ran={self.ran}, loaded={self.loaded}, skipped={self.skipped}, "
-            f"recomputed={self.recomputed}, failed={self.failed!r}, seconds={self.seconds:.3f})"
+            f"recomputed={self.recomputed}, status={self.status!r}, failed={self.failed!r}, seconds={self.seconds:.3f})"
         )
 
 

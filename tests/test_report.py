@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import sys
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from contracts.backend import seed_quick_start
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
-from functionfuse.errors import NodeExecutionError
+from functionfuse.errors import NodeExecutionError, SerializationError, StorageError
 from functionfuse.report import Progress, RunReport, progress_enabled
 from functionfuse.storage import storage_factory
 
@@ -150,3 +151,186 @@ def test_progress_is_off_when_not_a_terminal_or_disabled(monkeypatch, capsys):
     assert progress_enabled(None, FakeTTY()) is False
     assert progress_enabled(False, FakeTTY()) is False
     assert progress_enabled(True, io.StringIO()) is True
+
+
+# -- how a run ended: finished, failed or interrupted, and at which node -------------------
+@workflow
+def interrupt(x):
+    raise KeyboardInterrupt
+
+
+@workflow
+def leave(x):
+    sys.exit(3)
+
+
+@workflow
+def lock(x):
+    return threading.Lock()  # cannot be pickled: file storage refuses it
+
+
+STOPS = {"KeyboardInterrupt": (interrupt, KeyboardInterrupt), "SystemExit": (leave, SystemExit)}
+
+
+def file_storage(path):
+    return storage_factory({"kind": "file", "options": {"path": str(path)}})
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["plain", "stored"])
+@pytest.mark.parametrize("stop", list(STOPS), ids=list(STOPS))
+def test_a_node_that_stops_the_run_is_named_and_the_run_interrupted(tmp_path, stop, stored):
+    func, kind = STOPS[stop]
+    wf = LocalWorkflow(func(nap(0.0).set_name("ok")).set_name("stop"), workflow_name="stopped")
+    storage = file_storage(tmp_path) if stored else None
+    wf.set_storage(storage)
+    with pytest.raises(kind):  # re-raised as it was: a stop request is not wrapped
+        wf.run()
+    report = wf.last_run
+    assert (report.status, report.failed, report.ran) == ("interrupted", "stop", 1)
+    assert report.error.startswith(stop)
+    assert "workflow 'stopped' interrupted at 'stop' in " in report.summary()
+    if stored:
+        (saved,) = storage.list_run_reports("stopped")
+        assert (saved["status"], saved["failed"], saved["ran"]) == ("interrupted", "stop", 1)
+        assert storage.list_tasks("stopped") == ["ok"]
+
+
+def test_a_result_that_cannot_be_stored_names_its_node(tmp_path):
+    storage = file_storage(tmp_path)
+    wf = LocalWorkflow(lock(nap(0.0).set_name("ok")).set_name("lock"), workflow_name="unpicklable")
+    wf.set_storage(storage)
+    with pytest.raises(SerializationError):
+        wf.run()
+    assert (wf.last_run.status, wf.last_run.failed) == ("failed", "lock")
+    (saved,) = storage.list_run_reports("unpicklable")
+    assert (saved["status"], saved["failed"]) == ("failed", "lock")
+    assert "SerializationError" in saved["error"]
+
+
+def test_a_finished_run_says_so():
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="fine")
+    wf.run()
+    assert (wf.last_run.status, wf.last_run.failed, wf.last_run.error) == ("finished", None, None)
+    assert wf.last_run.as_dict()["status"] == "finished"
+    assert RunReport("w", "test").status == "running"  # until the run ends
+
+
+LOGGED = [
+    pytest.param(broken, NodeExecutionError, "failed at 'end'", id="failed"),
+    pytest.param(lock, SerializationError, "failed at 'end'", id="unstorable"),
+    pytest.param(interrupt, KeyboardInterrupt, "interrupted at 'end'", id="KeyboardInterrupt"),
+    pytest.param(leave, SystemExit, "interrupted at 'end'", id="SystemExit"),
+]
+
+
+@pytest.mark.parametrize("func, kind, outcome", LOGGED)
+def test_the_logged_summary_says_how_the_run_ended(tmp_path, caplog, func, kind, outcome):
+    wf = LocalWorkflow(func(nap(0.0).set_name("ok")).set_name("end"), workflow_name="logged")
+    wf.set_storage(file_storage(tmp_path))
+    with caplog.at_level(logging.INFO, logger="functionfuse"), pytest.raises(kind):
+        wf.run()
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("workflow 'logged'")]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(f"workflow 'logged' {outcome} in ")
+    assert "finished" not in record.getMessage()
+
+
+def test_a_run_that_fails_before_any_node_is_not_finished(tmp_path, monkeypatch, caplog):
+    storage = file_storage(tmp_path)
+
+    def unreachable(workflow_name):
+        raise StorageError("the storage is unreachable")
+
+    monkeypatch.setattr(storage, "stored_tasks", unreachable)
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="early")
+    wf.set_storage(storage)
+    with caplog.at_level(logging.INFO, logger="functionfuse"), pytest.raises(StorageError):
+        wf.run()
+    assert (wf.last_run.status, wf.last_run.failed) == ("failed", None)
+    assert "workflow 'early' failed in " in caplog.text and "finished" not in caplog.text
+
+
+def test_the_progress_line_ends_with_interrupted_at_the_node(monkeypatch):
+    stream = FakeTTY()
+    monkeypatch.setattr("sys.stderr", stream)
+    wf = LocalWorkflow(interrupt(nap(0.0).set_name("ok")).set_name("stop"), workflow_name="shown")
+    wf.set_progress(True)
+    with pytest.raises(KeyboardInterrupt):
+        wf.run()
+    last = stream.getvalue().rstrip("\n").split("\n")[-1]
+    assert last.startswith("workflow 'shown' interrupted at 'stop' in ")
+
+
+@pytest.mark.parametrize(
+    "fields, text",
+    [
+        ({"status": "finished"}, "workflow 'w' finished in "),
+        ({"status": "failed", "failed": "n"}, "workflow 'w' failed at 'n' in "),
+        ({"status": "failed"}, "workflow 'w' failed in "),
+        ({"status": "interrupted", "failed": "n"}, "workflow 'w' interrupted at 'n' in "),
+        ({"status": "interrupted"}, "workflow 'w' interrupted in "),
+    ],
+    ids=["finished", "failed-at", "failed", "interrupted-at", "interrupted"],
+)
+def test_summary_wording(fields, text):
+    assert RunReport("w", "test", **fields).summary().startswith(text)
+
+
+# -- RayWorkflow: the same report fields ---------------------------------------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    raysupport = pytest.importorskip("raysupport")
+    pytest.importorskip("ray")
+    import ray
+
+    started = not ray.is_initialized()
+    raysupport.start_local_ray()
+    yield
+    if started:
+        raysupport.stop_ray()
+
+
+RAY_WARNINGS = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+
+
+@RAY_WARNINGS
+def test_ray_a_result_that_cannot_be_stored_names_its_node(local_ray, tmp_path):
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+
+    storage = file_storage(tmp_path)
+    wf = RayWorkflow(lock(nap(0.0).set_name("ok")).set_name("lock"), workflow_name="ray_unpicklable")
+    wf.set_storage(storage)
+    with pytest.raises(SerializationError):
+        wf.run()
+    (saved,) = storage.list_run_reports("ray_unpicklable")
+    assert (saved["status"], saved["failed"], saved["backend"]) == ("failed", "lock", "RayWorkflow")
+
+
+@RAY_WARNINGS
+def test_ray_a_stopped_driver_is_interrupted(local_ray, tmp_path, monkeypatch):
+    from functionfuse.backends.builtin import rayback
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    storage = file_storage(tmp_path)
+    wf = rayback.RayWorkflow(nap(0.0).set_name("ok"), workflow_name="ray_stopped")
+    wf.set_storage(storage)
+    monkeypatch.setattr(rayback.ray, "wait", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        wf.run()
+    (saved,) = storage.list_run_reports("ray_stopped")
+    assert saved["status"] == "interrupted"
+
+
+@RAY_WARNINGS
+def test_ray_a_node_raising_keyboard_interrupt_fails_the_run_at_that_node(local_ray, tmp_path):
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+
+    storage = file_storage(tmp_path)
+    wf = RayWorkflow(interrupt(nap(0.0).set_name("ok")).set_name("stop"), workflow_name="ray_node_stop")
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError):  # in a worker, not in this process: the node failed
+        wf.run()
+    (saved,) = storage.list_run_reports("ray_node_stop")
+    assert (saved["status"], saved["failed"]) == ("failed", "stop")

@@ -6,7 +6,10 @@ that runs gets its arguments from the results list, its result is saved to stora
 once (so an interruption loses only the node in progress), and each value is released
 as soon as the last node that needs it has run. A stored result that turns out to be
 damaged when loaded is reported with a warning, dropped from the plan, and the plan is
-recomputed, so the node (and whatever it needs) runs again.
+recomputed, so the node (and whatever it needs) runs again. A run that stops at a node
+(it raised, also ``KeyboardInterrupt`` or ``SystemExit``, which are re-raised as they
+are, or its result could not be stored or loaded) names it in its report
+(``last_run.failed``).
 """
 
 from __future__ import annotations
@@ -78,10 +81,13 @@ class LocalWorkflow(BaseWorkflow):
                     if show and not i % _PROGRESS_EVERY:
                         report.ran = i + 1
                         progress.update()
-            except Exception as exc:
+            except BaseException as exc:  # also KeyboardInterrupt, SystemExit: the report names the node
                 report.ran = i
+                report.failed = self.graph.names[i]
                 del stamps[i + 1 :]
-                raise self.node_error(i, exc) from exc
+                if isinstance(exc, Exception):
+                    raise self.node_error(i, exc) from exc
+                raise
         report.ran = n
         return R
 
@@ -109,30 +115,40 @@ class LocalWorkflow(BaseWorkflow):
         n = len(names)
         R: list[Any] = [None] * n
         report.loaded = report.skipped = 0
+        i = 0
         with executing_nodes():
-            for i in range(n):
-                action = actions[i]
-                if action == SKIP:
-                    report.skipped += 1
-                    continue
-                if action == LOAD:
-                    try:
-                        R[i] = self.load_result(i)
-                    except CorruptedResultError as exc:
-                        raise DamagedResult(i, exc) from exc
-                    report.loaded += 1
-                else:
-                    progress.running = 1
+            try:
+                for i in range(n):
+                    action = actions[i]
+                    if action == SKIP:
+                        report.skipped += 1
+                        continue
+                    if action == LOAD:
+                        try:
+                            R[i] = self.load_result(i)
+                        except CorruptedResultError as exc:
+                            raise DamagedResult(i, exc) from exc
+                        report.loaded += 1
+                    else:
+                        progress.running = 1
+                        progress.update()
+                        t = time.perf_counter()
+                        R[i] = self.run_node(i, R, save=save and action == RUN)
+                        report.record(names[i], time.perf_counter() - t)
+                        report.ran += 1
+                        progress.running = 0
+                        if save and action == RUN:
+                            assert stored is not None
+                            stored[names[i]] = {"fingerprint": self.run_record(i)}
+                    for p in frees[i]:
+                        R[p] = None
                     progress.update()
-                    t = time.perf_counter()
-                    R[i] = self.run_node(i, R, save=save and action == RUN)
-                    report.record(names[i], time.perf_counter() - t)
-                    report.ran += 1
-                    progress.running = 0
-                    if save and action == RUN:
-                        assert stored is not None
-                        stored[names[i]] = {"fingerprint": self.run_record(i)}
-                for p in frees[i]:
-                    R[p] = None
-                progress.update()
+            except DamagedResult:
+                raise  # not a failure: the node runs again
+            except BaseException:
+                # the node raised (KeyboardInterrupt and SystemExit too), or its result
+                # could not be stored or loaded: the run stopped there
+                progress.running = 0
+                report.failed = names[i]
+                raise
         return R

@@ -22,7 +22,10 @@ computed (a ``ray`` storage writes on its storage node): nothing goes through th
 driver, and a crash of the driver or of a worker loses only unfinished nodes. When a
 node fails, no new task is submitted; the tasks in flight finish (and are stored), then
 :meth:`RayWorkflow.run` raises :class:`~functionfuse.errors.NodeExecutionError` naming
-the node and carrying the remote traceback.
+the node and carrying the remote traceback (a ``SerializationError`` or ``StorageError``
+if its result could not be stored); the run's report names it too (``last_run.failed``).
+A node that raises ``KeyboardInterrupt`` or ``SystemExit`` in a worker fails the run
+like any error; Ctrl-C in the driver interrupts it.
 """
 
 from __future__ import annotations
@@ -314,7 +317,7 @@ class RayWorkflow(BaseWorkflow):
             progress.running = len(pending)
             progress.update()
         if failures:
-            self._raise(failures)
+            self._raise(failures, report)
         if not fetch:
             return {}
         wanted = sorted(set(g.outputs))
@@ -404,13 +407,16 @@ class RayWorkflow(BaseWorkflow):
             report.ran += 1
             report.record(names[i], seconds)
 
-    def _raise(self, failures: list["_Failure"]) -> None:
+    def _raise(self, failures: list["_Failure"], report: Any) -> None:
+        """Raise the error of the first failed node in topological order (a damaged
+        stored result first: it is recomputed, the run goes on), naming it in *report*."""
         names, wf = self.graph.names, self.workflow_name
         for f in sorted(failures, key=lambda f: f.index):
             if f.stage == "load" and isinstance(f.error, CorruptedResultError):
                 raise DamagedResult(f.index, f.error)
         f = min(failures, key=lambda f: f.index)
         name = names[f.index]
+        report.failed = name  # whatever the stage: run, save, load or a crashed worker
         if f.stage == "load":
             if isinstance(f.error, SerializationError):
                 raise SerializationError(f"Stored result of node {name!r} cannot be loaded: {f.error}") from f.error
