@@ -3,7 +3,7 @@
     functionfuse storage ls   [--storage SPEC] [WORKFLOW] [--graph TARGET] [--verify] [--json]
     functionfuse storage show [--storage SPEC] WORKFLOW TASK [--json]
     functionfuse storage runs [--storage SPEC] WORKFLOW [--last N] [--json]
-    functionfuse storage rm   [--storage SPEC] WORKFLOW PATTERN [--yes]
+    functionfuse storage rm   [--storage SPEC] WORKFLOW [NAME ...] [--pattern GLOB] [--yes]
     functionfuse plan         [--storage SPEC] [WORKFLOW] --graph TARGET [--cache POLICY] [--json]
     functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format dot,svg,png]
     functionfuse stack up|down [--source DIR] [--dry-run]
@@ -17,6 +17,10 @@ SPEC is a folder (``storage`` by default, or ``$FUNCTIONFUSE_STORAGE``), ``file:
 an S3 URL ``s3://bucket/prefix`` (``s3a://`` too; the endpoint and keys come from
 ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``), or a JSON
 file holding storage_factory options (``{"kind": ..., "options": {...}}``).
+``storage rm`` removes the tasks named exactly (``model[1]`` is that name, not a
+pattern) and those matching each ``--pattern``; it shows them and asks first. ``storage
+ls`` lists folders (or S3 prefixes) whose names are not valid workflow names as
+``foreign`` rows and leaves them alone.
 TARGET is ``path/to/file.py:NAME`` or ``package.module:NAME`` (imported with the
 current folder first on ``sys.path``, as ``python -m`` does), where NAME is a node, a
 list of nodes, a workflow object, or a function without arguments that returns them.
@@ -31,12 +35,15 @@ import fnmatch
 import importlib
 import importlib.util
 import json
+import inspect
 import os
+import shlex
 import sys
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import CorruptedResultError, FunctionFuseError
+from .errors import CorruptedResultError, FunctionFuseError, TaskNotFoundError
+from .workflow import name_problem, validate_name
 
 __all__ = ["main"]
 
@@ -189,15 +196,36 @@ def _last_run_report(storage: Any, workflow: str) -> dict | None:
     return reports[-1] if reports else None
 
 
+def _workflow_names(storage: Any) -> list[str]:
+    """Every workflow folder (or prefix) of *storage*, foreign ones too where it can list them."""
+    lister = storage.list_workflows
+    try:
+        foreign = "include_foreign" in inspect.signature(lister).parameters
+    except (TypeError, ValueError):  # no signature to read (a C or proxy method)
+        foreign = False
+    names: list[str] = lister(include_foreign=True) if foreign else lister()
+    return names
+
+
 def _workflow_rows(storage: Any) -> list[dict]:
-    """One row per stored workflow: tasks, their total size, the last write, the last run."""
-    rows = []
-    for wf in storage.list_workflows():
+    """One row per stored workflow: tasks, their total size, the last write, the last run.
+
+    A folder whose name is not a valid workflow name (made by hand or by another tool)
+    gets a ``foreign`` row with a note instead: it is reported, never read or changed.
+    """
+    rows: list[dict] = []
+    for wf in _workflow_names(storage):
+        problem = name_problem(wf)
+        if problem is not None:
+            rows.append({"workflow": wf, "foreign": True,
+                         "note": f"foreign: not a functionfuse workflow, left as it is: {problem}"})
+            continue
         metas = storage.read_metadata_many(wf, storage.list_tasks(wf, "*"))
         good = [m for m in metas.values() if isinstance(m, dict)]
         last = _last_run_report(storage, wf)
         rows.append({
             "workflow": wf,
+            "foreign": False,
             "tasks": len(metas),
             "corrupted": len(metas) - len(good),
             "size": sum(m.get("size") or 0 for m in good),
@@ -220,11 +248,19 @@ def _ls_workflows(storage: Any, as_json: bool) -> int:
         return 0
     table = []
     for r in rows:
+        if r["foreign"]:  # quoted: the name may end in a space, hold control characters or not be UTF-8
+            shown = repr(r["workflow"])
+            table.append([shown if len(shown) <= 60 else shown[:56] + "...'", "-", "-", "-", "-", r["note"]])
+            continue
         run = r["last_run"]
         tasks = f"{r['tasks']} ({r['corrupted']} corrupted)" if r["corrupted"] else str(r["tasks"])
         last = "-" if run is None else f"{(run['started'] or '-')[:19]} {run['status']}"
-        table.append([r["workflow"], tasks, _size(r["size"]), (r["last_write"] or "-")[:19], last])
-    print(_table(table, ["workflow", "tasks", "size", "last write (UTC)", "last run (UTC)"]))
+        table.append([r["workflow"], tasks, _size(r["size"]), (r["last_write"] or "-")[:19], last, ""])
+    headers = ["workflow", "tasks", "size", "last write (UTC)", "last run (UTC)", "note"]
+    if not any(r["foreign"] for r in rows):
+        headers.pop()
+        table = [row[:-1] for row in table]
+    print(_table(table, headers))
     return 0
 
 
@@ -314,11 +350,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks_to_remove(storage: Any, args: argparse.Namespace) -> list[str]:
+    """The tasks ``storage rm`` removes: each NAME exactly, then what each --pattern matches."""
+    names = [validate_name(n, "Task name") for n in dict.fromkeys(args.names)]
+    if names:
+        stored = set(storage.list_tasks(args.workflow, "*"))
+        missing = [n for n in names if n not in stored]
+        if missing:
+            ls = f"functionfuse storage ls {shlex.quote(args.workflow)}"
+            if args.storage:
+                ls += f" --storage {shlex.quote(args.storage)}"
+            globs = [n for n in missing if any(c in n for c in "*?[")]
+            hint = "".join(f" To remove the tasks matching {g!r}, use --pattern {shlex.quote(g)}." for g in globs)
+            raise TaskNotFoundError(
+                f"Workflow {args.workflow!r} has no stored task {', '.join(map(repr, missing))}: nothing removed. "
+                f"`{ls}` lists the stored tasks.{hint}"
+            )
+    for pattern in args.pattern or ():
+        names.extend(n for n in storage.list_tasks(args.workflow, pattern) if n not in names)
+    return names
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
+    if not args.names and not args.pattern:
+        print("functionfuse storage rm: name the tasks to remove (WORKFLOW NAME [NAME ...]) or select them with "
+              "--pattern GLOB (e.g. --pattern '*' for every task)", file=sys.stderr)
+        return 2
     storage = _storage(args.storage)
-    names = storage.list_tasks(args.workflow, args.pattern)
+    names = _tasks_to_remove(storage, args)
     if not names:
-        print(f"no task of workflow {args.workflow!r} matches {args.pattern!r}")
+        print(f"no task of workflow {args.workflow!r} matches {' or '.join(map(repr, args.pattern))}")
         return 0
     print(f"{len(names)} task(s) of workflow {args.workflow!r}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     if not args.yes:
@@ -333,8 +394,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing removed.")
             return 1
-    removed = storage.remove_task(args.workflow, pattern=args.pattern)
-    print(f"removed {len(removed)} task(s)")
+    for name in names:  # exactly the tasks shown, not what a pattern matches by now
+        storage.remove_task(args.workflow, task_name=name)
+    print(f"removed {len(names)} task(s)")
     return 0
 
 
@@ -427,9 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print the whole reports as JSON")
     runs.set_defaults(func=cmd_runs)
 
-    rm = st_sub.add_parser("rm", help="remove stored results matching a glob pattern (asks first)")
+    rm = st_sub.add_parser("rm", help="remove stored results, named exactly or selected with --pattern (asks first)")
     rm.add_argument("workflow")
-    rm.add_argument("pattern", help="glob pattern of task names, e.g. 'model*' or '*'")
+    rm.add_argument("names", nargs="*", metavar="NAME",
+                    help="task to remove, exactly as named: 'model[1]' is that task, not a pattern")
+    rm.add_argument("--pattern", action="append", metavar="GLOB",
+                    help="also remove the tasks matching this glob pattern, e.g. 'model*' or '*' (repeatable)")
     rm.add_argument("--storage", help=storage_help)
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(func=cmd_rm)

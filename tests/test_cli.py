@@ -138,11 +138,83 @@ def test_runs_lists_the_stored_run_reports(project):
 
 
 def test_rm_asks_first(project):
-    out = ff("storage", "rm", "demo", "*", cwd=project, check=False)
+    out = ff("storage", "rm", "demo", "--pattern", "*", cwd=project, check=False)
     assert out.returncode == 2 and "--yes" in out.stderr
     assert len(json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)) == 2
-    ff("storage", "rm", "demo", "tot*", "--yes", cwd=project)
+    ff("storage", "rm", "demo", "--pattern", "tot*", "--yes", cwd=project)
     assert [r["task"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)] == ["data"]
+
+
+def stored_tasks(project, workflow="demo"):
+    return [r["task"] for r in json.loads(ff("storage", "ls", workflow, "--json", cwd=project).stdout)]
+
+
+def test_rm_names_mean_themselves_even_with_glob_characters(project):
+    from functionfuse.storage import storage_factory
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(project / "storage")}})
+    for name in ("model1", "model[1]", "model*", "modelx"):
+        storage.save("models", name, name)
+    out = ff("storage", "rm", "models", "model[1]", "--yes", cwd=project)
+    assert "model[1]" in out.stdout and "removed 1 task(s)" in out.stdout
+    assert stored_tasks(project, "models") == ["model*", "model1", "modelx"]
+    ff("storage", "rm", "models", "model*", "--yes", cwd=project)
+    assert stored_tasks(project, "models") == ["model1", "modelx"]
+
+
+def test_rm_several_names_and_patterns(project):
+    from functionfuse.storage import storage_factory
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(project / "storage")}})
+    for name in ("a1", "a2", "b1", "b2", "c"):
+        storage.save("many", name, name)
+    ff("storage", "rm", "many", "a1", "c", "--yes", cwd=project)
+    assert stored_tasks(project, "many") == ["a2", "b1", "b2"]
+    ff("storage", "rm", "many", "a2", "--pattern", "b?", "--yes", cwd=project)
+    assert stored_tasks(project, "many") == []
+    out = ff("storage", "rm", "many", "--pattern", "z*", "--yes", cwd=project)
+    assert "no task of workflow 'many' matches 'z*'" in out.stdout
+    out = ff("storage", "rm", "many", "--yes", cwd=project, check=False)
+    assert out.returncode == 2 and "NAME" in out.stderr and "--pattern" in out.stderr
+
+
+def test_rm_of_a_name_not_stored_names_it_and_removes_nothing(project):
+    out = ff("storage", "rm", "demo", "total", "nothere", "--yes", cwd=project, check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "'nothere'" in out.stderr and "functionfuse storage ls demo" in out.stderr
+    assert stored_tasks(project) == ["data", "total"]
+    out = ff("storage", "rm", "demo", "tot*", "--yes", cwd=project, check=False)  # a pattern given as a name
+    assert out.returncode == 1 and "'tot*'" in out.stderr and "--pattern 'tot*'" in out.stderr
+    assert stored_tasks(project) == ["data", "total"]
+    out = ff("storage", "rm", "demo", "a/b", "--yes", cwd=project, check=False)
+    assert out.returncode == 1 and "'a/b'" in out.stderr and "Traceback" not in out.stderr
+
+
+FOREIGN = ["bad name ", "a..b", "ctl\x01", "x" * 230]
+
+
+def test_ls_lists_foreign_folders_without_failing(project):
+    from functionfuse.storage import storage_factory
+
+    root = project / "storage"
+    for name in FOREIGN:
+        (root / name).mkdir()
+    os.mkdir(os.fsencode(root) + b"/latin1-\xe9")  # not UTF-8: a lone surrogate once decoded
+    storage = storage_factory({"kind": "file", "options": {"path": str(root)}})
+    assert storage.list_workflows() == ["demo"]
+    assert len(storage.list_workflows(include_foreign=True)) == 6
+
+    out = ff("storage", "ls", cwd=project)
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("demo ") and "finished" in line for line in lines), out.stdout
+    assert "'bad name '" in out.stdout and "'latin1-\\udce9'" in out.stdout and "'ctl\\x01'" in out.stdout
+    assert out.stdout.count("foreign: ") == 5 and "Traceback" not in out.stderr
+    rows = json.loads(ff("storage", "ls", "--json", cwd=project).stdout)
+    good = [r for r in rows if not r.get("foreign")]
+    assert [r["workflow"] for r in good] == ["demo"] and good[0]["tasks"] == 2
+    foreign = {r["workflow"]: r for r in rows if r.get("foreign")}
+    assert set(foreign) == {*FOREIGN, "latin1-\udce9"}
+    assert "whitespace" in foreign["bad name "]["note"] and "'..'" in foreign["a..b"]["note"]
 
 
 def at_a_terminal(args, cwd, keys=b"", interrupt=False):
@@ -183,14 +255,14 @@ def at_a_terminal(args, cwd, keys=b"", interrupt=False):
 
 
 def test_rm_prompt_at_a_terminal(project):
-    code, out = at_a_terminal(["storage", "rm", "demo", "*"], project, keys=b"\x04")  # Ctrl-D
+    code, out = at_a_terminal(["storage", "rm", "demo", "--pattern", "*"], project, keys=b"\x04")  # Ctrl-D
     assert code == 1 and "Nothing removed." in out and "Traceback" not in out, out
-    code, out = at_a_terminal(["storage", "rm", "demo", "*"], project, interrupt=True)  # Ctrl-C
+    code, out = at_a_terminal(["storage", "rm", "demo", "--pattern", "*"], project, interrupt=True)  # Ctrl-C
     assert code == 130 and "interrupted" in out and "Traceback" not in out, out
-    code, out = at_a_terminal(["storage", "rm", "demo", "*"], project, keys=b"n\n")
+    code, out = at_a_terminal(["storage", "rm", "demo", "data", "total"], project, keys=b"n\n")
     assert code == 1 and "Nothing removed." in out
     assert len(json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)) == 2
-    code, out = at_a_terminal(["storage", "rm", "demo", "tot*"], project, keys=b"y\n")
+    code, out = at_a_terminal(["storage", "rm", "demo", "total"], project, keys=b"y\n")
     assert code == 0 and "removed 1 task(s)" in out, out
     assert [r["task"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)] == ["data"]
 
@@ -375,6 +447,16 @@ def test_storage_commands_over_s3_by_url_and_by_options_file(tmp_path):
         assert meta["inputs"] == ["node1", "node2"]
         ff("storage", "rm", "demo", "node3", "--yes", "--storage", "s3.json", cwd=tmp_path)
         assert storage_factory(options).list_tasks("demo") == ["node1", "node2"]
+
+        # a prefix another tool wrote beside the workflows: listed as foreign, not an error
+        import s3fs
+
+        s3fs.S3FileSystem(**server.s3fs_options()).pipe(f"{bucket}/results/bad name /x.ffr", b"x")
+        assert storage_factory(options).list_workflows() == ["demo"]
+        out = ff("storage", "ls", "--json", "--storage", "s3.json", cwd=tmp_path)
+        rows = {r["workflow"]: r for r in json.loads(out.stdout)}
+        assert rows["demo"]["tasks"] == 2 and rows["bad name "]["foreign"] and "whitespace" in rows["bad name "]["note"]
+        assert "'bad name '" in ff("storage", "ls", "--storage", "s3.json", cwd=tmp_path).stdout
     finally:
         server.stop()
 
