@@ -206,6 +206,10 @@ class PrefectWorkflow(BaseWorkflow):
             t = time.perf_counter()
             try:
                 value = run_node(i, {j: inputs[k] for j, k in keys}, save=save)
+            except BaseException:
+                if run is not None:  # KeyboardInterrupt, SystemExit stop the flow here
+                    run.failed_at(name)
+                raise
             finally:
                 if run is not None:
                     run.stopped()
@@ -289,6 +293,7 @@ class PrefectWorkflow(BaseWorkflow):
         if failures:
             for i in failures[1:]:
                 _run_logger().error("node %r failed too", names[i])
+            report.failed = names[failures[0]]  # whatever failed: the node, storing its result...
             raise self._failure(failures[0], futures[failures[0]])
         results = {i: (futures[i].result() if i in futures else loaded[i]) for i in g.outputs}
         return self.outputs(results)
@@ -309,6 +314,9 @@ class PrefectWorkflow(BaseWorkflow):
                 self.drop_damaged(stored, i, exc, report)
                 actions = self._actions(stored)[0]
                 continue
+            except BaseException:
+                report.failed = self.graph.names[i]  # intact but not loadable here, or Ctrl-C
+                raise
             report.loaded = len(loaded)
             report.skipped = sum(1 for a in actions if a == SKIP)
             return actions, loaded
@@ -347,6 +355,13 @@ class _RunState:
     def stopped(self) -> None:
         with self.lock:
             self.progress.running -= 1
+
+    def failed_at(self, name: str) -> None:
+        """Node *name* raised: the report names the first one (the collect step names
+        the first in topological order if the flow gets there)."""
+        with self.lock:
+            if self.report.failed is None:
+                self.report.failed = name
 
     def finished(self, name: str, seconds: float) -> None:
         with self.lock:
