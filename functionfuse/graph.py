@@ -134,9 +134,9 @@ class Graph:
                 other = self.nodes[j]._name
                 raise DuplicateNameError(
                     f"Two nodes of this workflow have names that differ only in case or Unicode normalisation: "
-                    f"{other!r} ({self._describe(j)}) and {name!r} ({self._describe(i)}). Case-insensitive file "
-                    "systems (macOS, Windows) would store both results in one file. Give one of them another "
-                    "name with set_name()."
+                    f"{_shown(other)} ({self._describe(j)}) and {_shown(name)} ({self._describe(i)}). File systems of macOS and "
+                    "Windows ignore case (macOS also normalisation), so both results would be one file there. "
+                    "Give one of them another name with set_name()."
                 )
         return set(folded)
 
@@ -216,6 +216,12 @@ def _fold(name: str) -> str:
     True
     """
     return name.casefold() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
+
+
+def _shown(name: str | None) -> str:
+    """*name* quoted, with its code points spelled out when it is not ASCII (a
+    precomposed ``é`` and ``e`` + combining accent look the same)."""
+    return repr(name) if name is None or name.isascii() else f"{name!r} = {ascii(name)}"
 
 
 @contextlib.contextmanager
