@@ -220,7 +220,8 @@ def _workflow_rows(storage: Any) -> list[dict]:
             rows.append({"workflow": wf, "foreign": True,
                          "note": f"foreign: not a functionfuse workflow, left as it is: {problem}"})
             continue
-        metas = storage.read_metadata_many(wf, storage.list_tasks(wf, "*"))
+        listed = storage.list_tasks(wf, "*")
+        metas = storage.read_metadata_many(wf, [t for t in listed if name_problem(t) is None])
         good = [m for m in metas.values() if isinstance(m, dict)]
         last = _last_run_report(storage, wf)
         rows.append({
@@ -228,6 +229,7 @@ def _workflow_rows(storage: Any) -> list[dict]:
             "foreign": False,
             "tasks": len(metas),
             "corrupted": len(metas) - len(good),
+            "foreign_tasks": len(listed) - len(metas),
             "size": sum(m.get("size") or 0 for m in good),
             "last_write": max((m["finished"] for m in good if m.get("finished")), default=None),
             "last_run": None if last is None else {
@@ -253,7 +255,8 @@ def _ls_workflows(storage: Any, as_json: bool) -> int:
             table.append([shown if len(shown) <= 60 else shown[:56] + "...'", "-", "-", "-", "-", r["note"]])
             continue
         run = r["last_run"]
-        tasks = f"{r['tasks']} ({r['corrupted']} corrupted)" if r["corrupted"] else str(r["tasks"])
+        odd = [f"{r[k]} {what}" for k, what in (("corrupted", "corrupted"), ("foreign_tasks", "foreign")) if r[k]]
+        tasks = f"{r['tasks']} ({', '.join(odd)})" if odd else str(r["tasks"])
         last = "-" if run is None else f"{(run['started'] or '-')[:19]} {run['status']}"
         table.append([r["workflow"], tasks, _size(r["size"]), (r["last_write"] or "-")[:19], last, ""])
     headers = ["workflow", "tasks", "size", "last write (UTC)", "last run (UTC)", "note"]
@@ -274,6 +277,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
             return _ls_workflows(storage, args.json)
     entries: dict[str, dict] = {}
     for task in storage.list_tasks(workflow, args.pattern):
+        problem = name_problem(task)
+        if problem is not None:  # a file another tool wrote: reported, never read
+            entries[task] = {"task": task, "size": None, "finished": None, "status": "foreign",
+                             "reason": f"not a functionfuse result, left as it is: {problem}"}
+            continue
         try:
             meta = storage.read_metadata(workflow, task)
             if args.verify:
@@ -298,7 +306,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"no tasks stored for workflow {workflow!r}")
         return 0
     table = [
-        [r["task"], _size(r["size"]) if r["size"] is not None else "-", (r["finished"] or "-")[:19], r["status"], r.get("reason", "")]
+        [repr(r["task"]) if r["status"] == "foreign" else r["task"], _size(r["size"]) if r["size"] is not None else "-",
+         (r["finished"] or "-")[:19], r["status"], r.get("reason", "")]
         for r in rows
     ]
     print(_table(table, ["task", "size", "finished (UTC)", "status", "reason"]))
@@ -366,8 +375,8 @@ def _tasks_to_remove(storage: Any, args: argparse.Namespace) -> list[str]:
                 f"Workflow {args.workflow!r} has no stored task {', '.join(map(repr, missing))}: nothing removed. "
                 f"`{ls}` lists the stored tasks.{hint}"
             )
-    for pattern in args.pattern or ():
-        names.extend(n for n in storage.list_tasks(args.workflow, pattern) if n not in names)
+    for pattern in args.pattern or ():  # files with names no task can have are foreign: left alone
+        names.extend(n for n in storage.list_tasks(args.workflow, pattern) if n not in names and name_problem(n) is None)
     return names
 
 

@@ -217,6 +217,22 @@ def test_ls_lists_foreign_folders_without_failing(project):
     assert "whitespace" in foreign["bad name "]["note"] and "'..'" in foreign["a..b"]["note"]
 
 
+def test_ls_lists_foreign_files_of_a_workflow_without_failing(project):
+    (project / "storage" / "demo" / "bad name .ffr").write_bytes(b"x")
+    (project / "storage" / "demo" / "a..b.ffr").write_bytes(b"x")
+    (overview,) = json.loads(ff("storage", "ls", "--json", cwd=project).stdout)
+    assert (overview["tasks"], overview["corrupted"], overview["foreign_tasks"]) == (2, 0, 2)
+    assert "2 (2 foreign)" in ff("storage", "ls", cwd=project).stdout
+    rows = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)}
+    assert rows["data"]["status"] == rows["total"]["status"] == "stored"
+    assert rows["a..b"]["status"] == "foreign" and "'..'" in rows["a..b"]["reason"]
+    text = ff("storage", "ls", "demo", cwd=project).stdout
+    assert "'bad name '" in text and "foreign" in text
+    out = ff("storage", "rm", "demo", "--pattern", "*", "--yes", cwd=project)
+    assert "removed 2 task(s)" in out.stdout
+    assert sorted(f for f in os.listdir(project / "storage" / "demo") if f.endswith(".ffr")) == ["a..b.ffr", "bad name .ffr"]
+
+
 def at_a_terminal(args, cwd, keys=b"", interrupt=False):
     """Run the command with a pseudo-terminal as its stdin/stdout/stderr; at its prompt,
     type *keys* or press Ctrl-C (SIGINT). Returns the exit status and what it printed."""
