@@ -11,6 +11,8 @@ catches them all::
      ├── StorageError
      │    ├── TaskNotFoundError         (also FileNotFoundError)
      │    ├── CorruptedResultError      a stored result failed its integrity checks
+     │    │    └── SignatureError        unsigned, or its signature does not match the key
+     │    ├── SigningKeyError           a result or storage needs another signing key
      │    └── SerializationError        a result could not be written or read back
      ├── ConfigurationError             (also ValueError) bad options, unknown kinds
      └── MissingDependencyError         (also ImportError) an optional extra is missing
@@ -32,6 +34,8 @@ __all__ = [
     "TaskNotFoundError",
     "CorruptedResultError",
     "SerializationError",
+    "SignatureError",
+    "SigningKeyError",
     "ConfigurationError",
     "MissingDependencyError",
     "ResultRecomputedWarning",
@@ -101,6 +105,25 @@ class CorruptedResultError(StorageError):
 
 def _rebuild_corrupted(message: str, path: str) -> CorruptedResultError:
     return CorruptedResultError(message, path=path)
+
+
+class SignatureError(CorruptedResultError):
+    """A stored result is not signed, or its signature does not match, while a signing
+    key is set (see :mod:`functionfuse.storage.signing`). It is never unpickled; runs
+    recompute it."""
+
+    def __reduce__(self):
+        return (_rebuild_signature, (str(self), self.path))
+
+
+def _rebuild_signature(message: str, path: str) -> SignatureError:
+    return SignatureError(message, path=path)
+
+
+class SigningKeyError(StorageError):
+    """A result was signed with another key than this process has, or a storage that
+    signs its results is used in a process without its key. Nothing is read or
+    overwritten: give every process the same key."""
 
 
 class SerializationError(StorageError):

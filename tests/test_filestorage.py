@@ -70,16 +70,6 @@ def test_foreign_file_is_not_loaded(storage):
         storage.read_task("wf", "t")
 
 
-def test_newer_format_asks_for_an_upgrade(storage):
-    storage.save("wf", "t", 1)
-    path = os.path.join(storage.path, "wf", "t.ffr")
-    with open(path, "r+b") as f:
-        f.seek(8)
-        f.write((99).to_bytes(2, "little"))
-    with pytest.raises(StorageError, match="Upgrade functionfuse"):
-        storage.read_task("wf", "t")
-
-
 def test_serializer_data_lives_in_one_folder_per_version(storage):
     storage.register_persistent_serializers(TextBlobSerializer)
     storage.save("wf", "t", TextBlob("one"))

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 import raysupport  # noqa: I001 - sets the Ray environment before ray is imported
-from contracts.storage import WF, StorageContract, TextBlob, TextBlobSerializer, damage_file_result
+from contracts.storage import KEY_A, WF, StorageContract, TextBlob, TextBlobSerializer, damage_file_result
 
 import ray
 
-from functionfuse.errors import ConfigurationError, TaskNotFoundError
+from functionfuse.errors import ConfigurationError, SigningKeyError, TaskNotFoundError
 from functionfuse.storage import available_storages, frame, storage_factory
 from functionfuse.storage.filestorage import FileStorage as LocalFileStorage
+from functionfuse.storage.signing import ENV_KEY
 
 REMOTE = {"resources": {"_disk": 0.001}}
 
@@ -43,6 +44,41 @@ class TestRayFileStorageContract(StorageContract):
     @pytest.fixture
     def corrupt(self):
         return damage_file_result
+
+    @pytest.fixture
+    def use_key(self, monkeypatch):
+        """The key in this process and, through a runtime environment of the storage
+        tasks, on the storage node (a cluster's pods get it from a Secret instead)."""
+
+        def use(storage, key):
+            if key is None:
+                monkeypatch.delenv(ENV_KEY, raising=False)
+                storage.remote_args = dict(REMOTE)
+            else:
+                monkeypatch.setenv(ENV_KEY, key)
+                storage.remote_args = {**REMOTE, "runtime_env": {"env_vars": {ENV_KEY: key}}}
+            return storage
+
+        return use
+
+    def test_copies_of_a_signing_storage_need_the_key(self, storage, use_key):
+        st = use_key(storage, KEY_A)
+        st.save(WF, "t", 1)
+        st.remote_args = dict(REMOTE)  # the test's runtime environment holds the key: not that
+        blob = pickle.dumps(st)
+        assert KEY_A.encode() not in blob
+        use_key(storage, None)
+        clone = pickle.loads(blob)
+        with pytest.raises(SigningKeyError, match="no signing key"):
+            clone.save(WF, "t2", 2)
+        # the storage node checks too: a process with the key, a node without it
+        monkeypatch_env = pytest.MonkeyPatch()
+        try:
+            monkeypatch_env.setenv(ENV_KEY, KEY_A)
+            with pytest.raises(SigningKeyError, match="no signing key"):
+                clone.read_task(WF, "t")
+        finally:
+            monkeypatch_env.undo()
 
     def test_persistent_serializer_writes_beside_the_task_and_is_removed_with_it(self, storage):
         """As in the contract, except that the serializer runs on the storage node (another

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from ..errors import ConfigurationError, CorruptedResultError, TaskNotFoundError
 from ..serializers import lookup_serializer
 from ..workflow import validate_name
-from . import frame
+from . import frame, signing
 
 __all__ = ["Storage"]
 
@@ -30,8 +30,23 @@ class Storage(ABC):
     #: the key of this kind's protocol object in the dictionary handed to serializers
     protocol: str = ""
 
+    #: id of the signing key this storage requires (set when a storage object is
+    #: pickled in a process with a key: see :mod:`functionfuse.storage.signing`)
+    _key_id: str | None = None
+
     def __init__(self) -> None:
         self._serializers: list = []
+
+    # -- signing ---------------------------------------------------------------------
+    def _signer(self) -> signing.Signer | None:
+        """The signing key of this process, checked against the one the storage needs."""
+        return signing.require(self._key_id, repr(self))
+
+    def _signing_state(self) -> dict:
+        """For ``__getstate__``: the id (never the key) of the key copies must have."""
+        signer = signing.current_signer()
+        key_id = self._key_id or (signer.key_id if signer is not None else None)
+        return {"_key_id": key_id} if key_id else {}
 
     # -- serializers -----------------------------------------------------------------
     def register_persistent_serializers(self, *serializers: Any) -> None:
@@ -95,10 +110,13 @@ class Storage(ABC):
         """Store *obj* as the result of *task_name*, atomically; return its metadata."""
         validate_name(workflow_name, "Workflow name")
         validate_name(task_name, "Task name")
-        meta = {"workflow": workflow_name, "task": task_name, **(metadata or {})}
+        meta = {**(metadata or {}), "workflow": workflow_name, "task": task_name}
+        signer = self._signer()
 
         def encode(protocols: dict, token: str | None) -> frame.Encoded:
-            return frame.encode(obj, meta, serializers=self._serializers, protocols=protocols, data=token)
+            return frame.encode(
+                obj, meta, serializers=self._serializers, protocols=protocols, data=token, signer=signer
+            )
 
         header = self._publish(workflow_name, task_name, encode)
         return header["meta"]
@@ -109,14 +127,20 @@ class Storage(ABC):
         :param workflow_name: A name of the workflow to read saved results.
         :param task_name: A task name to load results for.
         :raises TaskNotFoundError: nothing is stored under that name.
-        :raises CorruptedResultError: the stored result is damaged (its path is named).
+        :raises CorruptedResultError: the stored result is damaged, is another task's, or
+            (with a signing key set) is not signed with it; its path is named.
+
+        A stored result is a pickle: reading it runs code its writer chose. Read only
+        from a store you trust like code, or set a signing key
+        (:mod:`functionfuse.storage.signing`).
         """
         validate_name(workflow_name, "Workflow name")
         validate_name(task_name, "Task name")
+        signer = self._signer()
         reader, size, where = self._open(workflow_name, task_name)
         with reader:
-            header = frame.read_header(reader, where, size)
-            segments = frame.read_payload(reader, header, where)
+            header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
+            segments = frame.read_payload(reader, header, where, signer=signer)
         if header["meta"].get("serializers"):
             protocols = self._data_protocols(workflow_name, task_name, header.get("data"))
             return frame.decode(segments, where, lookup=self._lookup, protocols=protocols)
@@ -129,10 +153,11 @@ class Storage(ABC):
         """
         validate_name(workflow_name, "Workflow name")
         validate_name(task_name, "Task name")
+        signer = self._signer()
         reader, size, where = self._open(workflow_name, task_name)
         with reader:
-            header = frame.read_header(reader, where, size)
-            frame.read_payload(reader, header, where)
+            header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
+            frame.read_payload(reader, header, where, signer=signer)
         return dict(header["meta"])
 
     def read_metadata(self, workflow_name: str, task_name: str) -> dict:
@@ -142,12 +167,14 @@ class Storage(ABC):
         """
         validate_name(workflow_name, "Workflow name")
         validate_name(task_name, "Task name")
+        signer = self._signer()
         reader, size, where = self._open(workflow_name, task_name)
         with reader:
-            header = frame.read_header(reader, where, size)
+            header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
         meta = dict(header["meta"])
         meta["checksum"] = header["checksum"]
         meta["format"] = header["format"]
+        meta["signed"] = "mac" in header
         return meta
 
     def read_metadata_many(self, workflow_name: str, task_names: Iterable[str]) -> dict[str, Any]:
@@ -190,19 +217,29 @@ class Storage(ABC):
         :param workflow_name: A name of the workflow to remove node results.
         :param task_name: A name of the node to remove. Ignored if *pattern* is given.
         :param pattern: A glob pattern of node names to be removed.
-        :returns: the names removed.
+        :returns: the names removed. A task that matched the pattern but was removed
+            meanwhile (by another process) is done, not an error; a *task_name* that is
+            not stored raises TaskNotFoundError.
         """
         validate_name(workflow_name, "Workflow name")
         if pattern is not None:
             names = self.list_tasks(workflow_name, pattern)
         elif task_name is not None:
-            names = [validate_name(task_name, "Task name")]
+            self._remove(workflow_name, validate_name(task_name, "Task name"))
+            log.debug("removed task %r of workflow %r", task_name, workflow_name)
+            return [task_name]
         else:
             raise ConfigurationError("remove_task needs task_name or pattern (e.g. pattern='*' for every task).")
+        removed = []
         for name in names:
-            self._remove(workflow_name, name)
+            try:
+                self._remove(workflow_name, name)
+            except TaskNotFoundError:
+                log.debug("task %r of workflow %r was removed meanwhile", name, workflow_name)
+                continue
             log.debug("removed task %r of workflow %r", name, workflow_name)
-        return names
+            removed.append(name)
+        return removed
 
     def save_run_report(self, workflow_name: str, report: dict) -> None:
         """Store a run report with the workflow (kinds without report support raise

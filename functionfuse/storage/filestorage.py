@@ -89,7 +89,7 @@ class FileStorage(Storage):
         return f"FileStorage({self.path!r})"
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_serializers": self._serializers}
+        return {"path": self.path, "_serializers": self._serializers, **self._signing_state()}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -3,22 +3,29 @@
 Layout (little-endian)::
 
     preamble  24 bytes  magic b"FFRESULT" | format u16 | flags u16 | header length u32
-                        | xxh3-64 of the header u64
+                        | xxh3-64 of the preamble's first 16 bytes and the header u64
     header    JSON      {"format", "segments": [sizes], "checksum": "xxh3_128:<hex>",
-                         "data": token or null, "meta": {...}}
+                         "data": token or null, "meta": {...}[, "mac", "key_id"]}
+    tag       32 bytes  only in signed results (flag 1): a keyed MAC of the preamble's
+                        first 16 bytes and the header (which holds the payload's MAC)
     segments            the pickle stream (protocol 5), then each out-of-band buffer
 
 Large buffers (NumPy arrays and other PEP 574 objects) are written and read as they
-are, without a copy into the pickle stream. A file whose size, header hash or payload
-checksum does not match is reported as corrupted, never loaded.
+are, without a copy into the pickle stream. A result whose size, preamble check,
+header, payload checksum, recorded workflow and task, or signature does not match is
+reported as damaged, never loaded. Every format from 2 on keeps the preamble and its
+check as they are, so a newer format is told apart from damage; format 1 (whose check
+covered the header only) is still read.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import mmap
 import pickle
+import re
 import struct
 import sys
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -26,13 +33,24 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import xxhash
 
 from .._version import __version__
-from ..errors import CorruptedResultError, SerializationError, StorageError
+from ..errors import CorruptedResultError, SerializationError, SignatureError, SigningKeyError, StorageError
+from .signing import TAG_BYTES, Signer
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "PREAMBLE", "Encoded", "encode", "read_header", "read_payload", "decode"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "PREAMBLE", "FLAG_SIGNED", "Encoded", "encode", "read_header", "read_payload", "decode"]
 
 MAGIC = b"FFRESULT"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PREAMBLE = struct.Struct("<8sHHIQ")
+#: the preamble without its check: what the check (and a signature) covers
+PREAMBLE_FIELDS = struct.Struct("<8sHHI")
+#: flag bits: the result carries a signature after its header
+FLAG_SIGNED = 1
+_KNOWN_FLAGS = FLAG_SIGNED
+_MAX_SEGMENTS = 1 << 20
+_CHECKSUM = re.compile(r"xxh3_128:[0-9a-f]{32}")
+_MAC = re.compile(r"blake3:[0-9a-f]{64}")
+#: the data token of a result: names its serializer data next to it
+_TOKEN = re.compile(r"[0-9a-f]{16}")
 PID_TAG = "functionfuse.serializer"
 _CHUNK = 8 << 20
 _MAX_HEADER = 64 << 20
@@ -95,8 +113,17 @@ def serializer_name(ser: Any) -> str:
     return getattr(ser, "name", None) or f"{ser.__module__}.{getattr(ser, '__qualname__', type(ser).__qualname__)}"
 
 
-def encode(obj: Any, meta: dict, *, serializers: Sequence[Any] = (), protocols: dict | None = None, data: str | None = None) -> Encoded:
-    """Pickle *obj* (protocol 5, buffers out of band) and frame it with *meta*."""
+def encode(
+    obj: Any,
+    meta: dict,
+    *,
+    serializers: Sequence[Any] = (),
+    protocols: dict | None = None,
+    data: str | None = None,
+    signer: Signer | None = None,
+) -> Encoded:
+    """Pickle *obj* (protocol 5, buffers out of band) and frame it with *meta*; sign it
+    with *signer* if given."""
     buffers: list = []
     used: list[str] = []
     try:
@@ -116,23 +143,37 @@ def encode(obj: Any, meta: dict, *, serializers: Sequence[Any] = (), protocols: 
             "storage.register_persistent_serializers(...)."
         ) from exc
     hasher = xxhash.xxh3_128()
+    mac = signer.payload_hasher() if signer is not None else None
     for s in segments:
         hasher.update(s)
+        if mac is not None:
+            mac.update(s)
     meta = dict(meta)
     meta.setdefault("versions", library_versions())
     meta["size"] = sum(memoryview(s).nbytes for s in segments)
     if used:
         meta["serializers"] = sorted(set(used))
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "segments": [memoryview(s).nbytes for s in segments],
         "checksum": "xxh3_128:" + hasher.hexdigest(),
         "data": data,
         "meta": meta,
     }
+    flags = 0
+    if signer is not None and mac is not None:
+        flags |= FLAG_SIGNED
+        header["mac"] = "blake3:" + mac.hexdigest()
+        header["key_id"] = signer.key_id
     hbytes = json.dumps(header, separators=(",", ":"), default=str).encode()
-    pre = PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes), xxhash.xxh3_64_intdigest(hbytes))
-    return Encoded(header, [pre + hbytes, *segments])
+    fields = PREAMBLE_FIELDS.pack(MAGIC, FORMAT_VERSION, flags, len(hbytes))
+    check = xxhash.xxh3_64()
+    check.update(fields)
+    check.update(hbytes)
+    first = fields + struct.pack("<Q", check.intdigest()) + hbytes
+    if signer is not None:
+        first += signer.tag(fields, hbytes)
+    return Encoded(header, [first, *segments])
 
 
 def read_exact(f: Reader, n: int, where: str) -> bytearray:
@@ -147,32 +188,133 @@ def read_exact(f: Reader, n: int, where: str) -> bytearray:
     return buf
 
 
-def read_header(f: Reader, where: str, size: int | None = None) -> dict:
-    """Read and check the preamble and header; *size* (the whole object's) is checked too."""
+def _damaged(where: str, why: str) -> CorruptedResultError:
+    return CorruptedResultError(f"Stored result {where} is damaged: {why}.", path=where)
+
+
+def _check_header(header: Any, version: int, where: str) -> dict:
+    """Check that a header (whose bytes passed their check) has the shape this format
+    gives it; anything else is damage, never a KeyError or AttributeError later."""
+    if not isinstance(header, dict):
+        raise _damaged(where, "its header is not a JSON object")
+    if header.get("format") != version:
+        raise _damaged(where, f"its header says format {header.get('format')!r}, its preamble {version}")
+    segments = header.get("segments")
+    if (
+        not isinstance(segments, list)
+        or not segments
+        or len(segments) > _MAX_SEGMENTS
+        or not all(type(n) is int and n >= 0 for n in segments)
+    ):
+        raise _damaged(where, "its header lists no valid segment sizes")
+    checksum = header.get("checksum")
+    if not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum):
+        raise _damaged(where, f"its header names an unknown checksum {str(checksum)[:40]!r}")
+    data = header.get("data")
+    if data is not None and not (isinstance(data, str) and _TOKEN.fullmatch(data)):
+        raise _damaged(where, f"its header's data token {str(data)[:40]!r} is not 16 hex digits")
+    meta = header.get("meta")
+    if not isinstance(meta, dict):
+        raise _damaged(where, "its header has no metadata")
+    for key in ("workflow", "task"):
+        if not isinstance(meta.get(key), str):
+            raise _damaged(where, f"its metadata records no {key} name")
+    used = meta.get("serializers")
+    if used is not None and not (isinstance(used, list) and all(isinstance(n, str) for n in used)):
+        raise _damaged(where, "its metadata lists serializers that are not names")
+    if used and data is None:
+        raise _damaged(where, "it uses serializers but names no data token")
+    return header
+
+
+def read_header(
+    f: Reader,
+    where: str,
+    size: int | None = None,
+    *,
+    expect: tuple[str, str] | None = None,
+    signer: Signer | None = None,
+) -> dict:
+    """Read and check the preamble and header (and the signature of a signed result).
+
+    :param size: the whole object's size, checked against the header's segment sizes.
+    :param expect: ``(workflow, task)`` the result is read as: a result that records
+        another workflow or task (a file copied or renamed) is damage.
+    :param signer: the key of this process: the result must be signed with it.
+    :raises CorruptedResultError: damage of any kind (:class:`SignatureError` when not
+        signed, or not signed right). :raises SigningKeyError: signed with another key.
+    """
     pre = bytes(read_exact(f, PREAMBLE.size, where))
-    magic, version, _flags, hlen, hhash = PREAMBLE.unpack(pre)
+    magic, version, flags, hlen, hcheck = PREAMBLE.unpack(pre)
     if magic != MAGIC:
         raise CorruptedResultError(f"{where} is not a functionfuse result (bad magic bytes).", path=where)
+    if version == 0:
+        raise _damaged(where, "its preamble says format 0, which was never written")
+    if hlen > _MAX_HEADER or (size is not None and PREAMBLE.size + hlen > size):
+        raise _damaged(where, f"its header has an impossible length ({hlen})")
+    hbytes = bytes(read_exact(f, hlen, where))
+    check = xxhash.xxh3_64()
+    if version == 1:  # format 1 checked the header bytes only, and had no flags
+        if flags != 0:
+            raise _damaged(where, f"a format 1 result has flags {flags:#x}")
+    else:
+        check.update(pre[:16])
+    check.update(hbytes)
+    if check.intdigest() != hcheck:
+        raise CorruptedResultError(
+            f"Stored result {where} has a damaged header (its preamble check does not match).", path=where
+        )
     if version > FORMAT_VERSION:
         raise StorageError(
             f"{where} was written in result format {version}, newer than this functionfuse "
             f"({__version__}) reads (format {FORMAT_VERSION}). Upgrade functionfuse to read it."
         )
-    if hlen > _MAX_HEADER or (size is not None and PREAMBLE.size + hlen > size):
-        raise CorruptedResultError(f"Stored result {where} has a damaged header (impossible length {hlen}).", path=where)
-    hbytes = bytes(read_exact(f, hlen, where))
-    if xxhash.xxh3_64_intdigest(hbytes) != hhash:
-        raise CorruptedResultError(f"Stored result {where} has a damaged header (checksum mismatch).", path=where)
+    if flags & ~_KNOWN_FLAGS:
+        raise _damaged(where, f"its preamble has unknown flags {flags:#x}")
+    signed = bool(flags & FLAG_SIGNED)
+    tag = bytes(read_exact(f, TAG_BYTES, where)) if signed else b""
     try:
         header = json.loads(hbytes)
-        expected = PREAMBLE.size + hlen + sum(header["segments"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptedResultError(f"Stored result {where} has an unreadable header: {exc}", path=where) from None
+    except ValueError as exc:
+        raise _damaged(where, f"its header is not JSON ({exc})") from None
+    _check_header(header, version, where)
+    if signed and not (
+        isinstance(header.get("mac"), str) and _MAC.fullmatch(header["mac"]) and isinstance(header.get("key_id"), str)
+    ):
+        raise _damaged(where, "it is flagged as signed but its header carries no valid MAC")
+    expected = PREAMBLE.size + hlen + len(tag) + sum(header["segments"])
     if size is not None and size != expected:
         kind = "truncated" if size < expected else "longer than its header says"
         raise CorruptedResultError(
             f"Stored result {where} is {kind} ({size} bytes, expected {expected}).", path=where
         )
+    if signer is not None:
+        if not signed:
+            raise SignatureError(
+                f"Stored result {where} is not signed, and this process has a storage signing key "
+                f"(key id {signer.key_id}): it is not read. Runs recompute it; or remove it.",
+                path=where,
+            )
+        if header["key_id"] != signer.key_id:
+            raise SigningKeyError(
+                f"Stored result {where} is signed with key id {str(header['key_id'])[:16]!r}, and this process has "
+                f"key id {signer.key_id}: it is neither read nor overwritten. Set the key the store was written "
+                "with (FUNCTIONFUSE_STORAGE_KEY), or remove the result."
+            )
+        if not hmac.compare_digest(signer.tag(pre[:16], hbytes), tag):
+            raise SignatureError(
+                f"Stored result {where} has a signature that does not match its content: it was changed "
+                "by someone without the key. It is not read; runs recompute it.",
+                path=where,
+            )
+    if expect is not None:
+        meta = header["meta"]
+        if (meta["workflow"], meta["task"]) != tuple(expect):
+            raise _damaged(
+                where,
+                f"it holds the result of task {meta['task'][:200]!r} of workflow {meta['workflow'][:200]!r}, not of "
+                f"task {expect[1]!r} of workflow {expect[0]!r} (a copied or renamed file)",
+            )
     return header
 
 
@@ -185,12 +327,14 @@ def _buffer(n: int) -> Any:
     return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
-def read_payload(f: Reader, header: dict, where: str) -> list[Any]:
-    """Read every segment after the header, verifying the checksum as it goes."""
-    algo, _, digest = header["checksum"].partition(":")
-    if algo != "xxh3_128":
-        raise StorageError(f"{where} uses checksum {algo!r}, which this functionfuse does not know.")
+def read_payload(f: Reader, header: dict, where: str, *, signer: Signer | None = None) -> list[Any]:
+    """Read every segment after the header, verifying the checksum (and, with *signer*,
+    the payload's MAC: pass the signer the header was read with) as it goes."""
+    digest = header["checksum"].partition(":")[2]
     hasher = xxhash.xxh3_128()
+    if signer is not None and not isinstance(header.get("mac"), str):
+        raise SignatureError(f"Stored result {where} is not signed.", path=where)
+    mac = signer.payload_hasher() if signer is not None else None
     segments: list[Any] = []
     for n in header["segments"]:
         buf = _buffer(n)
@@ -202,10 +346,18 @@ def read_payload(f: Reader, header: dict, where: str) -> list[Any]:
                 raise CorruptedResultError(f"Stored result {where} is truncated.", path=where)
             hasher.update(view[got : got + k])
             got += k
+        if mac is not None:
+            mac.update(view)
         segments.append(buf)
     if hasher.hexdigest() != digest:
         raise CorruptedResultError(
             f"Stored result {where} is corrupted: its checksum does not match its content.", path=where
+        )
+    if mac is not None and not hmac.compare_digest("blake3:" + mac.hexdigest(), header["mac"]):
+        raise SignatureError(
+            f"Stored result {where} has a payload that does not match its signature: it was changed by "
+            "someone without the key. It is not read; runs recompute it.",
+            path=where,
         )
     return segments
 

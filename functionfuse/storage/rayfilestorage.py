@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from ..errors import ConfigurationError, SerializationError, missing_dependency
 from ..serializers import FILE_PROTOCOL
 from ..workflow import validate_name
-from . import frame
+from . import frame, signing
 from .filestorage import FileStorage as _LocalFileStorage
 
 try:
@@ -92,6 +92,7 @@ class FileStorage:
         self.path = os.path.abspath(os.fspath(path))
         self.remote_args = dict(remote_args)
         self._serializers: list = []
+        self._key_id: str | None = None
         if init_args is not None and not ray.is_initialized():
             ray.init(**init_args)
 
@@ -103,15 +104,31 @@ class FileStorage:
         return f"rayfilestorage.FileStorage({self.path!r}, remoteArgs={self.remote_args!r})"
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "remote_args": self.remote_args, "_serializers": self._serializers}
+        return {
+            "path": self.path,
+            "remote_args": self.remote_args,
+            "_serializers": self._serializers,
+            "_key_id": self._required_key_id(),
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_key_id", None)
+
+    # -- signing (see functionfuse.storage.signing) ---------------------------------------------
+    def _required_key_id(self) -> str | None:
+        """The id of the signing key every process using this storage must have."""
+        signer = signing.current_signer()
+        return self._key_id or (signer.key_id if signer is not None else None)
+
+    def _signer(self) -> signing.Signer | None:
+        return signing.require(self._key_id, repr(self))
 
     # -- where the work is done -----------------------------------------------------------
     def local(self) -> _LocalFileStorage:
         """The file storage that does the work on the storage node (same path, same serializers)."""
         inner = _LocalFileStorage(self.path)
+        inner._key_id = self._required_key_id()
         if self._serializers:
             inner.register_persistent_serializers(*self._serializers)
         return inner
@@ -129,7 +146,7 @@ class FileStorage:
             )
         fn = _op.options(**self.remote_args) if self.remote_args else _op
         try:
-            ref = fn.remote(self.path, self._serializers, method, args, kwargs)
+            ref = fn.remote(self.path, self._serializers, self._required_key_id(), method, args, kwargs)
         except TypeError as exc:  # an argument that cannot be serialized
             obj = args[2] if method == "save" else args
             raise SerializationError(
@@ -170,7 +187,8 @@ class FileStorage:
         validate_name(task_name, "Task name")
         if self._serializers:
             return self._call("save", workflow_name, task_name, obj, metadata)
-        enc = frame.encode(obj, {"workflow": workflow_name, "task": task_name, **(metadata or {})})
+        meta = {**(metadata or {}), "workflow": workflow_name, "task": task_name}
+        enc = frame.encode(obj, meta, signer=self._signer())
         # memoryviews (out-of-band buffers) travel through Ray as pickle buffers, uncopied
         pieces = [pickle.PickleBuffer(p) if isinstance(p, memoryview) else p for p in enc.pieces]
         return self._call("_write", workflow_name, task_name, enc.header, pieces)
@@ -253,24 +271,28 @@ class FileStorage:
 _LOCAL: dict[str, _LocalFileStorage] = {}
 
 
-def _local(path: str, serializers: list) -> _LocalFileStorage:
+def _local(path: str, serializers: list, key_id: str | None) -> _LocalFileStorage:
     st = _LOCAL.get(path)
     if st is None:
         st = _LOCAL[path] = _LocalFileStorage(path)
     st._serializers = list(serializers)
+    st._key_id = key_id
     return st
 
 
 def _read(st: _LocalFileStorage, workflow_name: str, task_name: str) -> tuple[str, str, Any]:
     """Read and verify a result; send the verified segments (decoded in the caller)
     unless the result needs its serializers' files, which are here."""
+    validate_name(workflow_name, "Workflow name")
+    validate_name(task_name, "Task name")
+    signer = st._signer()
     reader, size, where = st._open(workflow_name, task_name)
     with reader:
-        header = frame.read_header(reader, where, size)
+        header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
         if header["meta"].get("serializers"):
             reader.close()
             return "object", where, st.read_task(workflow_name, task_name)
-        segments = frame.read_payload(reader, header, where)
+        segments = frame.read_payload(reader, header, where, signer=signer)
     # pickle buffers travel out of band, whatever buffer type the file storage read into
     return "segments", where, [pickle.PickleBuffer(s) for s in segments]
 
@@ -286,8 +308,8 @@ _PRIVATE_OPS: dict[str, Any] = {"_read": _read, "_write": _write}
 
 
 @ray.remote
-def _op(path: str, serializers: list, method: str, args: tuple, kwargs: dict) -> Any:
-    st = _local(path, serializers)
+def _op(path: str, serializers: list, key_id: str | None, method: str, args: tuple, kwargs: dict) -> Any:
+    st = _local(path, serializers, key_id)
     private = _PRIVATE_OPS.get(method)
     if private is not None:
         return private(st, *args)

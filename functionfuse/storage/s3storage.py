@@ -232,7 +232,13 @@ class S3Storage(Storage):
 
     def __getstate__(self) -> dict:
         # The s3fs options travel with the object (workers need them): see the module doc.
-        return {"bucket": self.bucket, "prefix": self.prefix, "_options": self._options, "_serializers": self._serializers}
+        return {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "_options": self._options,
+            "_serializers": self._serializers,
+            **self._signing_state(),
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -14,15 +14,41 @@ import pickle
 import numpy as np
 import pytest
 
+from framing import delete_raw, get_raw, payload_offset, put_raw, reframe, split
 from functionfuse.errors import (
     ConfigurationError,
     CorruptedResultError,
     InvalidNameError,
     SerializationError,
+    SignatureError,
+    SigningKeyError,
+    StorageError,
     TaskNotFoundError,
 )
+from functionfuse.storage.frame import FLAG_SIGNED, FORMAT_VERSION
+from functionfuse.storage.signing import ENV_KEY
 
 WF = "contract"
+KEY_A = "a-test-signing-key-0123456789abcdef"
+KEY_B = "b-test-signing-key-0123456789abcdef"
+
+#: header edits that leave a valid preamble check but contents no writer produces
+CRAFTED_HEADERS = {
+    "no meta": lambda h: h.pop("meta"),
+    "meta not an object": lambda h: h.update(meta=[1, 2]),
+    "no task in meta": lambda h: h["meta"].pop("task"),
+    "task not a str": lambda h: h["meta"].update(task=5),
+    "no segments": lambda h: h.pop("segments"),
+    "segments not sizes": lambda h: h.update(segments=["12"]),
+    "negative segment": lambda h: h.update(segments=[-1] + h["segments"][1:]),
+    "unknown checksum": lambda h: h.update(checksum="md5:" + "0" * 32),
+    "checksum not a str": lambda h: h.update(checksum=7),
+    "format differs from preamble": lambda h: h.update(format=7),
+    "serializers not names": lambda h: h["meta"].update(serializers=[1]),
+    "serializers without data": lambda h: (h["meta"].update(serializers=["TextBlob"]), h.update(data=None)),
+}
+#: data tokens an attacker may write; only 16 hex digits are a token
+CRAFTED_TOKENS = ["x/../../..", "../../../victim", "0123456789abcdeg", "0123456789ABCDEF", 12]
 
 
 class Unpicklable:
@@ -184,6 +210,241 @@ class StorageContract:
             storage.register_persistent_serializers(object())
 
 
+    # -- a hostile store: copies, renames, crafted preambles, headers and tokens ------------
+    def test_result_copied_under_another_name_is_refused(self, storage):
+        storage.save(WF, "n1", "one")
+        storage.save(WF, "n4", "four")
+        put_raw(storage, WF, "n4", get_raw(storage, WF, "n1"))  # cp n1.ffr n4.ffr
+        for read in (storage.read_task, storage.verify_task, storage.read_metadata):
+            with pytest.raises(CorruptedResultError, match="task 'n1'.*copied or renamed") as info:
+                read(WF, "n4")
+            assert "n4" in info.value.path
+        assert isinstance(storage.read_metadata_many(WF, ["n1", "n4"])["n4"], CorruptedResultError)
+        assert storage.read_task(WF, "n1") == "one"
+        storage.save(WF, "n4", "four again")  # a damaged result is overwritten as usual
+        assert storage.read_task(WF, "n4") == "four again"
+
+    def test_result_renamed_or_moved_to_another_workflow_is_refused(self, storage):
+        storage.save(WF, "n1", "one")
+        data = get_raw(storage, WF, "n1")
+        delete_raw(storage, WF, "n1")
+        put_raw(storage, WF, "n9", data)  # mv n1.ffr n9.ffr
+        put_raw(storage, "elsewhere", "n1", data)  # mv into another workflow
+        with pytest.raises(CorruptedResultError, match="copied or renamed"):
+            storage.read_task(WF, "n9")
+        with pytest.raises(CorruptedResultError, match=f"workflow {WF!r}"):
+            storage.read_task("elsewhere", "n1")
+
+    @pytest.mark.parametrize("bit", [0, 3, 8, 15], ids=lambda b: f"bit{b}")
+    @pytest.mark.parametrize("field", ["format", "flags"])
+    def test_flipped_preamble_bit_is_damage_not_a_newer_format(self, storage, field, bit):
+        storage.save(WF, "t", "value")
+        storage.save(WF, "other", "fine")
+        data = bytearray(get_raw(storage, WF, "t"))
+        offset = 8 if field == "format" else 10
+        data[offset + bit // 8] ^= 1 << (bit % 8)
+        put_raw(storage, WF, "t", bytes(data))
+        for read in (storage.read_task, storage.read_metadata, storage.verify_task):
+            with pytest.raises(CorruptedResultError):
+                read(WF, "t")
+        assert storage.read_task(WF, "other") == "fine"
+        storage.save(WF, "t", "again")
+        assert storage.read_task(WF, "t") == "again"
+
+    def test_newer_format_asks_for_an_upgrade(self, storage):
+        storage.save(WF, "t", 1)
+        put_raw(storage, WF, "t", reframe(get_raw(storage, WF, "t"), lambda h: h.update(format=FORMAT_VERSION + 1),
+                                          version=FORMAT_VERSION + 1))
+        with pytest.raises(StorageError, match="Upgrade functionfuse") as info:
+            storage.read_task(WF, "t")
+        assert not isinstance(info.value, CorruptedResultError)  # never recomputed over
+
+    def test_format_zero_is_damage(self, storage):
+        storage.save(WF, "t", 1)
+        put_raw(storage, WF, "t", reframe(get_raw(storage, WF, "t"), lambda h: h.update(format=0), version=0))
+        with pytest.raises(CorruptedResultError, match="format 0"):
+            storage.read_task(WF, "t")
+
+    def test_format_1_results_are_still_read(self, storage):
+        storage.save(WF, "t", {"x": [1, 2]})
+        legacy = reframe(get_raw(storage, WF, "t"), lambda h: h.update(format=1), version=1, legacy=True)
+        put_raw(storage, WF, "t", legacy)
+        assert storage.read_task(WF, "t") == {"x": [1, 2]}
+        assert storage.read_metadata(WF, "t")["format"] == 1
+        flipped = bytearray(legacy)
+        flipped[9] ^= 0x01  # format 1 -> 257: damage, not "upgrade"
+        put_raw(storage, WF, "t", bytes(flipped))
+        with pytest.raises(CorruptedResultError):
+            storage.read_task(WF, "t")
+
+    @pytest.mark.parametrize("how", sorted(CRAFTED_HEADERS))
+    def test_crafted_header_with_a_valid_check_is_damage(self, storage, how):
+        storage.save(WF, "t", [1, 2, 3])
+        put_raw(storage, WF, "t", reframe(get_raw(storage, WF, "t"), CRAFTED_HEADERS[how]))
+        for read in (storage.read_task, storage.verify_task, storage.read_metadata):
+            with pytest.raises(CorruptedResultError):
+                read(WF, "t")
+        assert isinstance(storage.read_metadata_many(WF, ["t"])["t"], CorruptedResultError)
+        storage.save(WF, "t", "again")
+        assert storage.read_task(WF, "t") == "again"
+
+    @pytest.mark.parametrize("header", [b"[1, 2]", b"{not json", b'"text"', b"null"], ids=repr)
+    def test_header_that_is_no_json_object_is_damage(self, storage, header):
+        storage.save(WF, "t", 1)
+        put_raw(storage, WF, "t", reframe(get_raw(storage, WF, "t"), header_bytes=header))
+        with pytest.raises(CorruptedResultError):
+            storage.read_metadata(WF, "t")
+
+    @pytest.mark.parametrize("token", CRAFTED_TOKENS, ids=repr)
+    def test_crafted_data_token_is_damage(self, storage, token):
+        storage.register_persistent_serializers(TextBlobSerializer)
+        storage.save(WF, "t", {"blob": TextBlob("mine")})
+
+        def edit(h):
+            h["data"] = token
+
+        put_raw(storage, WF, "t", reframe(get_raw(storage, WF, "t"), edit))
+        with pytest.raises(CorruptedResultError, match="data token"):
+            storage.read_task(WF, "t")
+        storage.save(WF, "t", {"blob": TextBlob("new")})  # the overwrite follows no crafted token
+        assert storage.read_task(WF, "t")["blob"].text == "new"
+
+    # -- signed results (functionfuse.storage.signing) ------------------------------------------
+    @pytest.fixture
+    def use_key(self, monkeypatch):
+        """``use_key(storage, key)``: the storage, used from now on with *key* (None: no key)
+        in every process it runs in."""
+
+        def use(storage, key):
+            if key is None:
+                monkeypatch.delenv(ENV_KEY, raising=False)
+            else:
+                monkeypatch.setenv(ENV_KEY, key)
+            return storage
+
+        return use
+
+    def test_signed_results_round_trip(self, storage, use_key):
+        st = use_key(storage, KEY_A)
+        st.save(WF, "t", {"a": np.arange(1000), "s": "text"})
+        back = st.read_task(WF, "t")
+        np.testing.assert_array_equal(back["a"], np.arange(1000))
+        assert st.read_metadata(WF, "t")["signed"] is True
+        st.verify_task(WF, "t")
+        raw = get_raw(st, WF, "t")
+        assert split(raw)[1] & FLAG_SIGNED
+        assert KEY_A.encode() not in raw and KEY_A not in str(st.read_metadata(WF, "t"))
+
+    def test_unsigned_result_is_refused_once_a_key_is_set(self, storage, use_key):
+        use_key(storage, None).save(WF, "t", "unsigned")
+        st = use_key(storage, KEY_A)
+        for read in (st.read_task, st.verify_task, st.read_metadata):
+            with pytest.raises(SignatureError, match="not signed"):
+                read(WF, "t")
+        st.save(WF, "t", "signed")  # runs recompute it: the overwrite is signed
+        assert st.read_task(WF, "t") == "signed"
+
+    def test_signature_stripped_is_refused(self, storage, use_key):
+        st = use_key(storage, KEY_A)
+        st.save(WF, "t", "signed")
+        raw = get_raw(st, WF, "t")
+
+        def strip(h):
+            h.pop("mac")
+            h.pop("key_id")
+
+        stripped = reframe(raw, strip, flags=0)
+        off = payload_offset(raw)
+        stripped = stripped[: len(stripped) - (len(raw) - off) - 32] + raw[off:]  # drop the tag
+        put_raw(st, WF, "t", stripped)
+        with pytest.raises(SignatureError, match="not signed"):
+            st.read_task(WF, "t")
+        assert use_key(storage, None).read_task(WF, "t") == "signed"  # intact: only unsigned
+
+    def test_result_changed_without_the_key_is_refused(self, storage, use_key):
+        """An attacker who knows the format rewrites the payload and every checksum."""
+        import pickle as pk
+
+        import xxhash
+
+        st = use_key(storage, KEY_A)
+        st.save(WF, "t", "honest")
+        raw = get_raw(st, WF, "t")
+        evil = pk.dumps("forged", protocol=5)
+
+        def edit(h):
+            h["segments"] = [len(evil)]
+            h["checksum"] = "xxh3_128:" + xxhash.xxh3_128(evil).hexdigest()
+
+        framed = reframe(raw, edit)
+        tag_end = payload_offset(framed)
+        put_raw(st, WF, "t", framed[:tag_end] + evil)
+        with pytest.raises(SignatureError, match="signature"):
+            st.read_task(WF, "t")
+        # the header untouched, the payload replaced by one of the same size
+        same_size = pk.dumps("HONEST", protocol=5)
+
+        def edit2(h):
+            h["checksum"] = "xxh3_128:" + xxhash.xxh3_128(same_size).hexdigest()
+
+        framed = reframe(raw, edit2)
+        put_raw(st, WF, "t", framed[: payload_offset(framed)] + same_size)
+        with pytest.raises(SignatureError):
+            st.read_task(WF, "t")
+        # only the payload changed, the checksums left as they were: damage all the same
+        put_raw(st, WF, "t", raw[: payload_offset(raw)] + same_size)
+        with pytest.raises(CorruptedResultError):
+            st.read_task(WF, "t")
+
+    def test_signed_copy_under_another_name_is_refused(self, storage, use_key):
+        st = use_key(storage, KEY_A)
+        st.save(WF, "n1", "one")
+        st.save(WF, "n4", "four")
+        put_raw(st, WF, "n4", get_raw(st, WF, "n1"))
+        with pytest.raises(CorruptedResultError, match="copied or renamed"):
+            st.read_task(WF, "n4")
+
+    def test_result_signed_with_another_key_is_refused_and_kept(self, storage, use_key):
+        use_key(storage, KEY_A).save(WF, "t", "by A")
+        st = use_key(storage, KEY_B)
+        with pytest.raises(SigningKeyError, match="key id") as info:
+            st.read_task(WF, "t")
+        assert not isinstance(info.value, CorruptedResultError)  # runs stop; nothing is overwritten
+        with pytest.raises(SigningKeyError):
+            st.read_metadata(WF, "t")
+        assert use_key(storage, KEY_A).read_task(WF, "t") == "by A"
+
+    def test_reader_without_a_key_reads_signed_results(self, storage, use_key):
+        use_key(storage, KEY_A).save(WF, "t", "signed")
+        assert use_key(storage, None).read_task(WF, "t") == "signed"
+
+    def test_copies_of_a_signing_storage_need_the_key(self, storage, use_key):
+        st = use_key(storage, KEY_A)
+        st.save(WF, "t", 1)
+        blob = pickle.dumps(st)
+        assert KEY_A.encode() not in blob
+        use_key(storage, None)
+        clone = pickle.loads(blob)
+        with pytest.raises(SigningKeyError, match="no signing key"):
+            clone.save(WF, "t2", 2)
+        use_key(storage, KEY_B)
+        with pytest.raises(SigningKeyError, match="key id"):
+            clone.save(WF, "t2", 2)
+
+    # -- concurrent removal -----------------------------------------------------------------
+    def test_task_removed_meanwhile_is_not_an_error_for_a_pattern(self, storage):
+        for name in ["a1", "a2", "a3"]:
+            storage.save(WF, name, name)
+        listed = storage.list_tasks(WF, "a*")
+        storage.remove_task(WF, task_name="a2")  # another process got there first
+        real = type(storage).list_tasks
+        try:
+            type(storage).list_tasks = lambda self, wf, pattern="*": listed  # what the first rm listed
+            assert storage.remove_task(WF, pattern="a*") == ["a1", "a3"]
+        finally:
+            type(storage).list_tasks = real
+        assert storage.list_tasks(WF, "*") == []
+
 class TextBlob:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -198,20 +459,22 @@ class TextBlobSerializer:
 
     @classmethod
     def pickle(cls, obj, protocols):
-        from functionfuse.serializers import FILE_PROTOCOL
-
         cls.pickled += 1
-        files = protocols[FILE_PROTOCOL]
-        with files.open("blob.txt", "w") as f:
+        with _files(protocols).open("blob.txt", "w") as f:
             f.write(obj.text)
         return "blob.txt"
 
     @classmethod
     def unpickle(cls, pid, protocols):
-        from functionfuse.serializers import FILE_PROTOCOL
-
-        with protocols[FILE_PROTOCOL].open(pid, "r") as f:
+        with _files(protocols).open(pid, "r") as f:
             return TextBlob(f.read())
+
+
+def _files(protocols):
+    """The files of a result, under whichever protocol the storage kind offers."""
+    from functionfuse.serializers import FILE_PROTOCOL, S3_PROTOCOL
+
+    return protocols[FILE_PROTOCOL] if FILE_PROTOCOL in protocols else protocols[S3_PROTOCOL]
 
 
 def damage_file_result(storage, workflow, task, how):
