@@ -5,9 +5,20 @@ Layout of a workflow folder::
     path/workflow_name/<task>.ffr                 a result (see functionfuse.storage.frame)
     path/workflow_name/<task>.<token>.data/       serializer files of that result, if any
     path/workflow_name/.tmp/                      writes in progress
+    path/workflow_name/.runs/                     run reports
+    path/.removing-<token>/                       a workflow being removed
 
 A write goes to ``.tmp``, is flushed with fsync and renamed into place, and the
 folder is fsynced: a reader sees the old result or the new one, never a part.
+
+No symbolic link below ``path`` is followed (``path`` itself may be one), so nothing
+the storage writes or removes is outside it: a workflow folder, ``.tmp`` or ``.runs``
+that is a link is refused with a StorageError that names it; a result file or data
+folder that is a link reads as damaged; removing a link unlinks the link only.
+Leftovers of killed writes (in ``.tmp``) and of killed removals (``.removing-*``) are
+swept by the first write of a storage object (docs/storage.md, "Symlinks and
+leftovers"). A workflow removed while a result or run report is written is made
+again, once; the second time the write fails with a StorageError.
 """
 
 from __future__ import annotations
@@ -16,11 +27,12 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
-from ..errors import ConfigurationError, StorageError
+from ..errors import ConfigurationError, CorruptedResultError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
 from ..workflow import name_problem, validate_name
 from . import frame
@@ -33,8 +45,19 @@ SUFFIX = ".ffr"
 _TMP = ".tmp"
 _RUNS = ".runs"
 _KEEP_RUNS = 100
-_STALE_TMP_SECONDS = 24 * 3600
 _MAX_WRITE = 1 << 30
+# leftovers in .tmp: removed when untouched this long...
+_STALE_TMP_SECONDS = 10 * 60
+# ...and, of those untouched this long, the oldest while they exceed either cap
+_IDLE_TMP_SECONDS = 60
+_MAX_TMP_BYTES = 1 << 30
+_MAX_TMP_ENTRIES = 100
+_TOKEN = re.compile(r"[0-9a-f]{16}")
+_TRASH = re.compile(r"\.removing-[0-9a-f]{8,32}")
+_REPORT = re.compile(r"\d{8}T\d{6}\.\d{9}-[0-9a-f]{8}\.json")
+# never follow a link in the last component; never block on a FIFO
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _fsync_dir(path: str) -> None:
@@ -48,6 +71,82 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _remove_entry(path: str) -> None:
+    """Remove a file, link or folder without following a link (best effort, like
+    ``rmtree(ignore_errors=True)``): a link is unlinked, never what it points to."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)  # refuses a link put in its place meanwhile
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _last_change(entry: os.DirEntry) -> tuple[float, int]:
+    """When a leftover was last written (a folder: anything in it) and its bytes."""
+    st = entry.stat(follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_mtime, st.st_size
+    newest, size = st.st_mtime, 0
+    for folder, dirs, files in os.walk(entry.path):  # follows no link
+        for name in dirs + files:
+            try:
+                sub = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            newest = max(newest, sub.st_mtime)
+            size += 0 if stat.S_ISDIR(sub.st_mode) else sub.st_size
+    return newest, size
+
+
+def _sweep_tmp(tmp: str) -> None:
+    """Remove leftovers of killed writes from *tmp*.
+
+    A leftover untouched for ``_STALE_TMP_SECONDS`` goes. Of those untouched for
+    ``_IDLE_TMP_SECONDS``, the oldest go while they hold more than ``_MAX_TMP_BYTES``
+    or ``_MAX_TMP_ENTRIES``. A write in progress keeps touching its files, so it is
+    neither removed nor counted.
+    """
+    now = time.time()
+    idle = []
+    try:
+        with os.scandir(tmp) as it:
+            entries = list(it)
+    except OSError:
+        return
+    for e in entries:
+        try:
+            changed, size = _last_change(e)
+        except OSError:
+            continue
+        if now - changed > _STALE_TMP_SECONDS:
+            _remove_entry(e.path)
+        elif now - changed > _IDLE_TMP_SECONDS:
+            idle.append((changed, size, e.path))
+    idle.sort()
+    total, count = sum(size for _, size, _ in idle), len(idle)
+    for _, size, path in idle:
+        if total <= _MAX_TMP_BYTES and count <= _MAX_TMP_ENTRIES:
+            break
+        _remove_entry(path)
+        total, count = total - size, count - 1
+
+
+def _trim_reports(runs: str) -> None:
+    """Keep the newest ``_KEEP_RUNS`` run reports; other files in *runs* are not touched."""
+    try:
+        with os.scandir(runs) as it:
+            names = sorted(e.name for e in it if _REPORT.fullmatch(e.name) and not e.is_dir(follow_symlinks=False))
+    except OSError:
+        return
+    for old in names[: max(0, len(names) - _KEEP_RUNS)]:
+        try:
+            os.unlink(os.path.join(runs, old))
+        except FileNotFoundError:  # trimmed by a concurrent run
+            pass
 
 
 def _write_all(fd: int, pieces: Iterable[Any]) -> None:
@@ -102,6 +201,38 @@ class FileStorage(Storage):
     def _file(self, workflow_name: str, task_name: str) -> str:
         return os.path.join(self.path, workflow_name, task_name + SUFFIX)
 
+    def _folder(self, path: str, *, create: bool = False) -> bool:
+        """Whether the storage's own folder *path* is there (made first if *create*).
+
+        A link in its place is refused, whatever it points to; so is anything else
+        that is not a folder when the folder is to be written to.
+        """
+        if create:
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except FileExistsError:  # a dangling link
+                    pass
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(mode):
+            raise StorageError(
+                f"{path!r} is a symbolic link: file storage follows no link inside its folder "
+                f"{self.path!r}, so that nothing it writes or removes can be outside it. Remove the link "
+                "(it is made again as a folder when needed), or move the folder it points to into its place."
+            )
+        if stat.S_ISDIR(mode):
+            return True
+        if create:
+            raise StorageError(f"{path!r} is not a folder, and file storage keeps its own files there. Move it away.")
+        return False
+
     def _data_dirs(self, workflow_name: str, task_name: str) -> list[tuple[str, str]]:
         rx = re.compile(re.escape(task_name) + r"\.([0-9a-f]{16})\.data")
         out = []
@@ -111,56 +242,87 @@ class FileStorage(Storage):
                     m = rx.fullmatch(e.name)
                     if m:
                         out.append((m.group(1), e.path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         return out
 
     def _prepare(self, workflow_name: str) -> str:
-        tmp = os.path.join(self._wf(workflow_name), _TMP)
-        os.makedirs(tmp, exist_ok=True)
-        if workflow_name not in self._swept:  # leftovers of writes killed long ago
+        """Make (and check) the workflow folder and its ``.tmp``; return ``.tmp``.
+
+        The first call of this object sweeps killed removals, the first per workflow
+        killed writes."""
+        if not self._swept:
+            self._sweep_trash()
+        wf = self._wf(workflow_name)
+        self._folder(wf, create=True)
+        tmp = os.path.join(wf, _TMP)
+        self._folder(tmp, create=True)
+        if workflow_name not in self._swept:
             self._swept.add(workflow_name)
-            cutoff = time.time() - _STALE_TMP_SECONDS
-            with os.scandir(tmp) as it:
-                for e in it:
-                    try:
-                        if e.stat(follow_symlinks=False).st_mtime < cutoff:
-                            shutil.rmtree(e.path) if e.is_dir() else os.remove(e.path)
-                    except OSError:
-                        pass
+            _sweep_tmp(tmp)
         return tmp
+
+    def _sweep_trash(self) -> None:
+        """Finish removals that were killed: ``.removing-*`` at the root (a link is unlinked)."""
+        try:
+            with os.scandir(self.path) as it:
+                trash = [e.path for e in it if _TRASH.fullmatch(e.name) and (e.is_symlink() or e.is_dir())]
+        except OSError:
+            return
+        for path in trash:
+            _remove_entry(path)
+
+    def _removed_while_running(self, workflow_name: str, what: str) -> StorageError:
+        return StorageError(
+            f"Workflow {workflow_name!r} was removed while running: its folder {self._wf(workflow_name)!r} "
+            f"vanished twice while {what} was written. Run the workflow again, and remove a workflow "
+            "only when no run uses it."
+        )
 
     # -- primitives -----------------------------------------------------------------
     def _publish(self, workflow_name: str, task_name: str, encode: Callable) -> dict:
+        for _ in range(2):  # a workflow removed meanwhile is made again, once
+            header = self._publish_once(workflow_name, task_name, encode)
+            if header is not None:
+                return header
+        raise self._removed_while_running(workflow_name, f"the result of task {task_name!r}")
+
+    def _publish_once(self, workflow_name: str, task_name: str, encode: Callable) -> dict | None:
+        """Write and commit one result; None if the workflow folder vanished meanwhile."""
         tmpdir = self._prepare(workflow_name)
+        wf = os.path.dirname(tmpdir)
         token = uuid.uuid4().hex[:16]
         staging = TaskFiles(os.path.join(tmpdir, token + ".data"))
         tmpfile = os.path.join(tmpdir, token + SUFFIX)
-        final_data = os.path.join(self._wf(workflow_name), f"{task_name}.{token}.data")
+        final_data = os.path.join(wf, f"{task_name}.{token}.data")
         previous = self._previous_data(workflow_name, task_name)
+        committed = False
         try:
             enc = encode({FILE_PROTOCOL: staging}, token)
-            fd = os.open(tmpfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, enc.pieces)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if staging.used:
-                _fsync_dir(staging.root)
-                os.rename(staging.root, final_data)
-            os.replace(tmpfile, self._file(workflow_name, task_name))
-            _fsync_dir(self._wf(workflow_name))
-        except BaseException:
-            for p in (tmpfile, staging.root):
-                if os.path.isdir(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                elif os.path.exists(p):
-                    os.remove(p)
-            raise
+                fd = os.open(tmpfile, _CREATE_FLAGS, 0o644)
+                try:
+                    _write_all(fd, enc.pieces)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if staging.used:
+                    _fsync_dir(staging.root)
+                    os.rename(staging.root, final_data)
+                os.replace(tmpfile, self._file(workflow_name, task_name))
+                committed = True
+            except FileNotFoundError:  # .tmp or the workflow folder was removed (remove_workflow)
+                pass
+        finally:
+            if not committed:
+                for p in (tmpfile, staging.root, final_data):  # fresh names: only ever this write's
+                    _remove_entry(p)
+        if not committed:
+            return None
+        _fsync_dir(wf)
         # the previous version's serializer data is now unreachable
         if previous and previous != token:
-            shutil.rmtree(os.path.join(self._wf(workflow_name), f"{task_name}.{previous}.data"), ignore_errors=True)
+            _remove_entry(os.path.join(wf, f"{task_name}.{previous}.data"))
         return enc.header
 
     def _previous_data(self, workflow_name: str, task_name: str) -> str | None:
@@ -174,29 +336,73 @@ class FileStorage(Storage):
                 header = frame.read_header(reader, where, size)
         except StorageError:  # damaged: its data folder is found by remove_task's scan
             return None
-        return header.get("data") if header["meta"].get("serializers") else None
+        token = header.get("data")
+        if not header["meta"].get("serializers") or not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            return None
+        return token
 
     def _open(self, workflow_name: str, task_name: str) -> tuple[Any, int, str]:
         path = self._file(workflow_name, task_name)
+        if not self._folder(self._wf(workflow_name)):
+            raise self._not_found(workflow_name, task_name, path)
         try:
-            f = open(path, "rb", buffering=0)
+            fd = os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             raise self._not_found(workflow_name, task_name, path) from None
-        except IsADirectoryError:
-            raise StorageError(f"{path} is a folder, not a stored result.") from None
-        return f, os.fstat(f.fileno()).st_size, path
+        except OSError:
+            if not os.path.islink(path):
+                raise
+            raise CorruptedResultError(
+                f"{path} is a symbolic link, not a stored result: file storage reads no result through "
+                f"a link. Run the workflow again to replace it, or remove the link with "
+                f"storage.remove_task({workflow_name!r}, {task_name!r}).",
+                path=path,
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise StorageError(f"{path} is a folder, not a stored result.")
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptedResultError(
+                    f"{path} is not a regular file, not a stored result. Remove it with "
+                    f"storage.remove_task({workflow_name!r}, {task_name!r}).",
+                    path=path,
+                )
+            return open(fd, "rb", buffering=0), st.st_size, path
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _data_protocols(self, workflow_name: str, task_name: str, token: str | None) -> dict:
+        where = self._file(workflow_name, task_name)
+        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+            raise CorruptedResultError(
+                f"Stored result {where} uses serializer data but names no valid data folder ({token!r}). "
+                f"Run the workflow again to replace it, or remove it with "
+                f"storage.remove_task({workflow_name!r}, {task_name!r}).",
+                path=where,
+            )
         root = os.path.join(self._wf(workflow_name), f"{task_name}.{token}.data")
+        if os.path.islink(root):
+            raise CorruptedResultError(
+                f"The data folder {root} of stored result {where} is a symbolic link: file storage reads "
+                f"no serializer data through a link. Run the workflow again to replace the result, or "
+                f"remove it with storage.remove_task({workflow_name!r}, {task_name!r}).",
+                path=root,
+            )
         return {FILE_PROTOCOL: TaskFiles(root)}
 
     def _task_names(self, workflow_name: str) -> list[str]:
-        names = []
+        """Results, and links in their place (they read as damaged, and can be removed)."""
+        wf = self._wf(workflow_name)
+        names: list[str] = []
+        if not self._folder(wf):
+            return names
         try:
-            with os.scandir(self._wf(workflow_name)) as it:
+            with os.scandir(wf) as it:
                 for e in it:
                     n = e.name
-                    if n.endswith(SUFFIX) and not n.startswith(".") and e.is_file():
+                    if n.endswith(SUFFIX) and not n.startswith(".") and (e.is_symlink() or e.is_file()):
                         names.append(n[: -len(SUFFIX)])
         except (FileNotFoundError, NotADirectoryError):
             pass
@@ -204,40 +410,59 @@ class FileStorage(Storage):
 
     def _remove(self, workflow_name: str, task_name: str) -> None:
         path = self._file(workflow_name, task_name)
+        if not self._folder(self._wf(workflow_name)):
+            raise self._not_found(workflow_name, task_name, path)
         try:
-            os.remove(path)
+            os.unlink(path)  # a link: the link only
         except FileNotFoundError:
             raise self._not_found(workflow_name, task_name, path) from None
         for _, data in self._data_dirs(workflow_name, task_name):
-            shutil.rmtree(data, ignore_errors=True)
+            _remove_entry(data)
 
     def _remove_workflow(self, workflow_name: str) -> None:
+        self._sweep_trash()
         path = self._wf(workflow_name)
-        if not os.path.isdir(path):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode):  # the link only: what it points to is not this storage's
+            _remove_entry(path)
+            return
+        if not stat.S_ISDIR(mode):
             return
         # rename first so a concurrent reader never sees a half-removed workflow
         trash = os.path.join(self.path, f".removing-{uuid.uuid4().hex[:8]}")
-        os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:  # a concurrent remove_workflow renamed it first
+            return
+        _remove_entry(trash)
 
     def save_run_report(self, workflow_name: str, report: dict) -> None:
         """Write *report* as ``path/workflow_name/.runs/<time>-<token>.json`` (atomically)."""
         validate_name(workflow_name, "Workflow name")
-        tmpdir = self._prepare(workflow_name)
-        runs = os.path.join(self._wf(workflow_name), _RUNS)
-        os.makedirs(runs, exist_ok=True)
-        now = time.time_ns()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}"
-        name = f"{stamp}-{uuid.uuid4().hex[:8]}.json"
-        tmp = os.path.join(tmpdir, name)
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(runs, name))
-        reports = sorted(os.listdir(runs))
-        for old in reports[: max(0, len(reports) - _KEEP_RUNS)]:
-            os.remove(os.path.join(runs, old))
+        text = json.dumps(report, indent=1, default=str)
+        for _ in range(2):  # a workflow removed meanwhile is made again, once
+            tmpdir = self._prepare(workflow_name)
+            runs = os.path.join(os.path.dirname(tmpdir), _RUNS)
+            self._folder(runs, create=True)
+            now = time.time_ns()
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}"
+            name = f"{stamp}-{uuid.uuid4().hex[:8]}.json"
+            tmp = os.path.join(tmpdir, name)
+            try:
+                with open(os.open(tmp, _CREATE_FLAGS, 0o644), "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, os.path.join(runs, name))
+            except FileNotFoundError:
+                _remove_entry(tmp)
+                continue
+            _trim_reports(runs)
+            return
+        raise self._removed_while_running(workflow_name, "its run report")
 
     def list_run_reports(self, workflow_name: str) -> list[dict]:
         """Stored run reports of the workflow, oldest first."""
@@ -248,15 +473,24 @@ class FileStorage(Storage):
         return next(self._run_reports(workflow_name), None)
 
     def _run_reports(self, workflow_name: str) -> Iterator[dict]:
-        """Readable run reports, newest first."""
+        """Readable run reports, newest first (links and other non-files are skipped)."""
         validate_name(workflow_name, "Workflow name")
         runs = os.path.join(self._wf(workflow_name), _RUNS)
-        for name in sorted(os.listdir(runs), reverse=True) if os.path.isdir(runs) else []:
+        if not self._folder(self._wf(workflow_name)) or not self._folder(runs):
+            return
+        try:
+            names = sorted(os.listdir(runs), reverse=True)
+        except OSError:
+            return
+        for name in names:
             try:
-                with open(os.path.join(runs, name)) as f:
-                    yield json.load(f)
+                with open(os.open(os.path.join(runs, name), _READ_FLAGS), "rb") as f:
+                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        continue
+                    report = json.load(f)
             except (OSError, ValueError):
                 continue
+            yield report
 
     def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
         """Names of the workflows stored under ``path``, sorted.
