@@ -6,26 +6,44 @@ storage's ``s3fs`` options (so credentials, endpoint, ``client_kwargs`` and
 
 Retries. Transient failures (connection refused or reset, timeouts, HTTP 500/502/503/
 504, throttling such as ``SlowDown``) are retried by botocore's ``standard`` retry mode
-with exponential backoff and jitter (5 attempts unless ``config_kwargs["retries"]``
-says otherwise); a response body cut off while it is read is requested again here.
-Permanent failures (no such bucket, access denied, bad credentials) are not retried:
-they raise at once a :class:`~functionfuse.errors.StorageError` that names the bucket
-and the endpoint. Credentials never appear in messages: they are neither formatted
-into them nor part of botocore's error texts, and endpoint URLs lose any user-info.
+with exponential backoff and jitter: 5 attempts in all (``total_max_attempts``; note
+that botocore's ``max_attempts`` counts the retries only), so the pauses of one request
+add up to at most 1 + 2 + 4 + 8 = 15 s (7.5 s on average) before a down server is
+reported. This is the only retry layer for these requests (s3fs's own ``retries`` loop
+does not wrap them); a response body cut off while it is read is requested again here.
+
+Permanent failures are not retried: they raise at once a
+:class:`~functionfuse.errors.StorageError` that names the bucket, the endpoint, the
+cause and the fix. They are S3's refusals (no such bucket, access denied, other 4xx
+but throttling and timeouts), missing credentials, unusable options (an invalid
+endpoint URL, parameters botocore rejects) and requests the HTTP layer refuses
+(``ValueError``/``TypeError`` from aiohttp, e.g. credentials embedded in the endpoint
+URL). botocore would retry the last kind like a network error; a ``needs-retry``
+handler that runs before botocore's raises :class:`NotRetried` instead, which neither
+botocore nor s3fs retries.
+
+:class:`S3IO` with ``short_budget=True`` (run reports) makes one attempt with short
+timeouts (:data:`SHORT_BUDGET`): a run that failed because the server is down is not
+held up a second time by its report.
+
+Credentials never appear in messages: they are neither formatted into them nor part of
+botocore's error texts, and URLs lose any user-info.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import copy
 import io
 import json
 import logging
 import os
 import random
+import re
 import threading
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import StorageError, missing_dependency
 
@@ -38,7 +56,7 @@ except ImportError as _exc:  # pragma: no cover - exercised without the s3 extra
     _err.name = getattr(_exc, "name", None) or "s3fs"  # storage_factory names the module too
     raise _err from _exc
 
-__all__ = ["S3IO", "Missing", "Changed", "filesystems", "display_endpoint"]
+__all__ = ["S3IO", "Missing", "Changed", "NotRetried", "filesystems", "display_endpoint"]
 
 log = logging.getLogger("functionfuse.storage.s3")
 
@@ -50,7 +68,16 @@ UPLOAD_CONCURRENCY = 4
 #: the first request of a read fetches this much: small results (most) are one GET
 FIRST_READ = 1 << 16
 BODY_ATTEMPTS = 4
-DEFAULT_RETRIES = {"mode": "standard", "max_attempts": 5}
+ATTEMPTS = 5
+#: "total_max_attempts": botocore's "max_attempts" counts the retries only (5 meant 6 attempts)
+DEFAULT_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": ATTEMPTS}
+#: the most that the backoff pauses of one request add up to under DEFAULT_RETRIES (15 s):
+#: botocore pauses rand(0, 1) * 2**(n - 1) s after attempt n
+RETRY_PAUSES_MAX = float(sum(2**n for n in range(ATTEMPTS - 1)))
+#: the ``config_kwargs`` of a short budget (run reports): one attempt, short timeouts
+SHORT_BUDGET: dict[str, Any] = {
+    "retries": {"mode": "standard", "total_max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5,
+}
 
 _DENIED = frozenset({
     "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -69,6 +96,11 @@ class Changed(StorageError):
     """The object was replaced while it was being read; read it again."""
 
 
+class NotRetried(StorageError):
+    """The HTTP layer refused a request for a reason that a new attempt meets again
+    (its ``__cause__`` is botocore's ``HTTPClientError``); :meth:`S3IO.error` explains it."""
+
+
 # -- file systems, one pair per process and options ----------------------------------------
 _FS_LOCK = threading.Lock()
 _FILESYSTEMS: dict[tuple, tuple[Any, Any]] = {}
@@ -83,16 +115,20 @@ def _with_defaults(options: dict) -> dict:
     return opts
 
 
-def filesystems(options: dict) -> tuple[Any, Any]:
+def filesystems(options: dict, *, short_budget: bool = False) -> tuple[Any, Any]:
     """``(sync, async)`` ``s3fs.S3FileSystem`` instances for *options*, made once per process.
 
     The async one is for zarr (``zarr.storage.FsspecStore`` runs it on zarr's own loop).
+    With *short_budget*, their requests get :data:`SHORT_BUDGET` (one attempt, short
+    timeouts) whatever the options say.
     """
-    key = (os.getpid(), json.dumps(options, sort_keys=True, default=repr))
+    key = (os.getpid(), short_budget, json.dumps(options, sort_keys=True, default=repr))
     with _FS_LOCK:
         pair = _FILESYSTEMS.get(key)
         if pair is None:
             opts = _with_defaults(options)
+            if short_budget:
+                opts["config_kwargs"] = {**opts["config_kwargs"], **copy.deepcopy(SHORT_BUDGET)}
             fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
             afs = s3fs.S3FileSystem(skip_instance_cache=True, asynchronous=True, **opts)
             pair = _FILESYSTEMS[key] = (fs, afs)
@@ -119,7 +155,7 @@ def _close_async_sessions() -> None:
     except ImportError:  # pragma: no cover
         return
     pid = os.getpid()
-    for (owner, _), (_fs, afs) in list(_FILESYSTEMS.items()):
+    for (owner, *_), (_fs, afs) in list(_FILESYSTEMS.items()):
         creator = getattr(afs, "_s3creator", None)
         if owner != pid or creator is None or getattr(afs, "_s3", None) is None:
             continue
@@ -130,10 +166,24 @@ def _close_async_sessions() -> None:
         afs._s3 = None
 
 
-def display_endpoint(options: dict) -> str:
-    """The endpoint for messages, without any user-info a URL may carry."""
+def _endpoint_url(options: dict) -> str | None:
     url = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
     url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return str(url) if url else None
+
+
+def _has_user_info(options: dict) -> bool:
+    """Whether the endpoint URL carries ``user:password@`` (the HTTP layer refuses it)."""
+    url = _endpoint_url(options)
+    try:
+        return bool(url) and "@" in urlsplit(str(url)).netloc
+    except ValueError:
+        return False
+
+
+def display_endpoint(options: dict) -> str:
+    """The endpoint for messages, without any user-info a URL may carry."""
+    url = _endpoint_url(options)
     if not url:
         return "the default AWS S3 endpoint"
     try:
@@ -156,13 +206,30 @@ def _code(exc: BaseException) -> tuple[str, int]:
     return "", 0
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether *exc* is the HTTP layer refusing a request (botocore wraps whatever aiohttp
+    raises in ``HTTPClientError``): a ``ValueError``/``TypeError`` there, such as "Cannot
+    combine AUTHORIZATION header with AUTH argument or credentials encoded in URL", comes
+    from the request itself and comes again on every attempt."""
+    if isinstance(exc, NotRetried):
+        return True
+    inner = exc.kwargs.get("error") if isinstance(exc, bx.HTTPClientError) else None
+    return isinstance(inner, (ValueError, TypeError))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether *exc* is a failure that a later attempt may not meet."""
     code, status = _code(exc)
     if isinstance(exc, bx.ClientError):
         return status >= 500 or code in _THROTTLED or code in ("RequestTimeout", "InternalError")
+    if _refused(exc):
+        return False
     return isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.ResponseStreamingError,
                             bx.IncompleteReadError, asyncio.TimeoutError, ConnectionError, TimeoutError))
+
+
+#: the ``needs-retry`` handler of S3IO: registered once per client, before botocore's own
+_HOOK_ID = "functionfuse-not-retried"
 
 
 def _body_errors() -> tuple[type[BaseException], ...]:
@@ -182,9 +249,32 @@ def _body_errors() -> tuple[type[BaseException], ...]:
 _BODY_ERRORS = _body_errors()
 
 
-def _short(exc: BaseException) -> str:
+#: "user:password@" after "//", at the start, or after a space or quote ("Invalid endpoint: u:p@host")
+_USER_INFO = re.compile(r"(?:(?<=//)|^|(?<=[\s'\"]))[^\s/@'\"]+@")
+
+
+def _short(exc: BaseException, hidden: Sequence[str] = ()) -> str:
+    """``Type: first line`` of *exc*, without the user-info of URLs in it nor any of *hidden*."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = _USER_INFO.sub("", text)
+    for secret in hidden:
+        text = text.replace(secret, "***")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _user_info(options: dict) -> tuple[str, ...]:
+    """The user-info of the endpoint URL, as written and decoded, to keep out of messages."""
+    url = _endpoint_url(options)
+    try:
+        info = urlsplit(url).netloc.rpartition("@")[0] if url else ""
+    except ValueError:
+        info = ""
+    if not info:
+        return ()
+    parts = {info, unquote(info), *info.split(":", 1), *unquote(info).split(":", 1)}
+    # a user name or password of 1-3 characters would blank out letters of the message;
+    # inside a URL the whole user-info goes anyway (_USER_INFO)
+    return tuple(sorted((p for p in parts if len(p) >= 4), key=len, reverse=True))
 
 
 # -- reading and writing ----------------------------------------------------------------------
@@ -280,12 +370,16 @@ class ObjectReader:
 
 
 class S3IO:
-    """The S3 requests of one storage (bucket) in this process."""
+    """The S3 requests of one storage (bucket) in this process; with *short_budget*, each
+    request gets one attempt with short timeouts (:data:`SHORT_BUDGET`)."""
 
-    def __init__(self, bucket: str, options: dict) -> None:
+    def __init__(self, bucket: str, options: dict, *, short_budget: bool = False) -> None:
         self.bucket = bucket
-        self.fs, self.afs = filesystems(options)
+        self.fs, self.afs = filesystems(options, short_budget=short_budget)
         self.endpoint = display_endpoint(options)
+        self._user_info = _has_user_info(options)
+        self._hidden = _user_info(options)
+        self._short_budget = short_budget
 
     # -- plumbing ----------------------------------------------------------------------------
     def _run(self, op: str, key: str | None, coro_fn: Any, *args: Any) -> Any:
@@ -293,13 +387,60 @@ class S3IO:
             return sync(self.fs.loop, coro_fn, *args)
         except (Missing, Changed):
             raise
+        except NotRetried as exc:
+            raise self.error(exc, op, key) from exc.__cause__
         except StorageError:
             raise
         except Exception as exc:
             raise self.error(exc, op, key) from exc
 
     async def _client(self) -> Any:
-        return await self.fs.set_session()
+        try:
+            s3 = await self.fs.set_session()
+        except (ValueError, TypeError) as exc:  # before any request: the options make no client
+            raise StorageError(
+                f"S3 storage cannot make a client for endpoint {self.endpoint!r} of bucket "
+                f"{self.bucket!r} from its 's3fs' options: {self._text(exc)}. Give endpoint_url as a "
+                "full URL such as "
+                "'http://127.0.0.1:9000' or 'https://s3.example.com', and check 'client_kwargs' and "
+                "'config_kwargs'."
+            ) from exc
+        # (once per client: botocore ignores a handler registered again under the same id)
+        s3.meta.events.register_first("needs-retry.s3", self._refusal_hook(), unique_id=_HOOK_ID)
+        return s3
+
+    def _text(self, exc: BaseException) -> str:
+        """``Type: first line`` of *exc* for a message: no user-info, no credentials."""
+        return _short(exc, self._hidden)
+
+    def _refusal_hook(self) -> Any:
+        """A botocore ``needs-retry`` handler that runs before botocore's own: a request the
+        HTTP layer refused raises :class:`NotRetried` instead of being retried (botocore's
+        standard mode retries every ``HTTPClientError``, and s3fs's own loop, which serializers'
+        requests go through, would retry that again; it does not retry NotRetried)."""
+
+        def refused(caught_exception: BaseException | None = None, **_: Any) -> None:
+            if caught_exception is not None and _refused(caught_exception):
+                why = self._refusal(caught_exception)
+                raise NotRetried(f"S3 request to bucket {self.bucket!r} at {self.endpoint} failed: {why}") from caught_exception
+
+        return refused
+
+    def _refusal(self, exc: BaseException) -> str:
+        """Why the HTTP layer refused a request, and the fix (*exc* is its HTTPClientError)."""
+        if self._user_info:
+            return (
+                "the HTTP client refuses to send signed requests to an endpoint_url that carries "
+                f"user-info ('user:password@' before the host) ({self._text(exc)}), so it was not "
+                f"retried. Remove the user-info from endpoint_url ({self.endpoint!r}) and give the "
+                "credentials as 'key'/'secret' in the 's3fs' options or as AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY."
+            )
+        return (
+            f"the HTTP client refused the request ({self._text(exc)}); it would be refused again, so "
+            "it was not retried. Check the 's3fs' options that shape requests (endpoint_url, "
+            "client_kwargs, config_kwargs)."
+        )
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -331,13 +472,29 @@ class S3IO:
                 "'key' and 'secret' in the 's3fs' options, or set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or an AWS profile) where the workflow runs."
             )
-        if is_transient(exc):
+        if _refused(exc):
+            refused = exc.__cause__ if isinstance(exc, NotRetried) and exc.__cause__ is not None else exc
+            return StorageError(f"S3 {op} of {where} (bucket {self.bucket!r}) {at} failed: {self._refusal(refused)}")
+        if isinstance(exc, bx.ParamValidationError):
             return StorageError(
-                f"S3 endpoint {self.endpoint} failed {op} of {where} (bucket {self.bucket!r}) even after "
-                f"retrying with backoff: {_short(exc)}. Is the server running and reachable? Results "
-                "stored so far are kept: run again once it is back, and the run resumes."
+                f"botocore refused the parameters of the S3 {op} of {where} {at} before sending it, so "
+                f"it was not retried: {self._text(exc)}. Check the storage option 'path' and the 's3fs' "
+                "options."
             )
-        return StorageError(f"S3 {op} of {where} {at} failed: {_short(exc)}")
+        if is_transient(exc):
+            tried = "in its one attempt" if self._short_budget else "even after retrying with backoff"
+            return StorageError(
+                f"S3 endpoint {self.endpoint} failed {op} of {where} (bucket {self.bucket!r}) {tried}: "
+                f"{self._text(exc)}. Is the server running and reachable? Results stored so far are "
+                "kept: run again once it is back, and the run resumes."
+            )
+        if isinstance(exc, bx.ClientError):
+            return StorageError(
+                f"S3 {at} refused the {op} of {where} ({self._text(exc)}, HTTP {status}); the same "
+                "request would be refused again, so it was not retried. Check the bucket's "
+                "configuration and the 's3fs' options."
+            )
+        return StorageError(f"S3 {op} of {where} {at} failed: {self._text(exc)}")
 
     # -- reads -------------------------------------------------------------------------------
     async def _get(self, key: str, start: int, end: int, etag: str | None) -> tuple[bytes, int, str | None]:
@@ -433,7 +590,7 @@ class S3IO:
             try:
                 await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except Exception as exc:  # the server may be gone: S3 lifecycle rules clean up
-                log.warning("could not abort the multipart upload of %s: %s", self.url(key), _short(exc))
+                log.warning("could not abort the multipart upload of %s: %s", self.url(key), self._text(exc))
             raise
 
     def put(self, key: str, pieces: Iterable[Any], size: int) -> None:

@@ -357,16 +357,30 @@ class S3Storage(Storage):
     # -- run reports (as file storage: <workflow>/.runs/<time>-<token>.json) ------------------
     def save_run_report(self, workflow_name: str, report: dict) -> None:
         """Store *report* as ``<workflow>/.runs/<time>-<token>.json`` (one PUT); the
-        latest 100 are kept."""
+        latest 100 are kept.
+
+        Its requests get a short budget (one attempt, 2 s to connect, 5 s to read): a
+        report is saved at the end of every run, also of a run that failed because the
+        server is down, which must not wait out the retries a second time. A report that
+        cannot be saved is logged by the workflow, not raised.
+        """
         validate_name(workflow_name, "Workflow name")
+        io = self._report_io()
         now = time.time_ns()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}"
         runs = f"{self._wf(workflow_name)}{_RUNS}/"
         body = json.dumps(report, indent=1, default=str).encode()
-        self.io.put(f"{runs}{stamp}-{uuid.uuid4().hex[:8]}.json", [body], len(body))
-        keys, _ = self.io.list_keys(runs)
+        io.put(f"{runs}{stamp}-{uuid.uuid4().hex[:8]}.json", [body], len(body))
+        keys, _ = io.list_keys(runs)
         keys.sort()
-        self.io.delete(keys[: max(0, len(keys) - _KEEP_RUNS)])
+        io.delete(keys[: max(0, len(keys) - _KEEP_RUNS)])
+
+    def _report_io(self) -> _s3io.S3IO:
+        """The requests of :meth:`save_run_report` (``short_budget``; made once, not pickled)."""
+        io: _s3io.S3IO | None = self.__dict__.get("_report_requests")
+        if io is None:
+            io = self.__dict__["_report_requests"] = _s3io.S3IO(self.bucket, self._options, short_budget=True)
+        return io
 
     def list_run_reports(self, workflow_name: str) -> list[dict]:
         """Stored run reports of the workflow, oldest first."""
