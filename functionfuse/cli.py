@@ -42,7 +42,7 @@ import sys
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import CorruptedResultError, FunctionFuseError, TaskNotFoundError
+from .errors import CorruptedResultError, FunctionFuseError, SignatureError, SigningKeyError, TaskNotFoundError
 from .workflow import name_problem, validate_name
 
 __all__ = ["main"]
@@ -182,9 +182,9 @@ def _plan_rows(wf: Any) -> list[dict]:
 
 
 def _run_status(report: dict) -> str:
-    if report.get("failed"):
-        return f"failed at {report['failed']!r}"
-    return "failed" if report.get("error") else "finished"
+    from .report import outcome
+
+    return outcome(report)
 
 
 def _last_run_report(storage: Any, workflow: str) -> dict | None:
@@ -287,21 +287,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
             if args.verify:
                 storage.verify_task(workflow, task)
             entries[task] = {"task": task, "size": meta.get("size"), "finished": meta.get("finished"), "status": "stored"}
+        except SignatureError as exc:  # unsigned, or changed without the key
+            entries[task] = {"task": task, "size": None, "finished": None, "status": "unsigned", "reason": str(exc)}
         except CorruptedResultError as exc:
             entries[task] = {"task": task, "size": None, "finished": None, "status": "corrupted", "reason": str(exc)}
+        except SigningKeyError as exc:
+            entries[task] = {"task": task, "size": None, "finished": None, "status": "other key", "reason": str(exc)}
     if args.graph:
         for p in wf.plan():
             if not fnmatch.fnmatchcase(p.name, args.pattern):
                 continue
             entry = entries.setdefault(p.name, {"task": p.name, "size": None, "finished": None})
-            if entry.get("status") != "corrupted":
+            if entry.get("status") not in _DAMAGED:
                 entry["status"] = p.state
                 if p.detail:
                     entry["reason"] = p.detail
     rows = sorted(entries.values(), key=lambda r: r["task"])
+    # with --verify, scripts can trust the exit code: 1 when a result cannot be used as it is
+    failed = 1 if args.verify and any(r.get("status") in _DAMAGED for r in rows) else 0
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return failed
     if not rows:
         print(f"no tasks stored for workflow {workflow!r}")
         return 0
@@ -311,7 +317,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for r in rows
     ]
     print(_table(table, ["task", "size", "finished (UTC)", "status", "reason"]))
-    return 0
+    return failed
+
+
+#: statuses of stored results that a run would not use as they are
+_DAMAGED = frozenset({"corrupted", "unsigned", "other key"})
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -319,7 +329,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta, indent=2, default=str))
         return 0
-    for key in ("workflow", "task", "kind", "function", "inputs", "started", "finished", "duration_s", "size", "checksum"):
+    for key in ("workflow", "task", "kind", "function", "inputs", "started", "finished", "duration_s", "size", "checksum",
+                "signed"):
         if key in meta:
             value = _size(meta[key]) if key == "size" else meta[key]
             print(f"{key:<11} {value}")
@@ -403,9 +414,14 @@ def cmd_rm(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing removed.")
             return 1
+    gone = []
     for name in names:  # exactly the tasks shown, not what a pattern matches by now
-        storage.remove_task(args.workflow, task_name=name)
-    print(f"removed {len(names)} task(s)")
+        try:
+            storage.remove_task(args.workflow, task_name=name)
+        except TaskNotFoundError:  # removed meanwhile (another rm): done all the same
+            gone.append(name)
+    print(f"removed {len(names) - len(gone)} task(s)"
+          + (f"; {len(gone)} had been removed meanwhile: {', '.join(gone[:20])}" if gone else ""))
     return 0
 
 
@@ -480,11 +496,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--pattern", default="*", help="glob pattern of task names (default: *)")
     ls.add_argument("--graph", help="FILE.py:NAME or module:NAME of the DAG (or of a workflow object), to report stale "
                     "and missing nodes")
-    ls.add_argument("--verify", action="store_true", help="read every result to check its checksum")
+    ls.add_argument("--verify", action="store_true", help="read every result to check its checksum (and its "
+                    "signature, with a signing key set); exit 1 if any is damaged")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_ls)
 
-    show = st_sub.add_parser("show", help="show a stored result's metadata")
+    show = st_sub.add_parser(
+        "show", help="show a stored result's metadata",
+        description="Show a stored result's metadata (its header; the pickled value is not loaded). A stored "
+        "result is a pickle: loading it (read_task, a run) runs code its writer chose, so trust a store like code, "
+        "or set a signing key (FUNCTIONFUSE_STORAGE_KEY: results not signed with it are refused unread).",
+    )
     show.add_argument("workflow")
     show.add_argument("task")
     show.add_argument("--storage", help=storage_help)

@@ -104,9 +104,32 @@ def test_ls_verify_finds_a_damaged_payload(project):
     path.write_bytes(bytes(data))
     plain = {r["task"]: r["status"] for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)}
     assert plain["data"] == "stored"  # only the header is read without --verify
-    verified = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--verify", "--json", cwd=project).stdout)}
+    out = ff("storage", "ls", "demo", "--verify", "--json", cwd=project, check=False)
+    assert out.returncode == 1  # scripts can trust the exit code of --verify
+    verified = {r["task"]: r for r in json.loads(out.stdout)}
     assert verified["data"]["status"] == "corrupted" and "data.ffr" in verified["data"]["reason"]
     assert verified["total"]["status"] == "stored"
+    path.write_bytes(bytes(data[:-2] + bytes([data[-2] ^ 0xFF]) + data[-1:]))  # repaired
+    assert ff("storage", "ls", "demo", "--verify", cwd=project, check=False).returncode == 0
+
+
+def test_ls_and_verify_report_copied_unsigned_and_other_key_results(project):
+    import shutil
+
+    store = project / "storage" / "demo"
+    shutil.copy(store / "data.ffr", store / "total.ffr")  # cp data.ffr total.ffr
+    rows = {r["task"]: r for r in json.loads(ff("storage", "ls", "demo", "--json", cwd=project).stdout)}
+    assert rows["total"]["status"] == "corrupted" and "copied or renamed" in rows["total"]["reason"]
+    assert ff("storage", "ls", "demo", "--verify", cwd=project, check=False).returncode == 1
+    env = {**os.environ, "FUNCTIONFUSE_STORAGE_KEY": "cli-signing-key-0123456789abcdef"}
+    out = subprocess.run([FUNCTIONFUSE, "storage", "ls", "demo", "--verify", "--json"], capture_output=True,
+                         text=True, cwd=project, env=env, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1, out.stderr
+    rows = {r["task"]: r for r in json.loads(out.stdout)}
+    assert rows["data"]["status"] == "unsigned" and "not signed" in rows["data"]["reason"]
+    assert "cli-signing-key" not in out.stdout + out.stderr
+    help_text = ff("storage", "show", "--help", cwd=project).stdout
+    assert "trust a store like code" in " ".join(help_text.split())
 
 
 def test_show_prints_metadata(project):
@@ -504,3 +527,22 @@ def test_kfp_compile_plan_mode_needs_storage_and_leaves_out_stored_nodes(project
     ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "--resume", "plan", "--storage", "storage", cwd=project)
     tasks = yaml.safe_load((project / "demo.yaml").read_text())["root"]["dag"]["tasks"]
     assert set(tasks) == {"data", "total"} and tasks["total"]["dependentTasks"] == ["data"]
+
+
+def test_two_rm_of_every_task_at_once_both_succeed(tmp_path):
+    """Two ``storage rm WF --pattern '*'`` at once: a task the other one removed first is
+    done, not an error (each lists the tasks, then removes them one by one)."""
+    from functionfuse.storage.filestorage import FileStorage
+
+    storage = FileStorage(tmp_path / "storage")
+    for i in range(400):
+        storage.save("many", f"t{i:03d}", i)
+    cmd = [FUNCTIONFUSE, "storage", "rm", "many", "--pattern", "*", "--yes", "--storage", "storage"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert storage.list_tasks("many") == []
+    removed = [int(out.split("removed ")[1].split()[0]) for out, _ in outs]
+    assert sum(removed) == 400  # each task removed exactly once, by one of them
