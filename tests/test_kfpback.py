@@ -166,6 +166,26 @@ def test_compile_sets_step_options_from_queries(dag, project, tmp_path):
     assert "nodeSelector" not in kube.get(exec1, {})
 
 
+def test_compile_gives_every_step_the_signing_key_from_a_secret(dag, project, tmp_path, monkeypatch):
+    from functionfuse.storage.signing import ENV_KEY
+
+    monkeypatch.setenv(ENV_KEY, "laptop-signing-key-0123456789abcdef")
+    wf = make([dag.seed()], "compile-signing", project)
+    wf.set_storage(file_storage(tmp_path / "storage"))
+    wf.set_storage_secret("ff-s3")
+    wf.set_signing_secret("ff-signing")
+    text, spec, platform = compiled(wf, tmp_path)
+    assert "laptop-signing-key" not in text  # the key itself never enters the pipeline
+    kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert kube, "no Kubernetes settings compiled"
+    for settings in kube.values():
+        secrets = {s["secretName"]: s["keyToEnv"] for s in settings["secretAsEnv"]}
+        assert {"secretKey": "signingKey", "envVar": ENV_KEY} in secrets["ff-signing"]
+        assert {e["envVar"] for e in secrets["ff-s3"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    with pytest.raises(ConfigurationError, match="set_signing_secret"):
+        wf.set_signing_secret("")
+
+
 def test_compile_with_the_plan_leaves_out_nodes_that_need_not_run(dag, project, tmp_path):
     out = dag.seed()
     storage = file_storage(tmp_path / "storage")
@@ -843,6 +863,23 @@ def test_run_local_with_s3_storage_keeps_credentials_out_of_the_pipeline(client,
         assert (wf.last_run.ran, wf.last_run.loaded) == (0, 1)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_run_local_steps_sign_with_the_key_of_this_machine(client, built, tmp_path, monkeypatch):
+    from functionfuse.errors import SigningKeyError
+    from functionfuse.storage.signing import ENV_KEY
+
+    wf, _ref, _ = built
+    storage = file_storage(tmp_path / "storage")
+    wf.set_storage(storage)
+    monkeypatch.setenv(ENV_KEY, "kfp-signing-key-0123456789abcdef")
+    assert wf.run_local() == SEED_RESULT  # the steps got the key: they stored signed results
+    assert all(storage.read_metadata("kfp-seed", n)["signed"] for n in ("node1", "node2", "node3"))
+    assert wf.run_local() == SEED_RESULT and wf.last_run.ran == 0  # and read them back, verified
+    monkeypatch.setenv(ENV_KEY, "another-key-0123456789abcdef")
+    with pytest.raises(SigningKeyError, match="key id"):
+        storage.read_task("kfp-seed", "node3")
 
 
 # -- with Docker: the backend conformance suite, every node in its own container -------------------

@@ -601,3 +601,40 @@ def test_without_ray_the_error_names_the_extra(statement):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.startswith("MissingDependencyError")
     assert "pip install 'functionfuse[ray]'" in out.stdout
+
+
+# -- signed results in Ray workers ------------------------------------------------------------
+SIGNING_KEY = "ray-signing-key-0123456789abcdef"
+
+
+def test_workers_sign_with_the_key_they_are_given(local_ray, tmp_path, monkeypatch):
+    """Workers sign what they store with the key of their own environment (a cluster's
+    pods get it from a Secret; here a runtime environment gives it to them); the driver
+    checks the signatures when it reads."""
+    from functionfuse.errors import SigningKeyError
+    from functionfuse.storage.signing import ENV_KEY
+
+    monkeypatch.setenv(ENV_KEY, SIGNING_KEY)
+    path = tmp_path / "s"
+    wf = returning()(seed_quick_start(), workflow_name="signed")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(path)}}))
+    wf.query(".*").set_remote_args({"runtime_env": {"env_vars": {ENV_KEY: SIGNING_KEY}}})
+    assert wf.run() == 6
+    plain = storage_factory({"kind": "file", "options": {"path": str(path)}})
+    assert plain.read_metadata("signed", "node3")["signed"] is True
+    assert plain.read_task("signed", "node3") == 6
+    monkeypatch.setenv(ENV_KEY, "another-key-0123456789abcdef")
+    with pytest.raises(SigningKeyError, match="key id"):
+        plain.read_task("signed", "node3")
+
+
+def test_workers_without_the_key_stop_the_run_instead_of_writing_unsigned(local_ray, tmp_path, monkeypatch):
+    from functionfuse.errors import SigningKeyError, StorageError
+    from functionfuse.storage.signing import ENV_KEY
+
+    monkeypatch.setenv(ENV_KEY, SIGNING_KEY)  # the driver has it, the local Ray's workers do not
+    wf = returning()(seed_quick_start(), workflow_name="unsigned")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}}))
+    with pytest.raises((SigningKeyError, StorageError), match="no signing key is set in this process"):
+        wf.run()
+    assert not list((tmp_path / "s").glob("unsigned/*.ffr"))

@@ -41,6 +41,7 @@ from ...baseworkflow import LOAD, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
 from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, StorageError, missing_dependency
 from ...kit.images import REGISTRY_FORM
+from ...storage import signing as _signing
 from . import _kfpimage, _kfppipeline, _kfpstep
 
 try:
@@ -362,6 +363,17 @@ class KFPWorkflow(BaseWorkflow):
         keys = dict(keys or {"AWS_ACCESS_KEY_ID": "accessKey", "AWS_SECRET_ACCESS_KEY": "secretKey"})
         self._storage_secret = {secret_name: keys}
 
+    def set_signing_secret(self, secret_name: str, key: str = "signingKey") -> None:
+        """Give the steps the storage signing key (``FUNCTIONFUSE_STORAGE_KEY``, see
+        :mod:`functionfuse.storage.signing`) from key *key* of a Kubernetes secret. The
+        key is never in the pipeline or the image; a step without it refuses to store or
+        load results of a storage configured where a key was set."""
+        if not isinstance(secret_name, str) or not secret_name or not isinstance(key, str) or not key:
+            raise ConfigurationError(
+                f"set_signing_secret takes a secret name and a key of that secret, got {secret_name!r}, {key!r}."
+            )
+        self._signing_secret = (secret_name, key)
+
     # -- the image ---------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """The DAG snapshot the image holds (cloudpickle; raises SerializationError
@@ -482,7 +494,11 @@ class KFPWorkflow(BaseWorkflow):
         return _kfpstep.encode_storage(storage), env
 
     def _platform(self) -> dict[str, Any]:
-        return {"secret_env": self._storage_secret} if self._storage_secret else {}
+        secrets = {name: dict(keys) for name, keys in self._storage_secret.items()}
+        signing = getattr(self, "_signing_secret", None)
+        if signing is not None:
+            secrets.setdefault(signing[0], {})[_signing.ENV_KEY] = signing[1]
+        return {"secret_env": secrets} if secrets else {}
 
     def plan_actions(self) -> list[str] | None:
         """The action of each node for a run starting now (None without storage)."""
@@ -620,7 +636,9 @@ class KFPWorkflow(BaseWorkflow):
         :param pipeline_root: folder for the step artifacts (default: a temporary folder,
             removed afterwards).
         :param environment: extra environment variables of every step container. They,
-            and the storage credentials, win over a node's ``env`` of the same name.
+            and the storage credentials, win over a node's ``env`` of the same name. A
+            storage signing key set here (``FUNCTIONFUSE_STORAGE_KEY``, or
+            ``FUNCTIONFUSE_STORAGE_KEY_FILE``, mounted read-only) reaches the steps too.
         :param mounts: extra folders of this machine to mount into the step containers:
             ``{host path: container path}`` (e.g. a data folder the nodes read).
         :returns: the result of the single node given to the constructor, or a list of
@@ -642,7 +660,11 @@ class KFPWorkflow(BaseWorkflow):
             pipeline, outputs = _kfppipeline.build_pipeline(
                 self, image, storage_arg=storage_arg, actions=actions, task_options=node_env, display_names=False,
             )
-            binds = self._mounts(mounts or {})
+            key_file = os.environ.get(_signing.ENV_KEY_FILE)
+            binds = self._mounts({**(mounts or {}), **({key_file: key_file} if key_file else {})})
+            for name in (_signing.ENV_KEY, _signing.ENV_KEY_FILE):  # this machine's signing key
+                if os.environ.get(name) and name not in (environment or {}):
+                    env[name] = os.environ[name]
             env.update(environment or {})
             runner_args: dict[str, Any] = {"network_mode": "host"}
             if binds:
@@ -706,8 +728,11 @@ class KFPWorkflow(BaseWorkflow):
     def _mounts(self, extra: Mapping[str, str]) -> list[Any]:
         import docker
 
+        key_file = os.environ.get(_signing.ENV_KEY_FILE)
         mounts = [
-            docker.types.Mount(target=target, source=os.path.abspath(source), type="bind")
+            docker.types.Mount(
+                target=target, source=os.path.abspath(source), type="bind", read_only=source == key_file
+            )
             for source, target in extra.items()
         ]
         storage = self.step_storage if self.step_storage is not None else self.storage
