@@ -6,6 +6,7 @@ the storage does through a link reaches it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -422,3 +423,47 @@ def test_only_report_files_are_trimmed(store, monkeypatch):
         store.save_run_report("wf", {"n": i})
     assert [r["n"] for r in store.list_run_reports("wf")] == [2, 3]
     assert "00-notes.txt" in os.listdir(runs)
+
+
+class SweepsMidWrite:
+    """Pickles to 7; while it is pickled, ages every entry of ``.tmp`` by two days and
+    lets a fresh storage object write to the same workflow (which sweeps ``.tmp``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.before: list = []
+        self.after: list = []
+
+    def __reduce__(self):
+        tmp = os.path.join(self.path, "wf", ".tmp")
+        self.before = sorted(os.listdir(tmp))
+        for name in self.before:
+            age(os.path.join(tmp, name), 2 * DAY)
+        FileStorage(self.path).save("wf", "other", 1)
+        self.after = sorted(os.listdir(tmp))
+        return (int, (7,))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fcntl") is None, reason="write locks need fcntl.flock")
+def test_a_write_in_progress_is_never_swept_however_old_its_files_look(store):
+    store.save("wf", "seed", 0)
+    obj = SweepsMidWrite(store.path)
+    store.save("wf", "t", obj)
+    assert obj.before and obj.after == obj.before  # its staged file survived the sweep
+    assert store.read_task("wf", "t") == 7
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fcntl") is None, reason="write locks need fcntl.flock")
+def test_leftovers_of_a_write_still_holding_its_lock_are_kept(store):
+    import fcntl
+
+    tmp = os.path.join(store.path, "wf", ".tmp")
+    os.makedirs(os.path.join(tmp, "abcdefabcdefabcd.data"))
+    held = leftover(tmp, "abcdefabcdefabcd.ffr", 10, 2 * DAY)
+    age(os.path.join(tmp, "abcdefabcdefabcd.data"), 2 * DAY)
+    with open(held, "rb+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        store.save("wf", "t", 1)
+        assert sorted(os.listdir(tmp)) == ["abcdefabcdefabcd.data", "abcdefabcdefabcd.ffr"]
+    FileStorage(store.path).save("wf", "t", 2)  # the lock is gone: now they are leftovers
+    assert os.listdir(tmp) == []

@@ -32,6 +32,11 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
+try:
+    import fcntl
+except ImportError:  # Windows: leftovers are judged by their times alone
+    fcntl = None  # type: ignore[assignment]
+
 from ..errors import ConfigurationError, CorruptedResultError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
 from ..workflow import name_problem, validate_name
@@ -73,6 +78,34 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _hold(fd: int) -> None:
+    """Mark a write as live: it holds a lock on its ``.tmp/<token>.ffr`` until closed."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: the times decide
+            pass
+
+
+def _held(path: str) -> bool:
+    """Whether a live write holds the lock on *path* (a ``.tmp/<token>.ffr``)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def _remove_entry(path: str) -> None:
     """Remove a file, link or folder without following a link (best effort, like
     ``rmtree(ignore_errors=True)``): a link is unlinked, never what it points to."""
@@ -105,10 +138,12 @@ def _last_change(entry: os.DirEntry) -> tuple[float, int]:
 def _sweep_tmp(tmp: str) -> None:
     """Remove leftovers of killed writes from *tmp*.
 
-    A leftover untouched for ``_STALE_TMP_SECONDS`` goes. Of those untouched for
-    ``_IDLE_TMP_SECONDS``, the oldest go while they hold more than ``_MAX_TMP_BYTES``
-    or ``_MAX_TMP_ENTRIES``. A write in progress keeps touching its files, so it is
-    neither removed nor counted.
+    A write in progress locks its ``<token>.ffr`` (see ``_hold``): its entries are
+    neither removed nor counted. Of the others, one untouched for
+    ``_STALE_TMP_SECONDS`` goes; of those untouched for ``_IDLE_TMP_SECONDS``, the
+    oldest go while they hold more than ``_MAX_TMP_BYTES`` or ``_MAX_TMP_ENTRIES``.
+    Where locks are not supported, a write in progress is only protected by
+    touching its files.
     """
     now = time.time()
     idle = []
@@ -118,6 +153,8 @@ def _sweep_tmp(tmp: str) -> None:
     except OSError:
         return
     for e in entries:
+        if _held(os.path.join(tmp, e.name.split(".", 1)[0] + SUFFIX)):
+            continue
         try:
             changed, size = _last_change(e)
         except OSError:
@@ -296,24 +333,27 @@ class FileStorage(Storage):
         tmpfile = os.path.join(tmpdir, token + SUFFIX)
         final_data = os.path.join(wf, f"{task_name}.{token}.data")
         previous = self._previous_data(workflow_name, task_name)
+        try:
+            # made (and locked) before the serializers run, so no sweep takes their files
+            fd = os.open(tmpfile, _CREATE_FLAGS, 0o644)
+        except FileNotFoundError:  # .tmp or the workflow folder was removed (remove_workflow)
+            return None
         committed = False
         try:
+            _hold(fd)
             enc = encode({FILE_PROTOCOL: staging}, token)
             try:
-                fd = os.open(tmpfile, _CREATE_FLAGS, 0o644)
-                try:
-                    _write_all(fd, enc.pieces)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _write_all(fd, enc.pieces)
+                os.fsync(fd)
                 if staging.used:
                     _fsync_dir(staging.root)
                     os.rename(staging.root, final_data)
                 os.replace(tmpfile, self._file(workflow_name, task_name))
                 committed = True
-            except FileNotFoundError:  # .tmp or the workflow folder was removed (remove_workflow)
+            except FileNotFoundError:  # as above
                 pass
         finally:
+            os.close(fd)
             if not committed:
                 for p in (tmpfile, staging.root, final_data):  # fresh names: only ever this write's
                     _remove_entry(p)
