@@ -214,3 +214,26 @@ def test_query_refuses_non_plugins():
     assert wf.query("^node[12]$").names == ["node1", "node2"]
     with pytest.raises(ConfigurationError, match="not a plugin"):
         wf.query().set_plugin(object())
+
+
+# -- signed results -----------------------------------------------------------------------------
+def test_with_a_signing_key_unsigned_results_are_recomputed_and_other_keys_stop_the_run(tmp_path, monkeypatch):
+    from functionfuse.errors import SigningKeyError
+    from functionfuse.storage.signing import ENV_KEY
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="signing")
+    wf.set_storage(storage)
+    assert wf.run() == 6  # no key: unsigned results
+    monkeypatch.setenv(ENV_KEY, "local-signing-key-0123456789abcdef")
+    with pytest.warns(ResultRecomputedWarning):
+        assert wf.run() == 6  # every unsigned result is refused unread, and recomputed signed
+    assert all(storage.read_metadata("signing", n)["signed"] for n in ("node1", "node2", "node3"))
+    assert wf.last_run.ran == 3
+    assert wf.run() == 6 and wf.last_run.ran == 0  # signed results are reused
+    before = {n: (tmp_path / "s" / "signing" / f"{n}.ffr").read_bytes() for n in ("node1", "node2", "node3")}
+    monkeypatch.setenv(ENV_KEY, "another-signing-key-0123456789abcdef")
+    with pytest.raises(SigningKeyError, match="key id"):
+        wf.run()
+    after = {n: (tmp_path / "s" / "signing" / f"{n}.ffr").read_bytes() for n in ("node1", "node2", "node3")}
+    assert after == before  # nothing was overwritten

@@ -218,6 +218,23 @@ class BackendConformance:
         assert wf.run() == 4
         assert calls() == ["fail_if", "add"]
 
+    def test_a_result_copied_under_another_name_is_recomputed(self, make_workflow, storage, calls):
+        """``cp node1.ffr node3.ffr`` must not make node3's value node1's."""
+        import shutil
+        import warnings
+
+        wf = make_workflow(seed_quick_start(), workflow_name="copied")
+        wf.set_storage(storage)
+        assert wf.run() == 6
+        folder = os.path.join(storage.path, "copied")
+        shutil.copy(os.path.join(folder, "node1.ffr"), os.path.join(folder, "node3.ffr"))  # node1 holds 2
+        calls.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a backend may warn that it recomputes
+            assert wf.run() == 6
+        assert calls() == ["multiply"]
+        assert storage.read_task("copied", "node3") == 6
+
     def test_fingerprint_policy_recomputes_what_changed(self, make_workflow, storage, calls):
         def build(offset):
             a = add(1, 1).set_name("a")
