@@ -3,6 +3,7 @@
     functionfuse storage ls   [--storage SPEC] [WORKFLOW] [--graph TARGET] [--verify] [--json]
     functionfuse storage show [--storage SPEC] WORKFLOW TASK [--json]
     functionfuse storage runs [--storage SPEC] WORKFLOW [--last N] [--json]
+    functionfuse storage sign [--storage SPEC] WORKFLOW [NAME ...] [--pattern GLOB]
     functionfuse storage rm   [--storage SPEC] WORKFLOW [NAME ...] [--pattern GLOB] [--yes]
     functionfuse plan         [--storage SPEC] [WORKFLOW] --graph TARGET [--cache POLICY] [--json]
     functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format dot,svg,png]
@@ -42,7 +43,14 @@ import sys
 from typing import Any, Sequence
 
 from ._version import __version__
-from .errors import CorruptedResultError, FunctionFuseError, SignatureError, SigningKeyError, TaskNotFoundError
+from .errors import (
+    CorruptedResultError,
+    FunctionFuseError,
+    SignatureError,
+    SigningKeyError,
+    StorageError,
+    TaskNotFoundError,
+)
 from .workflow import name_problem, validate_name
 
 __all__ = ["main"]
@@ -220,10 +228,14 @@ def _workflow_rows(storage: Any) -> list[dict]:
             rows.append({"workflow": wf, "foreign": True,
                          "note": f"foreign: not a functionfuse workflow, left as it is: {problem}"})
             continue
-        listed = storage.list_tasks(wf, "*")
-        metas = storage.read_metadata_many(wf, [t for t in listed if name_problem(t) is None])
+        try:
+            listed = storage.list_tasks(wf, "*")
+            metas = storage.read_metadata_many(wf, [t for t in listed if name_problem(t) is None])
+            last = _last_run_report(storage, wf)
+        except StorageError as exc:  # a linked folder, results signed with another key...
+            rows.append({"workflow": wf, "foreign": True, "note": f"not read: {exc}"})
+            continue
         good = [m for m in metas.values() if isinstance(m, dict)]
-        last = _last_run_report(storage, wf)
         rows.append({
             "workflow": wf,
             "foreign": False,
@@ -391,6 +403,27 @@ def _tasks_to_remove(storage: Any, args: argparse.Namespace) -> list[str]:
     return names
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign the unsigned results of a workflow with this process's key, as they are."""
+    storage = _storage(args.storage)
+    if not args.names and not args.pattern:
+        args.pattern = ["*"]
+    names = _tasks_to_remove(storage, args)
+    signed = already = 0
+    for name in names:
+        try:
+            if storage.sign_task(args.workflow, name):
+                signed += 1
+            else:
+                already += 1
+        except TaskNotFoundError:  # removed meanwhile
+            continue
+        except CorruptedResultError as exc:  # damaged results are left for runs to recompute
+            print(f"not signed: {exc}", file=sys.stderr)
+    print(f"signed {signed} task(s) of workflow {args.workflow!r}; {already} already signed with this key")
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     if not args.names and not args.pattern:
         print("functionfuse storage rm: name the tasks to remove (WORKFLOW NAME [NAME ...]) or select them with "
@@ -529,6 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--storage", help=storage_help)
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(func=cmd_rm)
+
+    sign = st_sub.add_parser(
+        "sign", help="sign stored results with the key of $FUNCTIONFUSE_STORAGE_KEY, as they are",
+        description="Sign the unsigned results of a workflow (all, NAMEs, or --pattern) with the key of "
+        "$FUNCTIONFUSE_STORAGE_KEY or $FUNCTIONFUSE_STORAGE_KEY_FILE, so that runs with that key reuse them instead "
+        "of recomputing them. Only for results you trust: a signature vouches for what is stored now. Each result's "
+        "checksum and names are checked; nothing is unpickled.",
+    )
+    sign.add_argument("workflow")
+    sign.add_argument("names", nargs="*", metavar="NAME", help="task to sign, exactly as named (default: every task)")
+    sign.add_argument("--pattern", action="append", metavar="GLOB", help="sign the tasks matching this glob pattern")
+    sign.add_argument("--storage", help=storage_help)
+    sign.set_defaults(func=cmd_sign)
 
     plan = sub.add_parser("plan", help="what a run of a DAG would do with each node, and why")
     plan.add_argument("workflow", nargs="?", help="workflow name (default: that of a workflow object TARGET)")

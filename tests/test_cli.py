@@ -546,3 +546,41 @@ def test_two_rm_of_every_task_at_once_both_succeed(tmp_path):
     assert storage.list_tasks("many") == []
     removed = [int(out.split("removed ")[1].split()[0]) for out, _ in outs]
     assert sum(removed) == 400  # each task removed exactly once, by one of them
+
+
+def test_sign_keeps_a_trusted_store_when_a_key_is_set(project):
+    """Turning on signing for an existing store: `storage sign` signs its results as they
+    are, so the next run with the key reuses them instead of recomputing them."""
+    key = {**os.environ, "FUNCTIONFUSE_STORAGE_KEY": "cli-signing-key-0123456789abcdef"}
+
+    def run(*args):
+        return subprocess.run([FUNCTIONFUSE, *args], capture_output=True, text=True, cwd=project, env=key,
+                              stdin=subprocess.DEVNULL)
+
+    assert run("storage", "ls", "demo", "--verify").returncode == 1  # unsigned: refused with the key
+    out = run("storage", "sign", "demo")
+    assert out.returncode == 0, out.stderr
+    assert "signed 2 task(s)" in out.stdout
+    assert run("storage", "ls", "demo", "--verify").returncode == 0
+    assert "already signed" in run("storage", "sign", "demo", "total").stdout
+    rows = {r["task"]: r["status"] for r in json.loads(run("storage", "ls", "demo", "--json").stdout)}
+    assert rows == {"data": "stored", "total": "stored"}
+
+
+def test_ls_of_every_workflow_survives_a_linked_folder_and_another_key(project, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "x.ffr").write_bytes(b"not a result")
+    os.symlink(elsewhere, project / "storage" / "linked")
+    rows = {r["workflow"]: r for r in json.loads(ff("storage", "ls", "--json", cwd=project).stdout)}
+    assert rows["linked"]["foreign"] and "link" in rows["linked"]["note"]
+    assert rows["demo"]["tasks"] == 2
+    assert (elsewhere / "x.ffr").exists()
+    signed = {**os.environ, "FUNCTIONFUSE_STORAGE_KEY": "cli-signing-key-0123456789abcdef"}
+    subprocess.run([FUNCTIONFUSE, "storage", "sign", "demo"], check=True, cwd=project, env=signed,
+                   capture_output=True, stdin=subprocess.DEVNULL)
+    other = {**os.environ, "FUNCTIONFUSE_STORAGE_KEY": "other-signing-key-0123456789abcdef"}
+    out = subprocess.run([FUNCTIONFUSE, "storage", "ls", "--json"], cwd=project, env=other, capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    rows = {r["workflow"]: r for r in json.loads(out.stdout)}
+    assert rows["demo"]["foreign"] and "key id" in rows["demo"]["note"]

@@ -467,3 +467,24 @@ def test_leftovers_of_a_write_still_holding_its_lock_are_kept(store):
         assert sorted(os.listdir(tmp)) == ["abcdefabcdefabcd.data", "abcdefabcdefabcd.ffr"]
     FileStorage(store.path).save("wf", "t", 2)  # the lock is gone: now they are leftovers
     assert os.listdir(tmp) == []
+
+
+def test_a_serializer_file_that_is_a_link_is_never_followed(tmp_path):
+    """A file inside a result's data folder replaced by a link to a file outside the
+    root: the read refuses it (damage), and the file behind the link is untouched."""
+    from functionfuse.errors import CorruptedResultError
+    from functionfuse.storage.filestorage import FileStorage
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("secret outside the store")
+    storage = FileStorage(tmp_path / "store")
+    storage.register_persistent_serializers(TextBlobSerializer)
+    storage.save("wf", "t", TextBlob("mine"))
+    (data,) = (tmp_path / "store" / "wf").glob("t.*.data")
+    (data / "blob.txt").unlink()
+    os.symlink(victim, data / "blob.txt")
+    with pytest.raises(CorruptedResultError, match="is a link"):
+        storage.read_task("wf", "t")
+    storage.save("wf", "t", TextBlob("new"))
+    assert storage.read_task("wf", "t").text == "new"
+    assert victim.read_text() == "secret outside the store"

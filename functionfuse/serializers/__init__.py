@@ -19,7 +19,7 @@ import os
 import types
 from typing import IO, Any
 
-from ..errors import ConfigurationError, StorageError, missing_dependency
+from ..errors import ConfigurationError, CorruptedResultError, StorageError, missing_dependency
 
 __all__ = [
     "FILE_PROTOCOL",
@@ -87,10 +87,21 @@ class TaskFiles:
         self.used = False
 
     def path(self, name: str) -> str:
-        """Absolute path of *name* inside the folder (for libraries that want a path)."""
+        """Absolute path of *name* inside the folder (for libraries that want a path).
+
+        A link there is never followed: it reads as a damaged result (files of a result
+        live beside it, below the storage root; a link would take them elsewhere).
+        """
         if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
             raise ConfigurationError(f"Serializer file name {name!r} must be a plain file name.")
-        return os.path.join(self.root, name)
+        path = os.path.join(self.root, name)
+        if os.path.islink(path) or os.path.islink(self.root):
+            raise CorruptedResultError(
+                f"Serializer file {path} (or its folder) is a link, which a stored result never holds: it is not "
+                "followed. Runs recompute the result.",
+                path=path,
+            )
+        return path
 
     def open(self, name: str, mode: str = "rb") -> IO[Any]:
         """Open *name* in the folder (creating the folder for writes)."""

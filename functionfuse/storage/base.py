@@ -14,7 +14,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
-from ..errors import ConfigurationError, CorruptedResultError, TaskNotFoundError
+from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import lookup_serializer
 from ..workflow import validate_name
 from . import frame, signing
@@ -159,6 +159,44 @@ class Storage(ABC):
             header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
             frame.read_payload(reader, header, where, signer=signer)
         return dict(header["meta"])
+
+    def sign_task(self, workflow_name: str, task_name: str) -> bool:
+        """Sign a stored, unsigned result with this process's key, as it is.
+
+        For a store that was written before a key was set: results you trust are kept
+        instead of recomputed. The result's checksum and recorded names are checked and
+        its payload is framed again, never unpickled. A result with serializer data
+        cannot be signed this way (run its node again with the key set).
+
+        :returns: True if it was signed now, False if it already was, with this key.
+        :raises ConfigurationError: no key is set. :raises SigningKeyError: it is signed
+            with another key. :raises CorruptedResultError: it is damaged.
+        """
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        signer = self._signer()
+        if signer is None:
+            raise ConfigurationError(
+                f"No signing key to sign {task_name!r} of workflow {workflow_name!r} with: set "
+                f"{signing.ENV_KEY} (or {signing.ENV_KEY_FILE}) first."
+            )
+        reader, size, where = self._open(workflow_name, task_name)
+        with reader:
+            header = frame.read_header(reader, where, size, expect=(workflow_name, task_name))
+            if "mac" in header:
+                frame.read_payload(reader, header, where)
+                reader.close()
+                self.verify_task(workflow_name, task_name)  # signed: with this key, and intact?
+                return False
+            if header["meta"].get("serializers"):
+                raise StorageError(
+                    f"Stored result {where} keeps part of its value in serializer files, which a signature "
+                    "made now would not vouch for: run its node again with the key set instead."
+                )
+            segments = frame.read_payload(reader, header, where)
+        encoded = frame.resign(header, segments, signer)
+        self._publish(workflow_name, task_name, lambda protocols, token: encoded)
+        return True
 
     def read_metadata(self, workflow_name: str, task_name: str) -> dict:
         """The metadata stored with a result (node, function, inputs, times, size, versions).

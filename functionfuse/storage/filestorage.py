@@ -539,11 +539,16 @@ class FileStorage(Storage):
         tool) is left out, so it cannot break a listing of the others; with
         *include_foreign* it is listed too, for a caller that reports it (check each
         name with :func:`~functionfuse.workflow.name_problem`). Hidden folders
-        (``.name``) are never listed.
+        (``.name``) are never listed, and a link to a folder is foreign: no link below
+        the root is followed.
         """
         try:
             with os.scandir(self.path) as it:
-                names = [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
+                names = [
+                    e.name for e in it
+                    if not e.name.startswith(".")
+                    and (e.is_dir(follow_symlinks=False) or (include_foreign and e.is_symlink() and e.is_dir()))
+                ]
         except FileNotFoundError:
             return []
         if not include_foreign:

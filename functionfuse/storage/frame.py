@@ -160,6 +160,20 @@ def encode(
         "data": data,
         "meta": meta,
     }
+    return _frame(header, segments, signer, mac)
+
+
+def resign(header: dict, segments: list, signer: Signer) -> Encoded:
+    """Frame a result read back (its checksum verified) again, signed with *signer*:
+    the same metadata and payload, never unpickled."""
+    mac = signer.payload_hasher()
+    for s in segments:
+        mac.update(s)
+    fresh = {k: header[k] for k in ("segments", "checksum", "data", "meta")}
+    return _frame({"format": FORMAT_VERSION, **fresh}, segments, signer, mac)
+
+
+def _frame(header: dict, segments: list, signer: Signer | None, mac: Any) -> Encoded:
     flags = 0
     if signer is not None and mac is not None:
         flags |= FLAG_SIGNED

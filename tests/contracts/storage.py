@@ -431,6 +431,23 @@ class StorageContract:
         with pytest.raises(SigningKeyError, match="key id"):
             clone.save(WF, "t2", 2)
 
+    def test_sign_task_keeps_a_trusted_unsigned_result(self, storage, use_key):
+        use_key(storage, None).save(WF, "t", {"a": np.arange(5)}, {"node": "t"})
+        use_key(storage, None).save(WF, "other", 1)
+        with pytest.raises(ConfigurationError, match="No signing key"):
+            storage.sign_task(WF, "t")
+        st = use_key(storage, KEY_A)
+        assert st.sign_task(WF, "t") is True
+        assert st.sign_task(WF, "t") is False  # already signed with this key
+        meta = st.read_metadata(WF, "t")
+        assert meta["signed"] is True and meta["node"] == "t"
+        np.testing.assert_array_equal(st.read_task(WF, "t")["a"], np.arange(5))
+        put_raw(st, WF, "other", get_raw(st, WF, "t"))  # a copy is not signed as the task it was copied to
+        with pytest.raises(CorruptedResultError, match="copied or renamed"):
+            st.sign_task(WF, "other")
+        with pytest.raises(SigningKeyError):
+            use_key(storage, KEY_B).sign_task(WF, "t")
+
     # -- concurrent removal -----------------------------------------------------------------
     def test_task_removed_meanwhile_is_not_an_error_for_a_pattern(self, storage):
         for name in ["a1", "a2", "a3"]:
