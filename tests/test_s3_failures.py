@@ -114,6 +114,14 @@ def test_run_reports_are_stored_with_their_short_budget_while_the_server_is_up(m
     assert report["workflow"] == "reports"
 
 
+def test_a_report_is_stored_even_when_older_ones_cannot_be_removed(moto, caplog):
+    st = s3_storage(moto.endpoint, moto.make_bucket())
+    moto.faults.add("503", times=1, when=s3support.is_op("GET", "list-type=2"))  # the listing that prunes
+    st.save_run_report("wf", {"n": 1})
+    assert [r["n"] for r in st.list_run_reports("wf")] == [1]
+    assert "old run reports of workflow 'wf' were not removed" in caplog.text
+
+
 # -- permanent failures: at once, with the cause and the fix ------------------------------------
 def test_credentials_in_the_endpoint_url_fail_at_once_with_the_fix(moto, caplog):
     bucket = moto.make_bucket()

@@ -371,9 +371,13 @@ class S3Storage(Storage):
         runs = f"{self._wf(workflow_name)}{_RUNS}/"
         body = json.dumps(report, indent=1, default=str).encode()
         io.put(f"{runs}{stamp}-{uuid.uuid4().hex[:8]}.json", [body], len(body))
-        keys, _ = io.list_keys(runs)
-        keys.sort()
-        io.delete(keys[: max(0, len(keys) - _KEEP_RUNS)])
+        try:  # the report is stored: pruning is tidying, and the next report prunes again
+            keys, _ = io.list_keys(runs)
+            keys.sort()
+            io.delete(keys[: max(0, len(keys) - _KEEP_RUNS)])
+        except StorageError as exc:
+            log.warning("old run reports of workflow %r were not removed (the next run removes them): %s",
+                        workflow_name, exc)
 
     def _report_io(self) -> _s3io.S3IO:
         """The requests of :meth:`save_run_report` (``short_budget``; made once, not pickled)."""
