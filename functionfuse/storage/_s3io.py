@@ -262,7 +262,7 @@ def _short(exc: BaseException, hidden: Sequence[str] = ()) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _user_info(options: dict) -> tuple[str, ...]:
+def _user_info_parts(options: dict) -> tuple[str, ...]:
     """The user-info of the endpoint URL, as written and decoded, to keep out of messages."""
     url = _endpoint_url(options)
     try:
@@ -377,8 +377,8 @@ class S3IO:
         self.bucket = bucket
         self.fs, self.afs = filesystems(options, short_budget=short_budget)
         self.endpoint = display_endpoint(options)
-        self._user_info = _has_user_info(options)
-        self._hidden = _user_info(options)
+        self._endpoint_user_info = _has_user_info(options)
+        self._hidden = _user_info_parts(options)
         self._short_budget = short_budget
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -400,10 +400,9 @@ class S3IO:
         except (ValueError, TypeError) as exc:  # before any request: the options make no client
             raise StorageError(
                 f"S3 storage cannot make a client for endpoint {self.endpoint!r} of bucket "
-                f"{self.bucket!r} from its 's3fs' options: {self._text(exc)}. Give endpoint_url as a "
-                "full URL such as "
-                "'http://127.0.0.1:9000' or 'https://s3.example.com', and check 'client_kwargs' and "
-                "'config_kwargs'."
+                f"{self.bucket!r} from its 's3fs' options: {self._text(exc)}. Give endpoint_url as "
+                "a full URL such as 'http://127.0.0.1:9000' or 'https://s3.example.com', and check "
+                "'client_kwargs' and 'config_kwargs'."
             ) from exc
         # (once per client: botocore ignores a handler registered again under the same id)
         s3.meta.events.register_first("needs-retry.s3", self._refusal_hook(), unique_id=_HOOK_ID)
@@ -421,14 +420,15 @@ class S3IO:
 
         def refused(caught_exception: BaseException | None = None, **_: Any) -> None:
             if caught_exception is not None and _refused(caught_exception):
+                # the client serves every bucket of these options: name the endpoint only
                 why = self._refusal(caught_exception)
-                raise NotRetried(f"S3 request to bucket {self.bucket!r} at {self.endpoint} failed: {why}") from caught_exception
+                raise NotRetried(f"S3 request to {self.endpoint} failed: {why}") from caught_exception
 
         return refused
 
     def _refusal(self, exc: BaseException) -> str:
         """Why the HTTP layer refused a request, and the fix (*exc* is its HTTPClientError)."""
-        if self._user_info:
+        if self._endpoint_user_info:
             return (
                 "the HTTP client refuses to send signed requests to an endpoint_url that carries "
                 f"user-info ('user:password@' before the host) ({self._text(exc)}), so it was not "
@@ -474,7 +474,8 @@ class S3IO:
             )
         if _refused(exc):
             refused = exc.__cause__ if isinstance(exc, NotRetried) and exc.__cause__ is not None else exc
-            return StorageError(f"S3 {op} of {where} (bucket {self.bucket!r}) {at} failed: {self._refusal(refused)}")
+            why = self._refusal(refused)
+            return StorageError(f"S3 {op} of {where} (bucket {self.bucket!r}) {at} failed: {why}")
         if isinstance(exc, bx.ParamValidationError):
             return StorageError(
                 f"botocore refused the parameters of the S3 {op} of {where} {at} before sending it, so "
