@@ -453,6 +453,40 @@ def case_fingerprint_array(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def case_signing(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
+    """Storing a large NumPy array signed (FUNCTIONFUSE_STORAGE_KEY set) vs unsigned, the
+    two interleaved on the same disk (bench/results); plus the signature pass alone."""
+    import numpy as np
+
+    from functionfuse.storage import signing, storage_factory
+
+    tmp_parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ffbench-sign-", dir=tmp_parent))
+    try:
+        arr = np.random.default_rng(2).random(s.fp_array_bytes // 8)
+        storage = storage_factory({"kind": "file", "options": {"path": str(root)}})
+        key = "bench-signing-key-0123456789abcdef"
+        signer = signing.Signer(key.encode())
+        plain_s: list[float] = []
+        signed_s: list[float] = []
+        mac_s: list[float] = []
+        for _ in range(max(s.io_reps, 5)):  # disk writeback makes single saves noisy
+            os.environ.pop(signing.ENV_KEY, None)
+            gc.collect()
+            plain_s.append(timed(lambda: storage.save("wf", "plain", arr, {}))[0])
+            os.environ[signing.ENV_KEY] = key
+            gc.collect()
+            signed_s.append(timed(lambda: storage.save("wf", "signed", arr, {}))[0])
+            mac_s.append(timed(lambda: signer.payload_hasher().update(memoryview(arr).cast("B")))[0])
+        expect(storage.read_metadata("wf", "signed")["signed"], True, "the signed result is signed")
+        os.environ.pop(signing.ENV_KEY, None)
+        return {"bytes": arr.nbytes, "filesystem": filesystem_of(root), "plain_s": plain_s, "signed_s": signed_s,
+                "mac_s": mac_s}
+    finally:
+        os.environ.pop("FUNCTIONFUSE_STORAGE_KEY", None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 #: case name -> function; build_graph also takes ``n``, storage_io the temporary folder
 CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "run_ff": case_run_ff,
@@ -467,4 +501,5 @@ CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "memory_keepall": case_memory_keepall,
     "fingerprint_chain": case_fingerprint_chain,
     "fingerprint_array": case_fingerprint_array,
+    "signing": case_signing,
 }

@@ -38,6 +38,7 @@ IO_RATIO = 0.8  # figure 4: storage throughput / raw throughput >= 0.8
 MEM_RATIO = 3.0  # figure 5: peak growth < 3 arrays
 FP_OVERHEAD = 1.2  # figure 6: fingerprint-policy run / name-only run <= 1.2
 FP_ARRAY = 0.05  # figure 6: fingerprinting an array / storing it < 0.05
+SIGN_OVERHEAD = 1.05  # figure 6: storing an array signed / unsigned < 1.05
 
 #: figures 7-10: the engine benchmarks, standalone scripts that start their own servers
 #: (Ray, Prefect, an S3 server, Docker and a registry) and print one JSON row per figure:
@@ -54,7 +55,7 @@ def run_case_here(name: str, quick: bool, n: int | None, tmpdir: Path) -> dict[s
     fn = cases.CASES[name]
     if name == "build_graph":
         return fn(s, n if n is not None else s.build_ns[-1])
-    if name in ("storage_io", "fingerprint_chain", "fingerprint_array"):
+    if name in ("storage_io", "fingerprint_chain", "fingerprint_array", "signing"):
         return fn(s, tmpdir)
     return fn(s)
 
@@ -99,7 +100,8 @@ def collect(quick: bool, tmpdir: Path, engines: bool = True) -> dict[str, Any]:
         for n in s.build_ns:
             builds[n].append(run_case_subprocess("build_graph", quick, n, tmpdir))
     raw["build_graph"] = {str(n): v for n, v in builds.items()}
-    for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "fingerprint_chain", "fingerprint_array"):
+    for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "fingerprint_chain", "fingerprint_array",
+                 "signing"):
         raw[name] = run_case_subprocess(name, quick, None, tmpdir)
     if engines:
         raw["engines"] = {script: run_engine(script, quick) for _fig, _engine, script in ENGINES}
@@ -282,6 +284,18 @@ def rows_fingerprint(raw: dict[str, Any]) -> list[Row]:
         rows.append(judged("6c", f"fingerprint a {arr['bytes'] / MiB:g} MiB array | base: FileStorage.save "
                            f"({arr['filesystem']})", min(arr["fingerprint_s"]), "s", min(arr["save_s"]), "s",
                            "ours/base", target, lambda _o, r: r is not None and r < FP_ARRAY))
+    sig = raw.get("signing", {"error": "not run"})
+    target = f"ours/base < {SIGN_OVERHEAD:g}"
+    if _err(sig):
+        rows.append(error_row("6d", "signed results", target, str(_err(sig))))
+    else:
+        mib = sig["bytes"] / MiB
+        rows.append(judged("6d", f"store a {mib:g} MiB array signed (FUNCTIONFUSE_STORAGE_KEY) | base: unsigned "
+                           f"({sig['filesystem']}, interleaved)", min(sig["signed_s"]), "s", min(sig["plain_s"]), "s",
+                           "ours/base", target, lambda _o, r: r is not None and r < SIGN_OVERHEAD))
+        rows.append(judged("6e", f"the signature pass alone (keyed BLAKE3, {mib:g} MiB) | base: unsigned store",
+                           min(sig["mac_s"]), "s", min(sig["plain_s"]), "s", "ours/base", "info",
+                           lambda _o, _r: True, kind=INFO))
     return rows
 
 

@@ -115,7 +115,7 @@ class Storage(ABC):
 
         def encode(protocols: dict, token: str | None) -> frame.Encoded:
             return frame.encode(
-                obj, meta, serializers=self._serializers, protocols=protocols, data=token, signer=signer
+                obj, meta, serializers=self._serializers, protocols=protocols, data=token, signer=signer, defer=True
             )
 
         header = self._publish(workflow_name, task_name, encode)

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
@@ -194,6 +195,41 @@ def _write_all(fd: int, pieces: Iterable[Any]) -> None:
             off += os.write(fd, mv[off : off + _MAX_WRITE])
 
 
+#: a result at least this large is hashed (sealed) while its payload is written
+_OVERLAP_FROM = 4 << 20
+
+
+def _write_result(fd: int, enc: frame.Encoded) -> None:
+    """Write *enc* to the empty file *fd*. A large deferred encoding is sealed (its
+    checksum and MAC computed) in a thread while its segments are written after room
+    for the header, which is written last: hashing and writing both release the GIL, so
+    the pass over the payload that checking (and signing) needs costs no extra time."""
+    if enc.sealed or enc.size < _OVERLAP_FROM:
+        _write_all(fd, enc.pieces)
+        return
+    failure: list[BaseException] = []
+
+    def seal() -> None:
+        try:
+            enc.seal()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the writer
+            failure.append(exc)
+
+    sealer = threading.Thread(target=seal, name="functionfuse-seal", daemon=True)
+    sealer.start()
+    try:
+        os.lseek(fd, enc.first_size, os.SEEK_SET)
+        _write_all(fd, enc.segments)
+    finally:
+        sealer.join()
+    if failure:
+        raise failure[0]
+    first = memoryview(enc.first)
+    off = 0
+    while off < first.nbytes:
+        off += os.pwrite(fd, first[off:], off)
+
+
 class FileStorage(Storage):
     """Local file storage. Pickle (protocol 5) is used to save results of the graph nodes.
 
@@ -343,7 +379,7 @@ class FileStorage(Storage):
             _hold(fd)
             enc = encode({FILE_PROTOCOL: staging}, token)
             try:
-                _write_all(fd, enc.pieces)
+                _write_result(fd, enc)
                 os.fsync(fd)
                 if staging.used:
                     _fsync_dir(staging.root)

@@ -28,6 +28,7 @@ import pickle
 import re
 import struct
 import sys
+import threading
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import xxhash
@@ -62,14 +63,53 @@ class Reader(Protocol):
 
 
 class Encoded:
-    """A serialized result, ready to be written piece by piece."""
+    """A serialized result, ready to be written piece by piece.
 
-    __slots__ = ("header", "pieces", "size")
+    ``pieces[0]`` is the preamble and header (and a signed result's tag); the others are
+    the payload segments. An encoding made with ``defer=True`` hashes its payload only
+    when sealed (:meth:`seal`, or reading :attr:`header` or :attr:`pieces`), so a writer
+    can write :attr:`segments` at offset :attr:`first_size` while another thread seals,
+    then write :attr:`first` at offset 0: the checksum (and MAC) pass overlaps the
+    write instead of preceding it.
+    """
 
-    def __init__(self, header: dict, pieces: list) -> None:
-        self.header = header
-        self.pieces = pieces
-        self.size = sum(memoryview(p).nbytes for p in pieces)
+    __slots__ = ("_header", "_first", "segments", "size", "first_size", "_signer", "_lock")
+
+    def __init__(self, header: dict, pieces: list, *, signer: Signer | None = None, first_size: int = 0) -> None:
+        self._header = header
+        self._first: bytes | None = pieces[0] if pieces and first_size == 0 else None
+        self.segments = list(pieces[1:]) if self._first is not None else list(pieces)
+        self._signer = signer
+        self.first_size = len(self._first) if self._first is not None else first_size
+        self.size = self.first_size + sum(memoryview(p).nbytes for p in self.segments)
+        self._lock = threading.Lock()
+
+    def seal(self) -> None:
+        """Hash the payload and build the header (once; safe from any thread)."""
+        with self._lock:
+            if self._first is None:
+                self._first = _seal(self._header, self.segments, self._signer)
+                if len(self._first) != self.first_size:  # pragma: no cover - the digests have fixed lengths
+                    raise AssertionError("the sealed header changed length")
+
+    @property
+    def sealed(self) -> bool:
+        return self._first is not None
+
+    @property
+    def first(self) -> bytes:
+        self.seal()
+        assert self._first is not None
+        return self._first
+
+    @property
+    def header(self) -> dict:
+        self.seal()
+        return self._header
+
+    @property
+    def pieces(self) -> list:
+        return [self.first, *self.segments]
 
 
 def library_versions() -> dict[str, str]:
@@ -121,9 +161,11 @@ def encode(
     protocols: dict | None = None,
     data: str | None = None,
     signer: Signer | None = None,
+    defer: bool = False,
 ) -> Encoded:
     """Pickle *obj* (protocol 5, buffers out of band) and frame it with *meta*; sign it
-    with *signer* if given."""
+    with *signer* if given. With *defer*, the payload is hashed when the result is
+    sealed (see :class:`Encoded`)."""
     buffers: list = []
     used: list[str] = []
     try:
@@ -142,12 +184,6 @@ def encode(
             "Return picklable values, or register a serializer for this type with "
             "storage.register_persistent_serializers(...)."
         ) from exc
-    hasher = xxhash.xxh3_128()
-    mac = signer.payload_hasher() if signer is not None else None
-    for s in segments:
-        hasher.update(s)
-        if mac is not None:
-            mac.update(s)
     meta = dict(meta)
     meta.setdefault("versions", library_versions())
     meta["size"] = sum(memoryview(s).nbytes for s in segments)
@@ -156,30 +192,49 @@ def encode(
     header: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "segments": [memoryview(s).nbytes for s in segments],
-        "checksum": "xxh3_128:" + hasher.hexdigest(),
+        "checksum": None,
         "data": data,
         "meta": meta,
     }
-    return _frame(header, segments, signer, mac)
+    if not defer:
+        return Encoded(header, [_seal(header, segments, signer), *segments])
+    return Encoded(header, segments, signer=signer, first_size=len(_header_bytes(header, signer, None)) + (
+        PREAMBLE.size + (TAG_BYTES if signer is not None else 0)))
 
 
 def resign(header: dict, segments: list, signer: Signer) -> Encoded:
     """Frame a result read back (its checksum verified) again, signed with *signer*:
     the same metadata and payload, never unpickled."""
-    mac = signer.payload_hasher()
-    for s in segments:
-        mac.update(s)
-    fresh = {k: header[k] for k in ("segments", "checksum", "data", "meta")}
-    return _frame({"format": FORMAT_VERSION, **fresh}, segments, signer, mac)
+    fresh = {k: header[k] for k in ("segments", "data", "meta")}
+    fresh = {"format": FORMAT_VERSION, **fresh, "checksum": None}
+    return Encoded(fresh, [_seal(fresh, segments, signer), *segments])
 
 
-def _frame(header: dict, segments: list, signer: Signer | None, mac: Any) -> Encoded:
-    flags = 0
-    if signer is not None and mac is not None:
-        flags |= FLAG_SIGNED
-        header["mac"] = "blake3:" + mac.hexdigest()
+_PLACEHOLDER = {"checksum": "xxh3_128:" + "0" * 32, "mac": "blake3:" + "0" * 64}
+
+
+def _header_bytes(header: dict, signer: Signer | None, digests: tuple[str, str | None] | None) -> bytes:
+    """The header's bytes: with *digests* (checksum, MAC) filled in, else placeholders
+    of the same length."""
+    checksum, mac = digests if digests is not None else (_PLACEHOLDER["checksum"], _PLACEHOLDER["mac"])
+    header["checksum"] = checksum
+    if signer is not None:
+        header["mac"] = mac
         header["key_id"] = signer.key_id
-    hbytes = json.dumps(header, separators=(",", ":"), default=str).encode()
+    return json.dumps(header, separators=(",", ":"), default=str).encode()
+
+
+def _seal(header: dict, segments: list, signer: Signer | None) -> bytes:
+    """Hash *segments* and return the preamble, header and tag that frame them."""
+    hasher = xxhash.xxh3_128()
+    mac = signer.payload_hasher() if signer is not None else None
+    for s in segments:
+        hasher.update(s)
+        if mac is not None:
+            mac.update(s)
+    digests = ("xxh3_128:" + hasher.hexdigest(), "blake3:" + mac.hexdigest() if mac is not None else None)
+    hbytes = _header_bytes(header, signer, digests)
+    flags = FLAG_SIGNED if signer is not None else 0
     fields = PREAMBLE_FIELDS.pack(MAGIC, FORMAT_VERSION, flags, len(hbytes))
     check = xxhash.xxh3_64()
     check.update(fields)
@@ -187,7 +242,7 @@ def _frame(header: dict, segments: list, signer: Signer | None, mac: Any) -> Enc
     first = fields + struct.pack("<Q", check.intdigest()) + hbytes
     if signer is not None:
         first += signer.tag(fields, hbytes)
-    return Encoded(header, [first, *segments])
+    return first
 
 
 def read_exact(f: Reader, n: int, where: str) -> bytearray:
