@@ -289,8 +289,8 @@ class S3Storage(Storage):
             io.put(key, enc.pieces, enc.size)
         except BaseException:
             if files.used or self._serializers:
-                try:
-                    io.delete_prefix(self._data_key(workflow_name, task_name, token))
+                try:  # with the short budget: after a failed write the server is likely gone
+                    self._report_io().delete_prefix(self._data_key(workflow_name, task_name, token))
                 except Exception as exc:  # the server may be gone; remove_task removes leftovers
                     log.warning("could not remove the objects of a failed write of %s: %s", io.url(key), exc)
             raise
