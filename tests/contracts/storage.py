@@ -309,6 +309,41 @@ class StorageContract:
         storage.save(WF, "t", {"blob": TextBlob("new")})  # the overwrite follows no crafted token
         assert storage.read_task(WF, "t")["blob"].text == "new"
 
+    def _local_folder(self, storage):
+        if getattr(storage, "filesystem", None) is not None or not os.path.isdir(str(getattr(storage, "path", ""))):
+            pytest.skip(f"{type(storage).__name__} keeps no files in a local folder: it has no links to follow")
+        return storage.path
+
+    def test_result_that_is_a_link_is_never_followed(self, storage, tmp_path):
+        storage.save(WF, "n1", "one")
+        root = self._local_folder(storage)
+        outside = tmp_path / "outside.ffr"
+        outside.write_bytes(get_raw(storage, WF, "n1"))  # a valid result, but outside the root
+        target = os.path.join(root, WF, "n4.ffr")
+        os.symlink(outside, target)
+        with pytest.raises(CorruptedResultError):
+            storage.read_task(WF, "n4")
+        storage.remove_task(WF, task_name="n4")  # removes the link only
+        assert outside.exists() and not os.path.lexists(target)
+
+    def test_data_folder_that_is_a_link_is_never_followed(self, storage, tmp_path):
+        storage.register_persistent_serializers(TextBlobSerializer)
+        storage.save(WF, "t", TextBlob("mine"))
+        root = self._local_folder(storage)
+        (data,) = [e for e in os.listdir(os.path.join(root, WF)) if e.endswith(".data")]
+        victim = tmp_path / "victim"
+        victim.mkdir()
+        (victim / "blob.txt").write_text("theirs")
+        import shutil
+
+        shutil.rmtree(os.path.join(root, WF, data))
+        os.symlink(victim, os.path.join(root, WF, data))
+        with pytest.raises(CorruptedResultError):
+            storage.read_task(WF, "t")
+        storage.save(WF, "t", TextBlob("new"))  # replacing it unlinks the link, never empties the target
+        assert storage.read_task(WF, "t").text == "new"
+        assert (victim / "blob.txt").read_text() == "theirs"
+
     # -- signed results (functionfuse.storage.signing) ------------------------------------------
     @pytest.fixture
     def use_key(self, monkeypatch):
