@@ -19,7 +19,7 @@ import os
 import types
 from typing import IO, Any
 
-from ..errors import ConfigurationError, CorruptedResultError, StorageError, missing_dependency
+from ..errors import ConfigurationError, CorruptedResultError, SerializationError, StorageError, missing_dependency
 
 __all__ = [
     "FILE_PROTOCOL",
@@ -75,16 +75,37 @@ def lookup_serializer(name: str) -> Any:
     return getattr(mod, attr)
 
 
+def claim_name(written: set[str], name: str, files: Any, mode: str = "w") -> None:
+    """Record that *name* is (re)created in the result *files* belongs to; refuse a name
+    already created there: a second object of a serializer's type in one result would
+    overwrite the first and both would read back as the second."""
+    if name in written:
+        raise SerializationError(
+            f"Serializer file {name!r} is already written in this result ({files!r}); opening it with "
+            f"mode {mode!r} again would overwrite the object stored there. A result may hold several "
+            "objects of a serializer's type: give each a distinct name (e.g. a counter or a uuid: "
+            "f\"text-{uuid.uuid4().hex}.txt\") and return that name from pickle()."
+        )
+    written.add(name)
+
+
+def _creates(mode: str) -> bool:
+    return "w" in mode or "x" in mode
+
+
 class TaskFiles:
     """A folder for one stored result's extra files (``protocols[FILE_PROTOCOL]``).
 
     Serializers open files in it by plain names; the folder is created on first
-    write and removed together with the task.
+    write and removed together with the task. One result may hold several objects of
+    a serializer's type, so each needs a name of its own: opening a name for writing
+    (``"w"``, ``"x"``) a second time in one result is refused (appending is not).
     """
 
     def __init__(self, root: str) -> None:
         self.root = root
         self.used = False
+        self._written: set[str] = set()
 
     def path(self, name: str) -> str:
         """Absolute path of *name* inside the folder (for libraries that want a path).
@@ -104,17 +125,24 @@ class TaskFiles:
         return path
 
     def open(self, name: str, mode: str = "rb") -> IO[Any]:
-        """Open *name* in the folder (creating the folder for writes)."""
+        """Open *name* in the folder (creating the folder for writes).
+
+        :raises SerializationError: *name* was already written in this result.
+        """
+        path = self.path(name)
         if any(c in mode for c in "wax+"):
+            if _creates(mode):
+                claim_name(self._written, name, self, mode)
             os.makedirs(self.root, exist_ok=True)
             self.used = True
-        return open(self.path(name), mode)
+        return open(path, mode)
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self.path(name))
 
     def remove(self, name: str) -> None:
         p = self.path(name)
+        self._written.discard(name)
         if os.path.isdir(p):
             import shutil
 

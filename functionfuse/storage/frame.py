@@ -178,6 +178,8 @@ def encode(
         else:
             stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
         segments = [stream] + [b.raw() for b in buffers]
+    except SerializationError as exc:  # a serializer's own error says what to do
+        raise SerializationError(f"Could not serialize a result of type {type(obj).__name__}: {exc}") from exc
     except Exception as exc:
         raise SerializationError(
             f"Could not serialize a result of type {type(obj).__name__}: {type(exc).__name__}: {exc}. "

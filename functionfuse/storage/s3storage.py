@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
-from ..serializers import S3_PROTOCOL
+from ..serializers import S3_PROTOCOL, claim_name
 from ..workflow import name_problem, validate_name
 from . import _s3io, frame
 from .base import Storage
@@ -115,6 +115,7 @@ class S3TaskFiles:
         self.prefix = prefix
         self.read_only = read_only
         self.used = False
+        self._written: set[str] = set()
 
     # the original library's dictionary form
     def __getitem__(self, key: str) -> Any:
@@ -147,10 +148,17 @@ class S3TaskFiles:
         self.used = True
 
     def open(self, name: str, mode: str = "rb") -> Any:
-        """Open object *name* (``"rb"``/``"wb"``/``"r"``/``"w"``) through s3fs."""
+        """Open object *name* (``"rb"``/``"wb"``/``"r"``/``"w"``) through s3fs.
+
+        :raises SerializationError: *name* was already written in this result (each
+            object of a serializer's type needs a name of its own).
+        """
+        path = self.path(name)
         if any(c in mode for c in "wax+"):
             self._writing()
-        return self.fs.open(self.path(name), mode)
+            if "w" in mode or "x" in mode:
+                claim_name(self._written, name, self, mode)
+        return self.fs.open(path, mode)
 
     def zarr_store(self, name: str, read_only: bool | None = None) -> Any:
         """A Zarr store rooted at *name* (read-only when reading a result): a
@@ -159,9 +167,11 @@ class S3TaskFiles:
 
         _s3io.close_zarr_sessions_at_exit()
         ro = self.read_only if read_only is None else read_only
+        path = self.path(name)
         if not ro:
             self._writing()
-        return S3ZarrStore(self._afs, path=self.path(name), read_only=ro)
+            claim_name(self._written, name, self, "zarr store")
+        return S3ZarrStore(self._afs, path=path, read_only=ro)
 
     def exists(self, name: str) -> bool:
         return bool(self.fs.exists(self.path(name)))
@@ -169,6 +179,7 @@ class S3TaskFiles:
     def remove(self, name: str) -> None:
         self._writing()
         path = self.path(name)
+        self._written.discard(name)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
