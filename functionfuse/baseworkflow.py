@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Sequence
 
 from ._calls import build_call, call_with_result
+from ._inspection import inspectable
 from ._records import NODE_TYPES, fingerprint_records, fp_join
 from .backends.plugins import prepare
 from .errors import (
@@ -157,6 +158,11 @@ class BaseWorkflow:
     query_class: type[Query] = Query
     #: what the progress line calls the nodes being worked on
     progress_running_label = "running"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:  # `functionfuse plan` imports scripts that call run(): see _inspection
+            cls.run = inspectable(cls.__dict__["run"])  # type: ignore[attr-defined]
 
     def __init__(self, *nodes: Any, workflow_name: str) -> None:
         self.workflow_name = validate_name(workflow_name, "Workflow name")
