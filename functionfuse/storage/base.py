@@ -40,7 +40,7 @@ class Storage(ABC):
     # -- signing ---------------------------------------------------------------------
     def _signer(self) -> signing.Signer | None:
         """The signing key of this process, checked against the one the storage needs."""
-        return signing.require(self._key_id, repr(self))
+        return signing.require(self._key_id, self)
 
     def _signing_state(self) -> dict:
         """For ``__getstate__``: the id (never the key) of the key copies must have."""

@@ -122,7 +122,7 @@ class FileStorage:
         return self._key_id or (signer.key_id if signer is not None else None)
 
     def _signer(self) -> signing.Signer | None:
-        return signing.require(self._key_id, repr(self))
+        return signing.require(self._key_id, self)
 
     # -- where the work is done -----------------------------------------------------------
     def local(self) -> _LocalFileStorage:

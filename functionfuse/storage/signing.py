@@ -145,12 +145,13 @@ def current_signer() -> Signer | None:
     return signer
 
 
-def require(key_id: str | None, what: str) -> Signer | None:
+def require(key_id: str | None, owner: object) -> Signer | None:
     """The signer of this process, checked against *key_id*, the id of the key of the
-    process that configured the storage (None: no key was required there)."""
+    process that configured the storage *owner* (None: no key was required there)."""
     signer = current_signer()
-    if key_id is None:
+    if key_id is None or (signer is not None and signer.key_id == key_id):
         return signer
+    what = repr(owner)
     if signer is None:
         raise SigningKeyError(
             f"{what} signs its results (key id {key_id}), but no signing key is set in this process "
