@@ -436,3 +436,47 @@ def test_example_against_a_real_prefect_server(prefect_server, tmp_path):
     # the UI is served too
     with urllib.request.urlopen(prefect_server.rsplit("/api", 1)[0] + "/", timeout=10) as resp:
         assert b"<html" in resp.read(2000).lower()
+
+
+# -- Prefect's own caching -----------------------------------------------------------------
+@workflow
+def counted_add(counter_file, a, b):
+    """a + b; appends a line to *counter_file* each time it really runs."""
+    with open(counter_file, "a") as f:
+        f.write(f"{a}+{b}\n")
+    return a + b
+
+
+def _cache_options():
+    from prefect.cache_policies import INPUTS
+    from prefect.tasks import task_input_hash
+
+    return {"INPUTS": {"cache_policy": INPUTS}, "task_input_hash": {"cache_key_fn": task_input_hash}}
+
+
+@pytest.mark.parametrize("option", ["INPUTS", "task_input_hash"])
+def test_prefect_cache_keys_include_the_constant_arguments(tmp_path, option):
+    """Constant arguments are not task parameters, yet they reach Prefect's cache key:
+    add(1, 1) and add(5, 5) do not share a cached result, and the same call again is a hit."""
+    counter = tmp_path / "calls"
+    args = _cache_options()[option]
+    results = []
+    for a in (1, 5, 1):
+        wf = PrefectWorkflow(counted_add(str(counter), a, a).set_name("add"), workflow_name=f"cached_{option}")
+        wf.query("^add$").set_task_args(args)
+        results.append(wf.run())
+        states = task_runs_of(wf.last_flow_run_id, expected=1)
+        results.append(states[0].state.name)
+    assert results == [2, "Completed", 10, "Completed", 2, "Cached"]
+    assert counter.read_text().splitlines() == ["1+1", "5+5"]  # the third run was Prefect's cache hit
+
+
+def test_prefect_cache_keys_tell_nodes_of_one_run_apart(tmp_path):
+    """persist_result alone uses Prefect's default policy (inputs, task source, run id):
+    two nodes of one flow run with other constants get their own results."""
+    counter = tmp_path / "calls"
+    a = counted_add(str(counter), 1, 1).set_name("a")
+    b = counted_add(str(counter), 5, 5).set_name("b")
+    wf = PrefectWorkflow(a, b, workflow_name="cached_one_run")
+    wf.query("^[ab]$").set_task_args({"persist_result": True})
+    assert wf.run() == [2, 10]

@@ -199,7 +199,9 @@ class PrefectWorkflow(BaseWorkflow):
         keys = tuple((j, g.names[j]) for j in g.data_parents[i])
         run_node = self.run_node
 
-        def run_functionfuse_node(inputs: dict, save: bool) -> Any:
+        def run_functionfuse_node(inputs: dict, save: bool, fingerprint: str | None = None) -> Any:
+            # *fingerprint* is not used here: it puts what else determines the result (the
+            # node's code and constant arguments) into the parameters Prefect caches by
             run = _CURRENT_RUN.get()
             if run is not None:
                 run.started()
@@ -221,17 +223,21 @@ class PrefectWorkflow(BaseWorkflow):
         run_functionfuse_node.__name__ = run_functionfuse_node.__qualname__ = name
         options: dict[str, Any] = {"name": name, "task_run_name": _constant(name)}
         user = self._task_args.get(i, {})
-        if not _CACHE_OPTIONS.intersection(user):
+        cached = bool(_CACHE_OPTIONS.intersection(user))
+        if not cached:
             # functionfuse storage does the resuming; Prefect's input hashing would only cost
             options["cache_policy"] = NO_CACHE
         options.update(user)
         try:
-            return prefect.task(run_functionfuse_node, **options)
+            task = prefect.task(run_functionfuse_node, **options)
         except Exception as exc:
             raise ConfigurationError(
                 f"Prefect refused the task options {user!r} of node {name!r}: {exc}. "
                 "Fix them with query(...).set_task_args({...})."
             ) from exc
+        #: Prefect caches this node's result: its runs get the node's fingerprint as a parameter
+        task.functionfuse_cached = cached
+        return task
 
     # -- running -------------------------------------------------------------------------
     def run(self) -> Any:
@@ -273,6 +279,7 @@ class PrefectWorkflow(BaseWorkflow):
         g = self.graph
         names, parents, data_parents = g.names, g.parents, g.data_parents
         save = self.storage is not None
+        fingerprints = self._cache_fingerprints(tasks)
         futures: dict[int, Any] = {}
         for i, action in enumerate(actions):
             if action != RUN and action != REPLAY:
@@ -282,7 +289,9 @@ class PrefectWorkflow(BaseWorkflow):
                 fut = futures.get(j)
                 inputs[names[j]] = quote(loaded[j]) if fut is None else opaque(fut)
             order = [futures[j] for j in parents[i] if j not in data_parents[i] and j in futures]
-            futures[i] = tasks[i].submit(inputs=inputs, save=save and action == RUN, wait_for=order or None)
+            futures[i] = tasks[i].submit(
+                inputs=inputs, save=save and action == RUN, fingerprint=fingerprints[i], wait_for=order or None
+            )
         _run_logger().info(
             "functionfuse workflow %r: %d nodes submitted as tasks, %d loaded from storage, %d skipped",
             self.workflow_name, len(futures), report.loaded, report.skipped,
@@ -297,6 +306,21 @@ class PrefectWorkflow(BaseWorkflow):
             raise self._failure(failures[0], futures[failures[0]])
         results = {i: (futures[i].result() if i in futures else loaded[i]) for i in g.outputs}
         return self.outputs(results)
+
+    def _cache_fingerprints(self, tasks: list[Any]) -> list[str | None]:
+        """The fingerprint of each node whose task Prefect caches (None for the others).
+
+        Prefect computes a cache key from a task's parameters, and a node's parameters
+        are only its parents' values: its code and constant arguments are compiled into
+        the task. The fingerprint (see :mod:`functionfuse.fingerprint`) hashes those and
+        the parents' fingerprints, so ``add(1, 1)`` and ``add(5, 5)`` get other keys
+        under any policy that hashes inputs (``INPUTS``, ``task_input_hash``, the default).
+        """
+        if not any(getattr(t, "functionfuse_cached", False) for t in tasks):
+            return [None] * len(tasks)
+        # with storage, planning computed them for this run already
+        records = self._records if self.storage is not None and self._records is not None else self.fingerprints()
+        return [r["node"] if getattr(t, "functionfuse_cached", False) else None for r, t in zip(records, tasks)]
 
     def _plan_and_load(self, report: Any) -> tuple[list[str], dict[int, Any]]:
         """The plan of this run and the stored values it needs; damaged results are recomputed."""
