@@ -6,7 +6,8 @@ catches them all::
     FunctionFuseError
      ├── GraphError                     (also ValueError)
      │    ├── InvalidNameError          a node, task or workflow name is not a safe key
-     │    └── DuplicateNameError        two nodes of one workflow share a name
+     │    ├── DuplicateNameError        two nodes of one workflow share a name
+     │    └── NodeCallError             (also TypeError) a call does not fit its function's signature
      ├── NodeExecutionError             a node's function raised; the cause is chained
      ├── StorageError
      │    ├── TaskNotFoundError         (also FileNotFoundError)
@@ -29,6 +30,7 @@ __all__ = [
     "GraphError",
     "InvalidNameError",
     "DuplicateNameError",
+    "NodeCallError",
     "NodeExecutionError",
     "StorageError",
     "TaskNotFoundError",
@@ -58,6 +60,13 @@ class InvalidNameError(GraphError):
 
 class DuplicateNameError(GraphError):
     """Two different nodes of one workflow have the same name."""
+
+
+class NodeCallError(GraphError, TypeError):
+    """The arguments of a call of a decorated function or class do not fit its
+    signature (a missing argument, one too many, an unknown keyword). Raised where the
+    node is made, before anything runs; also a ``TypeError``, like the error Python
+    raises for the same call of a plain function."""
 
 
 class NodeExecutionError(FunctionFuseError):

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from functionfuse import task, workflow
-from functionfuse.errors import DuplicateNameError, GraphError, InvalidNameError
+from functionfuse.errors import DuplicateNameError, GraphError, InvalidNameError, NodeCallError
 from functionfuse.graph import Graph
 from functionfuse.workflow import ClassNode, MethodNode, Node, NodeItem, validate_name
 
@@ -165,3 +165,128 @@ def test_names_are_kept_as_written_nfc_or_not():
     nfd = add(1, 2).set_name("cafe\u0301")
     assert nfd.name == "cafe\u0301"
     assert Graph([add(nfd, 1).set_name("caf\u00e9s")]).names == ["cafe\u0301", "caf\u00e9s"]
+
+
+# -- calls are checked against the function's signature when the node is made ------------------
+def _line_of(func) -> int:
+    return func.__code__.co_firstlineno
+
+
+@pytest.mark.parametrize(
+    "call, problem",
+    [
+        (lambda: add(1), "missing a required argument: 'b'"),
+        (lambda: add(1, 2, 3), "too many positional arguments"),
+        (lambda: add(1, 2, c=3), "unexpected keyword argument 'c'"),
+        (lambda: add(1, a=2), "multiple values for argument 'a'"),
+        (lambda: add(add(1, 2)), "missing a required argument: 'b'"),  # a node is a value like any other
+    ],
+    ids=["missing", "too-many", "unknown-keyword", "twice", "node-argument"],
+)
+def test_a_call_that_does_not_fit_the_signature_fails_when_the_node_is_made(call, problem):
+    with pytest.raises(NodeCallError) as info:
+        call()
+    message = str(info.value)
+    assert problem in message
+    assert f"{__name__}.add" in message and "add(a, b)" in message  # the user's function, by module.qualname
+    assert f"{__file__}:{_line_of(add.__wrapped__)}" in message  # and where it is defined
+    assert "__wrapped__" not in message
+    assert f"called at {__file__}:" in message  # the line that made the node, also where only the message is logged
+    assert isinstance(info.value, GraphError) and isinstance(info.value, TypeError)
+
+
+def test_fitting_calls_make_nodes():
+    @workflow
+    def f(a, b=1, *rest, c, d=2, **more):
+        return a
+
+    @workflow
+    def g(a, /, b):
+        return a
+
+    f(1, c=2), f(1, 2, 3, 4, c=5, e=6), f(a=add(1, 2), c=add(3, 4)[0])
+    g(1, 2), g(1, b=2)
+    with pytest.raises(NodeCallError, match="missing a required argument: 'c'"):
+        f(1, 2)
+    with pytest.raises(NodeCallError, match="positional"):
+        g(a=1, b=2)
+
+
+def test_functions_without_a_signature_are_not_checked():
+    node = workflow(max)(1)  # a builtin without a signature (inspect finds none): the run will tell
+    assert isinstance(node, Node)
+
+
+def test_constructor_and_method_calls_are_checked_naming_the_class_node():
+    with pytest.raises(NodeCallError) as info:
+        Counter(1, 2)
+    assert f"{__name__}.Counter" in str(info.value) and "too many positional arguments" in str(info.value)
+    assert f"{__file__}:" in str(info.value)
+    counter = Counter().set_name("counter")
+    with pytest.raises(NodeCallError) as info:
+        counter.bump(1, 2)
+    message = str(info.value)
+    assert "'counter'" in message and f"{__name__}.Counter.bump" in message
+    assert "bump(by=1)" in message and "too many positional arguments" in message
+    assert f"{__file__}:{_line_of(Counter.__wrapped__.bump)}" in message
+    with pytest.raises(NodeCallError, match="unexpected keyword argument 'step'"):
+        Counter().bump(step=2)
+    assert isinstance(counter.bump(by=counter.bump()), MethodNode)  # fitting calls still chain
+
+
+def test_static_and_class_methods_are_checked_without_self():
+    @workflow
+    class Box:
+        def __init__(self, x):
+            self.x = x
+
+        @staticmethod
+        def twice(v):
+            return 2 * v
+
+        @classmethod
+        def make(cls, v):
+            return v
+
+    box = Box(1)
+    box.twice(1), box.make(1)
+    with pytest.raises(NodeCallError, match="too many positional arguments"):
+        box.twice(1, 2)
+    with pytest.raises(NodeCallError, match="missing a required argument: 'v'"):
+        box.make()
+
+
+def test_calls_inside_a_running_node_are_plain_calls():
+    from functionfuse.workflow import executing_nodes
+
+    with executing_nodes():
+        with pytest.raises(TypeError) as info:
+            add(1)
+    assert not isinstance(info.value, NodeCallError)
+
+
+_SIGNATURES = [
+    "a, b", "a, b=1", "a, /, b", "a, /, b=1, *, c", "*args", "a, *args, c=1", "a, **kw", "a, /, **kw",
+    "*, c", "a=1, *, c=2, **kw", "", "a, b, /", "a, *args, c, **kw",
+]
+_CALLS = [
+    ((), {}), ((1,), {}), ((1, 2), {}), ((1, 2, 3), {}), ((), {"a": 1}), ((1,), {"a": 1}), ((1,), {"b": 2}),
+    ((), {"a": 1, "b": 2}), ((1,), {"c": 3}), ((1, 2), {"c": 3}), ((), {"c": 3}), ((1,), {"kw": 1}),
+    ((1, 2), {"b": 2}), ((), {"b": 2, "c": 3}),
+]
+
+
+@pytest.mark.parametrize("params", _SIGNATURES, ids=lambda p: f"({p})")
+def test_the_check_accepts_exactly_the_calls_python_accepts(params):
+    namespace: dict = {}
+    exec(f"def f({params}):\n    return None", namespace)
+    plain = namespace["f"]
+    decorated = workflow(plain)
+    for args, kwargs in _CALLS:
+        try:
+            plain(*args, **kwargs)
+        except TypeError:
+            with pytest.raises(NodeCallError):
+                decorated(*args, **kwargs)
+        else:
+            assert isinstance(decorated(*args, **kwargs), Node), (args, kwargs)
