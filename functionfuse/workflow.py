@@ -51,6 +51,9 @@ _seq = itertools.count()
 _NO_KWARGS: dict = {}
 _state = threading.local()
 _UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+#: the automatic name of each unnamed node as the workflow whose find_nodes() last
+#: returned it names it (see Node.get_name); a node holds no other naming state
+_found_names: "weakref.WeakKeyDictionary[Node, str]" = weakref.WeakKeyDictionary()
 
 
 def validate_name(name: object, what: str = "Node name") -> str:
@@ -211,6 +214,15 @@ class Node:
     def name(self) -> str | None:
         """The name given with :meth:`set_name`, or None (the graph then assigns one)."""
         return self._name
+
+    def get_name(self) -> str | None:
+        """The node's name (the original functionfuse's accessor): the one given with
+        :meth:`set_name`; for an unnamed node returned by a workflow's ``find_nodes()``,
+        the automatic name that workflow gives it; otherwise None (automatic names
+        belong to a workflow's graph: ``workflow.graph.names``)."""
+        if self._name is not None:
+            return self._name
+        return _found_names.get(self)
 
     @property
     def label(self) -> str:
