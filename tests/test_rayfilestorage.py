@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from contracts.storage import KEY_A, WF, StorageContract, TextBlob, TextBlobSeri
 
 import ray
 
-from functionfuse.errors import ConfigurationError, SigningKeyError, TaskNotFoundError
+from functionfuse.errors import ConfigurationError, SigningKeyError, StorageError, TaskNotFoundError
 from functionfuse.storage import available_storages, frame, storage_factory
 from functionfuse.storage.filestorage import FileStorage as LocalFileStorage
 from functionfuse.storage.signing import ENV_KEY
@@ -208,3 +209,50 @@ def test_without_ray_the_error_says_what_to_do(tmp_path):
     with pytest.raises(ConfigurationError, match="rayInitArgs"):
         storage.list_tasks("wf")
     assert os.listdir(tmp_path) == []
+
+
+# -- a storage resource that no node offers ------------------------------------------------
+MISSING = {"resources": {"_nvme": 0.001}}
+
+
+def test_a_resource_no_node_offers_times_out_naming_it(local_ray, tmp_path):
+    st = storage_factory(
+        {"kind": "ray", "options": {"remoteArgs": MISSING, "path": str(tmp_path / "s"), "resourceTimeout": 1}}
+    )
+    t0 = time.monotonic()
+    with pytest.raises(ConfigurationError, match=r"'_nvme'.*ray start --resources") as info:
+        st.list_tasks(WF)
+    assert time.monotonic() - t0 < 10
+    assert "remoteArgs" in str(info.value)
+    # the answer is kept: the next call fails at once instead of waiting again
+    t0 = time.monotonic()
+    with pytest.raises(ConfigurationError, match="'_nvme'"):
+        st.save(WF, "t", 1)
+    assert time.monotonic() - t0 < 1
+    # a run report (saved also after Ctrl-C) fails at once with a StorageError, never waits
+    with pytest.raises(StorageError, match="'_nvme'"):
+        st.save_run_report(WF, {"workflow": WF})
+
+
+def test_resource_timeout_is_checked(local_ray, tmp_path):
+    with pytest.raises(ConfigurationError, match="'resourceTimeout' must be a number of seconds"):
+        make(tmp_path / "s", resourceTimeout="soon")
+
+
+def test_a_run_on_a_storage_without_its_node_fails_and_reports(local_ray, tmp_path):
+    from functionfuse import workflow as ff_workflow
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+
+    @ff_workflow
+    def one():
+        return 1
+
+    wf = RayWorkflow(one().set_name("one"), workflow_name=WF)
+    wf.set_storage(
+        storage_factory({"kind": "ray", "options": {"remoteArgs": MISSING, "path": str(tmp_path), "resourceTimeout": 1}})
+    )
+    t0 = time.monotonic()
+    with pytest.raises(ConfigurationError, match="'_nvme'"):
+        wf.run()
+    assert time.monotonic() - t0 < 10
+    assert wf.last_run.status == "failed"

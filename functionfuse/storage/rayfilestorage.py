@@ -15,11 +15,13 @@ storage node, where the serializer's files are).
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import time
 from typing import Any, Iterable
 
-from ..errors import ConfigurationError, SerializationError, missing_dependency
+from ..errors import ConfigurationError, SerializationError, StorageError, missing_dependency
 from ..serializers import FILE_PROTOCOL
 from ..workflow import validate_name
 from . import frame, signing
@@ -27,13 +29,17 @@ from .filestorage import FileStorage as _LocalFileStorage
 
 try:
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import GetTimeoutError, RayTaskError
 except ImportError as _exc:  # pragma: no cover - exercised in an environment without ray
     raise missing_dependency("ray", "ray", _exc) from _exc
 
 __all__ = ["FileStorage"]
 
-_OPTIONS = frozenset({"remoteArgs", "path", "rayInitArgs"})
+log = logging.getLogger("functionfuse.storage")
+
+_OPTIONS = frozenset({"remoteArgs", "path", "rayInitArgs", "resourceTimeout"})
+#: seconds to wait, at first use, for a node that offers the resources of ``remoteArgs``
+DEFAULT_RESOURCE_TIMEOUT = 30.0
 
 
 class FileStorage:
@@ -62,6 +68,11 @@ class FileStorage:
     :param path: relative or absolute path to save folder. All results are saved in
         ``path/workflow_name`` folder. A relative path is resolved against the current
         folder of the process that creates the storage.
+    :param resourceTimeout: (optional) seconds to wait, when a process first uses the
+        storage, for an alive Ray node that offers the resources of ``remoteArgs``
+        (default 30; an autoscaler may be starting one). Without one, the storage
+        raises :class:`~functionfuse.errors.ConfigurationError` naming the missing
+        resource instead of waiting forever.
     """
 
     protocol = FILE_PROTOCOL
@@ -72,7 +83,8 @@ class FileStorage:
         unknown = set(opt) - _OPTIONS
         if unknown or "path" not in opt:
             raise ConfigurationError(
-                f"Ray file storage options are 'path', 'remoteArgs' and optional 'rayInitArgs'; got "
+                f"Ray file storage options are 'path', 'remoteArgs' and optional 'rayInitArgs' and "
+                f"'resourceTimeout'; got "
                 f"{sorted(opt)!r}. Example: {{\"kind\": \"ray\", \"options\": {{\"path\": \"storage\", "
                 '"remoteArgs": {"resources": {"_disk": 0.001}}}}.'
             )
@@ -85,12 +97,18 @@ class FileStorage:
             raise ConfigurationError(f"Ray file storage 'remoteArgs' must be a dict of ray.remote options, got {remote_args!r}.")
         if init_args is not None and not isinstance(init_args, dict):
             raise ConfigurationError(f"Ray file storage 'rayInitArgs' must be a dict of ray.init arguments, got {init_args!r}.")
+        timeout = opt.get("resourceTimeout", DEFAULT_RESOURCE_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ConfigurationError(
+                f"Ray file storage 'resourceTimeout' must be a number of seconds >= 0, got {timeout!r}."
+            )
         try:
             _op.options(**remote_args)
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"Ray file storage 'remoteArgs' are not valid ray.remote options: {exc}") from None
         self.path = os.path.abspath(os.fspath(path))
         self.remote_args = dict(remote_args)
+        self.resource_timeout = float(timeout)
         self._serializers: list = []
         self._key_id: str | None = None
         if init_args is not None and not ray.is_initialized():
@@ -107,6 +125,7 @@ class FileStorage:
         return {
             "path": self.path,
             "remote_args": self.remote_args,
+            "resource_timeout": self.resource_timeout,
             "_serializers": self._serializers,
             "_key_id": self._required_key_id(),
         }
@@ -114,6 +133,7 @@ class FileStorage:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_key_id", None)
+        self.__dict__.setdefault("resource_timeout", DEFAULT_RESOURCE_TIMEOUT)
 
     # -- signing (see functionfuse.storage.signing) ---------------------------------------------
     def _required_key_id(self) -> str | None:
@@ -144,6 +164,10 @@ class FileStorage:
                 "Ray is not initialised. Create the RayWorkflow before using its storage, or pass "
                 "'rayInitArgs' (e.g. {\"address\": \"auto\"}) in the storage options to read results."
             )
+        _require_resources(self.remote_args, self.resource_timeout)
+        return self._get(self._submit(method, args, kwargs))
+
+    def _submit(self, method: str, args: tuple, kwargs: dict) -> Any:
         fn = _op.options(**self.remote_args) if self.remote_args else _op
         try:
             ref = fn.remote(self.path, self._serializers, self._required_key_id(), method, args, kwargs)
@@ -153,8 +177,11 @@ class FileStorage:
                 f"Could not serialize a result of type {type(obj).__name__} to send it to the storage "
                 f"node: {str(exc).splitlines()[0]}. Return picklable values, or register a serializer."
             ) from exc
+        return ref
+
+    def _get(self, ref: Any, timeout: float | None = None) -> Any:
         try:
-            return ray.get(ref)
+            return ray.get(ref, timeout=timeout)
         except RayTaskError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, Exception):
@@ -265,6 +292,112 @@ class FileStorage:
     def list_workflows(self) -> list[str]:
         """Names of the workflows that have stored results."""
         return self._call("list_workflows")
+
+    def save_run_report(self, workflow_name: str, report: dict) -> None:
+        """Store a run's report on the storage node; never waits long.
+
+        Runs at the end of every run, also one stopped by Ctrl-C: without a node that
+        offers the storage's resources, or if the write takes longer than
+        ``resourceTimeout``, it raises :class:`~functionfuse.errors.StorageError` (the
+        backend logs it) instead of holding up the end of the run.
+        """
+        validate_name(workflow_name, "Workflow name")
+        if not ray.is_initialized():
+            raise StorageError(f"The run report of workflow {workflow_name!r} was not stored: Ray is not initialised.")
+        try:
+            _require_resources(self.remote_args, 0.0)
+        except ConfigurationError as exc:
+            raise StorageError(f"The run report of workflow {workflow_name!r} was not stored: {exc}") from None
+        ref = self._submit("save_run_report", (workflow_name, report), {})
+        try:
+            self._get(ref, timeout=max(self.resource_timeout, 1.0))
+        except GetTimeoutError:
+            ray.cancel(ref, force=False)
+            raise StorageError(
+                f"The run report of workflow {workflow_name!r} was not stored: the storage node did not "
+                f"answer within {max(self.resource_timeout, 1.0):g} s ({self!r})."
+            ) from None
+
+
+# -- is there a node for the storage tasks? ---------------------------------------------------
+#: requirements (``_requirements()``) an alive node was seen to offer, and those that
+#: no node offered within the timeout (both for the life of this process)
+_OFFERED: set[frozenset] = set()
+_MISSING: dict[frozenset, str] = {}
+
+
+def _requirements(remote_args: dict) -> dict[str, float]:
+    """The node resources the storage tasks ask for."""
+    need = {str(k): float(v) for k, v in (remote_args.get("resources") or {}).items() if v}
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        value = remote_args.get(option)
+        if value:
+            need[resource] = float(value)
+    return need
+
+
+def _unmet(need: dict[str, float]) -> list[str] | None:
+    """None if an alive node offers all of *need*; else the resources no node offers enough of."""
+    best: list[str] | None = None
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources") or {}
+        short = [k for k, v in need.items() if have.get(k, 0.0) < v]
+        if not short:
+            return None
+        if best is None or len(short) < len(best):
+            best = short
+    return best if best is not None else sorted(need)
+
+
+def _require_resources(remote_args: dict, timeout: float) -> None:
+    """Wait up to *timeout* seconds for an alive Ray node that offers what the storage
+    tasks ask for (custom resources, CPUs, GPUs, memory); checked once per process.
+
+    :raises ConfigurationError: no node offers it (at once if that was found before).
+    """
+    need = _requirements(remote_args)
+    if not need:
+        return
+    key = frozenset(need.items())
+    if key in _OFFERED:
+        return
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        short = _unmet(need)
+        if short is None:
+            _OFFERED.add(key)
+            _MISSING.pop(key, None)
+            if waited:
+                log.info("a Ray node offers the storage resources %r now", need)
+            return
+        if key in _MISSING or time.monotonic() >= deadline:
+            break
+        if not waited:
+            log.warning(
+                "no alive Ray node offers the storage resources %r yet; waiting up to %g s", need, timeout
+            )
+            waited = True
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    missing = ", ".join(f"{k!r}: {need[k]:g}" for k in short)
+    _MISSING[key] = missing
+    raise ConfigurationError(
+        f"Ray file storage: no alive Ray node offers {{{missing}}}, which its remoteArgs {remote_args!r} "
+        f"ask for (waited {timeout:g} s; cluster resources: {_cluster_resources()}). Start the storage "
+        f"node with that resource, e.g. ray start --resources '{{\"{short[0]}\": 1}}' (or "
+        f"ray.init(resources={{'{short[0]}': 1}}) for a local Ray), or change remoteArgs in the storage "
+        "options; set 'resourceTimeout' to wait longer for an autoscaler."
+    )
+
+
+def _cluster_resources() -> str:
+    try:
+        have = ray.cluster_resources()
+    except Exception:  # pragma: no cover - the answer is only for the message
+        return "unknown"
+    return "{" + ", ".join(f"{k!r}: {v:g}" for k, v in sorted(have.items()) if not k.startswith("node:")) + "}"
 
 
 # -- on the storage node ----------------------------------------------------------------------

@@ -229,7 +229,7 @@ class PrefectWorkflow(BaseWorkflow):
             options["cache_policy"] = NO_CACHE
         options.update(user)
         try:
-            task = prefect.task(run_functionfuse_node, **options)
+            task: Any = prefect.task(run_functionfuse_node, **options)
         except Exception as exc:
             raise ConfigurationError(
                 f"Prefect refused the task options {user!r} of node {name!r}: {exc}. "
