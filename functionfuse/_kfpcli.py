@@ -40,7 +40,8 @@ def _workflow(args: argparse.Namespace, load: Callable[[str], Any], as_nodes: Ca
             wf = copy.copy(obj)
             wf.workflow_name = validate_name(args.workflow, "Workflow name")
     else:
-        wf = KFPWorkflow(*as_nodes(obj), workflow_name=args.workflow or args.target.rpartition(":")[2])
+        name = args.workflow or getattr(obj, "workflow_name", None) or args.target.rpartition(":")[2]
+        wf = KFPWorkflow(*as_nodes(obj), workflow_name=name)
     if args.storage:
         wf.set_storage(storage(args.storage))
     return wf
