@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from test_cli import DAG, FUNCTIONFUSE, ff, project  # noqa: F401 - project is a fixture
 
 
@@ -155,3 +157,34 @@ def test_rm_all_removes_a_whole_workflow_after_asking(project):
     out = ff("storage", "rm", "demo", "--all", "--yes", cwd=project)
     assert "2 task(s)" in out.stdout and "removed workflow 'demo'" in out.stdout
     assert json.loads(ff("storage", "ls", "--json", cwd=project).stdout) == []
+
+
+@pytest.mark.parametrize("path", [
+    "functionfuse.backends.builtin.localback:LocalWorkflow",
+    "functionfuse.backends.builtin.rayback:RayWorkflow",
+    "functionfuse.backends.builtin.graphback:GraphWorkflow",
+    "functionfuse.backends.addons.prefectback:PrefectWorkflow",
+    "functionfuse.backends.addons.kfpback:KFPWorkflow",
+], ids=lambda p: p.rpartition(":")[2])
+def test_run_of_every_backend_is_recorded_not_run_while_inspecting(path):
+    import importlib
+
+    from functionfuse._inspection import inspecting_runs
+
+    module, _, name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        pytest.skip(f"{name}: {exc}")
+
+    class Custom(cls):  # a user's subclass with its own run() is inspected too
+        def run(self, *args, **kwargs):
+            raise AssertionError("ran")
+
+    for kind in (cls, Custom):
+        wf = object.__new__(kind)  # no engine started, nothing set up: run() must not touch it
+        with inspecting_runs() as calls:
+            assert wf.run() is None
+        assert [(c.workflow, c.filename, c.lineno) for c in calls] == [(wf, __file__, calls[0].lineno)]
+    with pytest.raises(AssertionError, match="ran"):
+        object.__new__(Custom).run()
