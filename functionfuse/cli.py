@@ -405,11 +405,11 @@ def _workflow(target: str, workflow: str | None, storage: Any, cache: str | None
     return wf
 
 
-def _plan_rows(wf: Any) -> list[dict]:
+def _plan_rows(wf: Any, storage_spec: str | None = None) -> list[dict]:
     """The plan of *wf*, then a row for each stored result of no node of it."""
     rows: list[dict] = [{"task": p.name, "action": p.action, "status": p.state, "reason": p.reason} for p in wf.plan()]
     for task in _not_in_dag(wf):
-        rows.append({"task": task, "action": None, "status": NOT_IN_DAG, "reason": _not_in_dag_reason(wf, task)})
+        rows.append({"task": task, "action": None, "status": NOT_IN_DAG, "reason": _not_in_dag_reason(wf, task, storage_spec)})
     return rows
 
 
@@ -426,9 +426,11 @@ def _not_in_dag(wf: Any) -> list[str]:
     return [t for t in wf.storage.list_tasks(wf.workflow_name, "*") if t not in names and name_problem(t) is None]
 
 
-def _not_in_dag_reason(wf: Any, task: str) -> str:
+def _not_in_dag_reason(wf: Any, task: str, storage_spec: str | None) -> str:
+    rm = f"functionfuse storage rm {shlex.quote(wf.workflow_name)} {shlex.quote(task)}"
+    rm += f" --storage {shlex.quote(storage_spec)}" if storage_spec else ""
     return (f"stored, but no node of the DAG is named {task!r} (renamed or removed); a run neither reads nor removes "
-            f"it: `functionfuse storage rm {shlex.quote(wf.workflow_name)} {shlex.quote(task)}` does")
+            f"it: `{rm}` does")
 
 
 def _run_status(report: dict) -> str:
@@ -560,7 +562,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         names = set(wf.graph.names)
         for entry in entries.values():
             if entry["task"] not in names and entry["status"] == "stored":
-                entry.update(status=NOT_IN_DAG, reason=_not_in_dag_reason(wf, entry["task"]))
+                entry.update(status=NOT_IN_DAG, reason=_not_in_dag_reason(wf, entry["task"], args.storage))
     rows = sorted(entries.values(), key=lambda r: r["task"])
     # with --verify, scripts can trust the exit code: 1 when a result cannot be used as it is
     failed = 1 if args.verify and any(r.get("status") in _DAMAGED for r in rows) else 0
@@ -818,7 +820,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     given = _storage(args.storage, must_exist=False) if args.storage else None
     wf = _workflow(args.graph, args.workflow, given, args.cache, "planned")
-    rows = _plan_rows(wf)
+    rows = _plan_rows(wf, args.storage)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
