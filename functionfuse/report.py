@@ -13,11 +13,27 @@ raised it. :attr:`~RunReport.failed` names the node the run stopped at whenever 
 backend knows it, whatever the error.
 
 While a run is going, a one-line progress display (nodes done / loaded / running /
-failed, elapsed time) is written to standard error when it is a terminal; a daemon
-thread redraws it every second, so the elapsed time moves during a long node, and the
-run's summary is printed under it at the end. It is off when standard error is not a
-terminal, with ``FUNCTIONFUSE_PROGRESS=0``, or with ``workflow.set_progress(False)``;
-the summary is then only logged (``functionfuse`` logger).
+failed, the node running now, elapsed time) is written to standard error when it is a
+terminal; a daemon thread redraws it every second, so the elapsed time moves during a
+long node, and the run's summary is printed under it at the end. It is off when
+standard error is not a terminal, with ``FUNCTIONFUSE_PROGRESS=0``, or with
+``workflow.set_progress(False)``; the summary is then only logged (``functionfuse``
+logger).
+
+Runs also talk in logs, for where there is no terminal (nohup, Slurm, CI), once
+logging is configured (e.g. ``logging.basicConfig(level=logging.INFO)``):
+
+* ``functionfuse.nodes`` (INFO): ``node 'x' of workflow 'w' started`` and ``node 'x'
+  of workflow 'w' finished in 1.23 s``. Throttled for fast nodes: a node that took ``SLOW_NODE_SECONDS`` (1 s) or
+  more always has its finish logged; other records, at most
+  ``NODE_RECORDS_PER_SECOND`` (10) a second, the rest counted in the next progress
+  record. Nodes of the fast local path (no storage, no plugins) are logged only when
+  a check twice a second sees them running for half a second or more (so every node
+  that takes a second or more is).
+* ``functionfuse.progress`` (INFO): when the progress line is not drawn, the same line
+  as a record every ``FUNCTIONFUSE_PROGRESS_EVERY`` seconds (default 30).
+
+Silence either with ``logging.getLogger("functionfuse.nodes").setLevel(logging.WARNING)``.
 """
 
 from __future__ import annotations
@@ -37,6 +53,15 @@ from .errors import NodeExecutionError
 __all__ = ["RunReport", "Progress", "progress_enabled", "RUNNING", "FINISHED", "FAILED", "INTERRUPTED", "outcome"]
 
 log = logging.getLogger("functionfuse")
+node_log = logging.getLogger("functionfuse.nodes")
+progress_log = logging.getLogger("functionfuse.progress")
+
+#: a node that takes this long always has its finish logged
+SLOW_NODE_SECONDS = 1.0
+#: node records logged at most per second (the others are counted)
+NODE_RECORDS_PER_SECOND = 10.0
+#: seconds between progress records when the line is not drawn (``FUNCTIONFUSE_PROGRESS_EVERY``)
+PROGRESS_EVERY = 30.0
 
 #: values of :attr:`RunReport.status`
 RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
@@ -141,6 +166,44 @@ class RunReport:
         )
 
 
+_REPORT_FIELDS: dict[str, tuple[type, ...]] = {
+    "workflow": (str,), "backend": (str,), "started": (str,), "seconds": (int, float), "nodes": (int,),
+    "ran": (int,), "loaded": (int,), "skipped": (int,), "recomputed": (int,), "failed": (str,), "error": (str,),
+    "status": (str,),
+}
+
+
+def stored_report(raw: Any) -> dict[str, Any] | None:
+    """A run report read back from storage, as :meth:`RunReport.as_dict` writes it, or
+    None if it is not one. Run reports are plain JSON files beside the results, and
+    anyone who can write to the store can write them: fields of another type are left
+    out (None), so tools that list reports never fail on one.
+
+    >>> stored_report({"ran": 3, "seconds": "x", "slowest": [["a", 1.5], 7]})["seconds"] is None
+    True
+    >>> stored_report([1, 2]) is None
+    True
+    """
+    if not isinstance(raw, dict):
+        return None
+    out: dict[str, Any] = {}
+    for key, kinds in _REPORT_FIELDS.items():
+        value = raw.get(key)
+        out[key] = value if isinstance(value, kinds) and not isinstance(value, bool) else None
+    slowest = raw.get("slowest")
+    out["slowest"] = [
+        [p[0], p[1]] for p in (slowest if isinstance(slowest, list) else [])
+        if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
+        and isinstance(p[1], (int, float)) and not isinstance(p[1], bool)
+    ]
+    seconds = raw.get("node_seconds")
+    out["node_seconds"] = {
+        k: v for k, v in (seconds.items() if isinstance(seconds, dict) else ())
+        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return out
+
+
 def progress_enabled(setting: bool | None, stream: IO[str]) -> bool:
     if setting is not None:
         return setting
@@ -153,42 +216,194 @@ def progress_enabled(setting: bool | None, stream: IO[str]) -> bool:
 
 
 class Progress:
-    """A throttled one-line progress display on a terminal.
+    """A throttled one-line progress display on a terminal, and the run's log records.
 
     :meth:`start` draws it and starts a daemon thread that redraws it every *tick*
     seconds; :meth:`close` stops that thread and ends the line (with the run's summary
-    under it, if given). Backends set :attr:`running` (and may rename what it counts
-    with :attr:`running_label`) and call :meth:`update` as nodes finish.
+    under it, if given). Backends call :meth:`node_started` and :meth:`node_finished`
+    as nodes run (or set :attr:`running`, rename what it counts with
+    :attr:`running_label`, name the oldest unfinished node in :attr:`oldest`, and call
+    :meth:`update`). The same thread logs a progress record every *record_every*
+    seconds when the line is not drawn, and the nodes of the fast local path that run
+    longer than a second (see the module documentation).
     """
 
     def __init__(
-        self, report: RunReport, *, enabled: bool, stream: IO[str] | None = None, interval: float = 0.1, tick: float = 1.0
+        self,
+        report: RunReport,
+        *,
+        enabled: bool,
+        stream: IO[str] | None = None,
+        interval: float = 0.1,
+        tick: float = 1.0,
+        record_every: float | None = None,
     ) -> None:
         self.report = report
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self.tick = tick
+        self.record_every = _record_every() if record_every is None else record_every
         self.running = 0
         #: what :attr:`running` counts (Ray: tasks handed to Ray and not finished, "in flight")
         self.running_label = "running"
+        #: the oldest node still in flight, for backends that do not see nodes start (Ray)
+        self.oldest: str | None = None
+        #: node records left out by the throttle since the last progress record
+        self.suppressed = 0
+        self._active: dict[str, float] = {}  # node -> when it started (backends that see starts)
+        self._nodes_lock = threading.Lock()
+        self._tokens = NODE_RECORDS_PER_SECOND
+        self._refilled = time.perf_counter()
+        self._log_nodes = False
+        self._log_progress = False
+        self._watched: int | None = None  # fast local path: the long node logged as running
         self._t0 = time.perf_counter()
         self._last = 0.0
+        self._last_record = self._t0
         self._width = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
 
     def start(self) -> None:
-        """Draw the line and keep its elapsed time moving until :meth:`close`."""
-        if not self.enabled:
-            return
-        self.update(force=True)
-        if self.tick > 0:
+        """Draw the line and keep its elapsed time moving until :meth:`close`; start the
+        periodic records if the ``functionfuse`` loggers log INFO."""
+        self._log_nodes = node_log.isEnabledFor(logging.INFO)
+        self._log_progress = not self.enabled and progress_log.isEnabledFor(logging.INFO)
+        if self.enabled:
+            self.update(force=True)
+        if self.tick > 0 and (self.enabled or self._log_progress or self._log_nodes):
+            # checking twice a second sees every fast-path node of a second or more running
+            every = min(self.tick, SLOW_NODE_SECONDS / 2) if self._log_nodes else self.tick
             ticker = threading.Thread(
-                target=_tick, args=(weakref.ref(self), self._stop, self.tick), name="functionfuse-progress", daemon=True
+                target=_tick, args=(weakref.ref(self), self._stop, every), name="functionfuse-progress", daemon=True
             )
             ticker.start()
+
+    # -- nodes -----------------------------------------------------------------------
+    def node_started(self, name: str) -> None:
+        """Node *name* starts running (in this process, a worker, or a task)."""
+        now = time.perf_counter()
+        with self._nodes_lock:
+            self._active[name] = now
+            self.running = len(self._active)
+            logged = self._log_nodes and self._allow(now)
+        if logged:
+            node_log.info("node %r of workflow %r started", name, self.report.workflow)
+        self.update()
+
+    def node_finished(self, name: str, seconds: float | None) -> None:
+        """Node *name* is done: it took *seconds* (None: it failed or was stopped; the
+        error says so, so nothing is logged here)."""
+        now = time.perf_counter()
+        with self._nodes_lock:
+            self._active.pop(name, None)
+            self.running = len(self._active)
+            logged = (
+                self._log_nodes
+                and seconds is not None
+                and (seconds >= SLOW_NODE_SECONDS or self._allow(now))
+            )
+        if logged:
+            node_log.info("node %r of workflow %r finished in %.2f s", name, self.report.workflow, seconds)
+        self.update()
+
+    def _allow(self, now: float) -> bool:
+        """A token bucket: NODE_RECORDS_PER_SECOND records a second, in bursts of as many."""
+        rate = NODE_RECORDS_PER_SECOND
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+    def now_running(self) -> tuple[str | None, int]:
+        """The node running longest (or the oldest in flight) and how many others run."""
+        with self._nodes_lock:
+            if self._active:
+                return next(iter(self._active)), len(self._active) - 1
+        if self.oldest is not None:
+            return self.oldest, max(0, self.running - 1)
+        k = self._fast_running()
+        if k is not None:
+            return self.report._names()[k], 0
+        return None, 0
+
+    def _fast_running(self) -> int | None:
+        """The node the fast local path runs now: the first without its finish stamp."""
+        stamps = self.report._stamps
+        if stamps is None:
+            return None
+        lo, hi = 0, len(stamps) - 1  # stamps[0] is set when the loop starts
+        if hi < 1 or not stamps[0] or stamps[hi]:
+            return None
+        while lo + 1 < hi:  # invariant: stamps[lo] set, stamps[hi] not
+            mid = (lo + hi) // 2
+            if stamps[mid]:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _watch_long_node(self, now: float) -> None:
+        """Fast local path: log a node seen running for half a second or more (every
+        node that takes a second or more is), and its finish."""
+        stamps = self.report._stamps
+        if stamps is None:
+            return
+        k = self._fast_running()
+        w = self._watched
+        if w is not None and k != w:
+            self._watched = None
+            if w + 1 < len(stamps) and stamps[w + 1]:
+                node_log.info(
+                    "node %r of workflow %r finished in %.2f s",
+                    self.report._names()[w], self.report.workflow, stamps[w + 1] - stamps[w],
+                )
+        if k is not None and self._watched is None and now - stamps[k] >= SLOW_NODE_SECONDS / 2:
+            self._watched = k
+            node_log.info(
+                "node %r of workflow %r started (running for %.1f s)",
+                self.report._names()[k], self.report.workflow, now - stamps[k],
+            )
+
+    # -- the line and the records ---------------------------------------------------------
+    def on_tick(self) -> None:
+        """What the thread does every *tick* seconds."""
+        now = time.perf_counter()
+        if self.enabled:
+            self.update(force=True)
+        if self._log_nodes:
+            self._watch_long_node(now)
+        if self._log_progress and now - self._last_record >= self.record_every:
+            self._last_record = now
+            self._record(now)
+
+    def _record(self, now: float) -> None:
+        line = self.line(now)
+        with self._nodes_lock:
+            suppressed, self.suppressed = self.suppressed, 0
+        if suppressed:
+            line += f" ({suppressed} node records not logged: more than {NODE_RECORDS_PER_SECOND:g} a second)"
+        progress_log.info("%s", line)
+
+    def line(self, now: float | None = None) -> str:
+        """The progress line (without terminal control characters)."""
+        if now is None:
+            now = time.perf_counter()
+        r = self.report
+        done = r.ran + r.loaded + r.skipped
+        line = (
+            f"[{r.workflow}] {done}/{r.nodes} nodes  {r.ran} run · {r.loaded} loaded · {r.skipped} skipped"
+            f" · {self.running} {self.running_label} · {1 if r.failed else 0} failed"
+        )
+        name, others = self.now_running()
+        if name is not None:
+            line += f"  now: {name}" + (f" +{others}" if others else "")
+        return line + f"  {now - self._t0:6.1f} s"
 
     def update(self, force: bool = False) -> None:
         if not self.enabled:
@@ -203,12 +418,7 @@ class Progress:
             self._draw(now)
 
     def _draw(self, now: float) -> None:
-        r = self.report
-        done = r.ran + r.loaded + r.skipped
-        line = (
-            f"[{r.workflow}] {done}/{r.nodes} nodes  {r.ran} run · {r.loaded} loaded · {r.skipped} skipped"
-            f" · {self.running} {self.running_label} · {1 if r.failed else 0} failed  {now - self._t0:6.1f} s"
-        )
+        line = self.line(now)
         pad = max(0, self._width - len(line))
         self._width = len(line)
         self._write("\r" + line + " " * pad)
@@ -219,11 +429,22 @@ class Progress:
             self.stream.flush()
         except (OSError, ValueError):  # the terminal went away (closed, or a broken pipe)
             self.enabled = False
-            self._stop.set()
+            if not (self._log_nodes or self._log_progress):
+                self._stop.set()
 
     def close(self, summary: str | None = None) -> None:
         """End the line; print *summary* (the run's report) under it."""
         self._stop.set()
+        if self._log_nodes:
+            self._watch_long_node(time.perf_counter())  # the finish of a long node being watched
+            if self.suppressed:
+                node_log.info(
+                    "%d node records of workflow %r not logged (more than %g a second)",
+                    self.suppressed, self.report.workflow, NODE_RECORDS_PER_SECOND,
+                )
+        with self._nodes_lock:
+            self._active.clear()
+            self.oldest = None
         if not self.enabled:
             return
         with self._lock:
@@ -234,11 +455,21 @@ class Progress:
             self._write("\n" if summary is None else "\n" + summary + "\n")
 
 
+def _record_every() -> float:
+    raw = os.environ.get("FUNCTIONFUSE_PROGRESS_EVERY", "").strip()
+    try:
+        value = float(raw) if raw else PROGRESS_EVERY
+    except ValueError:
+        log.warning("FUNCTIONFUSE_PROGRESS_EVERY=%r is not a number of seconds; using %g", raw, PROGRESS_EVERY)
+        return PROGRESS_EVERY
+    return value if value > 0 else PROGRESS_EVERY
+
+
 def _tick(ref: "weakref.ref[Progress]", stop: threading.Event, every: float) -> None:
     """Redraw the line every *every* seconds until *stop* is set (or the display is gone)."""
     while not stop.wait(every):
         progress = ref()
         if progress is None:
             return
-        progress.update(force=True)
+        progress.on_tick()
         del progress

@@ -334,3 +334,94 @@ def test_ray_a_node_raising_keyboard_interrupt_fails_the_run_at_that_node(local_
         wf.run()
     (saved,) = storage.list_run_reports("ray_node_stop")
     assert (saved["status"], saved["failed"]) == ("failed", "stop")
+
+
+# -- logs where there is no terminal ---------------------------------------------------------
+def node_records(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "functionfuse.nodes"]
+
+
+def test_nodes_are_logged_as_they_start_and_finish(tmp_path, caplog):
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="logged")
+    wf.set_storage(file_storage(tmp_path))
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    records = node_records(caplog)
+    assert records[0] == "node 'node1' of workflow 'logged' started"
+    assert records[1].startswith("node 'node1' of workflow 'logged' finished in ")
+    assert sum("started" in r for r in records) == 3 and sum("finished in" in r for r in records) == 3
+
+
+def test_node_records_of_fast_nodes_are_throttled(tmp_path, caplog):
+    last = nap(0.0).set_name("n0")
+    for k in range(1, 60):
+        last = nap(0.0, last).set_name(f"n{k}")
+    wf = LocalWorkflow(last, workflow_name="many")
+    wf.set_storage(file_storage(tmp_path))
+    t0 = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    seconds = time.monotonic() - t0
+    records = node_records(caplog)
+    kept = [r for r in records if "started" in r or "finished in" in r]
+    assert len(kept) <= 10 + 10 * seconds + 1, (seconds, kept)
+    assert re.fullmatch(r"\d+ node records of workflow 'many' not logged \(more than 10 a second\)", records[-1])
+
+
+def test_a_slow_node_finish_is_always_logged(tmp_path, caplog):
+    last = nap(0.0).set_name("n0")
+    for k in range(1, 30):
+        last = nap(0.0, last).set_name(f"n{k}")
+    slow = nap(1.05, last).set_name("slow")
+    wf = LocalWorkflow(slow, workflow_name="slow_last")
+    wf.set_storage(file_storage(tmp_path))
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    assert any(r.startswith("node 'slow' of workflow 'slow_last' finished in 1.") for r in node_records(caplog))
+
+
+def test_a_long_node_of_the_fast_path_is_logged(caplog):
+    wf = LocalWorkflow(nap(1.3, nap(0.0).set_name("quick")).set_name("long"), workflow_name="plain_long")
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    records = node_records(caplog)
+    assert len(records) == 2, records  # the quick node is not logged
+    assert re.fullmatch(r"node 'long' of workflow 'plain_long' started \(running for \d\.\d s\)", records[0])
+    assert re.fullmatch(r"node 'long' of workflow 'plain_long' finished in 1\.\d\d s", records[1])
+
+
+@pytest.mark.parametrize("storage", [False, True], ids=["plain", "stored"])
+def test_a_progress_record_names_the_running_node_without_a_terminal(monkeypatch, tmp_path, caplog, capsys, storage):
+    monkeypatch.setenv("FUNCTIONFUSE_PROGRESS_EVERY", "0.5")
+    wf = LocalWorkflow(nap(1.6).set_name("long"), workflow_name="periodic")
+    if storage:
+        wf.set_storage(file_storage(tmp_path))
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    assert capsys.readouterr().err == ""  # not a terminal: no line drawn
+    records = [r.getMessage() for r in caplog.records if r.name == "functionfuse.progress"]
+    assert records and all(r.startswith("[periodic] 0/1 nodes") for r in records), records
+    assert "now: long" in records[0]
+
+
+def test_without_info_logging_a_run_without_a_terminal_starts_no_thread(tmp_path):
+    before = {t.ident for t in threading.enumerate()}
+    seen = []
+
+    @workflow
+    def look():
+        seen.extend(t.name for t in threading.enumerate() if t.ident not in before)
+        return 1
+
+    LocalWorkflow(look().set_name("look"), workflow_name="no_thread").run()
+    assert "functionfuse-progress" not in seen
+
+
+def test_the_progress_line_names_the_running_node(monkeypatch):
+    stream = FakeTTY()
+    monkeypatch.setattr("sys.stderr", stream)
+    wf = LocalWorkflow(nap(1.2).set_name("long"), workflow_name="named")
+    wf.set_progress(True)
+    wf.run()
+    during = [x for x in stream.getvalue().split("\r") if x.startswith("[named] 0/1 nodes")]
+    assert any("now: long" in x for x in during), during

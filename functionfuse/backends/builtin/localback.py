@@ -130,13 +130,13 @@ class LocalWorkflow(BaseWorkflow):
                             raise DamagedResult(i, exc) from exc
                         report.loaded += 1
                     else:
-                        progress.running = 1
-                        progress.update()
+                        progress.node_started(names[i])
                         t = time.perf_counter()
                         R[i] = self.run_node(i, R, save=save and action == RUN)
-                        report.record(names[i], time.perf_counter() - t)
+                        seconds = time.perf_counter() - t
+                        report.record(names[i], seconds)
                         report.ran += 1
-                        progress.running = 0
+                        progress.node_finished(names[i], seconds)
                         if save and action == RUN:
                             assert stored is not None
                             stored[names[i]] = {"fingerprint": self.run_record(i)}
