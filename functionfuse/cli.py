@@ -475,10 +475,13 @@ def _workflow_rows(storage: Any) -> list[dict]:
         try:
             listed = storage.list_tasks(wf, "*")
             metas = storage.read_metadata_many(wf, [t for t in listed if name_problem(t) is None])
-            last = _last_run_report(storage, wf)
         except StorageError as exc:  # a linked folder, results signed with another key...
             rows.append({"workflow": wf, "foreign": True, "note": f"not read: {exc}"})
             continue
+        try:
+            last = _last_run_report(storage, wf)
+        except StorageError:  # e.g. a .runs folder that is a link: the results are still listed
+            last = None
         good = [m for m in metas.values() if isinstance(m, dict)]
         rows.append({
             "workflow": wf,
@@ -550,6 +553,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             entries[task] = {"task": task, "size": None, "finished": None, "status": "corrupted", "reason": str(exc)}
         except SigningKeyError as exc:
             entries[task] = {"task": task, "size": None, "finished": None, "status": "other key", "reason": str(exc)}
+        except StorageError as exc:  # e.g. a newer result format: this task only, the listing goes on
+            entries[task] = {"task": task, "size": None, "finished": None, "status": "unreadable", "reason": str(exc)}
     if args.graph:
         for p in wf.plan():
             if not fnmatch.fnmatchcase(p.name, args.pattern):
@@ -731,27 +736,40 @@ def cmd_sign(args: argparse.Namespace) -> int:
     if not args.names and not args.pattern:
         args.pattern = ["*"]
     names = _tasks_to_remove(storage, args)
-    signed = already = 0
+    if not names:
+        print(f"no task of workflow {args.workflow!r} to sign")
+        return 0
+    # a signature vouches for what is stored *now*: show what will be vouched for, and ask
+    print(f"{len(names)} task(s) of workflow {args.workflow!r}: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+    refused = _confirmed(args, "Sign the unsigned ones, vouching for their content as it is now?", "sign", "signed")
+    if refused is not None:
+        return refused
+    signed: list[str] = []
+    already = problems = 0
     for name in names:
         try:
             if storage.sign_task(args.workflow, name):
-                signed += 1
+                signed.append(name)
             else:
                 already += 1
         except TaskNotFoundError:  # removed meanwhile
             continue
-        except CorruptedResultError as exc:  # damaged results are left for runs to recompute
+        except StorageError as exc:  # damaged, another key's, serializer files: left as they are
+            problems += 1
             print(f"not signed: {exc}", file=sys.stderr)
-    print(f"signed {signed} task(s) of workflow {args.workflow!r}; {already} already signed with this key")
-    return 0
+    for name in signed:
+        print(f"signed {name}")
+    print(f"signed {len(signed)} task(s) of workflow {args.workflow!r}; {already} already signed with this key"
+          + (f"; {problems} not signed (see above)" if problems else ""))
+    return 1 if problems else 0
 
 
-def _confirmed(args: argparse.Namespace, question: str) -> int | None:
-    """None if the removal shown may go ahead (--yes, or "y" at a terminal), else the exit code."""
+def _confirmed(args: argparse.Namespace, question: str, verb: str = "remove", done: str = "removed") -> int | None:
+    """None if the change shown may go ahead (--yes, or "y" at a terminal), else the exit code."""
     if args.yes:
         return None
     if not sys.stdin.isatty():
-        print("Refusing to remove without confirmation: pass --yes.", file=sys.stderr)
+        print(f"Refusing to {verb} without confirmation: pass --yes.", file=sys.stderr)
         return 2
     try:
         answer = input(f"{question} [y/N] ")
@@ -759,7 +777,7 @@ def _confirmed(args: argparse.Namespace, question: str) -> int | None:
         print()
         answer = ""
     if answer.strip().lower() not in ("y", "yes"):
-        print("Nothing removed.")
+        print(f"Nothing {done}.")
         return 1
     return None
 
@@ -944,6 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("names", nargs="*", metavar="NAME", help="task to sign, exactly as named (default: every task)")
     sign.add_argument("--pattern", action="append", metavar="GLOB", help="sign the tasks matching this glob pattern")
     sign.add_argument("--storage", help=storage_help)
+    sign.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     sign.set_defaults(func=cmd_sign)
 
     plan = sub.add_parser("plan", help="what a run of a DAG would do with each node, and why")

@@ -315,7 +315,7 @@ WORKFLOW_OBJECT = """
 from functionfuse.backends.builtin.localback import LocalWorkflow
 
 flow = LocalWorkflow(build(), workflow_name="demo")
-flow.set_cache("fingerprint")
+flow.set_cache("name")
 """
 
 
@@ -326,11 +326,11 @@ def test_plan_of_a_workflow_object_is_its_own_plan(project):
         rows = json.loads(ff("plan", *args, "--json", cwd=project).stdout)
         return {r["task"]: r["action"] for r in rows}
 
-    # the object's "fingerprint" policy reruns the changed node, as its run() would
-    assert actions("--graph", "dag.py:flow") == {"data": "load", "total": "run"}
-    assert actions("demo", "--graph", "dag.py:flow") == {"data": "load", "total": "run"}
-    assert actions("demo", "--graph", "dag.py:build") == {"data": "skip", "total": "load"}  # nodes: policy "name"
-    assert actions("--graph", "dag.py:flow", "--cache", "name") == {"data": "skip", "total": "load"}
+    # the object's "name" policy reuses the changed node, as its run() would
+    assert actions("--graph", "dag.py:flow") == {"data": "skip", "total": "load"}
+    assert actions("demo", "--graph", "dag.py:flow") == {"data": "skip", "total": "load"}
+    assert actions("demo", "--graph", "dag.py:build") == {"data": "load", "total": "run"}  # nodes: the default
+    assert actions("--graph", "dag.py:flow", "--cache", "fingerprint") == {"data": "load", "total": "run"}
     out = ff("plan", "other", "--graph", "dag.py:flow", cwd=project, check=False)
     assert out.returncode == 1 and "is workflow 'demo', not 'other'" in out.stderr
     out = ff("plan", "--graph", "dag.py:build", cwd=project, check=False)
@@ -348,7 +348,7 @@ def test_module_targets_are_found_in_the_current_folder(project):
 
 def test_errors_are_one_line_with_the_fix(project):
     out = ff("storage", "show", "demo", "nothing", cwd=project, check=False)
-    assert out.returncode == 1 and "list_tasks" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "`functionfuse storage ls demo`" in out.stderr and "Traceback" not in out.stderr
     out = ff("plan", "demo", "--graph", "dag.py", cwd=project, check=False)
     assert out.returncode == 1 and "path/to/file.py:NAME" in out.stderr
     out = ff("graph", "nomodule:build", cwd=project, check=False)
@@ -361,12 +361,12 @@ def test_errors_are_one_line_with_the_fix(project):
     assert out.returncode == 1 and "dag.py/drawings" in out.stderr and "--out" in out.stderr
     assert "Traceback" not in out.stderr
     out = ff("storage", "ls", "--storage", "missing.json", cwd=project, check=False)
-    assert out.returncode == 1 and "'missing.json': no such file" in out.stderr and not (project / "missing.json").exists()
+    assert out.returncode == 2 and "'missing.json': no such file" in out.stderr and not (project / "missing.json").exists()
     (project / "bad.json").write_text("{")
     out = ff("storage", "ls", "--storage", "bad.json", cwd=project, check=False)
-    assert out.returncode == 1 and "not valid JSON" in out.stderr
+    assert out.returncode == 2 and "not valid JSON" in out.stderr
     out = ff("storage", "ls", "--storage", "gs://bucket/prefix", cwd=project, check=False)
-    assert out.returncode == 1 and "unknown URL scheme 'gs'" in out.stderr and "s3://" in out.stderr
+    assert out.returncode == 2 and "unknown URL scheme 'gs'" in out.stderr and "s3://" in out.stderr
 
 
 def test_plan_json_into_a_closed_pipe_is_quiet(project):
@@ -558,11 +558,13 @@ def test_sign_keeps_a_trusted_store_when_a_key_is_set(project):
                               stdin=subprocess.DEVNULL)
 
     assert run("storage", "ls", "demo", "--verify").returncode == 1  # unsigned: refused with the key
-    out = run("storage", "sign", "demo")
+    assert run("storage", "sign", "demo").returncode == 2  # no terminal: --yes is needed, nothing signed
+    assert run("storage", "ls", "demo", "--verify").returncode == 1
+    out = run("storage", "sign", "demo", "--yes")
     assert out.returncode == 0, out.stderr
-    assert "signed 2 task(s)" in out.stdout
+    assert "signed 2 task(s)" in out.stdout and "signed data" in out.stdout  # each one is named
     assert run("storage", "ls", "demo", "--verify").returncode == 0
-    assert "already signed" in run("storage", "sign", "demo", "total").stdout
+    assert "already signed" in run("storage", "sign", "demo", "total", "--yes").stdout
     rows = {r["task"]: r["status"] for r in json.loads(run("storage", "ls", "demo", "--json").stdout)}
     assert rows == {"data": "stored", "total": "stored"}
 
@@ -576,7 +578,7 @@ def test_ls_of_every_workflow_survives_a_linked_folder_and_another_key(project, 
     assert rows["demo"]["tasks"] == 2
     assert (elsewhere / "x.ffr").exists()
     signed = {**os.environ, "FUNCTIONFUSE_STORAGE_KEY": "cli-signing-key-0123456789abcdef"}
-    subprocess.run([FUNCTIONFUSE, "storage", "sign", "demo"], check=True, cwd=project, env=signed,
+    subprocess.run([FUNCTIONFUSE, "storage", "sign", "demo", "--yes"], check=True, cwd=project, env=signed,
                    capture_output=True, stdin=subprocess.DEVNULL)
     other = {**os.environ, "FUNCTIONFUSE_STORAGE_KEY": "other-signing-key-0123456789abcdef"}
     out = subprocess.run([FUNCTIONFUSE, "storage", "ls", "--json"], cwd=project, env=other, capture_output=True,
@@ -584,3 +586,24 @@ def test_ls_of_every_workflow_survives_a_linked_folder_and_another_key(project, 
     assert out.returncode == 0, out.stderr
     rows = {r["workflow"]: r for r in json.loads(out.stdout)}
     assert rows["demo"]["foreign"] and "key id" in rows["demo"]["note"]
+
+
+def test_crafted_run_reports_and_newer_results_do_not_break_listings(project):
+    runs = project / "storage" / "demo" / ".runs"
+    (runs / "29991231T235959.000000000-deadbeef.json").write_text(json.dumps({"started": 5, "seconds": "x",
+                                                                              "slowest": 5}))
+    (runs / "29991231T235959.000000001-deadbeef.json").write_text("[1, 2]")
+    for args in (("storage", "ls"), ("storage", "ls", "--json"), ("storage", "runs", "demo"),
+                 ("storage", "runs", "demo", "--json")):
+        ff(*args, cwd=project)  # exit 0, no traceback
+    import struct
+
+    import xxhash
+
+    raw = (project / "storage" / "demo" / "data.ffr").read_bytes()
+    fields = struct.pack("<8sHHI", b"FFRESULT", 9, 0, len(b"{}"))  # a format from the future
+    (project / "storage" / "demo" / "zz.ffr").write_bytes(
+        fields + struct.pack("<Q", xxhash.xxh3_64(fields + b"{}").intdigest()) + b"{}" + raw[:0])
+    out = ff("storage", "ls", "demo", "--json", cwd=project)
+    rows = {r["task"]: r["status"] for r in json.loads(out.stdout)}
+    assert rows["zz"] == "unreadable" and rows["data"] == "stored" and rows["total"] == "stored"

@@ -488,3 +488,60 @@ def test_a_serializer_file_that_is_a_link_is_never_followed(tmp_path):
     storage.save("wf", "t", TextBlob("new"))
     assert storage.read_task("wf", "t").text == "new"
     assert victim.read_text() == "secret outside the store"
+
+
+def test_a_serializer_file_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    from functionfuse.errors import CorruptedResultError
+    from functionfuse.storage.filestorage import FileStorage
+
+    storage = FileStorage(tmp_path / "store")
+    storage.register_persistent_serializers(TextBlobSerializer)
+    storage.save("wf", "t", TextBlob("mine"))
+    (data,) = (tmp_path / "store" / "wf").glob("t.*.data")
+    (data / "blob.txt").unlink()
+    os.mkfifo(data / "blob.txt")
+    with pytest.raises(CorruptedResultError, match="not a file"):
+        storage.read_task("wf", "t")  # no open() of the FIFO: it would block forever
+
+
+def test_a_segment_too_large_to_allocate_is_a_storage_error(tmp_path):
+    """A crafted header naming a 1 TiB segment, on a sparse file of that size: a clear
+    StorageError, not an OSError or MemoryError from the allocation."""
+    from framing import get_raw, payload_offset, reframe
+
+    from functionfuse.errors import StorageError
+    from functionfuse.storage.filestorage import FileStorage
+
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            if f.read().strip() == "1":
+                pytest.skip("this kernel grants any allocation (vm.overcommit_memory=1): the read would go on")
+    except OSError:
+        pass
+    storage = FileStorage(tmp_path / "store")
+    storage.save("wf", "t", 1)
+    n = 1 << 40
+
+    def edit(h):
+        h["segments"] = [n]
+        h["meta"]["size"] = n
+
+    raw = reframe(get_raw(storage, "wf", "t"), edit)
+    head = raw[: payload_offset(raw)]
+    path = tmp_path / "store" / "wf" / "t.ffr"
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(len(head) + n)  # sparse: no disk used
+    with pytest.raises(StorageError, match="cannot allocate"):
+        storage.read_task("wf", "t")
+
+
+def test_rm_by_pattern_leaves_foreign_files_alone(tmp_path):
+    from functionfuse.storage.filestorage import FileStorage
+
+    storage = FileStorage(tmp_path / "store")
+    storage.save("wf", "good", 1)
+    foreign = tmp_path / "store" / "wf" / "bad name .ffr"
+    foreign.write_bytes(b"another tool's file")
+    assert storage.remove_task("wf", pattern="*") == ["good"]
+    assert foreign.exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 import types
 from typing import IO, Any
 
@@ -120,6 +121,16 @@ class TaskFiles:
             raise CorruptedResultError(
                 f"Serializer file {path} (or its folder) is a link, which a stored result never holds: it is not "
                 "followed. Runs recompute the result.",
+                path=path,
+            )
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:  # not there (yet): a write makes it, a read says so itself
+            return path
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a FIFO or a device would block or worse
+            raise CorruptedResultError(
+                f"Serializer file {path} is not a file (a FIFO, socket or device), which a stored result never "
+                "holds: it is not opened. Runs recompute the result.",
                 path=path,
             )
         return path

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import lookup_serializer
-from ..workflow import validate_name
+from ..workflow import name_problem, validate_name
 from . import frame, signing
 
 __all__ = ["Storage"]
@@ -260,8 +260,8 @@ class Storage(ABC):
             not stored raises TaskNotFoundError.
         """
         validate_name(workflow_name, "Workflow name")
-        if pattern is not None:
-            names = self.list_tasks(workflow_name, pattern)
+        if pattern is not None:  # files whose names no task can have are foreign: left alone
+            names = [n for n in self.list_tasks(workflow_name, pattern) if name_problem(n) is None]
         elif task_name is not None:
             self._remove(workflow_name, validate_name(task_name, "Task name"))
             log.debug("removed task %r of workflow %r", task_name, workflow_name)

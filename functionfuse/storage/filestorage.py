@@ -39,6 +39,7 @@ except ImportError:  # Windows: leftovers are judged by their times alone
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError
+from ..report import stored_report
 from ..serializers import FILE_PROTOCOL, TaskFiles
 from ..workflow import name_problem, validate_name
 from . import frame
@@ -563,10 +564,11 @@ class FileStorage(Storage):
                 with open(os.open(os.path.join(runs, name), _READ_FLAGS), "rb") as f:
                     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                         continue
-                    report = json.load(f)
-            except (OSError, ValueError):
+                    report = stored_report(json.load(f))
+            except (OSError, ValueError, RecursionError):
                 continue
-            yield report
+            if report is not None:
+                yield report
 
     def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
         """Names of the workflows stored under ``path``, sorted.

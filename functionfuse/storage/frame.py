@@ -34,7 +34,14 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import xxhash
 
 from .._version import __version__
-from ..errors import CorruptedResultError, SerializationError, SignatureError, SigningKeyError, StorageError
+from ..errors import (
+    ConfigurationError,
+    CorruptedResultError,
+    SerializationError,
+    SignatureError,
+    SigningKeyError,
+    StorageError,
+)
 from .signing import TAG_BYTES, Signer
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "PREAMBLE", "FLAG_SIGNED", "Encoded", "encode", "read_header", "read_payload", "decode"]
@@ -52,6 +59,7 @@ _CHECKSUM = re.compile(r"xxh3_128:[0-9a-f]{32}")
 _MAC = re.compile(r"blake3:[0-9a-f]{64}")
 #: the data token of a result: names its serializer data next to it
 _TOKEN = re.compile(r"[0-9a-f]{16}")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 PID_TAG = "functionfuse.serializer"
 _CHUNK = 8 << 20
 _MAX_HEADER = 64 << 20
@@ -191,6 +199,13 @@ def encode(
     meta["size"] = sum(memoryview(s).nbytes for s in segments)
     if used:
         meta["serializers"] = sorted(set(used))
+    for key, ok in _META_TYPES.items():  # what readers check: refused now, not unreadable later
+        if key in meta and not ok(meta[key]):
+            raise ConfigurationError(
+                f"Metadata {key!r} of a result cannot be {type(meta[key]).__name__} {str(meta[key])[:60]!r}: "
+                f"functionfuse reads {key!r} back with a fixed meaning (see docs/storage.md); store your own "
+                "information under another key."
+            )
     header: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "segments": [memoryview(s).nbytes for s in segments],
@@ -259,6 +274,24 @@ def read_exact(f: Reader, n: int, where: str) -> bytearray:
     return buf
 
 
+def _parse(hbytes: bytes, where: str) -> Any:
+    """The header's JSON; anything json cannot parse (or nests too deep) is damage."""
+    try:
+        return json.loads(hbytes)
+    except (ValueError, RecursionError) as exc:
+        raise _damaged(where, f"its header is not JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+def _claimed_key_id(hbytes: bytes) -> str | None:
+    """The key id an (unverified) header names, if it is readable."""
+    try:
+        header = json.loads(hbytes)
+    except (ValueError, RecursionError):
+        return None
+    key_id = header.get("key_id") if isinstance(header, dict) else None
+    return key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None
+
+
 def _damaged(where: str, why: str) -> CorruptedResultError:
     return CorruptedResultError(f"Stored result {where} is damaged: {why}.", path=where)
 
@@ -268,8 +301,10 @@ def _check_header(header: Any, version: int, where: str) -> dict:
     gives it; anything else is damage, never a KeyError or AttributeError later."""
     if not isinstance(header, dict):
         raise _damaged(where, "its header is not a JSON object")
-    if header.get("format") != version:
-        raise _damaged(where, f"its header says format {header.get('format')!r}, its preamble {version}")
+    if type(header.get("format")) is not int or header["format"] != version:
+        raise _damaged(where, f"its header says format {str(header.get('format'))[:20]!r}, its preamble {version}")
+    if "data" not in header:
+        raise _damaged(where, "its header has no data token entry")
     segments = header.get("segments")
     if (
         not isinstance(segments, list)
@@ -295,7 +330,42 @@ def _check_header(header: Any, version: int, where: str) -> dict:
         raise _damaged(where, "its metadata lists serializers that are not names")
     if used and data is None:
         raise _damaged(where, "it uses serializers but names no data token")
+    for key, ok in _META_TYPES.items():
+        if key in meta and not ok(meta[key]):
+            raise _damaged(where, f"its metadata's {key!r} is not what functionfuse writes there")
+    if "size" in meta and meta["size"] != sum(segments):
+        raise _damaged(where, "its metadata's size differs from its segments'")
     return header
+
+
+def _is_str_map(value: Any, values: tuple[type, ...] = (str,)) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, values) for k, v in value.items())
+
+
+def _is_fingerprint(fp: Any) -> bool:
+    if fp is None:
+        return True
+    return (
+        isinstance(fp, dict)
+        and isinstance(fp.get("node"), str)
+        and all(_is_str_map(fp.get(k, {}), (str, type(None))) for k in ("code", "args", "inputs"))
+    )
+
+
+#: the metadata functionfuse itself writes, and the shape it writes it in: a crafted
+#: header with other shapes is damage, so planners and tools never meet them
+_META_TYPES: dict[str, Callable[[Any], bool]] = {
+    "node": lambda v: isinstance(v, str),
+    "kind": lambda v: isinstance(v, str),
+    "function": lambda v: isinstance(v, str),
+    "inputs": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+    "started": lambda v: isinstance(v, str),
+    "finished": lambda v: isinstance(v, str),
+    "duration_s": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "size": lambda v: type(v) is int and v >= 0,
+    "versions": lambda v: _is_str_map(v),
+    "fingerprint": _is_fingerprint,
+}
 
 
 def read_header(
@@ -344,10 +414,28 @@ def read_header(
         raise _damaged(where, f"its preamble has unknown flags {flags:#x}")
     signed = bool(flags & FLAG_SIGNED)
     tag = bytes(read_exact(f, TAG_BYTES, where)) if signed else b""
-    try:
-        header = json.loads(hbytes)
-    except ValueError as exc:
-        raise _damaged(where, f"its header is not JSON ({exc})") from None
+    if signer is not None:  # before the header is even parsed: only a signed one is
+        if not signed:
+            raise SignatureError(
+                f"Stored result {where} is not signed, and this process has a storage signing key "
+                f"(key id {signer.key_id}): it is not read. Runs recompute it; or remove it.",
+                path=where,
+            )
+        if not hmac.compare_digest(signer.tag(pre[:16], hbytes), tag):
+            claimed = _claimed_key_id(hbytes)
+            if claimed is not None and claimed != signer.key_id:
+                raise SigningKeyError(
+                    f"Stored result {where} says it is signed with key id {claimed[:16]!r}, and this process has "
+                    f"key id {signer.key_id}: it is neither read nor overwritten. Set the key the store was written "
+                    "with (FUNCTIONFUSE_STORAGE_KEY). If no process of yours uses that key id, someone else wrote "
+                    "the file: remove it (functionfuse storage rm)."
+                )
+            raise SignatureError(
+                f"Stored result {where} has a signature that does not match its content: it was changed "
+                "by someone without the key. It is not read; runs recompute it.",
+                path=where,
+            )
+    header = _parse(hbytes, where)
     _check_header(header, version, where)
     if signed and not (
         isinstance(header.get("mac"), str) and _MAC.fullmatch(header["mac"]) and isinstance(header.get("key_id"), str)
@@ -359,25 +447,6 @@ def read_header(
         raise CorruptedResultError(
             f"Stored result {where} is {kind} ({size} bytes, expected {expected}).", path=where
         )
-    if signer is not None:
-        if not signed:
-            raise SignatureError(
-                f"Stored result {where} is not signed, and this process has a storage signing key "
-                f"(key id {signer.key_id}): it is not read. Runs recompute it; or remove it.",
-                path=where,
-            )
-        if header["key_id"] != signer.key_id:
-            raise SigningKeyError(
-                f"Stored result {where} is signed with key id {str(header['key_id'])[:16]!r}, and this process has "
-                f"key id {signer.key_id}: it is neither read nor overwritten. Set the key the store was written "
-                "with (FUNCTIONFUSE_STORAGE_KEY), or remove the result."
-            )
-        if not hmac.compare_digest(signer.tag(pre[:16], hbytes), tag):
-            raise SignatureError(
-                f"Stored result {where} has a signature that does not match its content: it was changed "
-                "by someone without the key. It is not read; runs recompute it.",
-                path=where,
-            )
     if expect is not None:
         meta = header["meta"]
         if (meta["workflow"], meta["task"]) != tuple(expect):
@@ -408,7 +477,14 @@ def read_payload(f: Reader, header: dict, where: str, *, signer: Signer | None =
     mac = signer.payload_hasher() if signer is not None else None
     segments: list[Any] = []
     for n in header["segments"]:
-        buf = _buffer(n)
+        try:
+            buf = _buffer(n)
+        except (MemoryError, OSError, OverflowError) as exc:
+            raise StorageError(
+                f"Stored result {where} needs a buffer of {n} bytes, which this process cannot allocate "
+                f"({type(exc).__name__}: {exc}). Read it where there is more memory; if it should not be that "
+                "large, it is damaged: remove it."
+            ) from None
         view = memoryview(buf)
         got = 0
         while got < n:

@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
+from ..report import stored_report
 from ..serializers import S3_PROTOCOL, claim_name
 from ..workflow import name_problem, validate_name
 from . import _s3io, frame
@@ -411,9 +412,11 @@ class S3Storage(Storage):
         keys, _ = self.io.list_keys(f"{self._wf(workflow_name)}{_RUNS}/")
         for key in sorted((k for k in keys if k.endswith(".json")), reverse=True):
             try:
-                yield json.loads(self.io.get(key))
-            except (_s3io.Missing, ValueError):
+                report = stored_report(json.loads(self.io.get(key)))
+            except (_s3io.Missing, ValueError, RecursionError):
                 continue
+            if report is not None:
+                yield report
 
     def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
         """Names of the workflows that have stored results, sorted.

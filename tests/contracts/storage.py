@@ -288,6 +288,51 @@ class StorageContract:
         storage.save(WF, "t", "again")
         assert storage.read_task(WF, "t") == "again"
 
+    def test_header_nested_too_deep_for_json_is_damage(self, storage, use_key):
+        storage.save(WF, "t", 1)
+        raw = get_raw(storage, WF, "t")
+        deep = b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        put_raw(storage, WF, "t", reframe(raw, header_bytes=deep))
+        with pytest.raises(CorruptedResultError, match="not JSON"):
+            storage.read_metadata(WF, "t")
+        st = use_key(storage, KEY_A)  # with a key, it is refused before it is even parsed
+        with pytest.raises(SignatureError, match="not signed"):
+            st.read_task(WF, "t")
+        st.save(WF, "t", 2)
+        assert st.read_task(WF, "t") == 2
+
+    @pytest.mark.parametrize(
+        "key, value",
+        [("fingerprint", "x"), ("fingerprint", {"node": "n", "code": [1]}), ("size", "big"), ("versions", []),
+         ("finished", 5), ("inputs", "a"), ("duration_s", True), ("node", 3)],
+        ids=lambda v: repr(v)[:20],
+    )
+    def test_metadata_of_another_shape_is_damage_and_refused_when_written(self, storage, key, value):
+        storage.save(WF, "t", 1, {"node": "t"})
+
+        def edit(h):
+            h["meta"][key] = value
+
+        put_raw(storage, WF, "t", reframe(get_raw(storage, WF, "t"), edit))
+        with pytest.raises(CorruptedResultError, match=repr(key)):
+            storage.read_metadata(WF, "t")
+        if key != "size":  # size is the storage's own
+            with pytest.raises(ConfigurationError, match=repr(key)):
+                storage.save(WF, "t2", 1, {key: value})
+
+    def test_bogus_key_id_written_without_the_key_stops_with_a_hint(self, storage, use_key):
+        """Someone without the key can make a run stop (as deleting files can make it
+        recompute), never make it read or unpickle their file."""
+        st = use_key(storage, KEY_A)
+        st.save(WF, "t", "real")
+
+        def edit(h):
+            h["key_id"] = "f" * 16
+
+        put_raw(st, WF, "t", reframe(get_raw(st, WF, "t"), edit))
+        with pytest.raises(SigningKeyError, match="someone else wrote the file"):
+            st.read_task(WF, "t")
+
     @pytest.mark.parametrize("header", [b"[1, 2]", b"{not json", b'"text"', b"null"], ids=repr)
     def test_header_that_is_no_json_object_is_damage(self, storage, header):
         storage.save(WF, "t", 1)
