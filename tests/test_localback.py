@@ -237,3 +237,23 @@ def test_with_a_signing_key_unsigned_results_are_recomputed_and_other_keys_stop_
         wf.run()
     after = {n: (tmp_path / "s" / "signing" / f"{n}.ffr").read_bytes() for n in ("node1", "node2", "node3")}
     assert after == before  # nothing was overwritten
+
+
+def test_a_crafted_fingerprint_in_a_stored_header_is_recomputed_not_a_crash(tmp_path):
+    """A header with a valid check whose fingerprint is of another shape: the planner
+    never sees it (the result is damaged), so the run recomputes the node."""
+    from framing import get_raw, put_raw, reframe
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="crafted")
+    wf.set_storage(storage)
+    wf.set_cache("fingerprint")
+    assert wf.run() == 6
+
+    def edit(h):
+        h["meta"]["fingerprint"] = "x"
+
+    put_raw(storage, "crafted", "node1", reframe(get_raw(storage, "crafted", "node1"), edit))
+    with pytest.warns(ResultRecomputedWarning):
+        assert wf.run() == 6
+    assert storage.read_metadata("crafted", "node1")["fingerprint"]["node"]
