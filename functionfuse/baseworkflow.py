@@ -21,6 +21,7 @@ order:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import warnings
@@ -112,11 +113,21 @@ class Plan(Sequence[NodePlan]):
 
 
 class Query:
-    """The nodes of a workflow whose names match a pattern; sets options on them."""
+    """The nodes of a workflow whose names match a pattern; sets options on them.
 
-    def __init__(self, nodes: list[int], workflow: "BaseWorkflow") -> None:
+    A query that matches no node can be looked at (``len(query) == 0``, its repr), but
+    every method that sets an option on its nodes (``set_plugin``, ``set_cache``, and
+    each backend's own, e.g. ``set_remote_args``, ``set_task_args``) raises
+    :class:`~functionfuse.errors.ConfigurationError` naming the pattern: a typo in a
+    pattern would otherwise leave the nodes without the resources, retries or policy
+    meant for them. Where matching nothing is expected, test ``len(query)`` first.
+    """
+
+    def __init__(self, nodes: list[int], workflow: "BaseWorkflow", pattern: str | None = None) -> None:
         self.indices = nodes
         self.workflow = workflow
+        #: the regular expression the nodes were selected by (None: every node, or not known)
+        self.pattern = pattern
 
     @property
     def nodes(self) -> list[Node]:
@@ -126,22 +137,45 @@ class Query:
     def names(self) -> list[str]:
         return [self.workflow.graph.names[i] for i in self.indices]
 
+    def _targets(self, method: str) -> list[int]:
+        """The positions of this query's nodes, which *method* sets an option on.
+
+        :raises ConfigurationError: the query matches no node (names the pattern, a few
+            node names and the closest ones).
+        """
+        if self.indices:
+            return self.indices
+        names = self.workflow.graph.names
+        what = "This query" if self.pattern is None else f"Query {self.pattern!r}"
+        shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
+        count = f"{len(names)} node{'' if len(names) == 1 else 's'}"
+        close = _close_names(self.pattern, names)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+        raise ConfigurationError(
+            f"{what} of workflow {self.workflow.workflow_name!r} matches no node, so {method}() would set "
+            f"nothing. Its {count} are named {shown}{hint} A pattern is a regular expression searched "
+            "in each node name (re.search; anchor it with ^...$); where matching nothing is expected, "
+            "test len(query) first."
+        )
+
     def set_plugin(self, plugin: Any) -> "Query":
         """Apply *plugin* (see :mod:`functionfuse.backends.plugins`) to these nodes."""
+        indices = self._targets("set_plugin")
         if not (hasattr(plugin, "local_initialize") and hasattr(plugin, "remote_initialize")):
             raise ConfigurationError(
                 f"{plugin!r} is not a plugin: it needs local_initialize() and remote_initialize() "
                 "(subclass functionfuse.backends.plugins.Plugin)."
             )
-        for i in self.indices:
+        for i in indices:
             self.workflow._plugins[i] = plugin
         return self
 
     def set_cache(self, policy: str) -> "Query":
         """Cache policy of these nodes: ``"name"``, ``"fingerprint"`` or ``"off"``
         (see :meth:`BaseWorkflow.set_cache`)."""
+        indices = self._targets("set_cache")
         _check_policy(policy)
-        for i in self.indices:
+        for i in indices:
             self.workflow._cache[i] = policy
         return self
 
@@ -149,7 +183,35 @@ class Query:
         return len(self.indices)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.names!r}>"
+        """``<Query '^model' of workflow 'ops': 2 nodes ['model', 'model_v2']>``: the
+        pattern, how many nodes match and (the first ten of) their names."""
+        if self.pattern is not None:
+            what = repr(self.pattern)
+        else:
+            what = "(every node)" if len(self.indices) == len(self.workflow.graph) else "(given nodes)"
+        head = f"<{type(self).__name__} {what} of workflow {self.workflow.workflow_name!r}"
+        n = len(self.indices)
+        if not n:
+            return f"{head}: no node matches>"
+        names = [self.workflow.graph.names[i] for i in self.indices[:_NAMES_SHOWN]]
+        more = f", ... {n - _NAMES_SHOWN} more" if n > _NAMES_SHOWN else ""
+        return f"{head}: {n} node{'' if n == 1 else 's'} [{', '.join(map(repr, names))}{more}]>"
+
+
+
+#: how many node names a query's repr and its errors show
+_NAMES_SHOWN = 10
+
+
+def _close_names(pattern: str | None, names: list[str]) -> list[str]:
+    """Node names close to what *pattern* spells (its regular-expression syntax
+    dropped), for a query that matches nothing: ``'^modle$'`` -> ``['model']``."""
+    if not pattern or len(names) > 20_000:  # difflib is quadratic-ish: skip on huge graphs
+        return []
+    import difflib
+
+    spelled = re.sub(r"\\[AZbBdDsSwW]|[\\^$.*+?()\[\]{}|]", "", pattern)
+    return difflib.get_close_matches(spelled, names, n=3, cutoff=0.6) if spelled else []
 
 
 class BaseWorkflow:
@@ -194,8 +256,27 @@ class BaseWorkflow:
         self.storage = object_storage
 
     def query(self, pattern: str | None = None) -> Query:
-        """Query nodes of the graph by regexp pattern (``None``: every node)."""
-        return self.query_class(self.graph.query(pattern), self)
+        """Query nodes of the graph by regexp pattern (``re.search`` in each node name;
+        ``None``: every node). A query matching no node can be inspected, but its
+        setters raise :class:`~functionfuse.errors.ConfigurationError` (see :class:`Query`)."""
+        return self.query_class(self.graph.query(pattern), self, pattern)
+
+    def __repr__(self) -> str:
+        """``<LocalWorkflow 'ops': 3 nodes, storage FileStorage('storage'), cache 'fingerprint'>``:
+        what the workflow holds (per-node cache policies set by queries are counted)."""
+        n = len(self.graph)
+        storage = "no storage" if self.storage is None else f"storage {self.storage!r}"
+        overrides: dict[str, int] = {}
+        for policy in self._cache.values():
+            overrides[policy] = overrides.get(policy, 0) + 1
+        per_node = ", ".join(f"{p!r} for {k} node{'' if k == 1 else 's'}" for p, k in sorted(overrides.items()))
+        cache = f"cache {self.cache_policy!r}" + (f" ({per_node})" if per_node else "")
+        details = "".join(f", {d}" for d in self._repr_details())
+        return f"<{type(self).__name__} {self.workflow_name!r}: {n} node{'' if n == 1 else 's'}, {storage}, {cache}{details}>"
+
+    def _repr_details(self) -> list[str]:
+        """What a backend adds to the workflow's repr (never credentials)."""
+        return []
 
     def set_progress(self, enabled: bool | None) -> None:
         """Show a progress line while running: True, False, or None (default: only when

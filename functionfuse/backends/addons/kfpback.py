@@ -177,6 +177,14 @@ class Query(BaseQuery):
             ones only for the keys it sets.
         :returns: this query.
         """
+        return self._set(args, "set_task_args")
+
+    def set_resources(self, **resources: Any) -> "Query":
+        """Shortcut: ``set_resources(cpu_limit="2", memory_limit="4Gi", accelerator_limit=1)``."""
+        return self._set(resources, "set_resources")
+
+    def _set(self, args: Mapping[str, Any], method: str) -> "Query":
+        indices = self._targets(method)
         if not isinstance(args, Mapping):
             raise ConfigurationError(f"set_task_args takes a dict of step options, not {type(args).__name__} {args!r}.")
         unknown = sorted(k for k in args if k not in _kfppipeline.TASK_OPTIONS)
@@ -191,13 +199,9 @@ class Query(BaseQuery):
                  f"nodes {', '.join(map(repr, names[:3]))}{', ...' if len(names) > 3 else ''}")
         checked = {k: _check_option(k, v, nodes) for k, v in args.items()}
         options = self.workflow._task_args
-        for i in self.indices:
+        for i in indices:
             options[i] = {**options.get(i, {}), **checked}
         return self
-
-    def set_resources(self, **resources: Any) -> "Query":
-        """Shortcut: ``set_resources(cpu_limit="2", memory_limit="4Gi", accelerator_limit=1)``."""
-        return self.set_task_args(resources)
 
 
 @dataclass(frozen=True)
@@ -264,16 +268,17 @@ class KFPWorkflow(BaseWorkflow):
         self.set_registry_credentials(registry_credentials)
         self.set_kfp_host(kfp_host)
 
-    def __repr__(self) -> str:  # never shows credentials
-        return f"<KFPWorkflow {self.workflow_name!r}: {len(self.graph)} nodes, base {self.baseimage!r}>"
+    def _repr_details(self) -> list[str]:  # never credentials
+        return [f"base {self.baseimage!r}"]
 
     # -- configuration -----------------------------------------------------------------
     def query(self, pattern: str | None = None) -> Query:
         """Query nodes by regexp pattern (``re.search``; ``None``: every node).
 
-        :returns: a :class:`Query`; :meth:`Query.set_task_args` sets step options.
+        :returns: a :class:`Query`; :meth:`Query.set_task_args` sets step options (and
+            refuses a query that matches no node).
         """
-        return self.query_class(self.graph.query(pattern), self)  # type: ignore[return-value]
+        return super().query(pattern)  # type: ignore[return-value]
 
     def set_baseimage(self, baseimage: str) -> None:
         """Set the image the step image is built on (see the class documentation).

@@ -102,9 +102,10 @@ class Query(BaseQuery):
             earlier ones only for the keys it sets.
         :returns: this query.
         """
+        indices = self._targets("set_task_args")
         opts = _check_options(args, _TASK_OPTIONS, "prefect.task", "set_task_args")
         task_args = self.workflow._task_args
-        for i in self.indices:
+        for i in indices:
             task_args[i] = {**task_args.get(i, {}), **opts}
         self.workflow._options_changed()
         return self
@@ -141,9 +142,10 @@ class PrefectWorkflow(BaseWorkflow):
     def query(self, pattern: str | None = None) -> Query:
         """Query nodes of the graph by regexp pattern (``re.search``; ``None``: every node).
 
-        :returns: a :class:`Query`; its :meth:`Query.set_task_args` sets Prefect task options.
+        :returns: a :class:`Query`; its :meth:`Query.set_task_args` sets Prefect task options
+            (and refuses a query that matches no node).
         """
-        return self.query_class(self.graph.query(pattern), self)  # type: ignore[return-value]
+        return super().query(pattern)  # type: ignore[return-value]
 
     def set_prefect_flow_options(self, options: Mapping[str, Any]) -> None:
         """Set the options of the generated Prefect flow (any ``prefect.flow`` argument).

@@ -79,6 +79,7 @@ class Query(_BaseQuery):
             node. A later call replaces the arguments of the nodes it matches.
         :type args: dict
         """
+        indices = self._targets("set_remote_args")
         if not isinstance(args, dict):
             raise ConfigurationError(f"set_remote_args takes a dict of ray.remote options, got {args!r}.")
         if "num_returns" in args:
@@ -87,7 +88,7 @@ class Query(_BaseQuery):
                 "return a tuple and index the node instead (node[0], node[1])."
             )
         g = self.workflow.graph
-        for i in self.indices:
+        for i in indices:
             kind = type(g.nodes[i])
             if kind is ClassNode:
                 bad = sorted(_ACTOR_ORDER_OPTIONS & set(args))
@@ -100,7 +101,7 @@ class Query(_BaseQuery):
             elif kind is not MethodNode:
                 _check_options(_run_node.options, args, g.names[i], "task")
         shared = dict(args)  # one object for the query: one set of Ray options per query
-        for i in self.indices:
+        for i in indices:
             self.workflow._remote_args[i] = shared
         return self
 
@@ -155,9 +156,9 @@ class RayWorkflow(BaseWorkflow):
 
         :param pattern: regexp pattern to match node names. If None returns all nodes.
         :type pattern: Optional[str]
-        :return: Query object
+        :return: Query object (its setters refuse a query that matches no node)
         """
-        return Query(self.graph.query(pattern), self)
+        return super().query(pattern)  # type: ignore[return-value]
 
     def set_storage(self, object_storage: Any) -> None:
         """Set storage for the workflow.
