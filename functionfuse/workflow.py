@@ -501,9 +501,10 @@ def _where(func: Any) -> str:
     if code is not None:
         return f"defined at {code.co_filename}:{code.co_firstlineno}"
     try:
-        return f"defined in {inspect.getsourcefile(func)}"
-    except TypeError:
-        return "defined in a compiled module"
+        source = inspect.getsourcefile(func if isinstance(func, type) or inspect.ismodule(func) else type(func))
+    except TypeError:  # a builtin or C type
+        source = None
+    return f"defined in {source}" if source else "no source file"
 
 
 #: class -> {method name -> _CallCheck}; classes are held weakly (local classes in tests)
