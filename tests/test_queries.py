@@ -234,3 +234,13 @@ def test_ray_run_returns_none_unless_results_are_asked_for(request):
     wf = make("ray", request)
     assert wf.run() is None
     assert wf.run(return_results=True) == pytest.approx(0.6 / 4)
+
+
+def test_the_ray_workflows_addon_queries_with_the_checked_base_query():
+    # ray.workflow is gone from this Ray, so the addon cannot be created here; its queries
+    # are the base Query checked above (tests/rayworkflow/ runs the addon on ray 2.47)
+    pytest.importorskip("ray")
+    from functionfuse.backends.addons import rayworkflowback
+
+    assert rayworkflowback.RayWorkflow.query_class is Query
+    assert rayworkflowback.RayWorkflow.__repr__ is LocalWorkflow.__repr__

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Callable, Sequence
 
 from ...errors import (
@@ -228,11 +229,10 @@ class RayWorkflow(BaseWorkflow):
         frees = self.release_schedule(actions)
         storage = self.storage
         load_storage, load_options = _placement(storage)
-        loader = _load_node.options(**load_options) if load_options else _load_node
         remote_args = self._remote_args
         instance_value_needed = self._instance_values_needed(actions)
         last_in_chain = self._last_running_calls(actions)
-        task_fns: dict[int, Any] = {}  # id(remote args) -> remote function with those options
+        run_id = uuid.uuid4().hex[:8]  # actor names are unique in Ray: these carry the run
         functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
 
         refs: list[Any] = [None] * n
@@ -252,17 +252,21 @@ class RayWorkflow(BaseWorkflow):
                 continue
             if max_pending and len(pending) >= max_pending:
                 ready, pending = ray.wait(pending, num_returns=min(batch, len(pending)), fetch_local=False)
-                self._check(ready, owner, actions, failures, report)
+                self._check(ready, owner, actions, failures, report, progress)
                 progress.running = len(pending)
                 progress.update()
                 if failures:
                     break
             name = names[i]
             if action == LOAD:
-                value, token = loader.remote(i, name, wf, load_storage)
+                # every task carries its node's name (Ray's dashboard, ray list tasks, logs)
+                value, token = _load_node.options(**load_options, name=f"{name} (load)").remote(
+                    i, name, wf, load_storage
+                )
             else:
                 save = storage is not None and action == RUN  # a replayed node is stored already
                 node = nodes[i]
+                progress.oldest = names[owner[pending[0]]] if pending else None
                 kind = type(node)
                 if kind is MethodNode:
                     k = index_of(node.instance)  # type: ignore[attr-defined]  # the object is in the actor
@@ -283,25 +287,23 @@ class RayWorkflow(BaseWorkflow):
                     functions,
                 )
                 if kind is MethodNode:
-                    value, token = instances[k].call.remote(spec, k, chain_tokens[k], *[refs[p] for p in parents])
+                    value, token = instances[k].call.options(name=name).remote(
+                        spec, k, chain_tokens[k], *[refs[p] for p in parents]
+                    )
                     chain_tokens[k] = token
                     if last_in_chain.get(k) == i:
                         del instances[k], chain_tokens[k]
                 elif kind is ClassNode:
                     args = remote_args.get(i)
-                    actor = (_Instance.options(**args) if args else _Instance).remote()
-                    value, token = actor.construct.remote(spec, i in instance_value_needed, *[refs[p] for p in parents])
+                    actor = _Instance.options(**{"name": f"{name} (workflow {wf}, run {run_id})", **(args or {})}).remote()
+                    value, token = actor.construct.options(name=name).remote(
+                        spec, i in instance_value_needed, *[refs[p] for p in parents]
+                    )
                     if last_in_chain.get(i) is not None:
                         instances[i] = actor
                         chain_tokens[i] = token
                 else:
-                    args = remote_args.get(i)
-                    if args:
-                        fn = task_fns.get(id(args))
-                        if fn is None:
-                            fn = task_fns[id(args)] = _run_node.options(**args)
-                    else:
-                        fn = _run_node
+                    fn = _run_node.options(**{"name": name, **remote_args.get(i, {})})
                     value, token = fn.remote(spec, *[refs[p] for p in parents])
             refs[i] = value
             pending.append(token)
@@ -314,7 +316,7 @@ class RayWorkflow(BaseWorkflow):
         # wait for everything in flight, also after a failure: what finishes is stored
         while pending:
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25, fetch_local=False)
-            self._check(ready, owner, actions, failures, report)
+            self._check(ready, owner, actions, failures, report, progress)
             progress.running = len(pending)
             progress.update()
         if failures:
@@ -325,6 +327,7 @@ class RayWorkflow(BaseWorkflow):
         return dict(zip(wanted, ray.get([refs[o] for o in wanted])))
 
     # -- helpers of _execute ----------------------------------------------------------------
+            progress.oldest = names[owner[pending[0]]] if pending else None
     def _instance_values_needed(self, actions: Sequence[str]) -> set[int]:
         """Class nodes whose object itself is needed (an output, or an argument of a node
         other than its own method calls): only those send the object back from the actor."""
@@ -372,7 +375,9 @@ class RayWorkflow(BaseWorkflow):
                     f"constructor node: query('^{g.names[k]}$').set_remote_args(...)."
                 )
 
-    def _check(self, ready: list, owner: dict, actions: Sequence[str], failures: list, report: Any) -> None:
+    def _check(
+        self, ready: list, owner: dict, actions: Sequence[str], failures: list, report: Any, progress: Any
+    ) -> None:
         """Count the finished tokens (a token is the node's run time) and record failures."""
         if not ready:
             return
@@ -383,7 +388,7 @@ class RayWorkflow(BaseWorkflow):
             times = None
         if times is not None:
             for token, seconds in zip(ready, times):
-                self._count(owner.pop(token), seconds, actions, report, names)
+                self._count(owner.pop(token), seconds, actions, report, progress, names)
             return
         for token in ready:
             i = owner.pop(token)
@@ -398,10 +403,10 @@ class RayWorkflow(BaseWorkflow):
             except Exception as err:  # the worker or actor died, the task was cancelled...
                 failures.append(_Failure(i, "system", err, str(err), err))
             else:
-                self._count(i, seconds, actions, report, names)
+                self._count(i, seconds, actions, report, progress, names)
 
     @staticmethod
-    def _count(i: int, seconds: Any, actions: Sequence[str], report: Any, names: Sequence[str]) -> None:
+    def _count(i: int, seconds: Any, actions: Sequence[str], report: Any, progress: Any, names: Sequence[str]) -> None:
         if actions[i] == LOAD:
             report.loaded += 1
         else:
@@ -416,6 +421,7 @@ class RayWorkflow(BaseWorkflow):
             if f.stage == "load" and isinstance(f.error, CorruptedResultError):
                 raise DamagedResult(f.index, f.error)
         f = min(failures, key=lambda f: f.index)
+            progress.node_finished(names[i], seconds)  # the driver does not see nodes start
         name = names[f.index]
         report.failed = name  # whatever the stage: run, save, load or a crashed worker
         if f.stage == "load":
