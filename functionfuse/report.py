@@ -30,8 +30,9 @@ logging is configured (e.g. ``logging.basicConfig(level=logging.INFO)``):
   record. Nodes of the fast local path (no storage, no plugins) are logged only when
   a check twice a second sees them running for half a second or more (so every node
   that takes a second or more is).
-* ``functionfuse.progress`` (INFO): when the progress line is not drawn, the same line
-  as a record every ``FUNCTIONFUSE_PROGRESS_EVERY`` seconds (default 30).
+* ``functionfuse.progress`` (INFO): when the progress line is not drawn, a record when
+  the run starts, then the progress line as a record every
+  ``FUNCTIONFUSE_PROGRESS_EVERY`` seconds (default 30).
 
 Silence either with ``logging.getLogger("functionfuse.nodes").setLevel(logging.WARNING)``.
 """
@@ -273,6 +274,9 @@ class Progress:
         self._log_progress = not self.enabled and progress_log.isEnabledFor(logging.INFO)
         if self.enabled:
             self.update(force=True)
+        elif self._log_progress:
+            r = self.report
+            progress_log.info("run of workflow %r started: %s, %d nodes", r.workflow, r.backend, r.nodes)
         if self.tick > 0 and (self.enabled or self._log_progress or self._log_nodes):
             # checking twice a second sees every fast-path node of a second or more running
             every = min(self.tick, SLOW_NODE_SECONDS / 2) if self._log_nodes else self.tick
@@ -298,8 +302,8 @@ class Progress:
         error says so, so nothing is logged here)."""
         now = time.perf_counter()
         with self._nodes_lock:
-            self._active.pop(name, None)
-            self.running = len(self._active)
+            if self._active.pop(name, None) is not None:
+                self.running = len(self._active)
             logged = (
                 self._log_nodes
                 and seconds is not None

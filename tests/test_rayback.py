@@ -462,10 +462,19 @@ def test_corrupted_stored_result_is_recomputed_with_a_warning(local_ray, tmp_pat
     storage.remove_task("corrupt", task_name="node3")
     path = tmp_path / "s" / "corrupt" / "node2.ffr"
     os.truncate(path, path.stat().st_size - 3)
-    with pytest.warns(ResultRecomputedWarning, match="node2"):
+    with pytest.warns(ResultRecomputedWarning, match="node2") as caught:
         assert wf.run(return_results=True) == 6
     assert wf.last_run.recomputed == 1
     assert storage.read_task("corrupt", "node2") == 3
+    assert len(caught) == 1 and os.path.samefile(caught[0].filename, __file__)  # the line that called run()
+    # several damaged results: one warning for the run
+    storage.remove_task("corrupt", task_name="node3")
+    for name in ("node1", "node2"):
+        path = tmp_path / "s" / "corrupt" / f"{name}.ffr"
+        os.truncate(path, path.stat().st_size - 3)
+    with pytest.warns(ResultRecomputedWarning, match="2 stored results.*'node1'.*'node2'") as caught:
+        assert wf.run(return_results=True) == 6
+    assert len(caught) == 1 and os.path.samefile(caught[0].filename, __file__)
 
 
 def test_seed_ray_example_runs_as_written(tmp_path):
@@ -638,3 +647,54 @@ def test_workers_without_the_key_stop_the_run_instead_of_writing_unsigned(local_
     with pytest.raises((SigningKeyError, StorageError), match="no signing key is set in this process"):
         wf.run()
     assert not list((tmp_path / "s").glob("unsigned/*.ffr"))
+
+
+# -- names and logs ------------------------------------------------------------------------------
+@workflow
+def own_task_name(*_):
+    return ray.get_runtime_context().get_task_name()
+
+
+@workflow
+class NameProbe:
+    def __init__(self):
+        context = ray.get_runtime_context()
+        self.seen = [context.get_actor_name(), context.get_task_name()]
+
+    def names(self, *_):
+        context = ray.get_runtime_context()
+        return self.seen + [context.get_actor_name(), context.get_task_name()]
+
+
+def test_tasks_and_actors_carry_node_names(local_ray, tmp_path):
+    fn = own_task_name().set_name("fn_node")
+    probe = NameProbe().set_name("probe")
+    call = probe.names(fn).set_name("probe_call")
+    wf = RayWorkflow(fn, call, workflow_name="named_tasks")
+    wf.set_storage(ray_storage(tmp_path))
+    first, (actor, construct, actor_again, method) = wf.run(return_results=True)
+    assert first == "fn_node"
+    assert (construct, method) == ("probe", "probe_call")
+    assert actor == actor_again and actor.startswith("probe (workflow named_tasks, run ")
+    # a stored result is loaded by a task named after its node too
+    wf.query("^probe").set_cache("off")
+    assert wf.run(return_results=True)[0] == "fn_node"
+
+
+def test_nodes_finishing_on_ray_are_logged_and_the_oldest_in_flight_is_named(local_ray, monkeypatch, caplog):
+    import io
+    import logging
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr("sys.stderr", stream)
+    wf = RayWorkflow(sleep_then(1.5, 1).set_name("long"), workflow_name="ray_logged")
+    wf.set_progress(True)
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    assert any("now: long" in x for x in stream.getvalue().split("\r"))
+    records = [r.getMessage() for r in caplog.records if r.name == "functionfuse.nodes"]
+    assert any(m.startswith("node 'long' of workflow 'ray_logged' finished in 1.") for m in records), records

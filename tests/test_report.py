@@ -400,8 +400,9 @@ def test_a_progress_record_names_the_running_node_without_a_terminal(monkeypatch
         wf.run()
     assert capsys.readouterr().err == ""  # not a terminal: no line drawn
     records = [r.getMessage() for r in caplog.records if r.name == "functionfuse.progress"]
-    assert records and all(r.startswith("[periodic] 0/1 nodes") for r in records), records
-    assert "now: long" in records[0]
+    assert records[0] == "run of workflow 'periodic' started: LocalWorkflow, 1 nodes"
+    assert records[1:] and all(r.startswith("[periodic] 0/1 nodes") for r in records[1:]), records
+    assert "now: long" in records[1]
 
 
 def test_without_info_logging_a_run_without_a_terminal_starts_no_thread(tmp_path):
