@@ -8,6 +8,7 @@ starts ``prefect server start`` on 127.0.0.1 and runs the example against it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -480,3 +481,56 @@ def test_prefect_cache_keys_tell_nodes_of_one_run_apart(tmp_path):
     wf = PrefectWorkflow(a, b, workflow_name="cached_one_run")
     wf.query("^[ab]$").set_task_args({"persist_result": True})
     assert wf.run() == [2, 10]
+
+
+# -- logs ------------------------------------------------------------------------------------
+def _tracebacks_of(caplog, text):
+    """The log records that carry a traceback whose exceptions mention *text*."""
+    import traceback
+
+    found = []
+    for r in caplog.records:
+        if r.exc_info and r.exc_info[1] is not None:
+            if text in "".join(traceback.format_exception(*r.exc_info)):
+                found.append(r)
+    return found
+
+
+def test_a_failing_node_is_logged_once(caplog):
+    @workflow
+    def explode(x):
+        raise ValueError(f"exploded on {x}")
+
+    wf = PrefectWorkflow(identity(explode(1).set_name("explode")).set_name("after"), workflow_name="logged_once")
+    with caplog.at_level(logging.INFO), pytest.raises(NodeExecutionError, match="exploded on 1"):
+        wf.run()
+    logged = _tracebacks_of(caplog, "exploded on 1")
+    assert len(logged) == 1, [(r.name, r.getMessage()[:120]) for r in logged]
+    assert logged[0].name == "prefect.task_runs"  # on the node's task run, where the Prefect UI shows it
+    # the flow run still says it failed, and why, in one line
+    flow_lines = [r.getMessage() for r in caplog.records if r.name == "prefect.flow_runs"]
+    assert any("Failed" in m and "exploded on 1" in m for m in flow_lines), flow_lines
+
+
+def test_an_error_outside_any_node_keeps_its_flow_run_traceback(tmp_path, caplog):
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+
+    def unreachable(workflow_name):
+        raise OSError("storage is unreachable")
+
+    storage.stored_tasks = unreachable
+    wf = PrefectWorkflow(seed_quick_start(), workflow_name="no_node")
+    wf.set_storage(storage)
+    with caplog.at_level(logging.INFO), pytest.raises(OSError):
+        wf.run()
+    assert [r.name for r in _tracebacks_of(caplog, "storage is unreachable")] == ["prefect.flow_runs"]
+
+
+def test_nodes_are_logged_on_the_functionfuse_logger(caplog):
+    wf = PrefectWorkflow(seed_quick_start(), workflow_name="node_records")
+    with caplog.at_level(logging.INFO):
+        assert wf.run() == 6
+    records = [r.getMessage() for r in caplog.records if r.name == "functionfuse.nodes"]
+    for name in ("node1", "node2", "node3"):
+        assert f"node {name!r} of workflow 'node_records' started" in records
+        assert any(m.startswith(f"node {name!r} of workflow 'node_records' finished in ") for m in records)

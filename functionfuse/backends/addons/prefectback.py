@@ -206,7 +206,7 @@ class PrefectWorkflow(BaseWorkflow):
             # node's code and constant arguments) into the parameters Prefect caches by
             run = _CURRENT_RUN.get()
             if run is not None:
-                run.started()
+                run.started(name)
             t = time.perf_counter()
             try:
                 value = run_node(i, {j: inputs[k] for j, k in keys}, save=save)
@@ -214,9 +214,6 @@ class PrefectWorkflow(BaseWorkflow):
                 if run is not None:  # KeyboardInterrupt, SystemExit stop the flow here
                     run.failed_at(name)
                 raise
-            finally:
-                if run is not None:
-                    run.stopped()
             if run is not None:
                 run.finished(name, time.perf_counter() - t)
             return value
@@ -305,7 +302,9 @@ class PrefectWorkflow(BaseWorkflow):
             for i in failures[1:]:
                 _run_logger().error("node %r failed too", names[i])
             report.failed = names[failures[0]]  # whatever failed: the node, storing its result...
-            raise self._failure(failures[0], futures[failures[0]])
+            error = self._failure(failures[0], futures[failures[0]])
+            _LOGGED_BY_TASK_RUN.mark(error)
+            raise error
         results = {i: (futures[i].result() if i in futures else loaded[i]) for i in g.outputs}
         return self.outputs(results)
 
@@ -373,14 +372,9 @@ class _RunState:
         self.progress = progress
         self.lock = threading.Lock()
 
-    def started(self) -> None:
+    def started(self, name: str) -> None:
         with self.lock:
-            self.progress.running += 1
-            self.progress.update()
-
-    def stopped(self) -> None:
-        with self.lock:
-            self.progress.running -= 1
+            self.progress.node_started(name)
 
     def failed_at(self, name: str) -> None:
         """Node *name* raised: the report names the first one (the collect step names
@@ -393,12 +387,13 @@ class _RunState:
         with self.lock:
             self.report.ran += 1
             self.report.record(name, seconds)
-            self.progress.update()
+            self.progress.node_finished(name, seconds)
 
 
 #: the run a task belongs to (Prefect copies the flow's context into task threads)
 _CURRENT_RUN: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("functionfuse_prefect_run", default=None)
 
+            self.progress.node_finished(name, None)
 
 def _constant(name: str) -> Callable[[], str]:
     """A task-run name callable (a plain string would be ``str.format``-ed by Prefect)."""
@@ -414,3 +409,28 @@ def _run_logger() -> Any:
         return prefect.get_run_logger()
     except Exception:  # outside a run context (a unit test calling the body directly)
         return log
+class _LoggedByTaskRun(logging.Filter):
+    """Drops the flow run's record of an error that a node's task run logged already.
+
+    A failing node is logged by Prefect's task-run logger (with its traceback, on the
+    task run where the Prefect UI shows it); the flow then raises the same error, and
+    Prefect's flow-run logger would log it again with a longer traceback. The flow
+    run's ``Finished in state Failed(...)`` line still names the error, and
+    :meth:`PrefectWorkflow.run` raises it. Errors outside any node (storage, planning)
+    are not marked, so their flow-run record stays.
+    """
+
+    _ATTRIBUTE = "_functionfuse_logged_by_task_run"
+
+    def mark(self, error: BaseException) -> None:
+        setattr(error, self._ATTRIBUTE, True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not getattr(error, self._ATTRIBUTE, False)
+
+
+_LOGGED_BY_TASK_RUN = _LoggedByTaskRun()
+logging.getLogger("prefect.flow_runs").addFilter(_LOGGED_BY_TASK_RUN)
+
+
