@@ -254,6 +254,7 @@ class RayWorkflow(BaseWorkflow):
                 ready, pending = ray.wait(pending, num_returns=min(batch, len(pending)), fetch_local=False)
                 self._check(ready, owner, actions, failures, report, progress)
                 progress.running = len(pending)
+                progress.oldest = names[owner[pending[0]]] if pending else None
                 progress.update()
                 if failures:
                     break
@@ -266,7 +267,6 @@ class RayWorkflow(BaseWorkflow):
             else:
                 save = storage is not None and action == RUN  # a replayed node is stored already
                 node = nodes[i]
-                progress.oldest = names[owner[pending[0]]] if pending else None
                 kind = type(node)
                 if kind is MethodNode:
                     k = index_of(node.instance)  # type: ignore[attr-defined]  # the object is in the actor
@@ -318,6 +318,7 @@ class RayWorkflow(BaseWorkflow):
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25, fetch_local=False)
             self._check(ready, owner, actions, failures, report, progress)
             progress.running = len(pending)
+            progress.oldest = names[owner[pending[0]]] if pending else None
             progress.update()
         if failures:
             self._raise(failures, report)
@@ -327,7 +328,6 @@ class RayWorkflow(BaseWorkflow):
         return dict(zip(wanted, ray.get([refs[o] for o in wanted])))
 
     # -- helpers of _execute ----------------------------------------------------------------
-            progress.oldest = names[owner[pending[0]]] if pending else None
     def _instance_values_needed(self, actions: Sequence[str]) -> set[int]:
         """Class nodes whose object itself is needed (an output, or an argument of a node
         other than its own method calls): only those send the object back from the actor."""
@@ -412,6 +412,7 @@ class RayWorkflow(BaseWorkflow):
         else:
             report.ran += 1
             report.record(names[i], seconds)
+            progress.node_finished(names[i], seconds)  # the driver does not see nodes start
 
     def _raise(self, failures: list["_Failure"], report: Any) -> None:
         """Raise the error of the first failed node in topological order (a damaged
@@ -421,7 +422,6 @@ class RayWorkflow(BaseWorkflow):
             if f.stage == "load" and isinstance(f.error, CorruptedResultError):
                 raise DamagedResult(f.index, f.error)
         f = min(failures, key=lambda f: f.index)
-            progress.node_finished(names[i], seconds)  # the driver does not see nodes start
         name = names[f.index]
         report.failed = name  # whatever the stage: run, save, load or a crashed worker
         if f.stage == "load":
