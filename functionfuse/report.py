@@ -259,6 +259,7 @@ class Progress:
         self._log_nodes = False
         self._log_progress = False
         self._watched: int | None = None  # fast local path: the long node logged as running
+        self._stamps_seen: list[float] | None = None
         self._t0 = time.perf_counter()
         self._last = 0.0
         self._last_record = self._t0
@@ -331,34 +332,26 @@ class Progress:
                 return next(iter(self._active)), len(self._active) - 1
         if self.oldest is not None:
             return self.oldest, max(0, self.running - 1)
-        k = self._fast_running()
+        stamps = self.report._stamps
+        k = None if stamps is None else _first_unfinished(stamps)
         if k is not None:
             return self.report._names()[k], 0
         return None, 0
-
-    def _fast_running(self) -> int | None:
-        """The node the fast local path runs now: the first without its finish stamp."""
-        stamps = self.report._stamps
-        if stamps is None:
-            return None
-        lo, hi = 0, len(stamps) - 1  # stamps[0] is set when the loop starts
-        if hi < 1 or not stamps[0] or stamps[hi]:
-            return None
-        while lo + 1 < hi:  # invariant: stamps[lo] set, stamps[hi] not
-            mid = (lo + hi) // 2
-            if stamps[mid]:
-                lo = mid
-            else:
-                hi = mid
-        return lo
 
     def _watch_long_node(self, now: float) -> None:
         """Fast local path: log a node seen running for half a second or more (every
         node that takes a second or more is), and its finish."""
         stamps = self.report._stamps
+        if stamps is None:  # the report's summary may have taken them: the list is the same
+            stamps = self._stamps_seen
         if stamps is None:
             return
-        k = self._fast_running()
+        self._stamps_seen = stamps
+        with self._nodes_lock:  # the thread and close() may both look
+            self._watch(stamps, now)
+
+    def _watch(self, stamps: list[float], now: float) -> None:
+        k = _first_unfinished(stamps)
         w = self._watched
         if w is not None and k != w:
             self._watched = None
@@ -457,6 +450,21 @@ class Progress:
             self._draw(time.perf_counter())
             self._closed = True
             self._write("\n" if summary is None else "\n" + summary + "\n")
+
+
+def _first_unfinished(stamps: list[float]) -> int | None:
+    """The node the fast local path runs now: the first without its finish stamp
+    (``stamps[i + 1]``); None before the loop starts and after it ends."""
+    lo, hi = 0, len(stamps) - 1  # stamps[0] is set when the loop starts
+    if hi < 1 or not stamps[0] or stamps[hi]:
+        return None
+    while lo + 1 < hi:  # invariant: stamps[lo] set, stamps[hi] not
+        mid = (lo + hi) // 2
+        if stamps[mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _record_every() -> float:

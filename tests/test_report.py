@@ -426,3 +426,14 @@ def test_the_progress_line_names_the_running_node(monkeypatch):
     wf.run()
     during = [x for x in stream.getvalue().split("\r") if x.startswith("[named] 0/1 nodes")]
     assert any("now: long" in x for x in during), during
+
+
+def test_a_long_last_node_under_the_progress_line_has_its_finish_logged(monkeypatch, caplog):
+    stream = FakeTTY()
+    monkeypatch.setattr("sys.stderr", stream)
+    wf = LocalWorkflow(nap(1.2).set_name("last"), workflow_name="drawn_and_logged")
+    wf.set_progress(True)
+    with caplog.at_level(logging.INFO, logger="functionfuse"):
+        wf.run()
+    records = node_records(caplog)
+    assert any(r.startswith("node 'last' of workflow 'drawn_and_logged' finished in 1.2") for r in records), records
