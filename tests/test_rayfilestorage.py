@@ -256,3 +256,29 @@ def test_a_run_on_a_storage_without_its_node_fails_and_reports(local_ray, tmp_pa
         wf.run()
     assert time.monotonic() - t0 < 10
     assert wf.last_run.status == "failed"
+
+
+def test_ctrl_c_while_waiting_for_the_storage_node_ends_the_run_at_once(local_ray, tmp_path):
+    import signal
+    import threading
+
+    from functionfuse import workflow as ff_workflow
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+
+    @ff_workflow
+    def one():
+        return 1
+
+    wf = RayWorkflow(one().set_name("one"), workflow_name=WF)
+    options = {"remoteArgs": {"resources": {"_tape": 0.001}}, "path": str(tmp_path), "resourceTimeout": 60}
+    wf.set_storage(storage_factory({"kind": "ray", "options": options}))
+    timer = threading.Timer(1.0, signal.raise_signal, (signal.SIGINT,))  # Ctrl-C, one second in
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wf.run()
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 10  # the run report is not waited for
+    assert wf.last_run.status == "interrupted"
