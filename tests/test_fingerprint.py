@@ -156,10 +156,19 @@ def test_argument_change_is_named(project):
     assert states(report)["data"] == ("load", "current")
 
 
+def test_the_default_policy_recomputes_an_argument_change(project):
+    project.run()
+    project.write(offset=1)
+    report = project.run()  # default policy: fingerprint
+    assert report["ran"] == 2 and report["warnings"] == []
+    assert json.loads(report["result"]) == {"total": 25}
+    assert states(report)["data"] == ("load", "current")
+
+
 def test_name_policy_reuses_and_warns_once(project):
     project.run()
     project.write(offset=1)
-    report = project.run()  # default policy: name
+    report = project.run("name")
     assert report["ran"] == 0
     assert json.loads(report["result"]) == {"total": 20}  # the stored, stale result
     stale = [w for w in report["warnings"] if w.startswith("StaleResultWarning")]
@@ -353,6 +362,7 @@ def test_a_node_computed_from_a_stale_loaded_input_is_recomputed_later(storage):
     storage.remove_task("stale_parent", task_name="child")
     by_name = LocalWorkflow(source_and_child(2), workflow_name="stale_parent")
     by_name.set_storage(storage)
+    by_name.set_cache("name")
     with pytest.warns(StaleResultWarning, match="'src'.*argument 'v' changed"):
         assert by_name.run() == 10  # child is computed from the stored (stale) src = 1
     meta = storage.read_metadata("stale_parent", "child")
@@ -378,6 +388,7 @@ def test_a_chain_computed_from_a_stale_input_stays_stale_all_the_way(storage):
     with pytest.warns(StaleResultWarning):
         changed = LocalWorkflow(build(2), workflow_name="chain")
         changed.set_storage(storage)
+        changed.set_cache("name")
         assert changed.run() == 100
     again = LocalWorkflow(build(2), workflow_name="chain")
     again.set_storage(storage)
@@ -391,6 +402,7 @@ def test_name_policy_warns_about_nodes_reused_while_their_input_is_recomputed(st
     wf.run()
     changed = LocalWorkflow(source_and_child(2), workflow_name="mixed")
     changed.set_storage(storage)
+    changed.set_cache("name")
     changed.query("^src$").set_cache("fingerprint")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -406,6 +418,7 @@ def test_results_stored_without_a_fingerprint_are_unverified_not_stale(storage):
     storage.save("old", "child", 10, {})
     wf = LocalWorkflow(source_and_child(1), workflow_name="old")
     wf.set_storage(storage)
+    wf.set_cache("name")
     plan = {p.name: p for p in wf.plan()}
     assert plan["child"].state == "unverified" and plan["child"].action == "load"
     assert plan["child"].reason == "stored without a fingerprint"
@@ -421,6 +434,7 @@ def test_a_node_computed_from_a_result_without_fingerprint_records_that(storage)
     storage.save("older", "src", 1, {})
     wf = LocalWorkflow(source_and_child(1), workflow_name="older")
     wf.set_storage(storage)
+    wf.set_cache("name")
     assert wf.run() == 10
     assert storage.read_metadata("older", "child")["fingerprint"]["inputs"] == {"src": "unrecorded"}
     wf.set_cache("fingerprint")

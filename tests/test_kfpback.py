@@ -235,7 +235,7 @@ def test_compile_names_the_image_a_push_gives_and_follows_the_snapshot(dag, proj
     wf.query("^node2$").set_plugin(InitializerPlugin(dag.set_mark))
     with_plugin = wf.image_reference()
     assert with_plugin != local and image_of(wf) == "127.0.0.1:5000/team/" + with_plugin
-    wf.set_cache("fingerprint")
+    wf.set_cache("name")  # not the default: the snapshot, so the tag, changes
     assert wf.image_reference() not in (local, with_plugin)
 
 

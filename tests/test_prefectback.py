@@ -301,10 +301,12 @@ def test_corrupted_stored_result_is_recomputed_with_a_warning(storage):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.warns(ResultRecomputedWarning, match="node3"):
+    with pytest.warns(ResultRecomputedWarning, match="node3") as caught:
         assert wf.run() == 6
     assert wf.last_run.recomputed == 1
     assert storage.read_task("corrupt", "node3") == 6
+    # one warning, at the line that called run() (not in functionfuse or Prefect's engine)
+    assert len(caught) == 1 and os.path.samefile(caught[0].filename, __file__), caught[0].filename
 
 
 def test_plugins_seed_nodes_as_in_local_workflow():

@@ -625,7 +625,7 @@ def test_damaged_results_are_recomputed(dag, data):
         # A damaged result no node needs may be left alone (it is never read) or be
         # recomputed up front (if the damage shows without reading the payload).
         recomputed = damaged | (warned & {unread})
-        assert warned == recomputed and len(caught) == len(recomputed), messages
+        assert warned == recomputed and len(caught) == (1 if recomputed else 0), messages  # one per run
         # the damaged results run again once, as do the removed ones; nothing else runs
         assert {k for k, c in CALLS.items() if c} == removed | recomputed
         assert all(c == 1 for c in CALLS.values()), dict(CALLS)
