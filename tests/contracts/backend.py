@@ -15,7 +15,7 @@ import os
 import pytest
 
 from functionfuse import workflow
-from functionfuse.errors import NodeExecutionError, StaleResultWarning
+from functionfuse.errors import ConfigurationError, NodeExecutionError, StaleResultWarning
 from functionfuse.storage import storage_factory
 
 CALLS = "FUNCTIONFUSE_TEST_CALLS"
@@ -80,6 +80,29 @@ class IncrementalSum:
         _record("IncrementalSum.add")
         self.start += n
         return self.start
+
+
+@workflow
+def make_scaler(k):
+    _record("make_scaler")
+    return lambda x: x * k  # pickle refuses a lambda: storage cannot hold this value
+
+
+@workflow
+def apply(f, x):
+    _record("apply")
+    return f(x)
+
+
+def at_callers_line(w) -> bool:
+    """A warning points at the code that called into functionfuse (this suite, or the
+    fixture class of a backend that wraps run()), not at functionfuse itself."""
+    import functionfuse
+
+    package = os.path.dirname(os.path.abspath(functionfuse.__file__)) + os.sep
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    filename = os.path.abspath(w.filename)
+    return filename.startswith(tests) and not filename.startswith(package)
 
 
 def seed_quick_start():
@@ -251,12 +274,79 @@ class BackendConformance:
         assert changed.run() == 6
         assert calls() == ["add", "multiply"]  # b and c; a is unchanged
         calls.reset()
-        # the default policy reuses by name and warns about the node that changed
+        # the "name" policy reuses by name and warns about the node that changed, at
+        # the caller's line
         by_name = make_workflow(build(5), workflow_name="fingerprints")
         by_name.set_storage(storage)
-        with pytest.warns(StaleResultWarning, match="'b'.*argument 'b' changed"):
+        by_name.set_cache("name")
+        with pytest.warns(StaleResultWarning, match="'b'.*argument 'b' changed") as caught:
             assert by_name.run() == 6
         assert calls() == []
+        assert len(caught) == 1 and at_callers_line(caught[0]), caught[0].filename
+
+    def test_default_policy_recomputes_an_argument_change(self, make_workflow, storage, calls):
+        def build(offset):
+            a = add(1, 1).set_name("a")
+            return multiply(add(a, offset).set_name("b"), 2).set_name("c")
+
+        first = make_workflow(build(0), workflow_name="default_policy")
+        first.set_storage(storage)
+        assert first.run() == 4
+        calls.reset()
+        changed = make_workflow(build(1), workflow_name="default_policy")
+        changed.set_storage(storage)
+        assert changed.run() == 6
+        assert calls() == ["add", "multiply"]  # b and c; a is unchanged
+
+    def test_name_policy_warns_once_per_run_about_every_stale_node(self, make_workflow, storage, calls):
+        def build(offset):
+            return gather(*[add(i, offset).set_name(f"n{i:02d}") for i in range(12)]).set_name("total")
+
+        first = make_workflow(build(0), workflow_name="stale_many")
+        first.set_storage(storage)
+        first.run()
+        calls.reset()
+        by_name = make_workflow(build(1), workflow_name="stale_many")
+        by_name.set_storage(storage)
+        by_name.set_cache("name")
+        with pytest.warns(StaleResultWarning, match="12 nodes.*'n00'.*'n04'.*and 7 more") as caught:
+            assert by_name.run() == sum(range(12))
+        assert calls() == []
+        assert len(caught) == 1 and at_callers_line(caught[0]), caught[0].filename
+
+    def test_a_node_never_stored_is_recomputed_when_a_node_needs_it(self, make_workflow, storage, calls):
+        def build():
+            k = add(1, 1).set_name("k")
+            scaler = make_scaler(k).set_name("scaler")
+            return add(apply(scaler, 5).set_name("scaled"), 1).set_name("total")
+
+        wf = make_workflow(build(), workflow_name="unstored")
+        wf.set_storage(storage)
+        if not wf.supports_unstored_nodes:
+            with pytest.raises(ConfigurationError, match="set_persist"):
+                wf.query("^scaler$").set_persist(False)
+            return
+        wf.query("^scaler$").set_persist(False)
+        assert wf.run() == 11
+        assert sorted(calls()) == ["add", "add", "apply", "make_scaler"]
+        assert storage.list_tasks("unstored", "*") == ["k", "scaled", "total"]
+        plan = {p.name: (p.action, p.state) for p in wf.plan()}
+        assert plan["scaler"] == ("skip", "not stored")
+        calls.reset()
+        assert wf.run() == 11
+        assert calls() == []
+        storage.remove_task("unstored", task_name="scaled")
+        plan = {p.name: (p.action, p.state) for p in wf.plan()}
+        assert plan == {
+            "k": ("load", "current"),
+            "scaler": ("replay", "not stored"),
+            "scaled": ("run", "missing"),
+            "total": ("load", "current"),
+        }
+        calls.reset()
+        assert wf.run() == 11
+        assert calls() == ["make_scaler", "apply"]  # k is loaded for it
+        assert storage.list_tasks("unstored", "*") == ["k", "scaled", "total"]
 
     def test_cache_off_always_runs(self, make_workflow, storage, calls):
         first = make_workflow(seed_quick_start(), workflow_name="cache_off")

@@ -237,6 +237,8 @@ class KFPWorkflow(BaseWorkflow):
     """
 
     query_class = Query
+    #: each node is a container step and values pass between steps through storage
+    supports_unstored_nodes = False
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from typing import Any, Sequence
 
-from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, STALE, UNVERIFIED, BaseWorkflow
+from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, NOT_STORED, STALE, UNVERIFIED, BaseWorkflow
 from ...errors import ConfigurationError, FunctionFuseError
 from ...workflow import ClassNode, MethodNode
 
@@ -33,6 +33,7 @@ STATE_COLOURS = {
     CORRUPTED: "#ffa8a8",  # red: stored but unreadable
     UNVERIFIED: "#d0ebff",  # blue: stored without a fingerprint (by an older version or storage.save)
     NO_STORAGE: "#ffffff",
+    NOT_STORED: "#e5dbff",  # violet: never stored (set_persist(False)), computed when needed
 }
 
 
@@ -138,7 +139,7 @@ def dot_source(wf: BaseWorkflow) -> str:
         first = calls[0]
         lines.append(f'  {_quote(names[ctor])} -> {_quote(names[first])} [style=dashed, label="then", fontsize=9];')
     if wf.storage is not None:
-        lines.append(_legend())
+        lines.append(_legend(NOT_STORED in states))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -152,10 +153,9 @@ def _node_line(wf: BaseWorkflow, i: int, states: list[str]) -> str:
     tooltip = f"{node.label} ({states[i]})"
     return f"{_quote(name)} [label={_quote(label)}, fillcolor={_quote(fill)}, tooltip={_quote(tooltip)}{shape}];"
 
-def _legend() -> str:
-    rows = "".join(
-        f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in (CURRENT, STALE, UNVERIFIED, MISSING, CORRUPTED)
-    )
+def _legend(not_stored: bool = False) -> str:
+    shown = (CURRENT, STALE, UNVERIFIED, MISSING, CORRUPTED) + ((NOT_STORED,) if not_stored else ())
+    rows = "".join(f'<TR><TD BGCOLOR="{STATE_COLOURS[s]}">{s}</TD></TR>' for s in shown)
     return (
         '  subgraph cluster_legend { label="stored"; fontsize=10; style=dashed; '
         f'legend [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0">{rows}</TABLE>>]; }}'
