@@ -82,6 +82,8 @@ def test_a_never_stored_node_runs_only_when_a_node_that_needs_it_runs(storage):
     storage.remove_task("resume", task_name="second")
     [conn] = [p for p in wf.plan() if p.name == "conn"]
     assert (conn.action, conn.state) == ("replay", "not stored") and "'second'" in conn.reason
+    [second] = [p for p in wf.plan() if p.name == "second"]  # missing reads differently from never stored
+    assert (second.action, second.state, second.reason) == ("run", "missing", "no stored result")
     assert wf.run() == [[0, 1, 2], [10, 11, 12]]
     assert CALLS == ["connect", "query_rows10"]  # settings is loaded for it
     assert wf.last_run.ran == 2
