@@ -451,13 +451,18 @@ def counted_add(counter_file, a, b):
 
 
 def _cache_options():
-    from prefect.cache_policies import INPUTS
+    from prefect.cache_policies import INPUTS, TASK_SOURCE
     from prefect.tasks import task_input_hash
 
-    return {"INPUTS": {"cache_policy": INPUTS}, "task_input_hash": {"cache_key_fn": task_input_hash}}
+    return {
+        "INPUTS": {"cache_policy": INPUTS},
+        "task_input_hash": {"cache_key_fn": task_input_hash},
+        # every node's task has the same source: the node's fingerprint tells them apart
+        "TASK_SOURCE": {"cache_policy": TASK_SOURCE},
+    }
 
 
-@pytest.mark.parametrize("option", ["INPUTS", "task_input_hash"])
+@pytest.mark.parametrize("option", ["INPUTS", "task_input_hash", "TASK_SOURCE"])
 def test_prefect_cache_keys_include_the_constant_arguments(tmp_path, option):
     """Constant arguments are not task parameters, yet they reach Prefect's cache key:
     add(1, 1) and add(5, 5) do not share a cached result, and the same call again is a hit."""

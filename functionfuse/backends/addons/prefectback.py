@@ -33,6 +33,7 @@ import inspect
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow
@@ -47,7 +48,7 @@ from ...errors import (
 
 try:
     import prefect
-    from prefect.cache_policies import NO_CACHE
+    from prefect.cache_policies import NO_CACHE, CachePolicy
     from prefect.context import FlowRunContext
     from prefect.futures import wait as _wait_for_futures
     from prefect.utilities.annotations import quote
@@ -227,6 +228,11 @@ class PrefectWorkflow(BaseWorkflow):
             # functionfuse storage does the resuming; Prefect's input hashing would only cost
             options["cache_policy"] = NO_CACHE
         options.update(user)
+        policy = options.get("cache_policy")
+        if isinstance(policy, CachePolicy) and policy is not NO_CACHE:
+            # every node's task has the same function: TASK_SOURCE alone, say, would give
+            # all nodes one key; the node's fingerprint is its code and constant arguments
+            options["cache_policy"] = policy + _NODE_FINGERPRINT
         try:
             task: Any = prefect.task(run_functionfuse_node, **options)
         except Exception as exc:
@@ -382,6 +388,7 @@ class _RunState:
         with self.lock:
             if self.report.failed is None:
                 self.report.failed = name
+            self.progress.node_finished(name, None)
 
     def finished(self, name: str, seconds: float) -> None:
         with self.lock:
@@ -393,7 +400,6 @@ class _RunState:
 #: the run a task belongs to (Prefect copies the flow's context into task threads)
 _CURRENT_RUN: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("functionfuse_prefect_run", default=None)
 
-            self.progress.node_finished(name, None)
 
 def _constant(name: str) -> Callable[[], str]:
     """A task-run name callable (a plain string would be ``str.format``-ed by Prefect)."""
@@ -404,11 +410,18 @@ def _constant(name: str) -> Callable[[], str]:
     return task_run_name
 
 
-def _run_logger() -> Any:
-    try:
-        return prefect.get_run_logger()
-    except Exception:  # outside a run context (a unit test calling the body directly)
-        return log
+@dataclass
+class _NodeFingerprint(CachePolicy):
+    """The part of a cache key that is the node's fingerprint (its task's ``fingerprint``
+    parameter): added to every cache policy given in ``set_task_args``."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> Any:
+        return (inputs or {}).get("fingerprint")
+
+
+_NODE_FINGERPRINT = _NodeFingerprint()
+
+
 class _LoggedByTaskRun(logging.Filter):
     """Drops the flow run's record of an error that a node's task run logged already.
 
@@ -434,3 +447,8 @@ _LOGGED_BY_TASK_RUN = _LoggedByTaskRun()
 logging.getLogger("prefect.flow_runs").addFilter(_LOGGED_BY_TASK_RUN)
 
 
+def _run_logger() -> Any:
+    try:
+        return prefect.get_run_logger()
+    except Exception:  # outside a run context (a unit test calling the body directly)
+        return log
