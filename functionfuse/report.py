@@ -177,8 +177,8 @@ _REPORT_FIELDS: dict[str, tuple[type, ...]] = {
 def stored_report(raw: Any) -> dict[str, Any] | None:
     """A run report read back from storage, as :meth:`RunReport.as_dict` writes it, or
     None if it is not one. Run reports are plain JSON files beside the results, and
-    anyone who can write to the store can write them: fields of another type are left
-    out (None), so tools that list reports never fail on one.
+    anyone who can write to the store can write them: the fields a report has, when of
+    another type, are read as None, so tools that list reports never fail on one.
 
     >>> stored_report({"ran": 3, "seconds": "x", "slowest": [["a", 1.5], 7]})["seconds"] is None
     True
@@ -187,10 +187,13 @@ def stored_report(raw: Any) -> dict[str, Any] | None:
     """
     if not isinstance(raw, dict):
         return None
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict(raw)  # other keys (a caller's own) are kept as they are
     for key, kinds in _REPORT_FIELDS.items():
         value = raw.get(key)
-        out[key] = value if isinstance(value, kinds) and not isinstance(value, bool) else None
+        if key in raw and not (isinstance(value, kinds) and not isinstance(value, bool)):
+            out[key] = None
+    if "slowest" not in raw and "node_seconds" not in raw:
+        return out
     slowest = raw.get("slowest")
     out["slowest"] = [
         [p[0], p[1]] for p in (slowest if isinstance(slowest, list) else [])
