@@ -20,6 +20,7 @@ order:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import sys
@@ -35,6 +36,7 @@ from ._records import NODE_TYPES, fingerprint_records, fp_join
 from .backends.plugins import prepare
 from .errors import (
     ConfigurationError,
+    GraphError,
     NodeExecutionError,
     ResultRecomputedWarning,
     SerializationError,
@@ -45,6 +47,7 @@ from .fingerprint import explain
 from .graph import Graph, _gc_paused
 from .report import Progress, RunReport, progress_enabled
 from .workflow import MethodNode, Node, NodeItem, executing_nodes, validate_name
+from .workflow import ClassNode, WorkflowClass, WorkflowFunction, _found_names
 
 __all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED"]
 
@@ -649,6 +652,119 @@ class BaseWorkflow:
             values.append(ref.resolve(v) if type(ref) is NodeItem else v)
         return values[0] if len(values) == 1 else values
 
+    # -- the original functionfuse API ---------------------------------------------------
+    def find_nodes(self, pattern: str | None = None) -> list[Node]:
+        """The nodes whose whole name matches the regular expression *pattern*, in
+        topological order (``None``: every node).
+
+        As in the original functionfuse, *pattern* must match the whole name
+        (``re.fullmatch``), where :meth:`query` finds it anywhere in a name
+        (``re.search``). An unnamed node returned here answers ``get_name()`` with the
+        automatic name this workflow gives it.
+
+        >>> from functionfuse import workflow
+        >>> @workflow
+        ... def add(a, b):
+        ...     return a + b
+        >>> s1 = add(1, 1).set_name("First sum")
+        >>> wf = BaseWorkflow(add(s1, 1), workflow_name="sums")
+        >>> [n.get_name() for n in wf.find_nodes(r".*sum.*")]
+        ['First sum']
+        >>> [n.get_name() for n in wf.find_nodes()]
+        ['First sum', 'add_0000']
+        """
+        g = self.graph
+        nodes, names = g.nodes, g.names
+        found = []
+        for i in self._find(pattern):
+            node = nodes[i]
+            if node.name is None:
+                _found_names[node] = names[i]
+            found.append(node)
+        return found
+
+    def _find(self, pattern: str | None) -> list[int]:
+        """Positions of the nodes whose whole name matches *pattern* (``None``: all)."""
+        if pattern is None:
+            return list(range(len(self.graph)))
+        try:
+            match = re.compile(pattern).fullmatch
+        except (re.error, TypeError) as exc:
+            raise GraphError(f"Pattern {pattern!r} is not a valid regular expression: {exc}") from None
+        return [i for i, name in enumerate(self.graph.names) if match(name)]
+
+    def _select(self, pattern: str | None, method: str) -> Query:
+        """A query of the nodes whose whole name matches *pattern*, for *method* of the
+        original API (``set_plugin``, ``log_nodes``).
+
+        :raises ConfigurationError: *pattern* matches no node, as for :class:`Query`.
+        """
+        found = self._find(pattern)
+        if not found:
+            names = self.graph.names
+            shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
+            close = _close_names(pattern, names)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+            raise ConfigurationError(
+                f"Pattern {pattern!r} matches no node of workflow {self.workflow_name!r}, so {method}() would "
+                f"set nothing. Its {len(names)} node{'' if len(names) == 1 else 's'} are named {shown}{hint} "
+                f"{method}() matches whole names, as in the original functionfuse (re.fullmatch): "
+                "'.*sum.*' selects the names that contain 'sum'."
+            )
+        return self.query_class(found, self, pattern)
+
+    def replace_func(self, node: Node, new_func: Callable[..., Any]) -> None:
+        """Make function node *node* of this workflow call *new_func* instead of its
+        function, with the same arguments and under the same name (the original
+        functionfuse's ``replace_func``; *node* is typically one of :meth:`find_nodes`).
+
+        The node itself changes, as in the original: every workflow that holds it calls
+        the new function. This workflow keeps the names it gave its nodes (an unnamed
+        node is still named after its old function). Whether a stored result of the
+        node is reused follows the cache policy: ``"fingerprint"`` recomputes it, and
+        what depends on it, since the code changed.
+
+        :raises GraphError: *node* is not a function node of this workflow, or
+            *new_func* is not callable or cannot take the node's arguments.
+        """
+        g = self.graph
+        i = g.index_of(node)
+        node = g.nodes[i]
+        name = g.names[i]  # assigned before the function changes: the node keeps its name
+        kind = type(node)
+        if kind is ClassNode:
+            raise GraphError(
+                f"Node {name!r} is a class node (a constructor call of {node.label}): replace_func replaces "
+                "the function of a function node. Make the node from another class instead."
+            )
+        if kind is MethodNode:
+            raise GraphError(
+                f"Node {name!r} is a method call on a class node: the method is looked up on the live "
+                "instance, so replace_func cannot replace it. Make the node from another class instead."
+            )
+        if isinstance(new_func, (WorkflowFunction, WorkflowClass)):
+            new_func = new_func.__wrapped__
+        if not callable(new_func):
+            raise GraphError(f"replace_func: {new_func!r} is not callable. Pass the function node {name!r} should call.")
+        try:
+            signature: inspect.Signature | None = inspect.signature(new_func)
+        except (TypeError, ValueError):  # some builtins have none: a misfit fails when the node runs
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(*node.args, **node.kwargs)
+            except TypeError as exc:
+                new = getattr(new_func, "__qualname__", None) or repr(new_func)
+                raise GraphError(
+                    f"replace_func: {new}{signature} cannot take the arguments of node {name!r}: {exc}. "
+                    f"Pass a function with the parameters of {node.label}{_signature_of(node.func)}."
+                ) from None
+        node.func = new_func
+        # compiled calls and fingerprints hold the old function: rebuilt when next needed
+        self._calls = None
+        self._records = None
+        self._effective = None
+
 
 def _own_change(detail: str) -> bool:
     """True if why a result is stale (a plan's state detail) names more than changed
@@ -693,3 +809,9 @@ class DamagedResult(Exception):
         super().__init__(index)
         self.index = index
         self.error = error
+
+def _signature_of(func: Any) -> str:
+    try:
+        return str(inspect.signature(func))
+    except (TypeError, ValueError):
+        return "(...)"

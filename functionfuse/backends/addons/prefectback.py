@@ -148,6 +148,17 @@ class PrefectWorkflow(BaseWorkflow):
         """
         return super().query(pattern)  # type: ignore[return-value]
 
+    def set_plugin(self, query: str | None, plugin: Any) -> None:
+        """Apply *plugin* to the nodes whose whole name matches the regular expression
+        *query* (``re.fullmatch``, as :meth:`find_nodes`; ``None``: every node). Its
+        hooks run in the node's task, right before the node's function.
+
+        The original functionfuse's form of ``query(pattern).set_plugin(plugin)``, whose
+        pattern may match a part of a name (``re.search``). (The original stored the
+        plugin but never ran it on Prefect; here it runs, as on every backend.)
+        """
+        self._select(query, "set_plugin").set_plugin(plugin)
+
     def set_prefect_flow_options(self, options: Mapping[str, Any]) -> None:
         """Set the options of the generated Prefect flow (any ``prefect.flow`` argument).
 

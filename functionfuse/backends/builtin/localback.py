@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow, DamagedResult, Query
+from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow, DamagedResult, Query
 from ...errors import CorruptedResultError
 from ...report import Progress, RunReport
 from ...workflow import executing_nodes
@@ -37,6 +37,29 @@ class LocalWorkflow(BaseWorkflow):
     With storage set (:meth:`set_storage`), every result is saved as soon as its node
     has run, and a later run loads stored results instead of running their nodes.
     """
+
+    #: positions of the nodes log_nodes() selected: they run on every run, never stored
+    _logged: frozenset[int] = frozenset()
+
+    def log_nodes(self, query: str | None) -> None:
+        """Run the nodes whose whole name matches the regular expression *query* on
+        every run, and never store their results (the original functionfuse's
+        ``log_nodes``: for nodes run for what they print or log). ``re.fullmatch`` as
+        :meth:`find_nodes`; ``None``: every node. Their inputs are loaded from storage
+        or run as usual; ``plan()`` shows them as replayed (run, not stored).
+        """
+        selected = self._select(query, "log_nodes")
+        selected.set_cache("off")
+        self._logged = self._logged | frozenset(selected.indices)
+
+    def _actions(self, stored: dict[str, Any] | None) -> tuple[list[str], list[str], list[str], list[str]]:
+        actions, reasons, states, details = super()._actions(stored)
+        if stored is not None:  # without storage nothing is stored anyway
+            for i in self._logged:
+                if actions[i] == RUN:
+                    actions[i] = REPLAY  # run, not saved
+                    reasons[i] = "selected by log_nodes(): runs on every run, never stored"
+        return actions, reasons, states, details
 
     def run(self) -> Any:
         """Start execution of the workflow.

@@ -161,6 +161,15 @@ class RayWorkflow(BaseWorkflow):
         """
         return super().query(pattern)  # type: ignore[return-value]
 
+    def set_plugin(self, pattern: str | None, plugin: Any) -> None:
+        """Apply *plugin* to the nodes whose whole name matches the regular expression
+        *pattern* (``re.fullmatch``, as :meth:`find_nodes`; ``None``: every node).
+
+        The original functionfuse's form of ``query(pattern).set_plugin(plugin)``, whose
+        pattern may match a part of a name (``re.search``).
+        """
+        self._select(pattern, "set_plugin").set_plugin(plugin)
+
     def set_storage(self, object_storage: Any) -> None:
         """Set storage for the workflow.
 
