@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 import sys
+import sysconfig
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import FrameType
 from typing import Any, Callable, Iterator, Sequence
 
 from ._calls import build_call, call_with_result
@@ -67,6 +70,8 @@ def _utcnow() -> str:
 #: fingerprint (by an older version, or by ``storage.save``), so nothing is known to
 #: have changed, and nothing is known to be current
 CURRENT, STALE, MISSING, CORRUPTED, NO_STORAGE = "current", "stale", "missing", "corrupted", "no storage"
+#: a node whose results are never stored (Query.set_persist(False))
+NOT_STORED = "not stored"
 UNVERIFIED = "unverified"
 NO_FINGERPRINT = "stored without a fingerprint"
 #: the input digest recorded for a parent whose stored result had no fingerprint
@@ -200,6 +205,32 @@ class Query:
         more = f", ... {n - _NAMES_SHOWN} more" if n > _NAMES_SHOWN else ""
         return f"{head}: {n} node{'' if n == 1 else 's'} [{', '.join(map(repr, names))}{more}]>"
 
+    def set_persist(self, persist: bool) -> "Query":
+        """Store the results of these nodes (``True``, the default) or never (``False``).
+
+        For values storage cannot or should not hold: a lock, a database connection, a
+        large intermediate that is cheap to compute. A node that is never stored runs
+        when a node that runs needs its value (its own inputs are loaded or computed
+        as usual), and on every run if it is an output or nothing depends on it; the
+        rest of the workflow is stored and resumed as usual. ``plan()`` shows it as
+        ``not stored``. Like Prefect's ``persist_result=False`` and Kedro's
+        ``MemoryDataset``.
+        """
+        indices = self._targets("set_persist")
+        if not isinstance(persist, bool):
+            raise ConfigurationError(f"set_persist() takes True or False, not {persist!r}.")
+        wf = self.workflow
+        if not persist:
+            if not wf.supports_unstored_nodes:
+                raise ConfigurationError(
+                    f"{type(wf).__name__} cannot leave node {self.names[0]!r} unstored: set_persist(False) needs "
+                    "its value passed in memory, and its steps pass every value through storage. Return a "
+                    "value storage can hold (or register a serializer for it), or use another backend."
+                )
+            wf._unstored.update(indices)
+        else:
+            wf._unstored.difference_update(indices)
+        return self
 
 
 #: how many node names a query's repr and its errors show
@@ -221,6 +252,9 @@ class BaseWorkflow:
     """Common base of the backends: see the module documentation."""
 
     query_class: type[Query] = Query
+    #: whether nodes can be left unstored (Query.set_persist(False)): their values must
+    #: then pass from node to node in memory
+    supports_unstored_nodes = True
     #: what the progress line calls the nodes being worked on
     progress_running_label = "running"
 
@@ -236,12 +270,17 @@ class BaseWorkflow:
         self._plugins: dict[int, Any] = {}
         self._calls: list[Callable[[Sequence[Any]], Any]] | None = None
         self._all_run_frees: list[tuple[int, ...]] | None = None
-        self.cache_policy = "name"
+        self.cache_policy = "fingerprint"
         self._cache: dict[int, str] = {}
+        #: positions of the nodes whose results are never stored (Query.set_persist)
+        self._unstored: set[int] = set()
         self._records: list[dict] | None = None
         #: the records results of this run are saved with (see _run_records)
         self._effective: list[dict] | None = None
         self._warned_stale: set[tuple[str, str]] = set()  # (node, fingerprint) warned about
+        #: (node, why) of the stored results found unreadable in the run under way (None:
+        #: no run; warned about at once), reported in one warning when the run ends
+        self._unreadable: list[tuple[str, str]] | None = None
         self._progress: bool | None = None
         #: the report of the last run (see :class:`functionfuse.report.RunReport`)
         self.last_run: RunReport = RunReport(self.workflow_name, type(self).__name__)
@@ -291,6 +330,7 @@ class BaseWorkflow:
         """A fresh report (``last_run``) and progress display for a run starting now."""
         report = RunReport(self.workflow_name, type(self).__name__, nodes=len(self.graph))
         self.last_run = report
+        self._unreadable = []
         progress = Progress(report, enabled=progress_enabled(self._progress, sys.stderr))
         progress.running_label = self.progress_running_label
         progress.start()
@@ -300,7 +340,8 @@ class BaseWorkflow:
         """Close the report (how the run ended: *error* is what it raised, None if it
         finished; a backend sets ``report.failed`` to the node it stopped at), close the
         progress display with the run's summary under it (logged instead when there is
-        no display) and store the report."""
+        no display), store the report, and warn once (ResultRecomputedWarning) about
+        the stored results this run found unreadable."""
         report.end(time.perf_counter() - started, error)
         level = logging.WARNING if error is not None else logging.INFO
         if progress.enabled:
@@ -315,16 +356,22 @@ class BaseWorkflow:
                 saver(self.workflow_name, report.as_dict())
             except (OSError, StorageError, NotImplementedError) as exc:
                 log.warning("the run report of workflow %r could not be stored: %s", self.workflow_name, exc)
+        unreadable, self._unreadable = self._unreadable, None
+        if unreadable:  # last: under warnings-as-errors the report is stored all the same
+            self._warn_unreadable(unreadable)
 
     def set_cache(self, policy: str) -> None:
         """When a stored result is reused (queries can override it per node):
 
-        * ``"name"`` (default): whenever a result is stored under the node's name, as
-          the original functionfuse did; warns once per node whose code or arguments
-          changed since its result was stored, or that is reused while an input of it
-          is recomputed (a result stored without a fingerprint is reused silently);
-        * ``"fingerprint"``: only if the stored fingerprint matches; a changed node and
-          everything downstream of it run again;
+        * ``"fingerprint"`` (default): only if the stored fingerprint matches (the
+          node's code, arguments and inputs are unchanged); a changed node and
+          everything downstream of it run again, and so does a result stored without
+          a fingerprint;
+        * ``"name"``: whenever a result is stored under the node's name, as the
+          original functionfuse did, even if it is stale; one ``StaleResultWarning``
+          per run lists the nodes whose code or arguments changed since their results
+          were stored, or that are reused while an input of theirs is recomputed (a
+          result stored without a fingerprint is reused silently);
         * ``"off"``: never; the node always runs (its result is still stored).
         """
         self.cache_policy = _check_policy(policy)
@@ -338,33 +385,37 @@ class BaseWorkflow:
     def resume_actions(self, stored: dict[str, Any] | None = None) -> list[str]:
         """The action (RUN, REPLAY, LOAD or SKIP) of each node for a run starting now.
 
-        Warns about what the run is about to do with stored results: recompute an
-        unreadable one (ResultRecomputedWarning) or reuse a stale one under the
-        ``"name"`` policy (StaleResultWarning, once per node). *stored* is what
+        Warns about what the run is about to do with stored results: reuse stale ones
+        under the ``"name"`` policy (one StaleResultWarning listing them, now), and
+        recompute unreadable ones (one ResultRecomputedWarning when the run ends, with
+        those found damaged while loading; at once outside a run). *stored* is what
         ``_stored()`` returned, if the caller already has it.
         """
         if stored is None:
             stored = self._stored()
         actions, reasons, states, details = self._actions(stored)
         names = self.graph.names
+        unreadable: list[tuple[str, str]] = []
+        stale: list[tuple[str, str]] = []
         for i, state in enumerate(states):
             if state == CORRUPTED:
-                warnings.warn(
-                    f"Stored result of node {names[i]!r} of workflow {self.workflow_name!r} will be "
-                    f"recomputed: {reasons[i]}",
-                    ResultRecomputedWarning,
-                    stacklevel=2,
-                )
+                unreadable.append((names[i], reasons[i]))
             elif state == STALE and actions[i] in (LOAD, SKIP):
                 if _own_change(details[i]):
-                    self._warn_stale(names[i], details[i])
+                    stale.append((names[i], details[i]))
                 else:
                     rerun = self._rerun_inputs(i, stored, actions)
                     if rerun:
                         inputs = ", ".join(map(repr, rerun))
-                        self._warn_stale(
-                            names[i], f"its input {inputs} {'is' if len(rerun) == 1 else 'are'} recomputed in this run"
-                        )
+                        verb = "is" if len(rerun) == 1 else "are"
+                        stale.append((names[i], f"its input {inputs} {verb} recomputed in this run"))
+        if stale:
+            self._warn_stale(stale)
+        if unreadable:
+            if self._unreadable is not None:
+                self._unreadable.extend(unreadable)
+            else:
+                self._warn_unreadable(unreadable)
         return actions
 
     def _rerun_inputs(self, i: int, stored: dict[str, Any] | None, actions: list[str]) -> list[str]:
@@ -409,28 +460,50 @@ class BaseWorkflow:
         states = [MISSING] * n
         details = [""] * n
         default = self.cache_policy
+        unstored = self._unstored
+        needed_by: dict[int, int] = {}  # a never-stored node -> a running node that needs it
         for i in range(n - 1, -1, -1):
             name = names[i]
-            policy = self._cache.get(i, default)
-            reuse, states[i], why, details[i] = _judge(stored.get(name, None), records[i], policy)
-            if not reuse or replay[i]:
+            if unstored and i in unstored:
+                # never stored: runs (not saved: REPLAY) when needed, as an output, or as a sink
+                states[i], details[i] = NOT_STORED, "never stored (set_persist(False))"
+                if replay[i]:
+                    why = "a later method call needs this instance"
+                elif i in needed_by:
+                    why = f"{names[needed_by[i]]!r} needs it"
+                elif need[i]:
+                    why = "an output"
+                elif not g.children[i]:
+                    why = "nothing depends on it"
+                else:
+                    reasons[i] = "not stored; no node that runs needs it"
+                    continue
+                actions[i] = REPLAY
+                reasons[i] = "not stored; runs: " + why
+            else:
+                policy = self._cache.get(i, default)
+                reuse, states[i], why, details[i] = _judge(stored.get(name, None), records[i], policy)
+                if reuse and not replay[i]:
+                    if need[i]:
+                        actions[i] = LOAD
+                        reasons[i] = why or "stored"
+                    else:
+                        reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
+                    continue
                 if reuse:
                     actions[i] = REPLAY
                     reasons[i] = "replayed: a later method call needs this instance"
                 else:
                     actions[i] = RUN
                     reasons[i] = why
-                for p in data_parents[i]:
-                    need[p] = True
-                node = nodes[i]
-                if type(node) is MethodNode:
-                    replay[g.index_of(node.previous)] = True
-                    replay[g.index_of(node.instance)] = True
-            elif need[i]:
-                actions[i] = LOAD
-                reasons[i] = why or "stored"
-            else:
-                reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
+            for p in data_parents[i]:
+                need[p] = True
+                if unstored and p in unstored:
+                    needed_by.setdefault(p, i)
+            node = nodes[i]
+            if type(node) is MethodNode:
+                replay[g.index_of(node.previous)] = True
+                replay[g.index_of(node.instance)] = True
         self._effective = self._run_records(actions, states, stored, records)
         return actions, reasons, states, details
 
@@ -447,7 +520,9 @@ class BaseWorkflow:
         records (the common case costs one look at the state of each node).
         """
         # a reused result whose stored fingerprint is not the current one: stale or unverified
-        differ = [i for i, state in enumerate(states) if state != CURRENT and actions[i] in _REUSED]
+        differ = [
+            i for i, state in enumerate(states) if state != CURRENT and state != NOT_STORED and actions[i] in _REUSED
+        ]
         if not differ:
             return records
         g = self.graph
@@ -482,15 +557,14 @@ class BaseWorkflow:
         return sum(1 for v in (stored or {}).values() if isinstance(v, Exception))
 
     def drop_damaged(self, stored: dict[str, Any] | None, i: int, error: BaseException, report: RunReport) -> None:
-        """A stored result of node *i* turned out damaged when loaded: warn, count it, and
-        leave it out of *stored* so the next plan runs the node again."""
+        """A stored result of node *i* turned out damaged when loaded: count it, warn (in
+        the one warning of the run about unreadable results), and leave it out of
+        *stored* so the next plan runs the node again."""
         name = self.graph.names[i]
-        warnings.warn(
-            f"Stored result of node {name!r} of workflow {self.workflow_name!r} is unreadable and will be "
-            f"recomputed: {error}",
-            ResultRecomputedWarning,
-            stacklevel=3,
-        )
+        if self._unreadable is not None:
+            self._unreadable.append((name, str(error)))
+        else:
+            self._warn_unreadable([(name, str(error))])
         report.recomputed += 1
         if stored is not None:
             stored.pop(name, None)
@@ -498,18 +572,51 @@ class BaseWorkflow:
     def too_many_damaged(self) -> StorageError:
         return StorageError(f"Workflow {self.workflow_name!r}: too many unreadable stored results in {self.storage!r}.")
 
-    def _warn_stale(self, name: str, why: str) -> None:
+    def _warn_stale(self, stale: list[tuple[str, str]]) -> None:
+        """One StaleResultWarning for the (node, why) reused stale in this run; a node is
+        named once per change (a later run of this object with the same code and
+        arguments does not repeat it)."""
         assert self._records is not None
-        key = (name, self._records[self.graph.name_index[name]]["node"])
-        if key in self._warned_stale:
+        index = self.graph.name_index
+        fresh = []
+        for name, why in stale:
+            key = (name, self._records[index[name]]["node"])
+            if key not in self._warned_stale:
+                self._warned_stale.add(key)
+                fresh.append((name, why))
+        if not fresh:
             return
-        self._warned_stale.add(key)
-        warnings.warn(
-            f"Node {name!r} of workflow {self.workflow_name!r} reuses a stored result although "
-            f"{why}. Remove the result, or use set_cache('fingerprint') to recompute changed nodes "
-            "automatically.",
-            StaleResultWarning,
-            stacklevel=3,
+        fix = (
+            "Use set_cache('fingerprint') (the default) to recompute changed nodes and what depends on them, "
+            "or remove the stale results (functionfuse storage rm)"
+        )
+        if len(fresh) == 1:
+            name, why = fresh[0]
+            message = (
+                f"Node {name!r} of workflow {self.workflow_name!r} reuses a stored result although {why} "
+                f"(cache policy 'name'). {fix}."
+            )
+        else:
+            message = (
+                f"Workflow {self.workflow_name!r} reuses the stored results of {len(fresh)} nodes although they "
+                f"changed (cache policy 'name'): {_first_few(fresh)}. {fix}; workflow.plan() lists each with why."
+            )
+        warn_at_user_frame(message, StaleResultWarning)
+
+    def _warn_unreadable(self, unreadable: list[tuple[str, str]]) -> None:
+        """One ResultRecomputedWarning for the (node, why) whose stored results were unreadable."""
+        if len(unreadable) == 1:
+            name, why = unreadable[0]
+            message = f"Stored result of node {name!r} of workflow {self.workflow_name!r} was unreadable and is recomputed: {why}"
+        else:
+            message = (
+                f"{len(unreadable)} stored results of workflow {self.workflow_name!r} were unreadable and are "
+                f"recomputed: {_first_few(unreadable)}"
+            )
+        warn_at_user_frame(
+            message + ". Their nodes run again and replace them; if this recurs, check the store "
+            f"(functionfuse storage ls {self.workflow_name} --verify).",
+            ResultRecomputedWarning,
         )
 
     def _repr_svg_(self) -> str | None:
@@ -766,6 +873,69 @@ class BaseWorkflow:
         self._effective = None
 
 
+#: how many nodes a summary warning names (with why) before "and N more"
+_NAMED_IN_WARNINGS = 5
+
+
+def _first_few(entries: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{name!r}: {why}" for name, why in entries[:_NAMED_IN_WARNINGS])
+    rest = len(entries) - _NAMED_IN_WARNINGS
+    return shown + (f"; and {rest} more" if rest > 0 else "")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_LIBRARY_DIRS = tuple(
+    {os.path.abspath(p) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(key))}
+)
+
+
+def _ours(frame: FrameType) -> bool:
+    return os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+
+
+def _library(frame: FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    return filename.startswith("<") or os.path.abspath(filename).startswith(_LIBRARY_DIRS)
+
+
+def user_frame() -> FrameType | None:
+    """The innermost frame of the code that called into functionfuse: the first frame
+    outside this package, past library code (Prefect's flow engine, ...) that only
+    leads back into it."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if _ours(frame):
+            frame = frame.f_back
+            continue
+        outer: FrameType | None = frame
+        while outer is not None and not _ours(outer) and _library(outer):
+            outer = outer.f_back
+        if outer is None or not _ours(outer):
+            return frame
+        frame = outer
+    return None
+
+
+def warn_at_user_frame(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` with the location of the user's code that called into
+    functionfuse (see :func:`user_frame`), from whatever thread or depth it is called."""
+    frame = user_frame()
+    if frame is None:
+        warnings.warn(message, category, stacklevel=2)
+        return
+    module_globals = frame.f_globals
+    warnings.warn_explicit(
+        message,
+        category,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=module_globals.get("__name__", "<unknown>"),
+        registry=module_globals.setdefault("__warningregistry__", {}),
+        # no module_globals: their loader may refuse get_source (``python -c``: BuiltinImporter);
+        # the source line shown is read from the file, as for any traceback
+    )
+
+
 def _own_change(detail: str) -> bool:
     """True if why a result is stale (a plan's state detail) names more than changed
     inputs: the node itself changed."""
@@ -781,7 +951,7 @@ def _check_policy(policy: str) -> str:
 def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
     """(reuse the stored result?, state, reason, state detail) for one node."""
     if meta is None:
-        return False, MISSING, "not stored", "not stored"
+        return False, MISSING, "no stored result", "no stored result"
     if isinstance(meta, Exception):
         why = f"stored result is unreadable: {meta}"
         return False, CORRUPTED, why, why
@@ -809,6 +979,7 @@ class DamagedResult(Exception):
         super().__init__(index)
         self.index = index
         self.error = error
+
 
 def _signature_of(func: Any) -> str:
     try:
