@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow, DamagedResult, Query
+from ...baseworkflow import LOAD, MISSING, NOT_STORED, REPLAY, RUN, SKIP, BaseWorkflow, DamagedResult, Query
 from ...errors import CorruptedResultError
 from ...report import Progress, RunReport
 from ...workflow import executing_nodes
@@ -46,7 +46,7 @@ class LocalWorkflow(BaseWorkflow):
         every run, and never store their results (the original functionfuse's
         ``log_nodes``: for nodes run for what they print or log). ``re.fullmatch`` as
         :meth:`find_nodes`; ``None``: every node. Their inputs are loaded from storage
-        or run as usual; ``plan()`` shows them as replayed (run, not stored).
+        or run as usual; ``plan()`` shows them as replayed (run, not saved) and not stored.
         """
         selected = self._select(query, "log_nodes")
         selected.set_cache("off")
@@ -59,6 +59,8 @@ class LocalWorkflow(BaseWorkflow):
                 if actions[i] == RUN:
                     actions[i] = REPLAY  # run, not saved
                     reasons[i] = "selected by log_nodes(): runs on every run, never stored"
+                    if states[i] == MISSING:
+                        states[i], details[i] = NOT_STORED, "never stored (log_nodes())"
         return actions, reasons, states, details
 
     def run(self) -> Any:
