@@ -212,7 +212,7 @@ def _write_result(fd: int, enc: frame.Encoded) -> None:
 
     def seal() -> None:
         try:
-            enc.seal()
+            enc.seal(parallel=False)  # one core hashes while the other copies into the page cache
         except BaseException as exc:  # noqa: BLE001 - re-raised in the writer
             failure.append(exc)
 

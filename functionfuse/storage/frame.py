@@ -92,11 +92,12 @@ class Encoded:
         self.size = self.first_size + sum(memoryview(p).nbytes for p in self.segments)
         self._lock = threading.Lock()
 
-    def seal(self) -> None:
-        """Hash the payload and build the header (once; safe from any thread)."""
+    def seal(self, parallel: bool = True) -> None:
+        """Hash the payload and build the header (once; safe from any thread). Not
+        *parallel*: hash on one core, beside a writer that uses the other."""
         with self._lock:
             if self._first is None:
-                self._first = _seal(self._header, self.segments, self._signer)
+                self._first = _seal(self._header, self.segments, self._signer, parallel)
                 if len(self._first) != self.first_size:  # pragma: no cover - the digests have fixed lengths
                     raise AssertionError("the sealed header changed length")
 
@@ -241,10 +242,10 @@ def _header_bytes(header: dict, signer: Signer | None, digests: tuple[str, str |
     return json.dumps(header, separators=(",", ":"), default=str).encode()
 
 
-def _seal(header: dict, segments: list, signer: Signer | None) -> bytes:
+def _seal(header: dict, segments: list, signer: Signer | None, parallel: bool = True) -> bytes:
     """Hash *segments* and return the preamble, header and tag that frame them."""
     hasher = xxhash.xxh3_128()
-    mac = signer.payload_hasher() if signer is not None else None
+    mac = signer.payload_hasher(parallel) if signer is not None else None
     for s in segments:
         hasher.update(s)
         if mac is not None:

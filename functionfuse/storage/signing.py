@@ -85,10 +85,11 @@ class Signer:
             f"{ENV_KEY} or {ENV_KEY_FILE} (e.g. from a Kubernetes Secret)."
         )
 
-    def payload_hasher(self) -> Any:
-        """A keyed hasher for the payload segments (uses every core for large results)."""
+    def payload_hasher(self, parallel: bool = True) -> Any:
+        """A keyed hasher for the payload segments: on every core for large results when
+        *parallel*, else on one (when it runs beside a writer that needs the other)."""
         b3 = _blake3()
-        h = b3.blake3(key=self._key, max_threads=b3.blake3.AUTO)
+        h = b3.blake3(key=self._key, max_threads=b3.blake3.AUTO if parallel else 1)
         h.update(b"payload\0")
         return h
 
