@@ -62,24 +62,17 @@ class TestRayFileStorageContract(StorageContract):
 
         return use
 
-    def test_copies_of_a_signing_storage_need_the_key(self, storage, use_key):
+    def signing_copy(self, storage) -> bytes:
+        storage.remote_args = dict(REMOTE)  # the test's runtime environment holds the key: not that
+        return pickle.dumps(storage)
+
+    def test_the_storage_node_needs_the_key_too(self, storage, use_key, monkeypatch):
+        """A process with the key, a storage node without it: the node refuses."""
         st = use_key(storage, KEY_A)
         st.save(WF, "t", 1)
-        st.remote_args = dict(REMOTE)  # the test's runtime environment holds the key: not that
-        blob = pickle.dumps(st)
-        assert KEY_A.encode() not in blob
-        use_key(storage, None)
-        clone = pickle.loads(blob)
+        clone = pickle.loads(self.signing_copy(st))  # storage tasks run where no key is set
         with pytest.raises(SigningKeyError, match="no signing key"):
-            clone.save(WF, "t2", 2)
-        # the storage node checks too: a process with the key, a node without it
-        monkeypatch_env = pytest.MonkeyPatch()
-        try:
-            monkeypatch_env.setenv(ENV_KEY, KEY_A)
-            with pytest.raises(SigningKeyError, match="no signing key"):
-                clone.read_task(WF, "t")
-        finally:
-            monkeypatch_env.undo()
+            clone.read_task(WF, "t")
 
     def test_persistent_serializer_writes_beside_the_task_and_is_removed_with_it(self, storage):
         """As in the contract, except that the serializer runs on the storage node (another

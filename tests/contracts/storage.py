@@ -498,10 +498,14 @@ class StorageContract:
         use_key(storage, KEY_A).save(WF, "t", "signed")
         assert use_key(storage, None).read_task(WF, "t") == "signed"
 
+    def signing_copy(self, storage) -> bytes:
+        """A pickled copy of *storage*, as a worker or step gets it."""
+        return pickle.dumps(storage)
+
     def test_copies_of_a_signing_storage_need_the_key(self, storage, use_key):
         st = use_key(storage, KEY_A)
         st.save(WF, "t", 1)
-        blob = pickle.dumps(st)
+        blob = self.signing_copy(st)
         assert KEY_A.encode() not in blob
         use_key(storage, None)
         clone = pickle.loads(blob)
