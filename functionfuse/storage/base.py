@@ -44,8 +44,7 @@ class Storage(ABC):
 
     def _signing_state(self) -> dict:
         """For ``__getstate__``: the id (never the key) of the key copies must have."""
-        signer = signing.current_signer()
-        key_id = self._key_id or (signer.key_id if signer is not None else None)
+        key_id = signing.required_key_id(self._key_id)
         return {"_key_id": key_id} if key_id else {}
 
     # -- serializers -----------------------------------------------------------------
@@ -183,17 +182,17 @@ class Storage(ABC):
         reader, size, where = self._open(workflow_name, task_name)
         with reader:
             header = frame.read_header(reader, where, size, expect=(workflow_name, task_name))
-            if "mac" in header:
-                frame.read_payload(reader, header, where)
-                reader.close()
-                self.verify_task(workflow_name, task_name)  # signed: with this key, and intact?
-                return False
-            if header["meta"].get("serializers"):
-                raise StorageError(
-                    f"Stored result {where} keeps part of its value in serializer files, which a signature "
-                    "made now would not vouch for: run its node again with the key set instead."
-                )
-            segments = frame.read_payload(reader, header, where)
+            signed = "mac" in header
+            if not signed:
+                if header["meta"].get("serializers"):
+                    raise StorageError(
+                        f"Stored result {where} keeps part of its value in serializer files, which a signature "
+                        "made now would not vouch for: run its node again with the key set instead."
+                    )
+                segments = frame.read_payload(reader, header, where)
+        if signed:  # with this key, and intact? (read once, with the key)
+            self.verify_task(workflow_name, task_name)
+            return False
         encoded = frame.resign(header, segments, signer)
         self._publish(workflow_name, task_name, lambda protocols, token: encoded)
         return True

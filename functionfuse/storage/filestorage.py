@@ -59,7 +59,6 @@ _STALE_TMP_SECONDS = 10 * 60
 _IDLE_TMP_SECONDS = 60
 _MAX_TMP_BYTES = 1 << 30
 _MAX_TMP_ENTRIES = 100
-_TOKEN = re.compile(r"[0-9a-f]{16}")
 _TRASH = re.compile(r"\.removing-[0-9a-f]{8,32}")
 _REPORT = re.compile(r"\d{8}T\d{6}\.\d{9}-[0-9a-f]{8}\.json")
 # never follow a link in the last component; never block on a FIFO
@@ -413,10 +412,8 @@ class FileStorage(Storage):
                 header = frame.read_header(reader, where, size)
         except StorageError:  # damaged: its data folder is found by remove_task's scan
             return None
-        token = header.get("data")
-        if not header["meta"].get("serializers") or not isinstance(token, str) or not _TOKEN.fullmatch(token):
-            return None
-        return token
+        # read_header refuses a data token other than 16 hex digits, and serializers without one
+        return header["data"] if header["meta"].get("serializers") else None
 
     def _open(self, workflow_name: str, task_name: str) -> tuple[Any, int, str]:
         path = self._file(workflow_name, task_name)
@@ -451,14 +448,8 @@ class FileStorage(Storage):
             raise
 
     def _data_protocols(self, workflow_name: str, task_name: str, token: str | None) -> dict:
+        # *token* comes from a header read_header checked: 16 hex digits, never a path
         where = self._file(workflow_name, task_name)
-        if not isinstance(token, str) or not _TOKEN.fullmatch(token):
-            raise CorruptedResultError(
-                f"Stored result {where} uses serializer data but names no valid data folder ({token!r}). "
-                f"Run the workflow again to replace it, or remove it with "
-                f"storage.remove_task({workflow_name!r}, {task_name!r}).",
-                path=where,
-            )
         root = os.path.join(self._wf(workflow_name), f"{task_name}.{token}.data")
         if os.path.islink(root):
             raise CorruptedResultError(

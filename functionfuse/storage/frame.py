@@ -59,7 +59,7 @@ _CHECKSUM = re.compile(r"xxh3_128:[0-9a-f]{32}")
 _MAC = re.compile(r"blake3:[0-9a-f]{64}")
 #: the data token of a result: names its serializer data next to it
 _TOKEN = re.compile(r"[0-9a-f]{16}")
-_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_KEY_ID = _TOKEN  # a key id is 16 hex digits too
 PID_TAG = "functionfuse.serializer"
 _CHUNK = 8 << 20
 _MAX_HEADER = 64 << 20

@@ -127,7 +127,7 @@ class FileStorage:
             "remote_args": self.remote_args,
             "resource_timeout": self.resource_timeout,
             "_serializers": self._serializers,
-            "_key_id": self._required_key_id(),
+            "_key_id": signing.required_key_id(self._key_id),
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -136,11 +136,6 @@ class FileStorage:
         self.__dict__.setdefault("resource_timeout", DEFAULT_RESOURCE_TIMEOUT)
 
     # -- signing (see functionfuse.storage.signing) ---------------------------------------------
-    def _required_key_id(self) -> str | None:
-        """The id of the signing key every process using this storage must have."""
-        signer = signing.current_signer()
-        return self._key_id or (signer.key_id if signer is not None else None)
-
     def _signer(self) -> signing.Signer | None:
         return signing.require(self._key_id, self)
 
@@ -148,7 +143,7 @@ class FileStorage:
     def local(self) -> _LocalFileStorage:
         """The file storage that does the work on the storage node (same path, same serializers)."""
         inner = _LocalFileStorage(self.path)
-        inner._key_id = self._required_key_id()
+        inner._key_id = signing.required_key_id(self._key_id)
         if self._serializers:
             inner.register_persistent_serializers(*self._serializers)
         return inner
@@ -170,7 +165,7 @@ class FileStorage:
     def _submit(self, method: str, args: tuple, kwargs: dict) -> Any:
         fn = _op.options(**self.remote_args) if self.remote_args else _op
         try:
-            ref = fn.remote(self.path, self._serializers, self._required_key_id(), method, args, kwargs)
+            ref = fn.remote(self.path, self._serializers, signing.required_key_id(self._key_id), method, args, kwargs)
         except TypeError as exc:  # an argument that cannot be serialized
             obj = args[2] if method == "save" else args
             raise SerializationError(

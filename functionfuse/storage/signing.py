@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, SigningKeyError, missing_dependency
 
-__all__ = ["Signer", "ENV_KEY", "ENV_KEY_FILE", "current_signer", "require"]
+__all__ = ["Signer", "ENV_KEY", "ENV_KEY_FILE", "current_signer", "require", "required_key_id"]
 
 ENV_KEY = "FUNCTIONFUSE_STORAGE_KEY"
 ENV_KEY_FILE = "FUNCTIONFUSE_STORAGE_KEY_FILE"
@@ -144,6 +144,15 @@ def current_signer() -> Signer | None:
         _cache.clear()  # one key per process at a time; the old one is not kept around
         _cache[ident] = signer
     return signer
+
+
+def required_key_id(key_id: str | None) -> str | None:
+    """The id of the key that copies of a storage must have: *key_id* if the storage
+    already requires one, else that of this process's key (None without a key)."""
+    if key_id:
+        return key_id
+    signer = current_signer()
+    return signer.key_id if signer is not None else None
 
 
 def require(key_id: str | None, owner: object) -> Signer | None:
