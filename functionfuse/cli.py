@@ -711,8 +711,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tasks_to_remove(storage: Any, args: argparse.Namespace) -> list[str]:
-    """The tasks ``storage rm`` removes: each NAME exactly, then what each --pattern matches."""
+def _selected_tasks(storage: Any, args: argparse.Namespace, verb: str = "remove") -> list[str]:
+    """The tasks ``storage rm`` (or ``sign``) acts on: each NAME exactly, then what each
+    --pattern matches."""
     names = [validate_name(n, "Task name") for n in dict.fromkeys(args.names)]
     if names:
         stored = set(storage.list_tasks(args.workflow, "*"))
@@ -720,9 +721,9 @@ def _tasks_to_remove(storage: Any, args: argparse.Namespace) -> list[str]:
         if missing:
             ls = _ls_command(args, args.workflow)
             globs = [n for n in missing if any(c in n for c in "*?[")]
-            hint = "".join(f" To remove the tasks matching {g!r}, use --pattern {shlex.quote(g)}." for g in globs)
+            hint = "".join(f" To {verb} the tasks matching {g!r}, use --pattern {shlex.quote(g)}." for g in globs)
             raise TaskNotFoundError(
-                f"Workflow {args.workflow!r} has no stored task {', '.join(map(repr, missing))}: nothing removed. "
+                f"Workflow {args.workflow!r} has no stored task {', '.join(map(repr, missing))}: nothing {verb}d. "
                 f"`{ls}` lists the stored tasks.{hint}"
             )
     for pattern in args.pattern or ():  # files with names no task can have are foreign: left alone
@@ -735,7 +736,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     storage = _storage(args.storage)
     if not args.names and not args.pattern:
         args.pattern = ["*"]
-    names = _tasks_to_remove(storage, args)
+    names = _selected_tasks(storage, args, "sign")
     if not names:
         print(f"no task of workflow {args.workflow!r} to sign")
         return 0
@@ -816,7 +817,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     storage = _storage(args.storage)
-    names = _tasks_to_remove(storage, args)
+    names = _selected_tasks(storage, args)
     if not names:
         print(f"no task of workflow {args.workflow!r} matches {' or '.join(map(repr, args.pattern))}")
         return 0
