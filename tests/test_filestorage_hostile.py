@@ -348,25 +348,32 @@ def test_a_second_remove_workflow_that_loses_the_race_is_not_an_error(store, mon
     assert os.listdir(store.path) == []
 
 
+def _at_once(n: int, work) -> list:
+    """Run *work* in *n* threads released together; the exceptions they raised."""
+    errors: list = []
+    barrier = threading.Barrier(n)
+
+    def run():
+        barrier.wait()
+        try:
+            work()
+        except Exception as exc:  # pragma: no cover - the failure being tested
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_concurrent_remove_workflow_calls_all_succeed(store):
     errors: list = []
     for _ in range(20):
         for i in range(5):
             store.save("wf", f"t{i}", i)
-        barrier = threading.Barrier(6)
-
-        def remove():
-            barrier.wait()
-            try:
-                FileStorage(store.path).remove_workflow("wf")
-            except Exception as exc:  # pragma: no cover - the failure being tested
-                errors.append(exc)
-
-        threads = [threading.Thread(target=remove) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors += _at_once(6, lambda: FileStorage(store.path).remove_workflow("wf"))
     assert errors == []
     assert store.list_tasks("wf") == []
 
@@ -393,22 +400,12 @@ def test_a_run_report_whose_folder_vanishes_is_written_again(store, monkeypatch)
 
 def test_concurrent_run_reports_trim_without_errors(store, monkeypatch):
     monkeypatch.setattr(filestorage, "_KEEP_RUNS", 3)
-    errors: list = []
-    barrier = threading.Barrier(4)
 
     def write():
-        barrier.wait()
         for i in range(40):
-            try:
-                FileStorage(store.path).save_run_report("wf", {"n": i})
-            except Exception as exc:  # pragma: no cover - the failure being tested
-                errors.append(exc)
+            FileStorage(store.path).save_run_report("wf", {"n": i})
 
-    threads = [threading.Thread(target=write) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = _at_once(4, write)
     assert errors == []
     assert len(store.list_run_reports("wf")) == 3
 
