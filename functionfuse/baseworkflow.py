@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ._calls import build_call, call_with_result
 from ._inspection import inspectable
 from ._records import NODE_TYPES, fingerprint_records, fp_join
-from .backends.plugins import prepare
+from .plugins import prepare
 from .errors import (
     ConfigurationError,
     GraphError,

@@ -419,9 +419,8 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     ("private-attribute", "functionfuse.backends.builtin.rayback", "self._select"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.rayback", "self._stored"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.rayback", "self._targets"): CORE,
-    # the core draws SVGs with the graph backend, and takes plugins from the backends
+    # the core draws SVGs with the graph backend
     ("layer", "functionfuse.baseworkflow", "core imports backends: functionfuse.backends.builtin.graphback"): CORE,
-    ("layer", "functionfuse.baseworkflow", "core imports backends: functionfuse.backends.plugins"): STRUCTURE,
     ("layer", "functionfuse.baseworkflow", "core imports interfaces: functionfuse._inspection"): STRUCTURE,
     ("private", "functionfuse.baseworkflow", "functionfuse._inspection"): STRUCTURE,
     ("private", "functionfuse.baseworkflow", "functionfuse.graph._gc_paused"): STRUCTURE,
