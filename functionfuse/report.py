@@ -50,6 +50,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Mapping
 
 from .errors import NodeExecutionError
+from .storage.runreports import stored_report  # noqa: F401 - where tools found it before
 
 __all__ = ["RunReport", "Progress", "progress_enabled", "RUNNING", "FINISHED", "FAILED", "INTERRUPTED", "outcome"]
 
@@ -165,47 +166,6 @@ class RunReport:
             f"RunReport(workflow={self.workflow!r}, ran={self.ran}, loaded={self.loaded}, skipped={self.skipped}, "
             f"recomputed={self.recomputed}, status={self.status!r}, failed={self.failed!r}, seconds={self.seconds:.3f})"
         )
-
-
-_REPORT_FIELDS: dict[str, tuple[type, ...]] = {
-    "workflow": (str,), "backend": (str,), "started": (str,), "seconds": (int, float), "nodes": (int,),
-    "ran": (int,), "loaded": (int,), "skipped": (int,), "recomputed": (int,), "failed": (str,), "error": (str,),
-    "status": (str,),
-}
-
-
-def stored_report(raw: Any) -> dict[str, Any] | None:
-    """A run report read back from storage, as :meth:`RunReport.as_dict` writes it, or
-    None if it is not one. Run reports are plain JSON files beside the results, and
-    anyone who can write to the store can write them: the fields a report has, when of
-    another type, are read as None, so tools that list reports never fail on one.
-
-    >>> stored_report({"ran": 3, "seconds": "x", "slowest": [["a", 1.5], 7]})["seconds"] is None
-    True
-    >>> stored_report([1, 2]) is None
-    True
-    """
-    if not isinstance(raw, dict):
-        return None
-    out: dict[str, Any] = dict(raw)  # other keys (a caller's own) are kept as they are
-    for key, kinds in _REPORT_FIELDS.items():
-        value = raw.get(key)
-        if key in raw and not (isinstance(value, kinds) and not isinstance(value, bool)):
-            out[key] = None
-    if "slowest" not in raw and "node_seconds" not in raw:
-        return out
-    slowest = raw.get("slowest")
-    out["slowest"] = [
-        [p[0], p[1]] for p in (slowest if isinstance(slowest, list) else [])
-        if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
-        and isinstance(p[1], (int, float)) and not isinstance(p[1], bool)
-    ]
-    seconds = raw.get("node_seconds")
-    out["node_seconds"] = {
-        k: v for k, v in (seconds.items() if isinstance(seconds, dict) else ())
-        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    return out
 
 
 def progress_enabled(setting: bool | None, stream: IO[str]) -> bool:

@@ -399,7 +399,7 @@ def test_a_run_report_whose_folder_vanishes_is_written_again(store, monkeypatch)
 
 
 def test_concurrent_run_reports_trim_without_errors(store, monkeypatch):
-    monkeypatch.setattr(filestorage, "_KEEP_RUNS", 3)
+    monkeypatch.setattr(FileStorage, "keep_run_reports", 3)
 
     def write():
         for i in range(40):
@@ -411,7 +411,7 @@ def test_concurrent_run_reports_trim_without_errors(store, monkeypatch):
 
 
 def test_only_report_files_are_trimmed(store, monkeypatch):
-    monkeypatch.setattr(filestorage, "_KEEP_RUNS", 2)
+    monkeypatch.setattr(FileStorage, "keep_run_reports", 2)
     runs = os.path.join(store.path, "wf", ".runs")
     os.makedirs(runs)
     with open(os.path.join(runs, "00-notes.txt"), "w") as f:

@@ -165,7 +165,7 @@ def test_bad_options_are_refused_clearly(options, match):
 def test_missing_extra_names_the_pip_install(monkeypatch):
     import functionfuse.storage as package
 
-    for mod in ("s3storage", "_s3io"):
+    for mod in ("s3storage", "_s3io", "_s3options"):
         monkeypatch.delitem(sys.modules, f"functionfuse.storage.{mod}", raising=False)
         monkeypatch.delattr(package, mod, raising=False)
     monkeypatch.setitem(sys.modules, "s3fs", None)
@@ -266,7 +266,7 @@ def test_run_reports_are_stored_with_the_workflow_and_not_listed_as_tasks(s3serv
     [report] = st.list_run_reports("reports")
     assert report["workflow"] == "reports"
     assert st.list_tasks("reports") == ["r"] and st.list_workflows() == ["reports"]
-    monkeypatch.setattr(s3storage, "_KEEP_RUNS", 2)
+    monkeypatch.setattr(s3storage.S3Storage, "keep_run_reports", 2)
     for i in range(3):
         st.save_run_report("reports", {"n": i})
     assert [r.get("n") for r in st.list_run_reports("reports")] == [1, 2]

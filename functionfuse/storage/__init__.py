@@ -5,6 +5,10 @@
 >>> type(storage).__name__
 'FileStorage'
 
+Every kind implements :class:`~functionfuse.storage.protocol.StorageProtocol`, what
+the core, the backends and the tools call (with its capabilities: Ray placement, a
+local folder, a credential-free copy for steps).
+
 Storage kinds live in a registry of dotted paths, imported on first use;
 :func:`register_storage` and the ``functionfuse.storage`` entry-point group add
 kinds. :data:`available_storages` is a read-only view of it.
@@ -14,12 +18,15 @@ from __future__ import annotations
 
 import importlib
 import types
-from typing import Any
 
 from ..errors import ConfigurationError, missing_dependency
 from .base import Storage
+from .protocol import CredentialFreeCopy, Placement, StorageProtocol
 
-__all__ = ["storage_factory", "register_storage", "available_storages", "Storage"]
+__all__ = [
+    "storage_factory", "register_storage", "available_storages", "Storage", "StorageProtocol", "Placement",
+    "CredentialFreeCopy",
+]
 
 # kind -> (dotted "module:Class", extra that provides its dependencies)
 _REGISTRY: dict[str, tuple[str, str | None]] = {
@@ -45,7 +52,7 @@ def _load_entry_points() -> None:
         _REGISTRY.setdefault(ep.name, (ep.value, None))
 
 
-def storage_factory(opt: dict) -> Any:
+def storage_factory(opt: dict) -> StorageProtocol:
     """Factory that creates a storage object.
 
     :param opt: ``{"kind": <kind>, "options": {...}}``. For local file storage::

@@ -1,4 +1,7 @@
-"""The S3 requests of :mod:`functionfuse.storage.s3storage`, and what their errors mean.
+"""The S3 requests of :mod:`functionfuse.storage.s3storage`: reads bound to an ETag,
+single and multipart PUTs, listings and deletes, and their retry policy. The options
+they are made from are in :mod:`~functionfuse.storage._s3options`; what their errors
+mean, and the messages, in :mod:`~functionfuse.storage._s3errors`.
 
 Requests go through the aiobotocore client of an ``s3fs.S3FileSystem`` built from the
 storage's ``s3fs`` options (so credentials, endpoint, ``client_kwargs`` and
@@ -25,38 +28,45 @@ botocore nor s3fs retries.
 :class:`S3IO` with ``short_budget=True`` (run reports) makes one attempt with short
 timeouts (:data:`SHORT_BUDGET`): a run that failed because the server is down is not
 held up a second time by its report.
-
-Credentials never appear in messages: they are neither formatted into them nor part of
-botocore's error texts, and URLs lose any user-info.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import copy
 import io
-import json
 import logging
-import os
 import random
-import re
-import threading
 from typing import Any, Iterable, Sequence
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import StorageError, missing_dependency
 
 try:
-    import s3fs
-    from botocore import exceptions as bx
+    import s3fs  # noqa: F401 - the extra's guard: its hint names s3fs
     from fsspec.asyn import sync
 except ImportError as _exc:  # pragma: no cover - exercised without the s3 extra
     _err = missing_dependency(getattr(_exc, "name", None) or "s3fs", "s3", _exc)
     _err.name = getattr(_exc, "name", None) or "s3fs"  # storage_factory names the module too
     raise _err from _exc
 
-__all__ = ["S3IO", "Missing", "Changed", "NotRetried", "filesystems", "display_endpoint"]
+from ._s3options import (  # noqa: F401 - re-exported: the retry settings are documented here
+    DEFAULT_RETRIES,
+    RETRY_PAUSES_MAX,
+    SHORT_BUDGET,
+    close_zarr_sessions_at_exit,
+    display_endpoint,
+    filesystems,
+)
+from ._s3errors import (  # noqa: F401 - re-exported: callers catch these here
+    BODY_ERRORS,
+    Changed,
+    Explain,
+    Missing,
+    NotRetried,
+    code_of,
+    is_transient,
+)
+
+__all__ = ["S3IO", "Missing", "Changed", "NotRetried", "is_transient", "filesystems", "display_endpoint"]
 
 log = logging.getLogger("functionfuse.storage.s3")
 
@@ -68,213 +78,8 @@ UPLOAD_CONCURRENCY = 4
 #: the first request of a read fetches this much: small results (most) are one GET
 FIRST_READ = 1 << 16
 BODY_ATTEMPTS = 4
-ATTEMPTS = 5
-#: "total_max_attempts": botocore's "max_attempts" counts the retries only (5 meant 6 attempts)
-DEFAULT_RETRIES: dict[str, Any] = {"mode": "standard", "total_max_attempts": ATTEMPTS}
-#: the most that the backoff pauses of one request add up to under DEFAULT_RETRIES (15 s):
-#: botocore pauses rand(0, 1) * 2**(n - 1) s after attempt n
-RETRY_PAUSES_MAX = float(sum(2**n for n in range(ATTEMPTS - 1)))
-#: the ``config_kwargs`` of a short budget (run reports): one attempt, short timeouts
-SHORT_BUDGET: dict[str, Any] = {
-    "retries": {"mode": "standard", "total_max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5,
-}
-
-_DENIED = frozenset({
-    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-    "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AccountProblem", "InvalidSecurity",
-    "Forbidden", "403",
-})
-_THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                        "TooManyRequests", "RequestThrottled", "ServiceUnavailable", "503"})
-
-
-class Missing(StorageError):
-    """The object does not exist (callers turn it into TaskNotFoundError)."""
-
-
-class Changed(StorageError):
-    """The object was replaced while it was being read; read it again."""
-
-
-class NotRetried(StorageError):
-    """The HTTP layer refused a request for a reason that a new attempt meets again
-    (its ``__cause__`` is botocore's ``HTTPClientError``); :meth:`S3IO.error` explains it."""
-
-
-# -- file systems, one pair per process and options ----------------------------------------
-_FS_LOCK = threading.Lock()
-_FILESYSTEMS: dict[tuple, tuple[Any, Any]] = {}
-
-
-def _with_defaults(options: dict) -> dict:
-    opts = dict(options)
-    config = dict(opts.get("config_kwargs") or {})
-    config.setdefault("retries", dict(DEFAULT_RETRIES))
-    opts["config_kwargs"] = config
-    opts.setdefault("use_listings_cache", False)  # other processes write: never list from a cache
-    return opts
-
-
-def filesystems(options: dict, *, short_budget: bool = False) -> tuple[Any, Any]:
-    """``(sync, async)`` ``s3fs.S3FileSystem`` instances for *options*, made once per process.
-
-    The async one is for zarr (``zarr.storage.FsspecStore`` runs it on zarr's own loop).
-    With *short_budget*, their requests get :data:`SHORT_BUDGET` (one attempt, short
-    timeouts) whatever the options say.
-    """
-    key = (os.getpid(), short_budget, json.dumps(options, sort_keys=True, default=repr))
-    with _FS_LOCK:
-        pair = _FILESYSTEMS.get(key)
-        if pair is None:
-            opts = _with_defaults(options)
-            if short_budget:
-                opts["config_kwargs"] = {**opts["config_kwargs"], **copy.deepcopy(SHORT_BUDGET)}
-            fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
-            afs = s3fs.S3FileSystem(skip_instance_cache=True, asynchronous=True, **opts)
-            pair = _FILESYSTEMS[key] = (fs, afs)
-        return pair
-
-
-_CLOSE_REGISTERED = False
-
-
-def close_zarr_sessions_at_exit() -> None:
-    """Close the async file systems' HTTP sessions at exit, on zarr's loop, before zarr
-    stops that loop (call after importing zarr: exit hooks run last-registered first)."""
-    global _CLOSE_REGISTERED
-    with _FS_LOCK:
-        if _CLOSE_REGISTERED:
-            return
-        _CLOSE_REGISTERED = True
-    atexit.register(_close_async_sessions)
-
-
-def _close_async_sessions() -> None:
-    try:
-        from zarr.core.sync import sync as zarr_sync
-    except ImportError:  # pragma: no cover
-        return
-    pid = os.getpid()
-    for (owner, *_), (_fs, afs) in list(_FILESYSTEMS.items()):
-        creator = getattr(afs, "_s3creator", None)
-        if owner != pid or creator is None or getattr(afs, "_s3", None) is None:
-            continue
-        try:
-            zarr_sync(creator.__aexit__(None, None, None), timeout=5)
-        except Exception:  # noqa: BLE001 - best effort, at exit
-            pass
-        afs._s3 = None
-
-
-def _endpoint_url(options: dict) -> str | None:
-    url = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
-    url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    return str(url) if url else None
-
-
-def _has_user_info(options: dict) -> bool:
-    """Whether the endpoint URL carries ``user:password@`` (the HTTP layer refuses it)."""
-    url = _endpoint_url(options)
-    try:
-        return bool(url) and "@" in urlsplit(str(url)).netloc
-    except ValueError:
-        return False
-
-
-def display_endpoint(options: dict) -> str:
-    """The endpoint for messages, without any user-info a URL may carry."""
-    url = _endpoint_url(options)
-    if not url:
-        return "the default AWS S3 endpoint"
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:
-        return "<unparsable endpoint URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-# -- error classification ---------------------------------------------------------------------
-def _code(exc: BaseException) -> tuple[str, int]:
-    """(S3 error code, HTTP status) of a botocore error, ("", 0) for other errors."""
-    if isinstance(exc, bx.ClientError):
-        err = exc.response.get("Error", {}) or {}
-        status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode", 0) or 0
-        return str(err.get("Code", "") or ""), int(status)
-    return "", 0
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether *exc* is the HTTP layer refusing a request (botocore wraps whatever aiohttp
-    raises in ``HTTPClientError``): a ``ValueError``/``TypeError`` there, such as "Cannot
-    combine AUTHORIZATION header with AUTH argument or credentials encoded in URL", comes
-    from the request itself and comes again on every attempt."""
-    if isinstance(exc, NotRetried):
-        return True
-    inner = exc.kwargs.get("error") if isinstance(exc, bx.HTTPClientError) else None
-    return isinstance(inner, (ValueError, TypeError))
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether *exc* is a failure that a later attempt may not meet."""
-    code, status = _code(exc)
-    if isinstance(exc, bx.ClientError):
-        return status >= 500 or code in _THROTTLED or code in ("RequestTimeout", "InternalError")
-    if _refused(exc):
-        return False
-    return isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, bx.ResponseStreamingError,
-                            bx.IncompleteReadError, asyncio.TimeoutError, ConnectionError, TimeoutError))
-
-
 #: the ``needs-retry`` handler of S3IO: registered once per client, before botocore's own
 _HOOK_ID = "functionfuse-not-retried"
-
-
-def _body_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (
-        bx.HTTPClientError, bx.ResponseStreamingError, bx.IncompleteReadError,
-        asyncio.TimeoutError, ConnectionError, TimeoutError,
-    )
-    try:
-        import aiohttp
-
-        errors += (aiohttp.ClientError,)
-    except ImportError:  # pragma: no cover - aiobotocore depends on aiohttp
-        pass
-    return errors
-
-
-_BODY_ERRORS = _body_errors()
-
-
-#: "user:password@" after "//", at the start, or after a space or quote ("Invalid endpoint: u:p@host")
-_USER_INFO = re.compile(r"(?:(?<=//)|^|(?<=[\s'\"]))[^\s/@'\"]+@")
-
-
-def _short(exc: BaseException, hidden: Sequence[str] = ()) -> str:
-    """``Type: first line`` of *exc*, without the user-info of URLs in it nor any of *hidden*."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = _USER_INFO.sub("", text)
-    for secret in hidden:
-        text = text.replace(secret, "***")
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _user_info_parts(options: dict) -> tuple[str, ...]:
-    """The user-info of the endpoint URL, as written and decoded, to keep out of messages."""
-    url = _endpoint_url(options)
-    try:
-        info = urlsplit(url).netloc.rpartition("@")[0] if url else ""
-    except ValueError:
-        info = ""
-    if not info:
-        return ()
-    parts = {info, unquote(info), *info.split(":", 1), *unquote(info).split(":", 1)}
-    # a user name or password of 1-3 characters would blank out letters of the message;
-    # inside a URL the whole user-info goes anyway (_USER_INFO)
-    return tuple(sorted((p for p in parts if len(p) >= 4), key=len, reverse=True))
 
 
 # -- reading and writing ----------------------------------------------------------------------
@@ -377,9 +182,7 @@ class S3IO:
         self.bucket = bucket
         self.fs, self.afs = filesystems(options, short_budget=short_budget)
         self.endpoint = display_endpoint(options)
-        self._endpoint_user_info = _has_user_info(options)
-        self._hidden = _user_info_parts(options)
-        self._short_budget = short_budget
+        self.explain = Explain(bucket, options, short_budget=short_budget)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _run(self, op: str, key: str | None, coro_fn: Any, *args: Any) -> Any:
@@ -405,97 +208,18 @@ class S3IO:
                 "'client_kwargs' and 'config_kwargs'."
             ) from exc
         # (once per client: botocore ignores a handler registered again under the same id)
-        s3.meta.events.register_first("needs-retry.s3", self._refusal_hook(), unique_id=_HOOK_ID)
+        s3.meta.events.register_first("needs-retry.s3", self.explain.refusal_hook(), unique_id=_HOOK_ID)
         return s3
 
     def _text(self, exc: BaseException) -> str:
-        """``Type: first line`` of *exc* for a message: no user-info, no credentials."""
-        return _short(exc, self._hidden)
-
-    def _refusal_hook(self) -> Any:
-        """A botocore ``needs-retry`` handler that runs before botocore's own: a request the
-        HTTP layer refused raises :class:`NotRetried` instead of being retried (botocore's
-        standard mode retries every ``HTTPClientError``, and s3fs's own loop, which serializers'
-        requests go through, would retry that again; it does not retry NotRetried)."""
-
-        def refused(caught_exception: BaseException | None = None, **_: Any) -> None:
-            if caught_exception is not None and _refused(caught_exception):
-                # the client serves every bucket of these options: name the endpoint only
-                why = self._refusal(caught_exception)
-                raise NotRetried(f"S3 request to {self.endpoint} failed: {why}") from caught_exception
-
-        return refused
-
-    def _refusal(self, exc: BaseException) -> str:
-        """Why the HTTP layer refused a request, and the fix (*exc* is its HTTPClientError)."""
-        if self._endpoint_user_info:
-            return (
-                "the HTTP client refuses to send signed requests to an endpoint_url that carries "
-                f"user-info ('user:password@' before the host) ({self._text(exc)}), so it was not "
-                f"retried. Remove the user-info from endpoint_url ({self.endpoint!r}) and give the "
-                "credentials as 'key'/'secret' in the 's3fs' options or as AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY."
-            )
-        return (
-            f"the HTTP client refused the request ({self._text(exc)}); it would be refused again, so "
-            "it was not retried. Check the 's3fs' options that shape requests (endpoint_url, "
-            "client_kwargs, config_kwargs)."
-        )
+        return self.explain.text(exc)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
     def error(self, exc: BaseException, op: str, key: str | None = None) -> StorageError:
         """A StorageError that says what failed, where, and what to do."""
-        code, status = _code(exc)
-        where = self.url(key) if key else f"bucket {self.bucket!r}"
-        at = f"at {self.endpoint}"
-        if code in ("NoSuchKey", "NotFound") or (status == 404 and code in ("", "404") and key):
-            return Missing(f"{where} does not exist.")
-        if code == "NoSuchBucket" or (status == 404 and not key):
-            return StorageError(
-                f"S3 bucket {self.bucket!r} does not exist {at}. Create it first, or correct the "
-                "bucket in the storage option 'path' (\"bucket/prefix\") or the endpoint in "
-                "'s3fs': {'endpoint_url': ...}."
-            )
-        if code in _DENIED or status == 403:
-            return StorageError(
-                f"Access to S3 bucket {self.bucket!r} {at} was denied ({code or status}) during {op} of "
-                f"{where}. Check the credentials (the 'key'/'secret' of the 's3fs' options, or "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) and the bucket's policy."
-            )
-        if code == "PreconditionFailed" or status == 412:
-            return Changed(f"{where} was replaced while it was being read; read it again.")
-        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-            return StorageError(
-                f"No usable S3 credentials for bucket {self.bucket!r} {at}: {type(exc).__name__}. Pass "
-                "'key' and 'secret' in the 's3fs' options, or set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or an AWS profile) where the workflow runs."
-            )
-        if _refused(exc):
-            refused = exc.__cause__ if isinstance(exc, NotRetried) and exc.__cause__ is not None else exc
-            why = self._refusal(refused)
-            return StorageError(f"S3 {op} of {where} (bucket {self.bucket!r}) {at} failed: {why}")
-        if isinstance(exc, bx.ParamValidationError):
-            return StorageError(
-                f"botocore refused the parameters of the S3 {op} of {where} {at} before sending it, so "
-                f"it was not retried: {self._text(exc)}. Check the storage option 'path' and the 's3fs' "
-                "options."
-            )
-        if is_transient(exc):
-            tried = "in its one attempt" if self._short_budget else "even after retrying with backoff"
-            return StorageError(
-                f"S3 endpoint {self.endpoint} failed {op} of {where} (bucket {self.bucket!r}) {tried}: "
-                f"{self._text(exc)}. Is the server running and reachable? Results stored so far are "
-                "kept: run again once it is back, and the run resumes."
-            )
-        if isinstance(exc, bx.ClientError):
-            return StorageError(
-                f"S3 {at} refused the {op} of {where} ({self._text(exc)}, HTTP {status}); the same "
-                "request would be refused again, so it was not retried. Check the bucket's "
-                "configuration and the 's3fs' options."
-            )
-        return StorageError(f"S3 {op} of {where} {at} failed: {self._text(exc)}")
+        return self.explain.error(exc, op, key)
 
     # -- reads -------------------------------------------------------------------------------
     async def _get(self, key: str, start: int, end: int, etag: str | None) -> tuple[bytes, int, str | None]:
@@ -509,7 +233,7 @@ class S3IO:
             body = resp["Body"]
             try:
                 data = await body.read()
-            except _BODY_ERRORS as exc:  # the body was cut off: ask again
+            except BODY_ERRORS as exc:  # the body was cut off: ask again
                 last = exc
                 log.debug("S3 body of %s cut off (%s); reading it again", self.url(key), type(exc).__name__)
                 await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
@@ -544,7 +268,7 @@ class S3IO:
             first, size, etag = self.get_range(key, 0, FIRST_READ)
         except StorageError as exc:
             cause = exc.__cause__
-            if cause is not None and _code(cause)[0] == "InvalidRange":  # an empty object
+            if cause is not None and code_of(cause)[0] == "InvalidRange":  # an empty object
                 return ObjectReader(self, key, b"", 0, None)
             raise
         return ObjectReader(self, key, first, size, etag)

@@ -1,34 +1,57 @@
-"""What every storage kind shares: names, serializers, framing, the public API.
+"""What every storage kind shares: names, serializers, framing, run reports, the public API.
 
 A storage kind implements a handful of primitives (publish a result atomically, open
-one for reading, list, remove); this class turns them into the public API of the seed
-(``list_tasks``, ``read_task``, ``remove_task``, ``remove_workflow``,
-``register_persistent_serializers``) plus ``save`` and ``read_metadata`` for backends
-and tools.
+one for reading, list, remove; put, list, get and remove run reports); this class
+turns them into the public API of the seed (``list_tasks``, ``read_task``,
+``remove_task``, ``remove_workflow``, ``register_persistent_serializers``) and the rest
+of :class:`~functionfuse.storage.protocol.StorageProtocol` (``save``,
+``read_metadata``, run reports, capabilities) for backends and tools.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
+import json
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import lookup_serializer
 from ..workflow import name_problem, validate_name
-from . import frame, signing
+from . import frame, runreports, signing
+from .protocol import CredentialFreeCopy, Placement
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "StoredFrames"]
 
 log = logging.getLogger("functionfuse.storage")
 
 
+class StoredFrames(NamedTuple):
+    """A stored result read and checked, not yet unpickled (see :meth:`Storage.read_frames`)."""
+
+    workflow_name: str
+    task_name: str
+    header: dict
+    segments: list
+    #: the path or URL of the result, for messages
+    where: str
+
+
 class Storage(ABC):
-    """Base class of storage kinds. Instances are picklable (they hold options only)."""
+    """Base class of storage kinds. Instances are picklable (they hold options only).
+
+    It implements :class:`~functionfuse.storage.protocol.StorageProtocol`; a kind that
+    holds credentials overrides :meth:`credential_free_copy`, one bound to a place
+    overrides :meth:`placement` or :meth:`local_path`.
+    """
 
     #: the key of this kind's protocol object in the dictionary handed to serializers
     protocol: str = ""
+
+    #: how many run reports of a workflow are kept (the newest)
+    keep_run_reports: int = runreports.KEEP
 
     #: id of the signing key this storage requires (set when a storage object is
     #: pickled in a process with a key: see :mod:`functionfuse.storage.signing`)
@@ -101,8 +124,9 @@ class Storage(ABC):
     def _remove_workflow(self, workflow_name: str) -> None: ...
 
     @abstractmethod
-    def list_workflows(self) -> list[str]:
-        """Names of the workflows that have stored results."""
+    def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
+        """Names of the workflows that have stored results, sorted (*include_foreign*:
+        also names no workflow can have, that another tool made)."""
 
     # -- public API -------------------------------------------------------------------
     def save(self, workflow_name: str, task_name: str, obj: Any, metadata: dict | None = None) -> dict:
@@ -133,6 +157,11 @@ class Storage(ABC):
         from a store you trust like code, or set a signing key
         (:mod:`functionfuse.storage.signing`).
         """
+        return self.decode_frames(self.read_frames(workflow_name, task_name))
+
+    def read_frames(self, workflow_name: str, task_name: str) -> StoredFrames:
+        """Read a stored result and check it (size, checksums, names, signature) without
+        unpickling it; :meth:`decode_frames` turns it into the value."""
         validate_name(workflow_name, "Workflow name")
         validate_name(task_name, "Task name")
         signer = self._signer()
@@ -140,10 +169,25 @@ class Storage(ABC):
         with reader:
             header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
             segments = frame.read_payload(reader, header, where, signer=signer)
+        return StoredFrames(workflow_name, task_name, header, segments, where)
+
+    def decode_frames(self, frames: StoredFrames) -> Any:
+        """The value of a result :meth:`read_frames` read from this storage (its
+        serializers read their data from here)."""
+        workflow_name, task_name, header, segments, where = frames
         if header["meta"].get("serializers"):
             protocols = self._data_protocols(workflow_name, task_name, header.get("data"))
             return frame.decode(segments, where, lookup=self._lookup, protocols=protocols)
         return frame.decode(segments, where)
+
+    def save_frames(self, workflow_name: str, task_name: str, encoded: frame.Encoded) -> dict:
+        """Store a result framed elsewhere (:func:`~functionfuse.storage.frame.encode`
+        with no serializers) as it is, atomically; return its metadata. Readers check it
+        as any other result."""
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        header = self._publish(workflow_name, task_name, lambda protocols, token: encoded)
+        return header["meta"]
 
     def verify_task(self, workflow_name: str, task_name: str) -> dict:
         """Read a result completely and check its checksums without unpickling it.
@@ -278,19 +322,78 @@ class Storage(ABC):
             removed.append(name)
         return removed
 
+    # -- run reports: <workflow>/.runs/<time>-<token>.json, the newest keep_run_reports --
     def save_run_report(self, workflow_name: str, report: dict) -> None:
-        """Store a run report with the workflow (kinds without report support raise
-        NotImplementedError; backends then only log it)."""
-        raise NotImplementedError(f"{type(self).__name__} does not store run reports")
+        """Store *report* (a JSON document) with the workflow, as
+        ``<workflow>/.runs/<time>-<token>.json``; the newest ``keep_run_reports`` are kept.
+
+        :raises StorageError: it could not be stored (the workflow logs that).
+        """
+        validate_name(workflow_name, "Workflow name")
+        self._put_report(workflow_name, runreports.new_name(), runreports.encode(report))
+        try:  # the report is stored: pruning is tidying, and the next report prunes again
+            names = sorted(n for n in self._report_names(workflow_name, after_write=True) if runreports.NAME.fullmatch(n))
+            old = names[: max(0, len(names) - self.keep_run_reports)]
+            if old:
+                self._remove_reports(workflow_name, old)
+        except (OSError, StorageError) as exc:
+            log.warning("old run reports of workflow %r were not removed (the next run removes them): %s",
+                        workflow_name, exc)
 
     def list_run_reports(self, workflow_name: str) -> list[dict]:
         """Stored run reports of the workflow, oldest first."""
-        return []
+        return list(reversed(list(self._run_reports(workflow_name))))
 
     def last_run_report(self, workflow_name: str) -> dict | None:
-        """The newest stored run report of the workflow, or None."""
-        reports = self.list_run_reports(workflow_name)
-        return reports[-1] if reports else None
+        """The newest stored run report of the workflow (one listing, one read), or None."""
+        return next(self._run_reports(workflow_name), None)
+
+    def _run_reports(self, workflow_name: str) -> Iterator[dict]:
+        """Readable run reports, newest first (unreadable ones are skipped)."""
+        validate_name(workflow_name, "Workflow name")
+        names = sorted((n for n in self._report_names(workflow_name) if n.endswith(".json")), reverse=True)
+        for name in names:
+            body = self._read_report(workflow_name, name)
+            if body is None:
+                continue
+            try:
+                report = runreports.stored_report(json.loads(body))
+            except (ValueError, RecursionError):
+                continue
+            if report is not None:
+                yield report
+
+    # primitives of run reports: kinds without them store none (backends only log that)
+    def _put_report(self, workflow_name: str, name: str, body: bytes) -> None:
+        """Store run report *name* of the workflow, atomically."""
+        raise NotImplementedError(f"{type(self).__name__} does not store run reports")
+
+    def _report_names(self, workflow_name: str, *, after_write: bool = False) -> list[str]:
+        """Names of the workflow's stored run reports (and other entries of its report
+        folder); *after_write*: listed to prune, right after a report was stored."""
+        return []
+
+    def _read_report(self, workflow_name: str, name: str) -> bytes | None:
+        """The body of run report *name*, or None if it is gone or unreadable."""
+        return None
+
+    def _remove_reports(self, workflow_name: str, names: list[str]) -> None:
+        """Remove run reports (one removed meanwhile is not an error)."""
+
+    # -- capabilities (see functionfuse.storage.protocol) ------------------------------
+    def placement(self) -> Placement | None:
+        """None: this storage works as it is in any process (no Ray placement)."""
+        return None
+
+    def local_path(self) -> str | None:
+        """None: the results are not in a folder of this machine."""
+        return None
+
+    def credential_free_copy(self) -> CredentialFreeCopy:
+        """A copy of this storage (it holds no credentials), and no environment."""
+        dup = copy.copy(self)
+        dup._serializers = list(self._serializers)
+        return CredentialFreeCopy(dup, {})
 
     def remove_workflow(self, workflow_name: str) -> None:
         """Remove the workflow (every stored result and its data) from the storage."""

@@ -23,7 +23,6 @@ again, once; the second time the write fails with a StorageError.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ import stat
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 try:
     import fcntl
@@ -39,10 +38,9 @@ except ImportError:  # Windows: leftovers are judged by their times alone
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError
-from ..report import stored_report
 from ..serializers import FILE_PROTOCOL, TaskFiles
-from ..workflow import name_problem, validate_name
-from . import frame
+from ..workflow import name_problem
+from . import frame, runreports
 from .base import Storage
 from .frame import iter_pieces
 
@@ -50,8 +48,6 @@ __all__ = ["FileStorage"]
 
 SUFFIX = ".ffr"
 _TMP = ".tmp"
-_RUNS = ".runs"
-_KEEP_RUNS = 100
 _MAX_WRITE = 1 << 30
 # leftovers in .tmp: removed when untouched this long...
 _STALE_TMP_SECONDS = 10 * 60
@@ -60,7 +56,6 @@ _IDLE_TMP_SECONDS = 60
 _MAX_TMP_BYTES = 1 << 30
 _MAX_TMP_ENTRIES = 100
 _TRASH = re.compile(r"\.removing-[0-9a-f]{8,32}")
-_REPORT = re.compile(r"\d{8}T\d{6}\.\d{9}-[0-9a-f]{8}\.json")
 # never follow a link in the last component; never block on a FIFO
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -171,20 +166,6 @@ def _sweep_tmp(tmp: str) -> None:
             break
         _remove_entry(path)
         total, count = total - size, count - 1
-
-
-def _trim_reports(runs: str) -> None:
-    """Keep the newest ``_KEEP_RUNS`` run reports; other files in *runs* are not touched."""
-    try:
-        with os.scandir(runs) as it:
-            names = sorted(e.name for e in it if _REPORT.fullmatch(e.name) and not e.is_dir(follow_symlinks=False))
-    except OSError:
-        return
-    for old in names[: max(0, len(names) - _KEEP_RUNS)]:
-        try:
-            os.unlink(os.path.join(runs, old))
-        except FileNotFoundError:  # trimmed by a concurrent run
-            pass
 
 
 def _write_all(fd: int, pieces: Iterable[Any]) -> None:
@@ -507,59 +488,61 @@ class FileStorage(Storage):
             return
         _remove_entry(trash)
 
-    def save_run_report(self, workflow_name: str, report: dict) -> None:
-        """Write *report* as ``path/workflow_name/.runs/<time>-<token>.json`` (atomically)."""
-        validate_name(workflow_name, "Workflow name")
-        text = json.dumps(report, indent=1, default=str)
+    # -- run reports (see Storage.save_run_report) -----------------------------------------
+    def _runs(self, workflow_name: str) -> str:
+        return os.path.join(self._wf(workflow_name), runreports.FOLDER)
+
+    def _put_report(self, workflow_name: str, name: str, body: bytes) -> None:
+        """Write ``path/workflow_name/.runs/<name>`` atomically (through ``.tmp``)."""
         for _ in range(2):  # a workflow removed meanwhile is made again, once
             tmpdir = self._prepare(workflow_name)
-            runs = os.path.join(os.path.dirname(tmpdir), _RUNS)
+            runs = self._runs(workflow_name)
             self._folder(runs, create=True)
-            now = time.time_ns()
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}"
-            name = f"{stamp}-{uuid.uuid4().hex[:8]}.json"
             tmp = os.path.join(tmpdir, name)
             try:
-                with open(os.open(tmp, _CREATE_FLAGS, 0o644), "w") as f:
-                    f.write(text)
+                with open(os.open(tmp, _CREATE_FLAGS, 0o644), "wb") as f:
+                    f.write(body)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, os.path.join(runs, name))
             except FileNotFoundError:
                 _remove_entry(tmp)
                 continue
-            _trim_reports(runs)
             return
         raise self._removed_while_running(workflow_name, "its run report")
 
-    def list_run_reports(self, workflow_name: str) -> list[dict]:
-        """Stored run reports of the workflow, oldest first."""
-        return list(reversed(list(self._run_reports(workflow_name))))
-
-    def last_run_report(self, workflow_name: str) -> dict | None:
-        """The newest stored run report of the workflow (one file read), or None."""
-        return next(self._run_reports(workflow_name), None)
-
-    def _run_reports(self, workflow_name: str) -> Iterator[dict]:
-        """Readable run reports, newest first (links and other non-files are skipped)."""
-        validate_name(workflow_name, "Workflow name")
-        runs = os.path.join(self._wf(workflow_name), _RUNS)
+    def _report_names(self, workflow_name: str, *, after_write: bool = False) -> list[str]:
+        runs = self._runs(workflow_name)
         if not self._folder(self._wf(workflow_name)) or not self._folder(runs):
-            return
+            return []
         try:
-            names = sorted(os.listdir(runs), reverse=True)
+            return os.listdir(runs)
         except OSError:
-            return
+            return []
+
+    def _read_report(self, workflow_name: str, name: str) -> bytes | None:
+        try:
+            with open(os.open(os.path.join(self._runs(workflow_name), name), _READ_FLAGS), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return None
+                return f.read()
+        except OSError:
+            return None
+
+    def _remove_reports(self, workflow_name: str, names: list[str]) -> None:
+        runs = self._runs(workflow_name)
         for name in names:
+            path = os.path.join(runs, name)
             try:
-                with open(os.open(os.path.join(runs, name), _READ_FLAGS), "rb") as f:
-                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                        continue
-                    report = stored_report(json.load(f))
-            except (OSError, ValueError, RecursionError):
-                continue
-            if report is not None:
-                yield report
+                if not stat.S_ISDIR(os.lstat(path).st_mode):  # a folder named like one is not a report
+                    os.unlink(path)
+            except FileNotFoundError:  # trimmed by a concurrent run
+                pass
+
+    # -- capabilities (see functionfuse.storage.protocol) ----------------------------------
+    def local_path(self) -> str:
+        """The storage folder (``path``): results are files on this machine."""
+        return self.path
 
     def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
         """Names of the workflows stored under ``path``, sorted.

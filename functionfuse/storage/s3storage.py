@@ -38,20 +38,19 @@ messages and stored metadata never contain credentials.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
-from ..report import stored_report
 from ..serializers import S3_PROTOCOL, claim_name
-from ..workflow import name_problem, validate_name
-from . import _s3io, frame
+from ..workflow import name_problem
+from . import _s3io, _s3options, frame, runreports
 from .base import Storage
+from .protocol import CredentialFreeCopy
 
 __all__ = ["S3Storage", "S3TaskFiles"]
 
@@ -66,8 +65,6 @@ _MANAGED = frozenset({"asynchronous", "loop", "skip_instance_cache"})
 #: writer that replaces the result again and again)
 _READ_ATTEMPTS = 5
 _READ_PAUSE = 0.05
-_RUNS = ".runs"
-_KEEP_RUNS = 100
 _METADATA_THREADS = 8
 
 
@@ -366,57 +363,53 @@ class S3Storage(Storage):
         chosen = set(results)
         io.delete([k for k in keys if k not in chosen])
 
-    # -- run reports (as file storage: <workflow>/.runs/<time>-<token>.json) ------------------
-    def save_run_report(self, workflow_name: str, report: dict) -> None:
-        """Store *report* as ``<workflow>/.runs/<time>-<token>.json`` (one PUT); the
-        latest 100 are kept.
+    # -- run reports (see Storage.save_run_report) ---------------------------------------------
+    def _runs(self, workflow_name: str) -> str:
+        return f"{self._wf(workflow_name)}{runreports.FOLDER}/"
 
-        Its requests get a short budget (one attempt, 2 s to connect, 5 s to read): a
+    def _put_report(self, workflow_name: str, name: str, body: bytes) -> None:
+        """One PUT, with a short budget (one attempt, 2 s to connect, 5 s to read): a
         report is saved at the end of every run, also of a run that failed because the
-        server is down, which must not wait out the retries a second time. A report that
-        cannot be saved is logged by the workflow, not raised.
-        """
-        validate_name(workflow_name, "Workflow name")
-        io = self._report_io()
-        now = time.time_ns()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}"
-        runs = f"{self._wf(workflow_name)}{_RUNS}/"
-        body = json.dumps(report, indent=1, default=str).encode()
-        io.put(f"{runs}{stamp}-{uuid.uuid4().hex[:8]}.json", [body], len(body))
-        try:  # the report is stored: pruning is tidying, and the next report prunes again
-            keys, _ = io.list_keys(runs)
-            keys.sort()
-            io.delete(keys[: max(0, len(keys) - _KEEP_RUNS)])
-        except StorageError as exc:
-            log.warning("old run reports of workflow %r were not removed (the next run removes them): %s",
-                        workflow_name, exc)
+        server is down, which must not wait out the retries a second time."""
+        self._report_io().put(f"{self._runs(workflow_name)}{name}", [body], len(body))
+
+    def _report_names(self, workflow_name: str, *, after_write: bool = False) -> list[str]:
+        io = self._report_io() if after_write else self.io
+        runs = self._runs(workflow_name)
+        keys, _ = io.list_keys(runs)
+        return [k[len(runs) :] for k in keys]
+
+    def _read_report(self, workflow_name: str, name: str) -> bytes | None:
+        try:
+            return self.io.get(f"{self._runs(workflow_name)}{name}")
+        except _s3io.Missing:
+            return None
+
+    def _remove_reports(self, workflow_name: str, names: list[str]) -> None:
+        runs = self._runs(workflow_name)
+        self._report_io().delete([f"{runs}{n}" for n in names])
 
     def _report_io(self) -> _s3io.S3IO:
-        """The requests of :meth:`save_run_report` (``short_budget``; made once, not pickled)."""
+        """The requests of run reports and of cleaning up after a failed write
+        (``short_budget``; made once, not pickled)."""
         io: _s3io.S3IO | None = self.__dict__.get("_report_requests")
         if io is None:
             io = self.__dict__["_report_requests"] = _s3io.S3IO(self.bucket, self._options, short_budget=True)
         return io
 
-    def list_run_reports(self, workflow_name: str) -> list[dict]:
-        """Stored run reports of the workflow, oldest first."""
-        return list(reversed(list(self._run_reports(workflow_name))))
-
-    def last_run_report(self, workflow_name: str) -> dict | None:
-        """The newest stored run report of the workflow (one listing, one GET), or None."""
-        return next(self._run_reports(workflow_name), None)
-
-    def _run_reports(self, workflow_name: str) -> Iterator[dict]:
-        """Readable run reports, newest first."""
-        validate_name(workflow_name, "Workflow name")
-        keys, _ = self.io.list_keys(f"{self._wf(workflow_name)}{_RUNS}/")
-        for key in sorted((k for k in keys if k.endswith(".json")), reverse=True):
-            try:
-                report = stored_report(json.loads(self.io.get(key)))
-            except (_s3io.Missing, ValueError, RecursionError):
-                continue
-            if report is not None:
-                yield report
+    # -- capabilities (see functionfuse.storage.protocol) -----------------------------------
+    def credential_free_copy(self) -> CredentialFreeCopy:
+        """A copy whose ``s3fs`` options hold no secret, and the environment variables
+        that carry the secrets taken out (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+        ``AWS_SESSION_TOKEN``; a secret in ``client_kwargs`` as its name upper-cased),
+        where botocore finds them in a process that has them set."""
+        clean, env = _s3options.split_credentials(self._options)
+        dup = copy.copy(self)
+        dup.__dict__.pop("_report_requests", None)
+        dup._options = clean
+        dup._io = None
+        dup._serializers = list(self._serializers)
+        return CredentialFreeCopy(dup, env)
 
     def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
         """Names of the workflows that have stored results, sorted.
