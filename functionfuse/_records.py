@@ -14,13 +14,12 @@ from typing import Any, Callable
 import xxhash
 
 from .fingerprint import FINGERPRINT_VERSION, Fingerprinter
-from .graph import Graph, _gc_paused
-from .workflow import ClassNode, MethodNode, Node, NodeItem, _scan
+from .graph import Graph, gc_paused
+from .workflow import NODE_TYPES, MethodNode, Node, NodeItem, scan_nodes
 
-__all__ = ["fingerprint_records", "fp_join", "NODE_TYPES", "CONTAINERS", "PLAIN"]
+__all__ = ["fingerprint_records", "fp_join", "CONTAINERS", "PLAIN"]
 
 #: the node classes, containers that may hold nodes, and constants hashed once per value
-NODE_TYPES = frozenset({Node, ClassNode, MethodNode})
 CONTAINERS = frozenset({list, tuple, dict, NodeItem})
 PLAIN = frozenset({type(None), bool, int, str, bytes})  # not float: -0.0 == 0.0
 
@@ -33,7 +32,7 @@ def fingerprint_records(graph: Graph) -> list[dict]:
     distinct value, and the code part of each function is joined once.
     """
     names, parents = graph.names, graph.parents
-    index = graph._index
+    index = graph.node_index
     records: list[dict] = []
     digests: list[str] = []  # the "node" digest of each record, by index
     code_parts: dict[int, str] = {}  # id(code dict) -> its part of the digest input
@@ -63,7 +62,7 @@ def fingerprint_records(graph: Graph) -> list[dict]:
     #: share few functions); it hashes exactly what the general path below hashes
     functions: dict[int, tuple[dict[str, str], str, tuple[str, ...] | None]] = {}
     node_types, plain, join, hexdigest = NODE_TYPES, PLAIN, "\x1f".join, xxhash.xxh3_128_hexdigest
-    with _gc_paused():
+    with gc_paused():
         for i, node in enumerate(graph.nodes):
             if type(node) is Node and not node.kwargs:
                 func = node.func
@@ -158,6 +157,6 @@ def _arg_digest(fp: Fingerprinter, value: Any) -> str:
         return "@" + fp.value(value)
     if t in CONTAINERS:
         digest = fp.value(value)
-        return "@" + digest if _scan(value, []) else digest
+        return "@" + digest if scan_nodes(value, []) else digest
     return fp.value(value)
 

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ._calls import build_call, call_with_result
 from ._inspection import inspectable
-from ._records import NODE_TYPES, fingerprint_records, fp_join
+from ._records import fingerprint_records, fp_join
 from .plugins import prepare
 from .errors import (
     ConfigurationError,
@@ -47,10 +47,10 @@ from .errors import (
     StorageError,
 )
 from .fingerprint import explain
-from .graph import Graph, _gc_paused
+from .graph import Graph, gc_paused
 from .report import Progress, RunReport, progress_enabled
 from .workflow import MethodNode, Node, NodeItem, executing_nodes, validate_name
-from .workflow import ClassNode, WorkflowClass, WorkflowFunction, _found_names
+from .workflow import NODE_TYPES, ClassNode, WorkflowClass, WorkflowFunction, set_found_name
 
 __all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED"]
 
@@ -635,10 +635,10 @@ class BaseWorkflow:
     def node_calls(self) -> list[Callable[[Sequence[Any]], Any]]:
         """For each node, a function computing it from the list of node results."""
         if self._calls is None:
-            index = self.graph._index
+            index = self.graph.node_index
             index_of = index.__getitem__
             calls: list[Callable[[Sequence[Any]], Any]] = []
-            with _gc_paused():
+            with gc_paused():
                 for node in self.graph.nodes:
                     # inline fast path: f(node) and f(constant)
                     args = node.args
@@ -662,7 +662,7 @@ class BaseWorkflow:
         g = self.graph
         dp = g.data_parents
         n = len(dp)
-        with _gc_paused():
+        with gc_paused():
             last = list(range(n))  # a value nobody consumes is dropped right after its node
             for i in range(n):
                 if actions is None or actions[i] in RUNS:
@@ -786,7 +786,7 @@ class BaseWorkflow:
         for i in self._find(pattern):
             node = nodes[i]
             if node.name is None:
-                _found_names[node] = names[i]
+                set_found_name(node, names[i])
             found.append(node)
         return found
 

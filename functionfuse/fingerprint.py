@@ -50,7 +50,7 @@ from typing import AbstractSet, Any, Callable
 
 import xxhash
 
-from .workflow import ClassNode, MethodNode, Node, NodeItem, workflow
+from .workflow import NODE_TYPES, NodeItem, workflow
 
 __all__ = ["Fingerprinter", "code_fingerprint", "value_fingerprint", "FINGERPRINT_VERSION", "explain"]
 
@@ -59,7 +59,8 @@ log = logging.getLogger("functionfuse.fingerprint")
 FINGERPRINT_VERSION = 1
 _MAX_DEPTH = 64
 _MAX_WRAPPERS = 32  # decorators on one function, at most
-_NODE_TYPES = frozenset({Node, ClassNode, MethodNode, NodeItem})
+#: nodes and node items: the lazy values an argument can hold
+_LAZY_TYPES = NODE_TYPES | {NodeItem}
 
 
 class FingerprintWarning(UserWarning):
@@ -409,7 +410,7 @@ class Fingerprinter:
                 self._collect(target, found, seen)
                 return ""
             return _display_name(target)
-        if type(value) in _NODE_TYPES and self._node_digest is None:
+        if type(value) in _LAZY_TYPES and self._node_digest is None:
             return _h(b"node", str(getattr(value, "name", "")).encode())
         if callable(value) and not closure:
             return _display_name(value)
@@ -462,7 +463,7 @@ class Fingerprinter:
             return _h(b"dict", *(f"{k}:{x}".encode() for k, x in items))
         if t is set or t is frozenset:
             return _h(t.__name__.encode(), *sorted(self._value(x, depth + 1).encode() for x in v))
-        if t in _NODE_TYPES:
+        if t in _LAZY_TYPES:
             if self._node_digest is None:
                 raise TypeError("a node inside a value needs a node_digest function")
             return self._node_digest(v)

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from .errors import DuplicateNameError, GraphError
 from .workflow import MAX_NAME_BYTES, ClassNode, MethodNode, Node, NodeItem, validate_name
 
-__all__ = ["Graph"]
+__all__ = ["Graph", "gc_paused"]
 
 
 def _as_node(obj: Any) -> Node:
@@ -50,11 +50,13 @@ class Graph:
     Attributes (all indexed by position in :attr:`nodes`, a topological order):
     ``names``, ``parents`` (every dependency), ``data_parents`` (dependencies whose
     values are arguments), ``children``, ``outputs`` (positions of the given nodes),
-    ``chains`` (for each class node, its method calls in order).
+    ``chains`` (for each class node, its method calls in order); ``node_index`` maps
+    each node to its position (:meth:`index_of` also takes node items, and explains a
+    node that is not in the graph).
     """
 
     def __init__(self, outputs: Sequence[Any]) -> None:
-        with _gc_paused():
+        with gc_paused():
             self._build(outputs)
 
     def _build(self, outputs: Sequence[Any]) -> None:
@@ -69,7 +71,7 @@ class Graph:
         nodes = sorted(_reach(roots), key=_seq_of)
         self.nodes: list[Node] = nodes
         index = {n: i for i, n in enumerate(nodes)}
-        self._index = index
+        self.node_index: dict[Node, int] = index
         parents: list[tuple[int, ...]] = []
         data_parents: list[tuple[int, ...]] = []
         children: list[list[int]] = [[] for _ in nodes]
@@ -178,7 +180,7 @@ class Graph:
     def index_of(self, node: Any) -> int:
         """Position of *node* (a Node or NodeItem) in this graph."""
         try:
-            return self._index[_as_node(node)]
+            return self.node_index[_as_node(node)]
         except KeyError:
             raise GraphError(f"{node!r} is not part of this workflow's graph.") from None
 
@@ -205,7 +207,7 @@ class Graph:
 
     def is_stateful(self, i: int) -> bool:
         """True for class constructor and method nodes."""
-        return type(self.nodes[i]) in (ClassNode, MethodNode)
+        return type(self.nodes[i]) in _STATEFUL
 
 
 def _fold(name: str) -> str:
@@ -225,7 +227,7 @@ def _shown(name: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while building many small objects that hold no cycles.
 
     Collections triggered by the allocations would traverse the whole node graph
@@ -241,6 +243,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 _seq_of = operator.attrgetter("_seq")
+_STATEFUL = (ClassNode, MethodNode)
 
 
 def _roots_of(targets: Iterable[Node]) -> list[Node]:

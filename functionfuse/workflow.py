@@ -41,7 +41,23 @@ from typing import Any, Callable, Iterator, TypeVar, overload
 
 from .errors import GraphError, InvalidNameError, NodeCallError
 
-__all__ = ["workflow", "task", "Node", "NodeItem", "ClassNode", "validate_name", "name_problem", "MAX_NAME_BYTES"]
+__all__ = [
+    "workflow",
+    "task",
+    "Node",
+    "NodeItem",
+    "ClassNode",
+    "MethodNode",
+    "NODE_TYPES",
+    "Decorated",
+    "WorkflowFunction",
+    "WorkflowClass",
+    "validate_name",
+    "name_problem",
+    "MAX_NAME_BYTES",
+    "scan_nodes",
+    "set_found_name",
+]
 
 #: Longest node, task or workflow name in UTF-8 bytes (file systems allow 255;
 #: storage adds suffixes).
@@ -54,6 +70,12 @@ _UNSAFE_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
 #: the automatic name of each unnamed node as the workflow whose find_nodes() last
 #: returned it names it (see Node.get_name); a node holds no other naming state
 _found_names: "weakref.WeakKeyDictionary[Node, str]" = weakref.WeakKeyDictionary()
+
+
+def set_found_name(node: "Node", name: str) -> None:
+    """Record *name*, the automatic name a workflow's ``find_nodes()`` gives the unnamed
+    *node*, as what :meth:`Node.get_name` returns (until another workflow finds it)."""
+    _found_names[node] = name
 
 
 def validate_name(name: object, what: str = "Node name") -> str:
@@ -130,10 +152,11 @@ class executing_nodes:
         _state.depth -= 1
 
 
-def _scan(value: Any, deps: list) -> bool:
-    """Append the nodes found in *value* to *deps*; return True if it holds any."""
+def scan_nodes(value: Any, deps: list) -> bool:
+    """Append the nodes found in *value* (a node, a node item, or lists, tuples and
+    dicts holding them) to *deps*; return True if it holds any."""
     t = type(value)
-    if t in _NODE_TYPES:
+    if t in NODE_TYPES:
         deps.append(value)
         return True
     if t is NodeItem:
@@ -142,11 +165,11 @@ def _scan(value: Any, deps: list) -> bool:
     found = False
     if t is list or t is tuple:
         for v in value:
-            if _scan(v, deps):
+            if scan_nodes(v, deps):
                 found = True
     elif t is dict:
         for v in value.values():
-            if _scan(v, deps):
+            if scan_nodes(v, deps):
                 found = True
     return found
 
@@ -187,15 +210,15 @@ class Node:
         deps: list = list(extra_data)
         for a in args:
             t = type(a)
-            if t in _NODE_TYPES:
+            if t in NODE_TYPES:
                 deps.append(a)
             elif t is NodeItem:
                 deps.append(a.node)
             elif t is list or t is tuple or t is dict:
-                _scan(a, deps)
+                scan_nodes(a, deps)
         if kwargs:
             for v in kwargs.values():
-                _scan(v, deps)
+                scan_nodes(v, deps)
         #: nodes whose results are arguments of this call
         self.data_parents: tuple = _dedupe(deps)
         #: every node this one must run after (data parents and method-chain order)
@@ -359,7 +382,9 @@ class NodeItem:
         return f"{self.node!r}{''.join(f'[{k!r}]' for k in self.path)}"
 
 
-_NODE_TYPES = frozenset({Node, ClassNode, MethodNode})
+#: The types of graph nodes: ``type(x) in NODE_TYPES`` is how to tell a node from an
+#: argument value. A :class:`NodeItem` (an item of a node's result) is not one.
+NODE_TYPES: frozenset[type] = frozenset({Node, ClassNode, MethodNode})
 
 
 class _CallCheck:
@@ -529,8 +554,9 @@ def _method_check(cls: Any, attr: str) -> _CallCheck:
     return check
 
 
-class _Decorated:
-    """Common part of decorated functions and classes."""
+class Decorated:
+    """Common part of decorated functions and classes (``isinstance(f, Decorated)``
+    tells a decorated object from a plain one)."""
 
     __wrapped__: Any
     __ff_qualname__: str
@@ -566,7 +592,7 @@ def _load_decorated(module: str, qualname: str) -> Any:
     return obj
 
 
-class WorkflowFunction(_Decorated):
+class WorkflowFunction(Decorated):
     """A function decorated with ``@workflow``: calling it returns a :class:`Node`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -580,7 +606,7 @@ class WorkflowFunction(_Decorated):
         return Node(self.__wrapped__, args, kwargs)
 
 
-class WorkflowClass(_Decorated):
+class WorkflowClass(Decorated):
     """A class decorated with ``@workflow``: calling it returns a :class:`ClassNode`."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -611,7 +637,7 @@ def workflow(target: Any) -> Any:
     constructor call returns a :class:`ClassNode` whose method calls are chained nodes.
     The undecorated object stays available as ``__wrapped__``.
     """
-    if isinstance(target, _Decorated):
+    if isinstance(target, Decorated):
         return target
     if isinstance(target, type):
         return WorkflowClass(target)

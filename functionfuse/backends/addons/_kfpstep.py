@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 from ...baseworkflow import LOAD, REPLAY, RUN, RUNS, SKIP, BaseWorkflow
 from ...errors import ConfigurationError, FunctionFuseError, SerializationError, missing_dependency
-from ...workflow import _NODE_TYPES, MethodNode, _Decorated, workflow
+from ...workflow import NODE_TYPES, Decorated, MethodNode, workflow
 
 __all__ = ["SNAPSHOT_PATH", "dump_snapshot", "load_snapshot", "dump_value", "load_value", "encode_storage", "main"]
 
@@ -126,13 +126,13 @@ def _pickler(buffer: io.BytesIO, ranks: dict[int, int] | None = None) -> Any:
         def reducer_override(self, obj: Any) -> Any:
             if isinstance(obj, type):
                 _stable_class_id(obj)
-            if ranks is not None and type(obj) in _NODE_TYPES:
+            if ranks is not None and type(obj) in NODE_TYPES:
                 # nodes are numbered by creation in this process; the snapshot numbers them
                 # by position, so the same DAG gives the same bytes however it was made
                 state = {k: getattr(obj, k) for k in _slots(type(obj)) if hasattr(obj, k)}
                 state["_seq"] = ranks[id(obj)]
                 return copyreg.__newobj__, (type(obj),), (None, state)  # type: ignore[attr-defined]
-            if isinstance(obj, _Decorated) and getattr(obj.__wrapped__, "__module__", None) == "__main__":
+            if isinstance(obj, Decorated) and getattr(obj.__wrapped__, "__module__", None) == "__main__":
                 return _rebuild_decorated, (obj.__wrapped__,)
             return super().reducer_override(obj)
 
