@@ -66,6 +66,23 @@ class TestRayFileStorageContract(StorageContract):
         storage.remote_args = dict(REMOTE)  # the test's runtime environment holds the key: not that
         return pickle.dumps(storage)
 
+    def local_folder(self, storage) -> str:
+        return storage.path  # the test's Ray cluster runs on this machine
+
+    def rebuild(self, blob: bytes, env: dict[str, str]) -> None:
+        """A step of this process's Ray cluster: the copy needs no environment."""
+        assert env == {}
+        clone = pickle.loads(blob)
+        assert clone.read_task(WF, "t") == {"v": 1}
+        clone.save(WF, "copy", 2)
+
+    def test_run_reports_are_trimmed_to_the_newest(self, storage):
+        """The storage node trims (with the default of the file storage there)."""
+        for i in range(LocalFileStorage.keep_run_reports + 2):
+            storage.save_run_report(WF, {"n": i})
+        reports = storage.list_run_reports(WF)
+        assert len(reports) == LocalFileStorage.keep_run_reports and reports[0]["n"] == 2
+
     def test_the_storage_node_needs_the_key_too(self, storage, use_key, monkeypatch):
         """A process with the key, a storage node without it: the node refuses."""
         st = use_key(storage, KEY_A)

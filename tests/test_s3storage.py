@@ -115,6 +115,9 @@ class TestS3StorageContract(StorageContract):
     def corrupt(self, s3server):
         return _damage(s3server)
 
+    def secrets(self, storage) -> list[str]:
+        return [s3support.KEY, s3support.SECRET]
+
     def test_persistent_serializer_writes_beside_the_task_and_is_removed_with_it(self, storage, s3server):
         # the contract's serializer writes through FILE_PROTOCOL; under S3 it is S3_PROTOCOL
         fs = s3server.raw_fs()

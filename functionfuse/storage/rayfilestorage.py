@@ -15,6 +15,7 @@ storage node, where the serializer's files are).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -26,6 +27,7 @@ from ..serializers import FILE_PROTOCOL
 from ..workflow import validate_name
 from . import frame, signing
 from .filestorage import FileStorage as _LocalFileStorage
+from .protocol import CredentialFreeCopy, Placement
 
 try:
     import ray
@@ -148,10 +150,27 @@ class FileStorage:
             inner.register_persistent_serializers(*self._serializers)
         return inner
 
+    # -- capabilities (see functionfuse.storage.protocol) ------------------------------------
+    def placement(self) -> Placement:
+        """Storage operations run on the storage node: inside a Ray task submitted with
+        ``.options(**remoteArgs)``, with the plain file storage of that node."""
+        return Placement(self.local(), dict(self.remote_args))
+
     def ray_placement(self) -> tuple[_LocalFileStorage, dict]:
-        """For backends: the storage to use inside a task, and the options that place the
-        task on the storage node."""
-        return self.local(), dict(self.remote_args)
+        """``placement()`` as a tuple (kept for callers written before it)."""
+        local, options = self.placement()
+        assert isinstance(local, _LocalFileStorage)
+        return local, options
+
+    def local_path(self) -> None:
+        """None: the files are on the storage node, which need not be this machine."""
+        return None
+
+    def credential_free_copy(self) -> CredentialFreeCopy:
+        """A copy (the storage holds no credentials: Ray's own connection is used)."""
+        dup = copy.copy(self)
+        dup._serializers = list(self._serializers)
+        return CredentialFreeCopy(dup, {})
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if not ray.is_initialized():
@@ -241,16 +260,18 @@ class FileStorage:
         validate_name(workflow_name, "Workflow name")
         return self._call("read_metadata_many", workflow_name, list(task_names))
 
-    def __getattr__(self, name: str) -> Any:
-        # any other public method of the file storage, run on the storage node
-        if name.startswith("_") or not callable(getattr(_LocalFileStorage, name, None)):
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    def verify_task(self, workflow_name: str, task_name: str) -> dict:
+        """Read a result completely on the storage node and check it without unpickling it."""
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        return self._call("verify_task", workflow_name, task_name)
 
-        def method(*args: Any, **kwargs: Any) -> Any:
-            return self._call(name, *args, **kwargs)
-
-        method.__name__ = name
-        return method
+    def sign_task(self, workflow_name: str, task_name: str) -> bool:
+        """Sign a stored, unsigned result with this process's key, on the storage node
+        (see :meth:`functionfuse.storage.base.Storage.sign_task`)."""
+        validate_name(workflow_name, "Workflow name")
+        validate_name(task_name, "Task name")
+        return self._call("sign_task", workflow_name, task_name)
 
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
         """List saved results of all saved nodes using glob pattern for workflow.
@@ -284,9 +305,20 @@ class FileStorage:
         validate_name(workflow_name, "Workflow name")
         self._call("remove_workflow", workflow_name)
 
-    def list_workflows(self) -> list[str]:
-        """Names of the workflows that have stored results."""
-        return self._call("list_workflows")
+    def list_workflows(self, *, include_foreign: bool = False) -> list[str]:
+        """Names of the workflows that have stored results (see
+        :meth:`functionfuse.storage.filestorage.FileStorage.list_workflows`)."""
+        return self._call("list_workflows", include_foreign=include_foreign)
+
+    def list_run_reports(self, workflow_name: str) -> list[dict]:
+        """Stored run reports of the workflow, oldest first."""
+        validate_name(workflow_name, "Workflow name")
+        return self._call("list_run_reports", workflow_name)
+
+    def last_run_report(self, workflow_name: str) -> dict | None:
+        """The newest stored run report of the workflow, or None."""
+        validate_name(workflow_name, "Workflow name")
+        return self._call("last_run_report", workflow_name)
 
     def save_run_report(self, workflow_name: str, report: dict) -> None:
         """Store a run's report on the storage node; never waits long.
@@ -411,25 +443,16 @@ def _local(path: str, serializers: list, key_id: str | None) -> _LocalFileStorag
 def _read(st: _LocalFileStorage, workflow_name: str, task_name: str) -> tuple[str, str, Any]:
     """Read and verify a result; send the verified segments (decoded in the caller)
     unless the result needs its serializers' files, which are here."""
-    validate_name(workflow_name, "Workflow name")
-    validate_name(task_name, "Task name")
-    signer = st._signer()
-    reader, size, where = st._open(workflow_name, task_name)
-    with reader:
-        header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
-        if header["meta"].get("serializers"):
-            reader.close()
-            return "object", where, st.read_task(workflow_name, task_name)
-        segments = frame.read_payload(reader, header, where, signer=signer)
+    frames = st.read_frames(workflow_name, task_name)
+    if frames.header["meta"].get("serializers"):
+        return "object", frames.where, st.decode_frames(frames)
     # pickle buffers travel out of band, whatever buffer type the file storage read into
-    return "segments", where, [pickle.PickleBuffer(s) for s in segments]
+    return "segments", frames.where, [pickle.PickleBuffer(s) for s in frames.segments]
 
 
 def _write(st: _LocalFileStorage, workflow_name: str, task_name: str, header: dict, pieces: list) -> dict:
     """Publish a result framed by the caller, with the file storage's atomic write."""
-    encoded = frame.Encoded(header, pieces)
-    st._publish(workflow_name, task_name, lambda protocols, token: encoded)
-    return header["meta"]
+    return st.save_frames(workflow_name, task_name, frame.Encoded(header, pieces))
 
 
 _PRIVATE_OPS: dict[str, Any] = {"_read": _read, "_write": _write}
