@@ -125,9 +125,9 @@ def test_registry_is_read_only_and_extensible(tmp_path):
         with pytest.raises(ConfigurationError, match="already registered"):
             register_storage("localfile", "elsewhere:Other")
     finally:
-        from functionfuse.storage import _REGISTRY
+        from functionfuse.storage import _storages
 
-        _REGISTRY.pop("localfile")
+        _storages.unregister("localfile")
 
 
 def test_missing_optional_dependency_names_the_extra(tmp_path):
@@ -136,6 +136,6 @@ def test_missing_optional_dependency_names_the_extra(tmp_path):
         with pytest.raises(ImportError, match=r"pip install 'functionfuse\[s3\]'"):
             storage_factory({"kind": "needs_extra", "options": {}})
     finally:
-        from functionfuse.storage import _REGISTRY
+        from functionfuse.storage import _storages
 
-        _REGISTRY.pop("needs_extra")
+        _storages.unregister("needs_extra")

@@ -2,7 +2,7 @@
 
 Layers, bottom to top; a module may import only from its own layer or a lower one:
 
-    0 base        functionfuse.errors, functionfuse._version
+    0 base        functionfuse.errors, functionfuse._version, functionfuse.registries
     1 frontend    functionfuse (the package), functionfuse.workflow, functionfuse.graph
     2 storage     functionfuse.storage.*, functionfuse.serializers.*
     3 core        every other top-level functionfuse.* library module
@@ -53,7 +53,7 @@ def layer_of(module: str) -> int:
     if len(parts) == 1:
         return 1
     top = parts[1]
-    if top in ("errors", "_version"):
+    if top in ("errors", "_version", "registries"):
         return 0
     if top in ("workflow", "graph"):
         return 1

@@ -108,3 +108,23 @@ def test_task_files_refuse_a_second_write_but_allow_it_after_remove(tmp_path):
     files.remove("x.bin")
     with files.open("x.bin", "wb") as f:
         f.write(b"3")
+
+
+def test_serializer_registry_loads_on_use_names_the_extra_and_refuses_unknown_names():
+    from functionfuse.errors import ConfigurationError, MissingDependencyError, StorageError
+    from functionfuse.serializers import _serializers, available_serializers, lookup_serializer, register_serializer
+    from functionfuse.serializers.daskarray import DaskArraySerializer
+
+    assert lookup_serializer("DaskArraySerializer") is DaskArraySerializer
+    with pytest.raises(TypeError):
+        available_serializers["x"] = ("a:b", "all")  # type: ignore[index]
+    with pytest.raises(ConfigurationError, match="Serializer name 'DaskArraySerializer' is already registered"):
+        register_serializer("DaskArraySerializer", "elsewhere:Other")
+    register_serializer("NeedsExtra", "functionfuse_no_such_module:Serializer", extra="dask")
+    try:
+        with pytest.raises(MissingDependencyError, match=r"pip install 'functionfuse\[dask\]'"):
+            lookup_serializer("NeedsExtra")
+    finally:
+        _serializers.unregister("NeedsExtra")
+    with pytest.raises(StorageError, match="'NeedsExtra', which is not registered here"):
+        lookup_serializer("NeedsExtra")

@@ -14,13 +14,12 @@ registry that packages extend with :func:`register_serializer` or the
 
 from __future__ import annotations
 
-import importlib
 import os
 import stat
-import types
 from typing import IO, Any
 
-from ..errors import ConfigurationError, CorruptedResultError, SerializationError, StorageError, missing_dependency
+from ..errors import ConfigurationError, CorruptedResultError, SerializationError, StorageError
+from ..registries import Registry
 
 __all__ = [
     "FILE_PROTOCOL",
@@ -35,8 +34,8 @@ FILE_PROTOCOL = "file_protocol"
 S3_PROTOCOL = "s3 protocol"
 
 # name -> (dotted "module:attr", extra that provides it)
-_REGISTRY: dict[str, tuple[str, str]] = {}
-available_serializers = types.MappingProxyType(_REGISTRY)
+_serializers = Registry("Serializer name", "functionfuse.serializers", entry_point_extra="all")
+available_serializers = _serializers.view
 
 
 def register_serializer(name: str, target: str, *, extra: str = "all", clobber: bool = False) -> None:
@@ -44,36 +43,20 @@ def register_serializer(name: str, target: str, *, extra: str = "all", clobber: 
 
     *target* is ``"package.module:Attribute"``, imported on first use.
     """
-    if name in _REGISTRY and not clobber and _REGISTRY[name][0] != target:
-        raise ConfigurationError(f"Serializer name {name!r} is already registered for {_REGISTRY[name][0]!r}.")
-    _REGISTRY[name] = (target, extra)
+    _serializers.register(name, target, extra=extra, clobber=clobber)
 
 
 register_serializer("DaskArraySerializer", "functionfuse.serializers.daskarray:DaskArraySerializer", extra="dask")
 
 
-def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="functionfuse.serializers"):
-        _REGISTRY.setdefault(ep.name, (ep.value, "all"))
-
-
 def lookup_serializer(name: str) -> Any:
-    if name not in _REGISTRY:
-        _load_entry_points()
-    if name not in _REGISTRY:
+    """The serializer registered as *name* (a result records the name it was written with)."""
+    if name not in _serializers:
         raise StorageError(
             f"This result was written with serializer {name!r}, which is not registered here. "
             "Register it on the storage with storage.register_persistent_serializers(...) before reading."
         )
-    target, extra = _REGISTRY[name]
-    module, _, attr = target.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise missing_dependency(module, extra, exc) from exc
-    return getattr(mod, attr)
+    return _serializers.load(name)
 
 
 def claim_name(written: set[str], name: str, files: Any, mode: str = "w") -> None:

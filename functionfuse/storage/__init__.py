@@ -16,10 +16,8 @@ kinds. :data:`available_storages` is a read-only view of it.
 
 from __future__ import annotations
 
-import importlib
-import types
-
-from ..errors import ConfigurationError, missing_dependency
+from ..errors import ConfigurationError
+from ..registries import Registry
 from .base import Storage
 from .protocol import CredentialFreeCopy, Placement, StorageProtocol
 
@@ -29,27 +27,17 @@ __all__ = [
 ]
 
 # kind -> (dotted "module:Class", extra that provides its dependencies)
-_REGISTRY: dict[str, tuple[str, str | None]] = {
-    "file": ("functionfuse.storage.filestorage:FileStorage", None),
-    "ray": ("functionfuse.storage.rayfilestorage:FileStorage", "ray"),
-    "S3": ("functionfuse.storage.s3storage:S3Storage", "s3"),
-    "s3": ("functionfuse.storage.s3storage:S3Storage", "s3"),
-}
-available_storages = types.MappingProxyType(_REGISTRY)
+_storages = Registry("Storage kind", "functionfuse.storage")
+_storages.register("file", "functionfuse.storage.filestorage:FileStorage")
+_storages.register("ray", "functionfuse.storage.rayfilestorage:FileStorage", extra="ray")
+_storages.register("S3", "functionfuse.storage.s3storage:S3Storage", extra="s3")
+_storages.register("s3", "functionfuse.storage.s3storage:S3Storage", extra="s3")
+available_storages = _storages.view
 
 
 def register_storage(kind: str, target: str, *, extra: str | None = None, clobber: bool = False) -> None:
     """Add a storage kind: *target* is ``"package.module:Class"`` with ``from_options(dict)``."""
-    if kind in _REGISTRY and not clobber and _REGISTRY[kind][0] != target:
-        raise ConfigurationError(f"Storage kind {kind!r} is already registered for {_REGISTRY[kind][0]!r}.")
-    _REGISTRY[kind] = (target, extra)
-
-
-def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="functionfuse.storage"):
-        _REGISTRY.setdefault(ep.name, (ep.value, None))
+    _storages.register(kind, target, extra=extra, clobber=clobber)
 
 
 def storage_factory(opt: dict) -> StorageProtocol:
@@ -73,18 +61,8 @@ def storage_factory(opt: dict) -> StorageProtocol:
     options = opt.get("options", {})
     if not isinstance(options, dict):
         raise ConfigurationError(f"Storage 'options' must be a dict, got {type(options).__name__}.")
-    if kind not in _REGISTRY:
-        _load_entry_points()
-    if kind not in _REGISTRY:
+    if kind not in _storages:
         raise ConfigurationError(
-            f"Unknown storage kind {kind!r}. Known kinds: {', '.join(sorted(_REGISTRY, key=str.casefold))}."
+            f"Unknown storage kind {kind!r}. Known kinds: {', '.join(sorted(available_storages, key=str.casefold))}."
         )
-    target, extra = _REGISTRY[kind]
-    module, _, attr = target.partition(":")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        if extra is None:
-            raise
-        raise missing_dependency(getattr(exc, "name", None) or module, extra, exc) from exc
-    return getattr(mod, attr).from_options(options)
+    return _storages.load(kind).from_options(options)
