@@ -18,7 +18,7 @@ from contracts.storage import TextBlob, TextBlobSerializer
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.errors import CorruptedResultError, StorageError
-from functionfuse.storage import filestorage
+from functionfuse.storage import _files
 from functionfuse.storage.filestorage import FileStorage
 
 DAY = 24 * 3600
@@ -240,7 +240,7 @@ def test_leftovers_idle_for_ten_minutes_are_removed_and_fresh_ones_kept(store):
 
 
 def test_a_staging_folder_still_written_to_is_kept(store, monkeypatch):
-    monkeypatch.setattr(filestorage, "_MAX_TMP_BYTES", 0)
+    monkeypatch.setattr(_files, "MAX_TMP_BYTES", 0)
     tmp = os.path.join(store.path, "wf", ".tmp")
     folder = os.path.join(tmp, "cccccccccccccccc.data")
     os.makedirs(folder)
@@ -252,8 +252,8 @@ def test_a_staging_folder_still_written_to_is_kept(store, monkeypatch):
 
 
 def test_leftovers_over_the_cap_are_removed_oldest_first_but_never_live_ones(store, monkeypatch):
-    monkeypatch.setattr(filestorage, "_MAX_TMP_BYTES", 250)
-    monkeypatch.setattr(filestorage, "_MAX_TMP_ENTRIES", 1000)
+    monkeypatch.setattr(_files, "MAX_TMP_BYTES", 250)
+    monkeypatch.setattr(_files, "MAX_TMP_ENTRIES", 1000)
     tmp = os.path.join(store.path, "wf", ".tmp")
     os.makedirs(tmp)
     for i, idle in enumerate([500, 400, 300, 200, 100]):  # all younger than the age limit
@@ -264,7 +264,7 @@ def test_leftovers_over_the_cap_are_removed_oldest_first_but_never_live_ones(sto
 
 
 def test_leftovers_over_the_count_cap_are_removed_oldest_first(store, monkeypatch):
-    monkeypatch.setattr(filestorage, "_MAX_TMP_ENTRIES", 2)
+    monkeypatch.setattr(_files, "MAX_TMP_ENTRIES", 2)
     tmp = os.path.join(store.path, "wf", ".tmp")
     os.makedirs(tmp)
     for i in range(5):

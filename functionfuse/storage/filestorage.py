@@ -25,190 +25,21 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
-import threading
-import time
 import uuid
-from typing import Any, Callable, Iterable
-
-try:
-    import fcntl
-except ImportError:  # Windows: leftovers are judged by their times alone
-    fcntl = None  # type: ignore[assignment]
+from typing import Any, Callable
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
 from ..workflow import name_problem
-from . import frame, runreports
+from . import _files, frame, runreports
 from .base import Storage
-from .frame import iter_pieces
 
 __all__ = ["FileStorage"]
 
-SUFFIX = ".ffr"
+SUFFIX = _files.SUFFIX
 _TMP = ".tmp"
-_MAX_WRITE = 1 << 30
-# leftovers in .tmp: removed when untouched this long...
-_STALE_TMP_SECONDS = 10 * 60
-# ...and, of those untouched this long, the oldest while they exceed either cap
-_IDLE_TMP_SECONDS = 60
-_MAX_TMP_BYTES = 1 << 30
-_MAX_TMP_ENTRIES = 100
 _TRASH = re.compile(r"\.removing-[0-9a-f]{8,32}")
-# never follow a link in the last component; never block on a FIFO
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # not supported (e.g. some network file systems)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _hold(fd: int) -> None:
-    """Mark a write as live: it holds a lock on its ``.tmp/<token>.ffr`` until closed."""
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # no locks on this file system: the times decide
-            pass
-
-
-def _held(path: str) -> bool:
-    """Whether a live write holds the lock on *path* (a ``.tmp/<token>.ffr``)."""
-    if fcntl is None:
-        return False
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return False
-
-
-def _remove_entry(path: str) -> None:
-    """Remove a file, link or folder without following a link (best effort, like
-    ``rmtree(ignore_errors=True)``): a link is unlinked, never what it points to."""
-    try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            shutil.rmtree(path, ignore_errors=True)  # refuses a link put in its place meanwhile
-        else:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def _last_change(entry: os.DirEntry) -> tuple[float, int]:
-    """When a leftover was last written (a folder: anything in it) and its bytes."""
-    st = entry.stat(follow_symlinks=False)
-    if not stat.S_ISDIR(st.st_mode):
-        return st.st_mtime, st.st_size
-    newest, size = st.st_mtime, 0
-    for folder, dirs, files in os.walk(entry.path):  # follows no link
-        for name in dirs + files:
-            try:
-                sub = os.lstat(os.path.join(folder, name))
-            except OSError:
-                continue
-            newest = max(newest, sub.st_mtime)
-            size += 0 if stat.S_ISDIR(sub.st_mode) else sub.st_size
-    return newest, size
-
-
-def _sweep_tmp(tmp: str) -> None:
-    """Remove leftovers of killed writes from *tmp*.
-
-    A write in progress locks its ``<token>.ffr`` (see ``_hold``): its entries are
-    neither removed nor counted. Of the others, one untouched for
-    ``_STALE_TMP_SECONDS`` goes; of those untouched for ``_IDLE_TMP_SECONDS``, the
-    oldest go while they hold more than ``_MAX_TMP_BYTES`` or ``_MAX_TMP_ENTRIES``.
-    Where locks are not supported, a write in progress is only protected by
-    touching its files.
-    """
-    now = time.time()
-    idle = []
-    try:
-        with os.scandir(tmp) as it:
-            entries = list(it)
-    except OSError:
-        return
-    for e in entries:
-        if _held(os.path.join(tmp, e.name.split(".", 1)[0] + SUFFIX)):
-            continue
-        try:
-            changed, size = _last_change(e)
-        except OSError:
-            continue
-        if now - changed > _STALE_TMP_SECONDS:
-            _remove_entry(e.path)
-        elif now - changed > _IDLE_TMP_SECONDS:
-            idle.append((changed, size, e.path))
-    idle.sort()
-    total, count = sum(size for _, size, _ in idle), len(idle)
-    for _, size, path in idle:
-        if total <= _MAX_TMP_BYTES and count <= _MAX_TMP_ENTRIES:
-            break
-        _remove_entry(path)
-        total, count = total - size, count - 1
-
-
-def _write_all(fd: int, pieces: Iterable[Any]) -> None:
-    for mv in iter_pieces(pieces):
-        n = mv.nbytes
-        off = 0
-        while off < n:
-            off += os.write(fd, mv[off : off + _MAX_WRITE])
-
-
-#: a result at least this large is hashed (sealed) while its payload is written
-_OVERLAP_FROM = 4 << 20
-
-
-def _write_result(fd: int, enc: frame.Encoded) -> None:
-    """Write *enc* to the empty file *fd*. A large deferred encoding is sealed (its
-    checksum and MAC computed) in a thread while its segments are written after room
-    for the header, which is written last: hashing and writing both release the GIL, so
-    the pass over the payload that checking (and signing) needs costs no extra time."""
-    if enc.sealed or enc.size < _OVERLAP_FROM:
-        _write_all(fd, enc.pieces)
-        return
-    failure: list[BaseException] = []
-
-    def seal() -> None:
-        try:
-            enc.seal(parallel=False)  # one core hashes while the other copies into the page cache
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the writer
-            failure.append(exc)
-
-    sealer = threading.Thread(target=seal, name="functionfuse-seal", daemon=True)
-    sealer.start()
-    try:
-        os.lseek(fd, enc.first_size, os.SEEK_SET)
-        _write_all(fd, enc.segments)
-    finally:
-        sealer.join()
-    if failure:
-        raise failure[0]
-    first = memoryview(enc.first)
-    off = 0
-    while off < first.nbytes:
-        off += os.pwrite(fd, first[off:], off)
 
 
 class FileStorage(Storage):
@@ -313,7 +144,7 @@ class FileStorage(Storage):
         self._folder(tmp, create=True)
         if workflow_name not in self._swept:
             self._swept.add(workflow_name)
-            _sweep_tmp(tmp)
+            _files.sweep_tmp(tmp)
         return tmp
 
     def _sweep_trash(self) -> None:
@@ -324,7 +155,7 @@ class FileStorage(Storage):
         except OSError:
             return
         for path in trash:
-            _remove_entry(path)
+            _files.remove_entry(path)
 
     def _removed_while_running(self, workflow_name: str, what: str) -> StorageError:
         return StorageError(
@@ -352,18 +183,18 @@ class FileStorage(Storage):
         previous = self._previous_data(workflow_name, task_name)
         try:
             # made (and locked) before the serializers run, so no sweep takes their files
-            fd = os.open(tmpfile, _CREATE_FLAGS, 0o644)
+            fd = os.open(tmpfile, _files.CREATE_FLAGS, 0o644)
         except FileNotFoundError:  # .tmp or the workflow folder was removed (remove_workflow)
             return None
         committed = False
         try:
-            _hold(fd)
+            _files.hold(fd)
             enc = encode({FILE_PROTOCOL: staging}, token)
             try:
-                _write_result(fd, enc)
+                _files.write_result(fd, enc)
                 os.fsync(fd)
                 if staging.used:
-                    _fsync_dir(staging.root)
+                    _files.fsync_dir(staging.root)
                     os.rename(staging.root, final_data)
                 os.replace(tmpfile, self._file(workflow_name, task_name))
                 committed = True
@@ -373,13 +204,13 @@ class FileStorage(Storage):
             os.close(fd)
             if not committed:
                 for p in (tmpfile, staging.root, final_data):  # fresh names: only ever this write's
-                    _remove_entry(p)
+                    _files.remove_entry(p)
         if not committed:
             return None
-        _fsync_dir(wf)
+        _files.fsync_dir(wf)
         # the previous version's serializer data is now unreachable
         if previous and previous != token:
-            _remove_entry(os.path.join(wf, f"{task_name}.{previous}.data"))
+            _files.remove_entry(os.path.join(wf, f"{task_name}.{previous}.data"))
         return enc.header
 
     def _previous_data(self, workflow_name: str, task_name: str) -> str | None:
@@ -401,7 +232,7 @@ class FileStorage(Storage):
         if not self._folder(self._wf(workflow_name)):
             raise self._not_found(workflow_name, task_name, path)
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = os.open(path, _files.READ_FLAGS)
         except FileNotFoundError:
             raise self._not_found(workflow_name, task_name, path) from None
         except OSError:
@@ -466,7 +297,7 @@ class FileStorage(Storage):
         except FileNotFoundError:
             raise self._not_found(workflow_name, task_name, path) from None
         for _, data in self._data_dirs(workflow_name, task_name):
-            _remove_entry(data)
+            _files.remove_entry(data)
 
     def _remove_workflow(self, workflow_name: str) -> None:
         self._sweep_trash()
@@ -476,7 +307,7 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return
         if stat.S_ISLNK(mode):  # the link only: what it points to is not this storage's
-            _remove_entry(path)
+            _files.remove_entry(path)
             return
         if not stat.S_ISDIR(mode):
             return
@@ -486,7 +317,7 @@ class FileStorage(Storage):
             os.rename(path, trash)
         except FileNotFoundError:  # a concurrent remove_workflow renamed it first
             return
-        _remove_entry(trash)
+        _files.remove_entry(trash)
 
     # -- run reports (see Storage.save_run_report) -----------------------------------------
     def _runs(self, workflow_name: str) -> str:
@@ -500,13 +331,13 @@ class FileStorage(Storage):
             self._folder(runs, create=True)
             tmp = os.path.join(tmpdir, name)
             try:
-                with open(os.open(tmp, _CREATE_FLAGS, 0o644), "wb") as f:
+                with open(os.open(tmp, _files.CREATE_FLAGS, 0o644), "wb") as f:
                     f.write(body)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, os.path.join(runs, name))
             except FileNotFoundError:
-                _remove_entry(tmp)
+                _files.remove_entry(tmp)
                 continue
             return
         raise self._removed_while_running(workflow_name, "its run report")
@@ -522,7 +353,7 @@ class FileStorage(Storage):
 
     def _read_report(self, workflow_name: str, name: str) -> bytes | None:
         try:
-            with open(os.open(os.path.join(self._runs(workflow_name), name), _READ_FLAGS), "rb") as f:
+            with open(os.open(os.path.join(self._runs(workflow_name), name), _files.READ_FLAGS), "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     return None
                 return f.read()
