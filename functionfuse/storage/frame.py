@@ -16,6 +16,10 @@ header, payload checksum, recorded workflow and task, or signature does not matc
 reported as damaged, never loaded. Every format from 2 on keeps the preamble and its
 check as they are, so a newer format is told apart from damage; format 1 (whose check
 covered the header only) is still read.
+
+This module is longer than the project's ~500 lines on purpose: it is the format, and
+both sides of it (the writer's framing and sealing, the reader's checks) stay in one
+place, so that a change to the layout cannot be made to one side only.
 """
 
 from __future__ import annotations
