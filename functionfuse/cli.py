@@ -57,10 +57,13 @@ from .errors import (
     ConfigurationError,
     CorruptedResultError,
     FunctionFuseError,
+    ResultTooLargeError,
     SignatureError,
     SigningKeyError,
     StorageError,
+    TargetError,
     TaskNotFoundError,
+    WorkflowNotFoundError,
 )
 from .workflow import name_problem, validate_name
 
@@ -197,7 +200,7 @@ def _load_object(target: str, doing: str = "used") -> Any:
     if not sep:
         where, name = target, ""  # no NAME: the workflow run() is called on
     if not where or (sep and not name):
-        raise FunctionFuseError(f"{target!r} must look like path/to/file.py:NAME or package.module:NAME.")
+        raise TargetError(f"{target!r} must look like path/to/file.py:NAME or package.module:NAME.")
     failure: BaseException | None = None
     obj: Any = None
     with inspecting_runs() as calls, contextlib.redirect_stdout(sys.stderr):
@@ -213,7 +216,7 @@ def _load_object(target: str, doing: str = "used") -> Any:
             except AttributeError:
                 if failure is not None:
                     raise _import_error(target, where, failure) from None
-                raise FunctionFuseError(f"{target!r}: {where!r} has no attribute {name!r}.") from None
+                raise TargetError(f"{target!r}: {where!r} has no attribute {name!r}.") from None
             obj = _called(target, name, obj)
     chosen = obj if name else _run_workflow(target, where, calls)
     seen: set[int] = set()
@@ -234,7 +237,7 @@ def _load_object(target: str, doing: str = "used") -> Any:
 class _ImportFailed(Exception):
     """Importing a target raised *cause*; *error* says so, *module* is what was run of it."""
 
-    def __init__(self, error: FunctionFuseError, cause: BaseException, module: Any) -> None:
+    def __init__(self, error: TargetError, cause: BaseException, module: Any) -> None:
         super().__init__(str(error))
         self.error, self.cause, self.module = error, cause, module
 
@@ -246,7 +249,7 @@ def _import_target(target: str, where: str, name: str) -> Any:
     if where.endswith(".py") or os.path.sep in where:
         path = os.path.abspath(where)
         if not os.path.isfile(path):
-            raise FunctionFuseError(f"{target!r}: no such file {where!r}.")
+            raise TargetError(f"{target!r}: no such file {where!r}.")
         sys.path.insert(0, os.path.dirname(path))  # as `python path/to/file.py` does
         spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
         assert spec is not None and spec.loader is not None
@@ -264,7 +267,7 @@ def _import_target(target: str, where: str, name: str) -> Any:
     except ModuleNotFoundError as exc:
         missing = exc.name or str(exc)
         if where == missing or where.startswith(missing + "."):
-            raise FunctionFuseError(
+            raise TargetError(
                 f"{target!r}: no module named {missing!r} in the current folder or on sys.path. Run the command "
                 f"from the folder that holds it, install its package, or name the file: path/to/file.py:"
                 f"{name or 'NAME'}."
@@ -284,7 +287,7 @@ def _called(target: str, name: str, obj: Any) -> Any:
     try:
         return obj()
     except Exception as exc:
-        raise FunctionFuseError(f"{target!r}: {name}() raised {_exception_text(exc)}{_frame_lines(exc)}") from None
+        raise TargetError(f"{target!r}: {name}() raised {_exception_text(exc)}{_frame_lines(exc)}") from None
 
 
 def _run_workflow(target: str, where: str, calls: list) -> Any:
@@ -297,12 +300,12 @@ def _run_workflow(target: str, where: str, calls: list) -> Any:
     if len(workflows) == 1:
         return workflows[0].workflow
     if not workflows:
-        raise FunctionFuseError(
+        raise TargetError(
             f"{target!r} has no NAME, and importing it called no workflow's run(): name the DAG, a workflow object "
             f"or a function returning them as {where}:NAME (TARGET is path/to/file.py:NAME or package.module:NAME)."
         )
     found = ", ".join(f"{c.workflow.workflow_name!r} ({_shown_path(c.filename)}:{c.lineno})" for c in workflows)
-    raise FunctionFuseError(
+    raise TargetError(
         f"{target!r} calls run() on {len(workflows)} workflows: {found}. Name the one to use as {where}:NAME."
     )
 
@@ -313,9 +316,9 @@ def _exception_text(exc: BaseException) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def _import_error(target: str, where: str, exc: BaseException, fix: str = "") -> FunctionFuseError:
+def _import_error(target: str, where: str, exc: BaseException, fix: str = "") -> TargetError:
     """One line that says what importing *where* raised, then the user's line that raised it."""
-    return FunctionFuseError(f"{target!r}: importing {where!r} failed: {_exception_text(exc)}{fix}{_frame_lines(exc)}")
+    return TargetError(f"{target!r}: importing {where!r} failed: {_exception_text(exc)}{fix}{_frame_lines(exc)}")
 
 
 #: where code that is not the user's lives: this package, the standard library, installed packages
@@ -386,7 +389,7 @@ def _workflow(target: str, workflow: str | None, storage: Any, cache: str | None
     obj = _load_object(target, doing)
     if isinstance(obj, BaseWorkflow):
         if workflow and workflow != obj.workflow_name:
-            raise FunctionFuseError(
+            raise TargetError(
                 f"{target!r} is workflow {obj.workflow_name!r}, not {workflow!r}: omit WORKFLOW or pass "
                 f"{obj.workflow_name!r}."
             )
@@ -395,7 +398,7 @@ def _workflow(target: str, workflow: str | None, storage: Any, cache: str | None
             wf.set_storage(storage if storage is not None else _storage(None, must_exist=False))
     else:
         if not workflow:
-            raise FunctionFuseError(
+            raise TargetError(
                 f"{target!r} names nodes, not a workflow object: give the WORKFLOW name their results are stored under."
             )
         wf = LocalWorkflow(*_as_nodes(obj), workflow_name=workflow)
@@ -613,7 +616,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.value:
         size = meta.get("size") or 0
         if size > args.max_bytes:
-            raise FunctionFuseError(
+            raise ResultTooLargeError(
                 f"Task {args.task!r} of workflow {args.workflow!r} stores {_size(size)} ({size} bytes), more than "
                 f"--max-bytes {args.max_bytes} ({_size(args.max_bytes)}); it was not loaded. To load it anyway, "
                 f"raise the limit: --max-bytes {size}."
@@ -788,7 +791,7 @@ def _rm_workflow(args: argparse.Namespace) -> int:
     workflow = validate_name(args.workflow, "Workflow name")
     storage = _storage(args.storage)
     if workflow not in _workflow_names(storage):
-        raise FunctionFuseError(
+        raise WorkflowNotFoundError(
             f"No workflow {workflow!r} is stored in {storage!r}: nothing removed. `{_ls_command(args)}` lists the "
             "stored workflows."
         )

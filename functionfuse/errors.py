@@ -9,18 +9,35 @@ catches them all::
      │    ├── DuplicateNameError        two nodes of one workflow share a name
      │    └── NodeCallError             (also TypeError) a call does not fit its function's signature
      ├── NodeExecutionError             a node's function raised; the cause is chained
+     ├── StalePlanError                 a compiled plan no longer matches what storage holds
      ├── StorageError
      │    ├── TaskNotFoundError         (also FileNotFoundError)
+     │    ├── WorkflowNotFoundError     no result of the workflow is stored
      │    ├── CorruptedResultError      a stored result failed its integrity checks
      │    │    └── SignatureError        unsigned, or its signature does not match the key
      │    ├── SigningKeyError           a result or storage needs another signing key
+     │    ├── ResultTooLargeError       a stored result is larger than the limit set for loading it
      │    └── SerializationError        a result could not be written or read back
      ├── ConfigurationError             (also ValueError) bad options, unknown kinds
-     └── MissingDependencyError         (also ImportError) an optional extra is missing
+     │    ├── VersionMismatchError      the laptop's Ray or Python is not the cluster's (ray://)
+     │    ├── TargetError               a command-line TARGET cannot be imported or names no DAG
+     │    └── KFPSettingsError          (in functionfuse.kit.kfpsettings) the chart's settings cannot be read
+     ├── MissingDependencyError         (also ImportError) an optional extra is missing
+     ├── EngineError                    an execution engine or its API (KFP) failed or refused a request
+     │    └── RemoteRunError            a run submitted to an engine (a KFP run) did not succeed
+     ├── RenderError                    Graphviz could not draw a graph
+     └── KitError                       the container kit (each also in the functionfuse.kit module raising it)
+          ├── ImageBuildError           an image build failed
+          ├── ImagePushError            pushing an image failed
+          ├── DockerUnavailableError    no Docker daemon answers
+          ├── RegistryError             the local registry could not be started or queried
+          ├── ReleaseError              a release step failed
+          └── StackError                a step of ``functionfuse stack`` failed
 
 Warnings: :class:`ResultRecomputedWarning` (a stored result was unreadable and the
 node is run again), :class:`StaleResultWarning` (a stored result is reused by name
-although its code, arguments or inputs changed).
+although its code, arguments or inputs changed), :class:`FingerprintWarning` (a value
+could only be fingerprinted by its type).
 """
 
 from __future__ import annotations
@@ -32,16 +49,32 @@ __all__ = [
     "DuplicateNameError",
     "NodeCallError",
     "NodeExecutionError",
+    "StalePlanError",
     "StorageError",
     "TaskNotFoundError",
+    "WorkflowNotFoundError",
     "CorruptedResultError",
     "SerializationError",
     "SignatureError",
     "SigningKeyError",
+    "ResultTooLargeError",
     "ConfigurationError",
+    "VersionMismatchError",
+    "TargetError",
     "MissingDependencyError",
+    "EngineError",
+    "RemoteRunError",
+    "RenderError",
+    "KitError",
+    "ImageBuildError",
+    "ImagePushError",
+    "DockerUnavailableError",
+    "RegistryError",
+    "ReleaseError",
+    "StackError",
     "ResultRecomputedWarning",
     "StaleResultWarning",
+    "FingerprintWarning",
     "missing_dependency",
 ]
 
@@ -89,12 +122,22 @@ def _rebuild_node_error(message: str, node_name: str, workflow_name: str) -> Nod
     return NodeExecutionError(message, node_name=node_name, workflow_name=workflow_name)
 
 
+class StalePlanError(FunctionFuseError):
+    """A plan made earlier (a compiled KFP pipeline) no longer matches what storage
+    holds, e.g. a result it counted on was removed: plan or compile again."""
+
+
 class StorageError(FunctionFuseError):
     """A storage operation failed."""
 
 
 class TaskNotFoundError(StorageError, FileNotFoundError):
     """No stored result exists for the task."""
+
+
+class WorkflowNotFoundError(StorageError):
+    """No result of the workflow is stored (``functionfuse storage ls`` lists those
+    that are)."""
 
 
 class CorruptedResultError(StorageError):
@@ -139,12 +182,83 @@ class SerializationError(StorageError):
     """A result could not be serialized or deserialized."""
 
 
+class ResultTooLargeError(StorageError):
+    """A stored result is larger than the limit set for loading it (``functionfuse
+    storage show --max-bytes``); it was not loaded."""
+
+
 class ConfigurationError(FunctionFuseError, ValueError):
     """Options given to functionfuse are invalid."""
 
 
+class VersionMismatchError(ConfigurationError):
+    """This process cannot be a Ray Client of that cluster: ``local`` and ``cluster`` map
+    ``"ray"`` and ``"python"`` to the versions each side runs."""
+
+    def __init__(self, message: str, *, local: dict, cluster: dict) -> None:
+        super().__init__(message)
+        self.local = dict(local)
+        self.cluster = dict(cluster)
+
+    def __reduce__(self):
+        return (_rebuild_version_mismatch, (str(self), self.local, self.cluster))
+
+
+def _rebuild_version_mismatch(message: str, local: dict, cluster: dict) -> VersionMismatchError:
+    return VersionMismatchError(message, local=local, cluster=cluster)
+
+
+class TargetError(ConfigurationError):
+    """A command-line TARGET (``path/to/file.py:NAME`` or ``package.module:NAME``)
+    cannot be imported, or does not name a DAG or a workflow."""
+
+
 class MissingDependencyError(FunctionFuseError, ImportError):
     """An optional dependency is not installed."""
+
+
+class EngineError(FunctionFuseError):
+    """An execution engine or its API (the KFP API) cannot be reached or refused a
+    request."""
+
+
+class RemoteRunError(EngineError):
+    """A run submitted to an engine (a KFP run) ended failed, or in an unknown state."""
+
+
+class RenderError(FunctionFuseError):
+    """Graphviz could not draw a graph."""
+
+
+class KitError(FunctionFuseError):
+    """The container kit (images, the local registry, releases, the local stack) failed.
+    Each subclass is also importable from the kit module that raises it."""
+
+
+class ImageBuildError(KitError):
+    """An image build failed; the message ends with the last lines of the build log
+    (:mod:`functionfuse.kit.images`)."""
+
+
+class ImagePushError(KitError):
+    """Pushing an image to a registry failed (:mod:`functionfuse.kit.images`)."""
+
+
+class DockerUnavailableError(KitError):
+    """No Docker daemon answers (:mod:`functionfuse.kit.images`)."""
+
+
+class RegistryError(KitError):
+    """The local registry could not be started or queried (:mod:`functionfuse.kit.registry`)."""
+
+
+class ReleaseError(KitError):
+    """A release step failed, or the sources disagree on the version
+    (:mod:`functionfuse.kit.release`)."""
+
+
+class StackError(KitError):
+    """A step of ``functionfuse stack`` failed (:mod:`functionfuse.kit.stack`)."""
 
 
 class ResultRecomputedWarning(UserWarning):
@@ -153,6 +267,10 @@ class ResultRecomputedWarning(UserWarning):
 
 class StaleResultWarning(UserWarning):
     """A stored result is reused by name although what it was computed from changed."""
+
+
+class FingerprintWarning(UserWarning):
+    """A value could only be fingerprinted by its type (:mod:`functionfuse.fingerprint`)."""
 
 
 def missing_dependency(module: str, extra: str, exc: BaseException | None = None) -> MissingDependencyError:

@@ -50,9 +50,12 @@ from typing import AbstractSet, Any, Callable
 
 import xxhash
 
+from .errors import FingerprintWarning
 from .workflow import NODE_TYPES, NodeItem, workflow
 
-__all__ = ["Fingerprinter", "code_fingerprint", "value_fingerprint", "FINGERPRINT_VERSION", "explain"]
+__all__ = [
+    "Fingerprinter", "code_fingerprint", "value_fingerprint", "FINGERPRINT_VERSION", "explain", "FingerprintWarning",
+]
 
 log = logging.getLogger("functionfuse.fingerprint")
 
@@ -61,10 +64,6 @@ _MAX_DEPTH = 64
 _MAX_WRAPPERS = 32  # decorators on one function, at most
 #: nodes and node items: the lazy values an argument can hold
 _LAZY_TYPES = NODE_TYPES | {NodeItem}
-
-
-class FingerprintWarning(UserWarning):
-    """A value could only be fingerprinted by its type."""
 
 
 def _h(*parts: bytes) -> str:

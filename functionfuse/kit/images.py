@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .._version import __version__
-from ..errors import ConfigurationError, FunctionFuseError, missing_dependency
+from ..errors import ConfigurationError, DockerUnavailableError, ImageBuildError, ImagePushError, missing_dependency
 
 __all__ = [
     "ImageRecipe",
@@ -83,18 +83,6 @@ LABEL_IMAGE = "io.functionfuse.image"
 LABEL_VERSION = "io.functionfuse.version"
 LABEL_PYTHON = "io.functionfuse.python"
 OCI = "org.opencontainers.image."
-
-
-class ImageBuildError(FunctionFuseError):
-    """An image build failed; the message ends with the last lines of the build log."""
-
-
-class ImagePushError(FunctionFuseError):
-    """Pushing an image to a registry failed."""
-
-
-class DockerUnavailableError(FunctionFuseError):
-    """No Docker daemon answers."""
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,9 @@ import urllib.request
 import warnings
 from typing import Any, Mapping
 
-from ..errors import ConfigurationError, FunctionFuseError
+from ..errors import ConfigurationError, RegistryError
 
 __all__ = ["LocalRegistry", "RegistryError", "free_port"]
-
-
-class RegistryError(FunctionFuseError):
-    """The local registry could not be started or queried."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,7 +7,8 @@ three steps, each of which can be run alone (``--steps``):
 dist      ``python -m build`` into ``dist/``: ``functionfuse-<version>.tar.gz`` and the wheel
 images    :func:`functionfuse.kit.images.build_images`, then a push of every image to
           ``REGISTRY/functionfuse:<version>-py3XX[-engine]``
-charts    a copy of ``charts/`` whose image repositories point at ``REGISTRY/functionfuse``,
+charts    a copy of ``charts/`` whose ``global.image.registry`` is ``REGISTRY`` (every
+          functionfuse image of the charts is ``<global.image.registry>/functionfuse:<tag>``),
           packaged (``helm package``) and pushed to ``oci://REGISTRY/charts/<chart>``
 ========= ======================================================================================
 
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .._version import __version__
-from ..errors import ConfigurationError, FunctionFuseError, missing_dependency
+from ..errors import ConfigurationError, ReleaseError, missing_dependency
 
 __all__ = [
     "STEPS",
@@ -69,13 +70,11 @@ __all__ = [
 log = logging.getLogger("functionfuse.kit.release")
 
 STEPS = ("dist", "images", "charts")
-#: the image repository the charts' values name before a release points them at a registry
+#: the image repository the charts' values name (under ``global.image.registry``)
 DEFAULT_IMAGE_REPOSITORY = "functionfuse"
+#: the registry the charts' values name (``global.image.registry``): the one releases publish to
+DEFAULT_IMAGE_REGISTRY = "ghcr.io/functionfuse"
 _LOOPBACK = re.compile(r"^(127(\.\d{1,3}){3}|localhost|\[::1\])(:\d+)?$")
-
-
-class ReleaseError(FunctionFuseError):
-    """A release step failed, or the sources disagree on the version."""
 
 
 @dataclass
@@ -305,19 +304,30 @@ def _image_blocks(values: Any, path: str = "") -> Iterator[tuple[str, dict]]:
 
 
 def _point_images_at(values_path: str, repository: str) -> int:
-    """Point every functionfuse image of a values file at *repository* (comments kept);
-    returns how many were changed."""
+    """Point every functionfuse image of a values file at *repository*
+    (``REGISTRY/functionfuse``) by setting its ``global.image.registry`` to ``REGISTRY``
+    (comments kept); returns how many image blocks that moves."""
     yaml = _yaml()
+    registry, _, name = repository.rpartition("/")
+    if name != DEFAULT_IMAGE_REPOSITORY or not registry:
+        raise ReleaseError(f"Image repository {repository!r} must be 'REGISTRY/{DEFAULT_IMAGE_REPOSITORY}': the charts name "
+                           f"their images <global.image.registry>/{DEFAULT_IMAGE_REPOSITORY}:<tag>.")
     with open(values_path) as f:
         text = f.read()
-    expected = len(list(_image_blocks(yaml.safe_load(text))))
-    new, count = re.subn(rf"(?m)^([ \t]+repository:[ \t]*){DEFAULT_IMAGE_REPOSITORY}[ \t]*$", rf"\g<1>{repository}", text)
-    if count != expected:
-        raise ReleaseError(f"{values_path!r}: found {count} `repository: {DEFAULT_IMAGE_REPOSITORY}` lines for {expected} image blocks; "
-                           "write each image's repository on a line of its own.")
+    blocks = list(_image_blocks(yaml.safe_load(text)))
+    new, count = re.subn(rf"(?m)^([ \t]+registry:[ \t]*){re.escape(DEFAULT_IMAGE_REGISTRY)}[ \t]*$", rf"\g<1>{registry}", text)
+    values = yaml.safe_load(new) or {}
+    pointed = ((values.get("global") or {}).get("image") or {}).get("registry")
+    if count != 1 or pointed != registry:
+        raise ReleaseError(f"{values_path!r}: found {count} `registry: {DEFAULT_IMAGE_REGISTRY}` lines, and global.image.registry "
+                           f"is {pointed!r} after pointing it at {registry!r}; write global.image.registry on a line of its own.")
+    pinned = [key for key, block in blocks if block.get("registry")]
+    if pinned:
+        raise ReleaseError(f"{values_path!r}: {', '.join(pinned)} name their own registry, so a release cannot point them at {registry!r}; "
+                           "leave image.registry empty (global.image.registry applies).")
     with open(values_path, "w") as f:
         f.write(new)
-    return count
+    return len(blocks)
 
 
 def _helm_env() -> dict[str, str]:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import ConfigurationError, FunctionFuseError
+from ..errors import ConfigurationError, StackError
 
 __all__ = ["StackConfig", "StackError", "Stack", "find_source", "missing_tools", "TOOLS"]
 
@@ -41,10 +41,6 @@ _INSTALL = {
     "kubectl": "https://kubernetes.io/docs/tasks/tools/",
     "helm": "https://helm.sh/docs/intro/install/ (or scripts/setup-helm.sh)",
 }
-
-
-class StackError(FunctionFuseError):
-    """A step of ``stack up|down`` failed."""
 
 
 def missing_tools() -> list[str]:

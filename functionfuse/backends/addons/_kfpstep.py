@@ -39,7 +39,14 @@ import types
 from typing import Any, Sequence
 
 from ...baseworkflow import LOAD, REPLAY, RUN, RUNS, SKIP, BaseWorkflow
-from ...errors import ConfigurationError, FunctionFuseError, SerializationError, missing_dependency
+from ...errors import (
+    ConfigurationError,
+    FunctionFuseError,
+    SerializationError,
+    StalePlanError,
+    TaskNotFoundError,
+    missing_dependency,
+)
 from ...workflow import NODE_TYPES, Decorated, MethodNode, workflow
 
 __all__ = ["SNAPSHOT_PATH", "dump_snapshot", "load_snapshot", "dump_value", "load_value", "encode_storage", "main"]
@@ -231,7 +238,7 @@ def load_value(path: str, what: str) -> Any:
         with open(path, "rb") as f:
             value = pickle.load(f)
     except FileNotFoundError:
-        raise FunctionFuseError(f"{what}: the artifact {path!r} does not exist.") from None
+        raise TaskNotFoundError(f"{what}: the artifact {path!r} does not exist.") from None
     except Exception as exc:
         raise SerializationError(f"{what}: the artifact {path!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
     return value
@@ -334,7 +341,7 @@ def run_step(
         j = g.name_index[parent]
         v = load_value(path, f"Input {parent!r} of node {node!r}")
         if isinstance(v, _NotComputed):
-            raise FunctionFuseError(
+            raise StalePlanError(
                 f"Node {node!r} needs the value of node {parent!r}, which this run did not compute ({v.why}). "
                 "Storage changed since the pipeline was compiled: compile and run it again."
             )

@@ -39,7 +39,15 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ...baseworkflow import LOAD, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
-from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, StorageError, missing_dependency
+from ...errors import (
+    ConfigurationError,
+    EngineError,
+    FunctionFuseError,
+    NodeExecutionError,
+    RemoteRunError,
+    StorageError,
+    missing_dependency,
+)
 from ...kit.images import REGISTRY_FORM
 from ...storage import signing as _signing
 from . import _kfpimage, _kfppipeline, _kfpstep
@@ -560,7 +568,7 @@ class KFPWorkflow(BaseWorkflow):
                     warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline")
                     self._client = kfp.Client(host=self.kfp_host)
             except Exception as exc:
-                raise FunctionFuseError(f"Cannot connect to the KFP API at {self.kfp_host!r}: {exc}") from exc
+                raise EngineError(f"Cannot connect to the KFP API at {self.kfp_host!r}: {exc}") from exc
         return self._client
 
     def run(self, wait: bool = False, *, timeout: float = 3600, experiment_name: str | None = None) -> Any:
@@ -590,7 +598,7 @@ class KFPWorkflow(BaseWorkflow):
         info = self.client().wait_for_run_completion(run.run_id, timeout=timeout)
         state = str(getattr(info, "state", "") or "")
         if state.upper() not in ("SUCCEEDED", "SUCCESS", "COMPLETED"):
-            raise FunctionFuseError(
+            raise RemoteRunError(
                 f"KFP run {run.run_id} of workflow {self.workflow_name!r} ended {state or 'in an unknown state'}: "
                 f"see {run.url}"
             )
@@ -611,7 +619,7 @@ class KFPWorkflow(BaseWorkflow):
                 experiment_name=experiment_name,
             )
         except Exception as exc:
-            raise FunctionFuseError(f"The KFP API at {self.kfp_host!r} refused the pipeline run: {exc}") from exc
+            raise EngineError(f"The KFP API at {self.kfp_host!r} refused the pipeline run: {exc}") from exc
         run = KFPRun(
             run_id=str(result.run_id),
             url=f"{client._get_url_prefix()}/#/runs/details/{result.run_id}",
@@ -771,7 +779,7 @@ class KFPWorkflow(BaseWorkflow):
                     continue
                 if failure.kind == "NodeExecutionError":
                     return NodeExecutionError(failure.message, node_name=failure.node, workflow_name=self.workflow_name)
-                return FunctionFuseError(
+                return RemoteRunError(
                     f"The step of node {failure.node!r} of workflow {self.workflow_name!r} failed: "
                     f"{failure.kind}: {failure.message}"
                 )
@@ -787,4 +795,4 @@ class KFPWorkflow(BaseWorkflow):
                 node_name=name,
                 workflow_name=self.workflow_name,
             )
-        return FunctionFuseError(f"The local KFP run of workflow {self.workflow_name!r} failed: {text}")
+        return RemoteRunError(f"The local KFP run of workflow {self.workflow_name!r} failed: {text}")

@@ -20,7 +20,7 @@ import subprocess
 from typing import Any, Sequence
 
 from ...baseworkflow import CORRUPTED, CURRENT, MISSING, NO_STORAGE, NOT_STORED, STALE, UNVERIFIED, BaseWorkflow
-from ...errors import ConfigurationError, FunctionFuseError
+from ...errors import ConfigurationError, FunctionFuseError, RenderError
 from ...workflow import ClassNode, MethodNode
 
 __all__ = ["GraphWorkflow", "STATE_COLOURS", "dot_source", "svg_or_none"]
@@ -206,4 +206,4 @@ def _render(source: str, fmt: str) -> bytes:
     try:
         return graphviz.Source(source).pipe(format=fmt)
     except (graphviz.backend.ExecutableNotFound, subprocess.CalledProcessError) as exc:  # type: ignore[attr-defined]
-        raise FunctionFuseError(f"Graphviz failed to render {fmt}: {exc}") from exc
+        raise RenderError(f"Graphviz failed to render {fmt}: {exc}") from exc
