@@ -3,24 +3,22 @@
 A kind joins by subclassing :class:`StorageContract` with a ``storage`` fixture that
 returns a fresh, empty storage object, and a ``corrupt`` fixture: a function
 ``corrupt(storage, workflow, task, how)`` that damages a stored result in place
-(``how`` is "flip" or "truncate"). Hooks a kind may override: ``secrets`` (the
-credentials its storage objects hold), ``local_folder`` (where its files are on this
-machine, for the link tests), ``rebuild`` (how a credential-free copy is used where
-it goes).
+(``how`` is "flip" or "truncate"). Hooks a kind may override: ``local_folder``
+(where its files are on this machine, for the link tests), and those of the protocol
+(:mod:`contracts.protocol`) and signing (:mod:`contracts.signing`) parts.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from framing import delete_raw, get_raw, payload_offset, put_raw, reframe, split
+from contracts.protocol import CLEAN_AWS_ENV, WF, ProtocolContract  # noqa: F401 - kinds import them from here
+from contracts.signing import KEY_A, KEY_B, SigningContract  # noqa: F401 - as above
+from framing import delete_raw, get_raw, put_raw, reframe
 from functionfuse.errors import (
     ConfigurationError,
     CorruptedResultError,
@@ -31,16 +29,7 @@ from functionfuse.errors import (
     StorageError,
     TaskNotFoundError,
 )
-from functionfuse.storage import CredentialFreeCopy, Placement, StorageProtocol
-from functionfuse.storage.filestorage import FileStorage
-from functionfuse.storage.frame import FLAG_SIGNED, FORMAT_VERSION
-from functionfuse.storage.signing import ENV_KEY
-
-WF = "contract"
-#: AWS settings that carry no credential (kept in the environment of a rebuilt copy)
-CLEAN_AWS_ENV = frozenset({"AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"})
-KEY_A = "a-test-signing-key-0123456789abcdef"
-KEY_B = "b-test-signing-key-0123456789abcdef"
+from functionfuse.storage.frame import FORMAT_VERSION
 
 #: header edits that leave a valid preamble check but contents no writer produces
 CRAFTED_HEADERS = {
@@ -66,7 +55,7 @@ class Unpicklable:
         raise TypeError("this object refuses to be pickled")
 
 
-class StorageContract:
+class StorageContract(ProtocolContract, SigningContract):
     @pytest.fixture
     def storage(self):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -199,93 +188,6 @@ class StorageContract:
         storage.save(WF, "t", 7)
         clone = pickle.loads(pickle.dumps(storage))
         assert clone.read_task(WF, "t") == 7
-
-    # -- the protocol and its capabilities -------------------------------------------
-    def test_implements_the_storage_protocol_with_its_signatures(self, storage):
-        assert isinstance(storage, StorageProtocol)
-        members = [n for n, v in vars(StorageProtocol).items() if callable(v) and not n.startswith("_")]
-        assert {"save", "read_task", "placement", "local_path", "credential_free_copy"} <= set(members)
-        for name in members:
-            want = inspect.signature(getattr(StorageProtocol, name))
-            have = inspect.signature(getattr(type(storage), name))
-            assert [(p.name, p.kind, p.default) for p in have.parameters.values()] == [
-                (p.name, p.kind, p.default) for p in want.parameters.values()
-            ], f"{type(storage).__name__}.{name}{have} differs from StorageProtocol.{name}{want}"
-        assert isinstance(storage.protocol, str) and storage.protocol
-        assert isinstance(storage.serializers, tuple)
-
-    def test_placement_gives_an_object_that_works_where_it_places_it(self, storage):
-        storage.save(WF, "t", {"v": 3})
-        placed = storage.placement()
-        if placed is None:  # this object works as it is in any process
-            assert pickle.loads(pickle.dumps(storage)).read_task(WF, "t") == {"v": 3}
-            return
-        assert isinstance(placed, Placement) and isinstance(placed.options, dict)
-        assert isinstance(placed.storage, StorageProtocol) and placed.storage.placement() is None
-        import ray
-
-        @ray.remote
-        def read(st):
-            return st.read_task(WF, "t"), st.list_tasks(WF)
-
-        assert ray.get(read.options(**placed.options).remote(placed.storage)) == ({"v": 3}, ["t"])
-
-    def test_local_path_is_a_folder_a_plain_file_storage_reads(self, storage):
-        storage.save(WF, "t", [1, 2])
-        path = storage.local_path()
-        if path is None:
-            pytest.skip(f"{type(storage).__name__} keeps its results in no folder of this machine")
-        assert os.path.isabs(path) and os.path.isdir(os.path.join(path, WF))
-        assert FileStorage(path).read_task(WF, "t") == [1, 2]
-
-    def secrets(self, storage) -> list[str]:
-        """The credentials *storage* holds (none by default)."""
-        return []
-
-    def rebuild(self, blob: bytes, env: dict[str, str]) -> None:
-        """Use a pickled credential-free copy as a step does: in a fresh process whose
-        environment has *env* (and no other credentials), read ``t`` and store ``copy``."""
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or k in CLEAN_AWS_ENV}
-        code = (
-            "import pickle, sys\n"
-            "st = pickle.loads(sys.stdin.buffer.read())\n"
-            f"assert st.read_task({WF!r}, 't') == {{'v': 1}}\n"
-            f"st.save({WF!r}, 'copy', 2)\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code], input=blob, env={**clean, **env}, capture_output=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr.decode(errors="replace")
-
-    def test_credential_free_copy_holds_no_secret_and_works_from_its_environment(self, storage):
-        storage.save(WF, "t", {"v": 1})
-        copy = storage.credential_free_copy()
-        assert isinstance(copy, CredentialFreeCopy) and isinstance(copy.storage, StorageProtocol)
-        assert copy.storage is not storage and all(isinstance(v, str) for v in copy.env.values())
-        blob = pickle.dumps(copy.storage)
-        for secret in self.secrets(storage):
-            assert secret.encode() not in blob and secret not in repr(copy.storage)
-            assert secret in copy.env.values()  # carried by the environment instead
-        self.rebuild(blob, copy.env)
-        assert storage.read_task(WF, "copy") == 2  # the copy wrote to the same store
-        assert storage.read_task(WF, "t") == {"v": 1}  # and the original still works
-
-    # -- run reports -----------------------------------------------------------
-    def test_run_reports_are_listed_oldest_first_and_are_not_tasks(self, storage):
-        assert storage.list_run_reports(WF) == [] and storage.last_run_report(WF) is None
-        for i in range(3):
-            storage.save_run_report(WF, {"n": i, "ran": "not a count"})
-        reports = storage.list_run_reports(WF)
-        assert [r["n"] for r in reports] == [0, 1, 2]
-        assert reports[0]["ran"] is None  # a field of another type reads as None
-        assert storage.last_run_report(WF)["n"] == 2
-        assert storage.list_tasks(WF) == [] and storage.stored_tasks(WF) == set()
-
-    def test_run_reports_are_trimmed_to_the_newest(self, storage, monkeypatch):
-        monkeypatch.setattr(type(storage), "keep_run_reports", 2)
-        for i in range(4):
-            storage.save_run_report(WF, {"n": i})
-        assert [r["n"] for r in storage.list_run_reports(WF)] == [2, 3]
 
     # -- serializers -----------------------------------------------------------
     def test_persistent_serializer_writes_beside_the_task_and_is_removed_with_it(self, storage):
@@ -487,149 +389,6 @@ class StorageContract:
         storage.save(WF, "t", TextBlob("new"))  # replacing it unlinks the link, never empties the target
         assert storage.read_task(WF, "t").text == "new"
         assert (victim / "blob.txt").read_text() == "theirs"
-
-    # -- signed results (functionfuse.storage.signing) ------------------------------------------
-    @pytest.fixture
-    def use_key(self, monkeypatch):
-        """``use_key(storage, key)``: the storage, used from now on with *key* (None: no key)
-        in every process it runs in."""
-
-        def use(storage, key):
-            if key is None:
-                monkeypatch.delenv(ENV_KEY, raising=False)
-            else:
-                monkeypatch.setenv(ENV_KEY, key)
-            return storage
-
-        return use
-
-    def test_signed_results_round_trip(self, storage, use_key):
-        st = use_key(storage, KEY_A)
-        st.save(WF, "t", {"a": np.arange(1000), "s": "text"})
-        back = st.read_task(WF, "t")
-        np.testing.assert_array_equal(back["a"], np.arange(1000))
-        assert st.read_metadata(WF, "t")["signed"] is True
-        st.verify_task(WF, "t")
-        raw = get_raw(st, WF, "t")
-        assert split(raw)[1] & FLAG_SIGNED
-        assert KEY_A.encode() not in raw and KEY_A not in str(st.read_metadata(WF, "t"))
-
-    def test_unsigned_result_is_refused_once_a_key_is_set(self, storage, use_key):
-        use_key(storage, None).save(WF, "t", "unsigned")
-        st = use_key(storage, KEY_A)
-        for read in (st.read_task, st.verify_task, st.read_metadata):
-            with pytest.raises(SignatureError, match="not signed"):
-                read(WF, "t")
-        st.save(WF, "t", "signed")  # runs recompute it: the overwrite is signed
-        assert st.read_task(WF, "t") == "signed"
-
-    def test_signature_stripped_is_refused(self, storage, use_key):
-        st = use_key(storage, KEY_A)
-        st.save(WF, "t", "signed")
-        raw = get_raw(st, WF, "t")
-
-        def strip(h):
-            h.pop("mac")
-            h.pop("key_id")
-
-        stripped = reframe(raw, strip, flags=0)
-        off = payload_offset(raw)
-        stripped = stripped[: len(stripped) - (len(raw) - off) - 32] + raw[off:]  # drop the tag
-        put_raw(st, WF, "t", stripped)
-        with pytest.raises(SignatureError, match="not signed"):
-            st.read_task(WF, "t")
-        assert use_key(storage, None).read_task(WF, "t") == "signed"  # intact: only unsigned
-
-    def test_result_changed_without_the_key_is_refused(self, storage, use_key):
-        """An attacker who knows the format rewrites the payload and every checksum."""
-        import pickle as pk
-
-        import xxhash
-
-        st = use_key(storage, KEY_A)
-        st.save(WF, "t", "honest")
-        raw = get_raw(st, WF, "t")
-        evil = pk.dumps("forged", protocol=5)
-
-        def edit(h):
-            h["segments"] = [len(evil)]
-            h["checksum"] = "xxh3_128:" + xxhash.xxh3_128(evil).hexdigest()
-
-        framed = reframe(raw, edit)
-        tag_end = payload_offset(framed)
-        put_raw(st, WF, "t", framed[:tag_end] + evil)
-        with pytest.raises(SignatureError, match="signature"):
-            st.read_task(WF, "t")
-        # the header untouched, the payload replaced by one of the same size
-        same_size = pk.dumps("HONEST", protocol=5)
-
-        def edit2(h):
-            h["checksum"] = "xxh3_128:" + xxhash.xxh3_128(same_size).hexdigest()
-
-        framed = reframe(raw, edit2)
-        put_raw(st, WF, "t", framed[: payload_offset(framed)] + same_size)
-        with pytest.raises(SignatureError):
-            st.read_task(WF, "t")
-        # only the payload changed, the checksums left as they were: damage all the same
-        put_raw(st, WF, "t", raw[: payload_offset(raw)] + same_size)
-        with pytest.raises(CorruptedResultError):
-            st.read_task(WF, "t")
-
-    def test_signed_copy_under_another_name_is_refused(self, storage, use_key):
-        st = use_key(storage, KEY_A)
-        st.save(WF, "n1", "one")
-        st.save(WF, "n4", "four")
-        put_raw(st, WF, "n4", get_raw(st, WF, "n1"))
-        with pytest.raises(CorruptedResultError, match="copied or renamed"):
-            st.read_task(WF, "n4")
-
-    def test_result_signed_with_another_key_is_refused_and_kept(self, storage, use_key):
-        use_key(storage, KEY_A).save(WF, "t", "by A")
-        st = use_key(storage, KEY_B)
-        with pytest.raises(SigningKeyError, match="key id") as info:
-            st.read_task(WF, "t")
-        assert not isinstance(info.value, CorruptedResultError)  # runs stop; nothing is overwritten
-        with pytest.raises(SigningKeyError):
-            st.read_metadata(WF, "t")
-        assert use_key(storage, KEY_A).read_task(WF, "t") == "by A"
-
-    def test_reader_without_a_key_reads_signed_results(self, storage, use_key):
-        use_key(storage, KEY_A).save(WF, "t", "signed")
-        assert use_key(storage, None).read_task(WF, "t") == "signed"
-
-    def signing_copy(self, storage) -> bytes:
-        """A pickled copy of *storage*, as a worker or step gets it."""
-        return pickle.dumps(storage)
-
-    def test_copies_of_a_signing_storage_need_the_key(self, storage, use_key):
-        st = use_key(storage, KEY_A)
-        st.save(WF, "t", 1)
-        blob = self.signing_copy(st)
-        assert KEY_A.encode() not in blob
-        use_key(storage, None)
-        clone = pickle.loads(blob)
-        with pytest.raises(SigningKeyError, match="no signing key"):
-            clone.save(WF, "t2", 2)
-        use_key(storage, KEY_B)
-        with pytest.raises(SigningKeyError, match="key id"):
-            clone.save(WF, "t2", 2)
-
-    def test_sign_task_keeps_a_trusted_unsigned_result(self, storage, use_key):
-        use_key(storage, None).save(WF, "t", {"a": np.arange(5)}, {"node": "t"})
-        use_key(storage, None).save(WF, "other", 1)
-        with pytest.raises(ConfigurationError, match="No signing key"):
-            storage.sign_task(WF, "t")
-        st = use_key(storage, KEY_A)
-        assert st.sign_task(WF, "t") is True
-        assert st.sign_task(WF, "t") is False  # already signed with this key
-        meta = st.read_metadata(WF, "t")
-        assert meta["signed"] is True and meta["node"] == "t"
-        np.testing.assert_array_equal(st.read_task(WF, "t")["a"], np.arange(5))
-        put_raw(st, WF, "other", get_raw(st, WF, "t"))  # a copy is not signed as the task it was copied to
-        with pytest.raises(CorruptedResultError, match="copied or renamed"):
-            st.sign_task(WF, "other")
-        with pytest.raises(SigningKeyError):
-            use_key(storage, KEY_B).sign_task(WF, "t")
 
     # -- concurrent removal -----------------------------------------------------------------
     def test_task_removed_meanwhile_is_not_an_error_for_a_pattern(self, storage):
