@@ -1,0 +1,220 @@
+"""Check 1: every object a rendered object refers to exists, in the render or as a prerequisite.
+
+A reference is a Secret, ConfigMap, PersistentVolumeClaim, ServiceAccount or imagePullSecret
+named by a pod template (env ``valueFrom``, ``envFrom``, volumes), by a custom resource
+(``secretName``, KFP's ``secretRef``) or by a setting (``..._SECRET``,
+``..._SERVICE_ACCOUNT``); a Service and port named by an endpoint (``host:port`` or a URL
+whose host is ``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``) in an env value or a
+ConfigMap; and the namespace of every object. The cluster resolves names in the
+namespace of the object that holds them, so that is where the target must be.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .objects import Finding, ObjectKey, embedded_documents, key_of, pod_templates, walk
+
+__all__ = ["Inventory", "Reference", "references_of", "check_references"]
+
+CHECK = "references"
+
+
+@dataclass
+class Inventory:
+    """The objects a cluster holds after the install: each with its Service ports or
+    Secret/ConfigMap keys when known (None: unknown, not checked)."""
+
+    objects: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
+    namespaces: set[str] = field(default_factory=set)
+
+    def add(self, key: ObjectKey, *, ports: Iterable[int] | None = None, keys: Iterable[str] | None = None) -> None:
+        self.objects[key] = {"ports": None if ports is None else set(ports), "keys": None if keys is None else set(keys)}
+        if key.kind == "Namespace":
+            self.namespaces.add(key.name)
+
+    def add_rendered(self, objs: Sequence[Mapping[str, Any]], namespace: str) -> None:
+        for obj in objs:
+            key = key_of(obj, namespace)
+            ports = keys = None
+            if key.kind == "Service":
+                ports = [int(p["port"]) for p in (obj.get("spec") or {}).get("ports") or [] if "port" in p]
+            elif key.kind in ("Secret", "ConfigMap"):
+                keys = set(obj.get("data") or {}) | set(obj.get("stringData") or {}) | set(obj.get("binaryData") or {})
+            self.add(key, ports=ports, keys=keys)
+
+    def get(self, key: ObjectKey) -> dict[str, Any] | None:
+        return self.objects.get(key)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """*source* (where, for the message) names *target*; *keys* that must be in it, *port* it must serve."""
+
+    source: str
+    target: ObjectKey
+    keys: tuple[str, ...] = ()
+    port: int | None = None
+    optional: bool = False
+
+
+_SETTING_KINDS = (("_PULL_SECRET", "Secret"), ("_SERVICE_ACCOUNT", "ServiceAccount"), ("_SECRET", "Secret"), ("_SECRET_NAME", "Secret"))
+_ENDPOINT = re.compile(
+    r"(?:\b(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?:[^@/\s\"']+@)?"
+    r"(?P<host>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*)"
+    r"(?::(?P<port>\d{1,5}))?(?=[/\s\"',;}\]?]|$)"
+)
+#: URL schemes whose "host" is a bucket, not a Service
+_BUCKET_SCHEMES = {"s3", "gs", "gcs", "minio", "mem", "file", "s3a", "abfs", "az"}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _setting_kind(name: str) -> str | None:
+    upper = name.upper()
+    for suffix, kind in _SETTING_KINDS:
+        if upper.endswith(suffix):
+            return kind
+    return None
+
+
+def _service_of(host: str, namespace: str, namespaces: set[str]) -> tuple[str, str] | None:
+    """(service, namespace) that a host name resolves to inside the cluster, or None for an outside host."""
+    if host in ("localhost",) or re.fullmatch(r"[\d.]+", host):
+        return None
+    parts = host.split(".")
+    if len(parts) == 1:
+        return parts[0], namespace
+    if len(parts) == 2 and parts[1] in namespaces:
+        return parts[0], parts[1]
+    if len(parts) >= 3 and parts[2] == "svc" and (len(parts) == 3 or parts[3:] == ["cluster", "local"]):
+        return parts[0], parts[1]
+    return None
+
+
+def _endpoints(text: str, source: str, namespace: str, namespaces: set[str]) -> Iterator[Reference]:
+    for m in _ENDPOINT.finditer(text):
+        scheme, host, port = m.group("scheme"), m.group("host"), m.group("port")
+        if scheme in _BUCKET_SCHEMES or (scheme is None and port is None):
+            continue
+        if scheme is None and m.start() > 0 and text[m.start() - 1] in "/@.-_":
+            continue
+        svc = _service_of(host, namespace, namespaces)
+        if svc is None:
+            continue
+        number = int(port) if port else _DEFAULT_PORTS.get(scheme or "")
+        yield Reference(f"{source} ({m.group(0)!r})", ObjectKey("Service", svc[1], svc[0]), port=number)
+
+
+def _structured(tree: Any, source: str, namespace: str) -> Iterator[Reference]:
+    """References written as Kubernetes API fields anywhere in *tree* (pods, CRs, job templates)."""
+    for path, k, v in walk(tree):
+        where = f"{source} {path}".strip()
+        if isinstance(v, str) and "{{" in v:
+            continue  # a template placeholder, filled in later (Prefect job templates)
+        if k == "secretKeyRef" and isinstance(v, Mapping) and v.get("name"):
+            yield Reference(where, ObjectKey("Secret", namespace, str(v["name"])), (str(v.get("key")),) if v.get("key") else (),
+                            optional=bool(v.get("optional")))
+        elif k == "configMapKeyRef" and isinstance(v, Mapping) and v.get("name"):
+            yield Reference(where, ObjectKey("ConfigMap", namespace, str(v["name"])), (str(v.get("key")),) if v.get("key") else (),
+                            optional=bool(v.get("optional")))
+        elif k == "secretRef" and isinstance(v, Mapping):
+            if v.get("name"):  # envFrom
+                yield Reference(where, ObjectKey("Secret", namespace, str(v["name"])), optional=bool(v.get("optional")))
+            elif v.get("secretName"):  # KFP launcher providers: the launcher reads these keys
+                keys = tuple(str(v[x]) for x in ("accessKeyKey", "secretKeyKey", "tokenKey") if v.get(x))
+                yield Reference(where, ObjectKey("Secret", namespace, str(v["secretName"])), keys)
+        elif k == "configMapRef" and isinstance(v, Mapping) and v.get("name"):
+            yield Reference(where, ObjectKey("ConfigMap", namespace, str(v["name"])), optional=bool(v.get("optional")))
+        elif k == "secret" and isinstance(v, Mapping) and v.get("secretName"):  # volume
+            keys = tuple(str(i["key"]) for i in v.get("items") or [] if "key" in i)
+            yield Reference(where, ObjectKey("Secret", namespace, str(v["secretName"])), keys, optional=bool(v.get("optional")))
+        elif k == "secretName" and isinstance(v, str) and v and not path.endswith("secretRef.secretName") and ".secret." not in f".{path}":
+            yield Reference(where, ObjectKey("Secret", namespace, v))
+        elif k == "configMap" and isinstance(v, Mapping) and v.get("name"):  # volume
+            keys = tuple(str(i["key"]) for i in v.get("items") or [] if "key" in i)
+            yield Reference(where, ObjectKey("ConfigMap", namespace, str(v["name"])), keys, optional=bool(v.get("optional")))
+        elif k == "persistentVolumeClaim" and isinstance(v, Mapping) and v.get("claimName"):
+            yield Reference(where, ObjectKey("PersistentVolumeClaim", namespace, str(v["claimName"])))
+        elif k == "imagePullSecrets" and isinstance(v, list):
+            for item in v:
+                if isinstance(item, Mapping) and item.get("name"):
+                    yield Reference(where, ObjectKey("Secret", namespace, str(item["name"])))
+        elif k in ("serviceAccountName", "serviceAccount") and isinstance(v, str) and v and v != "default":
+            yield Reference(where, ObjectKey("ServiceAccount", namespace, v))
+
+
+def _settings(pairs: Iterable[tuple[str, Any]], source: str, namespace: str, namespaces: set[str]) -> Iterator[Reference]:
+    """References in settings: ``X_SECRET``/``X_SECRET_NAME`` (with ``X_SECRET_KEY``, a key
+    in it), ``X_PULL_SECRET``, ``X_SERVICE_ACCOUNT`` name objects; values may hold endpoints."""
+    pairs = list(pairs)
+    values = {name: value for name, value in pairs}
+    for name, value in pairs:
+        if not isinstance(value, str) or not value or "{{" in value:
+            continue
+        kind = _setting_kind(name)
+        if kind and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value):
+            key = values.get(name[: -len("_NAME")] + "_KEY") if name.upper().endswith("_SECRET_NAME") else None
+            yield Reference(f"{source} {name}", ObjectKey(kind, namespace, value), (str(key),) if key else ())
+        yield from _endpoints(value, f"{source} {name}", namespace, namespaces)
+
+
+def references_of(obj: Mapping[str, Any], namespace: str, namespaces: set[str]) -> list[Reference]:
+    """Every reference *obj* makes (see the module docstring)."""
+    key = key_of(obj, namespace)
+    ns = key.namespace or namespace
+    refs: list[Reference] = []
+    if key.kind != "ConfigMap":
+        spec = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+        refs += _structured(spec, "", ns)
+    for pod in pod_templates(obj, namespace):
+        for c in list(pod.spec.get("initContainers") or []) + list(pod.spec.get("containers") or []):
+            env = [(str(e.get("name")), e.get("value")) for e in c.get("env") or [] if "value" in e]
+            refs += _settings(env, f"{pod.where}/{c.get('name')} env", ns, namespaces)
+    if key.kind == "ConfigMap":
+        data = obj.get("data") or {}
+        refs += _settings(((str(k), v) for k, v in data.items()), "data", ns, namespaces)
+        for data_key, doc in embedded_documents(obj):
+            refs += _structured(doc, f"data.{data_key}", ns)
+            for path, k, v in walk(doc):
+                if isinstance(v, str) and isinstance(k, str):
+                    refs += _settings([(k, v)], f"data.{data_key} {path}", ns, namespaces)
+    return _dedupe(refs)
+
+
+def _dedupe(refs: list[Reference]) -> list[Reference]:
+    seen: set[tuple] = set()
+    out = []
+    for r in refs:
+        ident = (r.target, r.keys, r.port)
+        if ident not in seen:
+            seen.add(ident)
+            out.append(r)
+    return out
+
+
+def check_references(objs: Sequence[Mapping[str, Any]], namespace: str, prerequisites: Inventory) -> list[Finding]:
+    """Findings for each reference in *objs* (rendered into *namespace*) that neither the
+    render nor *prerequisites* (upstream manifests, namespaces the documented steps create) satisfies."""
+    inventory = Inventory(dict(prerequisites.objects), set(prerequisites.namespaces))
+    inventory.add_rendered(objs, namespace)
+    findings: list[Finding] = []
+    for obj in objs:
+        key = key_of(obj, namespace)
+        if key.namespace and key.namespace not in inventory.namespaces:
+            findings.append(Finding(CHECK, str(key), f"namespace {key.namespace!r} is neither rendered nor created by a documented step; "
+                                    "create it in the install steps (kubectl create namespace / --create-namespace) or render into an existing one"))
+        for ref in references_of(obj, namespace, inventory.namespaces):
+            target = inventory.get(ref.target)
+            if target is None:
+                if not ref.optional:
+                    findings.append(Finding(CHECK, str(key), f"{ref.source} names {ref.target}, which is neither rendered nor a prerequisite; "
+                                            "render it, point the setting at an object that exists, or declare it as a prerequisite that the docs create"))
+                continue
+            missing = [k for k in ref.keys if target["keys"] is not None and k not in target["keys"]]
+            if missing:
+                findings.append(Finding(CHECK, str(key), f"{ref.source} reads key(s) {missing} of {ref.target}, which holds {sorted(target['keys'])}"))
+            if ref.port is not None and target["ports"] is not None and ref.port not in target["ports"]:
+                findings.append(Finding(CHECK, str(key), f"{ref.source} connects to port {ref.port} of {ref.target}, which serves {sorted(target['ports'])}"))
+    return findings
