@@ -548,7 +548,7 @@ class Fingerprinter:
             else:
                 names = None
             self._positional[key] = names
-        return names  # type: ignore[return-value]
+        return names
 
     def signature(self, func: Any) -> inspect.Signature | None:
         key = id(func)

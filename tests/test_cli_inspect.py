@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -173,7 +174,7 @@ def test_run_of_every_backend_is_recorded_not_run_while_inspecting(path):
 
     module, _, name = path.partition(":")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls: Any = getattr(importlib.import_module(module), name)
     except ImportError as exc:
         pytest.skip(f"{name}: {exc}")
 

@@ -117,7 +117,7 @@ def test_factory_errors_are_clear(tmp_path):
 
 def test_registry_is_read_only_and_extensible(tmp_path):
     with pytest.raises(TypeError):
-        available_storages["x"] = ("a:b", None)  # type: ignore[index]
+        available_storages["x"] = ("a:b", None)
     register_storage("localfile", "functionfuse.storage.filestorage:FileStorage")
     try:
         s = storage_factory({"kind": "localfile", "options": {"path": str(tmp_path)}})

@@ -446,7 +446,7 @@ def context_of(wf):
     )
     buf.seek(0)
     with tarfile.open(fileobj=buf) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     return digest, files
 
 

@@ -190,7 +190,7 @@ def test_flow_options_are_checked():
     with pytest.raises(ConfigurationError, match="is not an option of prefect.task"):
         wf.query("node1").set_task_args({"max_retries": 2})
     with pytest.raises(ConfigurationError, match="dict"):
-        wf.query("node1").set_task_args(["retries"])  # type: ignore[arg-type]
+        wf.query("node1").set_task_args(["retries"])
     wf.set_prefect_flow_options({"name": "a/b"})  # Prefect forbids '/' in flow names
     with pytest.raises(ConfigurationError, match="Prefect refused the flow"):
         wf.generate_flow()

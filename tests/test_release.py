@@ -448,7 +448,7 @@ def test_the_wheel_installs_into_a_new_environment_and_runs_the_demo(released, t
         assert run.returncode == 0, run.stderr
     assert re.search(r"accuracy = 0\.\d+ .*4 nodes run, 0 loaded from storage", runs[0].stdout), runs[0].stdout
     assert re.search(r"accuracy = 0\.\d+ .*0 nodes run, 1 loaded from storage", runs[1].stdout), runs[1].stdout
-    accuracy = [re.search(r"accuracy = (\S+)", r.stdout).group(1) for r in runs]  # type: ignore[union-attr]
+    accuracy = [re.search(r"accuracy = (\S+)", r.stdout).group(1) for r in runs]
     assert accuracy[0] == accuracy[1]
 
 

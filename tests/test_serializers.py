@@ -117,7 +117,7 @@ def test_serializer_registry_loads_on_use_names_the_extra_and_refuses_unknown_na
 
     assert lookup_serializer("DaskArraySerializer") is DaskArraySerializer
     with pytest.raises(TypeError):
-        available_serializers["x"] = ("a:b", "all")  # type: ignore[index]
+        available_serializers["x"] = ("a:b", "all")
     with pytest.raises(ConfigurationError, match="Serializer name 'DaskArraySerializer' is already registered"):
         register_serializer("DaskArraySerializer", "elsewhere:Other")
     register_serializer("NeedsExtra", "functionfuse_no_such_module:Serializer", extra="dask")

@@ -83,7 +83,7 @@ def test_unsafe_names_are_refused_at_set_name(name, problem):
 
 def test_non_string_names_are_refused():
     with pytest.raises(InvalidNameError, match="must be a str"):
-        add(1, 2).set_name(3)  # type: ignore[arg-type]
+        add(1, 2).set_name(3)
 
 
 def test_class_nodes_chain_method_calls():

@@ -134,11 +134,11 @@ class DaskArraySerializer:
         dtype = arr.dtype
         if dtype.kind in "mM":  # datetime64/timedelta64: no HDF5 type; h5py tags them as opaque
             dtype = h5py.opaque_dtype(dtype)
-            arr = da.map_blocks(_cast, arr, dtype=dtype, target=dtype)  # type: ignore[call-arg]
+            arr = da.map_blocks(_cast, arr, dtype=dtype, target=dtype)
         with h5py.File(files.path(name), "w") as f:
             dset = f.create_dataset("data", shape=arr.shape, dtype=dtype, **kwargs)
             if arr.size:
-                da.store(arr, dset, lock=True)  # type: ignore[arg-type]  # HDF5 writes one at a time
+                da.store(arr, dset, lock=True)  # HDF5 writes one at a time
         return pid
 
 

@@ -141,7 +141,7 @@ class BackendConformance:
             if log.exists():
                 log.unlink()
 
-        read.reset = reset  # type: ignore[attr-defined]
+        read.reset = reset
         return read
 
     @pytest.fixture

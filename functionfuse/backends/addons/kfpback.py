@@ -35,7 +35,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, cast
 
 from ...baseworkflow import LOAD, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
@@ -288,7 +288,7 @@ class KFPWorkflow(BaseWorkflow):
         :returns: a :class:`Query`; :meth:`Query.set_task_args` sets step options (and
             refuses a query that matches no node).
         """
-        return super().query(pattern)  # type: ignore[return-value]
+        return cast(Query, super().query(pattern))  # the base builds self.query_class, this Query
 
     def set_baseimage(self, baseimage: str) -> None:
         """Set the image the step image is built on (see the class documentation).

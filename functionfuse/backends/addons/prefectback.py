@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
@@ -146,7 +146,7 @@ class PrefectWorkflow(BaseWorkflow):
         :returns: a :class:`Query`; its :meth:`Query.set_task_args` sets Prefect task options
             (and refuses a query that matches no node).
         """
-        return super().query(pattern)  # type: ignore[return-value]
+        return cast(Query, super().query(pattern))  # the base builds self.query_class, this Query
 
     def set_plugin(self, query: str | None, plugin: Any) -> None:
         """Apply *plugin* to the nodes whose whole name matches the regular expression

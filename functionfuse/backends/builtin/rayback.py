@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from ...errors import (
     ConfigurationError,
@@ -159,7 +159,7 @@ class RayWorkflow(BaseWorkflow):
         :type pattern: Optional[str]
         :return: Query object (its setters refuse a query that matches no node)
         """
-        return super().query(pattern)  # type: ignore[return-value]
+        return cast(Query, super().query(pattern))  # the base builds self.query_class, this Query
 
     def set_plugin(self, pattern: str | None, plugin: Any) -> None:
         """Apply *plugin* to the nodes whose whole name matches the regular expression
