@@ -3,8 +3,8 @@
 Every chart is linted with ``--strict`` and rendered with its default values and with each
 example file in its ``ci/`` folder. Every rendered core object is validated against the
 Kubernetes 1.31 schemas (kubernetes-validate, strict: unknown fields fail); the RayCluster
-against the fields KubeRay's ray.io/v1 API requires (tests/schemas), its pod templates as
-core PodTemplates; and the kit's rules: pods run as non-root, every container has CPU and
+against KubeRay's own CRD schema at the pinned tag (functionfuse.kit.clustermodel), its pod
+templates as core PodTemplates; and the kit's rules: pods run as non-root, every container has CPU and
 memory requests and limits, no credential is written in plain values.
 
 helm comes from scripts/setup-helm.sh (``.venv/bin/helm``) or PATH.
@@ -33,7 +33,6 @@ CHARTS = os.path.join(ROOT, "charts")
 SUBCHARTS = ["functionfuse-ray", "functionfuse-prefect", "functionfuse-minio", "functionfuse-kfp"]
 ALL_CHARTS = SUBCHARTS + ["functionfuse"]
 K8S_VERSION = "1.31.0"
-RAYCLUSTER_SCHEMA = os.path.join(ROOT, "tests", "schemas", "raycluster-ray.io-v1.json")
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 
 
@@ -180,10 +179,11 @@ RAY_CASES = [c for c in CASES if c.values[0] in ("functionfuse-ray", "functionfu
 
 @pytest.mark.parametrize("chart,name,files", RAY_CASES)
 def test_raycluster_has_the_fields_kuberay_v1_requires(charts, chart, name, files):
-    with open(RAYCLUSTER_SCHEMA) as f:
-        schema = json.load(f)
+    from functionfuse.kit.clustermodel import check_schemas
+
     (rc,) = rayclusters(render(charts, chart, files))
-    jsonschema.validate(rc, schema)
+    # KubeRay's own CRD schema at the pinned tag (functionfuse/kit/clustermodel/data)
+    assert check_schemas([rc], "functionfuse") == []
     spec = rc["spec"]
     # what the KubeRay operator checks beyond the schema
     groups = spec.get("workerGroupSpecs", [])
