@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Sequence
 
 import pytest
 
@@ -51,7 +52,7 @@ EVERY_FULLNAME = {
 #: TEMPORARY: configurations that fail a check on a finding the charts have not fixed yet
 #: (/tmp/ff/findings.md); strict, so each entry must go the moment its finding is fixed
 _NP_JOB = "finding 1: the MinIO bucket Job's pod is selected by no NetworkPolicy"
-_NP_WORKER = "finding 6: the Prefect worker's pod is selected by no NetworkPolicy"
+_NP_WORKER = "finding 6: the Prefect worker's pod and the flow-run Job pods of its base job template are selected by no NetworkPolicy"
 _SUB_REGISTRY = "finding 7: subchart ci/example-values.yaml set image.repository to 127.0.0.1:5001/functionfuse, rendered as ghcr.io/functionfuse/127.0.0.1:5001/functionfuse"
 OPEN_FINDINGS: dict[str, str] = {
     **{f"umbrella-{c}": _NP_JOB for c in ["default", "existing-secret-values.yaml", "fullname-values.yaml", "no-kfp-values.yaml",
@@ -85,6 +86,7 @@ HELM_ENV = dict(os.environ, HELM_CACHE_HOME="/tmp/functionfuse-helm/cache", HELM
 
 
 def helm(*args: str) -> str:
+    assert HELM is not None
     proc = subprocess.run([HELM, *args], capture_output=True, text=True, env=HELM_ENV, stdin=subprocess.DEVNULL, timeout=180)
     assert proc.returncode == 0, f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
     return proc.stdout
@@ -106,7 +108,7 @@ def charts(tmp_path_factory) -> str:
     return dest
 
 
-def render(charts: str, chart: str = UMBRELLA, values: list[str] = (), sets: list[str] = (), namespace: str = NAMESPACE) -> list[dict]:
+def render(charts: str, chart: str = UMBRELLA, values: Sequence[str] = (), sets: Sequence[str] = (), namespace: str = NAMESPACE) -> list[dict]:
     args = ["template", "ff", os.path.join(charts, chart), "--namespace", namespace]
     for v in values:
         args += ["-f", v]
@@ -207,8 +209,8 @@ def test_facts_are_read_at_the_versions_manifests_pin():
         )
     kuberay = {s.tag for s in cm.upstream_sources() if s.name == "kuberay"}
     for kind in cm.CRD_SCHEMAS:
-        source, _ = cm.crd_schema(kind)
-        assert {source["tag"]} == kuberay, f"the {kind} schema is from KubeRay {source['tag']}, the manifests pin {kuberay}"
+        crd_source, _ = cm.crd_schema(kind)
+        assert {crd_source["tag"]} == kuberay, f"the {kind} schema is from KubeRay {crd_source['tag']}, the manifests pin {kuberay}"
 
 
 def test_facts_hold_the_objects_the_collisions_are_about():
@@ -495,3 +497,25 @@ def test_security_catches_a_container_without_limits(tmp_path):
     d = Defect(tmp_path).sub("functionfuse-minio/templates/server.yaml", r"toYaml \.Values\.resources", 'toYaml (omit .Values.resources "limits")')
     findings = only(run_checks(d.render(), checks=("security",)), "security")
     assert_named(findings, "Deployment/kubeflow/ff-functionfuse-minio", "cpu limits")
+
+
+def test_security_catches_a_default_password_in_a_generated_secret(tmp_path):
+    d = Defect(tmp_path).add("functionfuse-minio/templates/zz-weak.yaml", """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: weak
+data:
+  secretKey: {{ "minioadmin" | b64enc }}
+""")
+    findings = only(run_checks(d.render(), checks=("security",)), "security")
+    assert_named(findings, "Secret/kubeflow/weak", "data.secretKey", "minioadmin")
+
+
+def test_security_looks_inside_the_prefect_flow_run_job_template(tmp_path):
+    # the flow-run Jobs the worker creates from the base job template, without runAsNonRoot
+    d = Defect(tmp_path).sub("functionfuse-prefect/templates/_jobtemplate.tpl", r"toYaml \.Values\.podSecurityContext",
+                             'toYaml (omit .Values.podSecurityContext "runAsNonRoot")')
+    findings = only(run_checks(d.render(sets=["functionfuse-prefect.worker.enabled=true"]), checks=("security",)), "security")
+    hits = [f for f in findings if f.obj.startswith("ConfigMap/kubeflow/") and "job_manifest" in f.message and "runAsNonRoot" in f.message]
+    assert hits, report(findings)

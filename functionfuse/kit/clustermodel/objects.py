@@ -14,6 +14,7 @@ __all__ = [
     "key_of",
     "pod_templates",
     "embedded_documents",
+    "embedded_workloads",
     "walk",
 ]
 
@@ -163,3 +164,23 @@ def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
     elif isinstance(node, Sequence) and not isinstance(node, (str, bytes)):
         for i, v in enumerate(node):
             yield from walk(v, f"{path}[{i}]")
+
+
+_WORKLOAD_KINDS = _TEMPLATE_KINDS | {"CronJob", "Pod"}
+
+
+def embedded_workloads(obj: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """(where, object) of each workload written inside a ConfigMap value, such as the Job
+    manifest of a Prefect base job template: the cluster runs those pods too. Template
+    placeholders stay as they are; the checks treat ``{{ ... }}`` values as set later."""
+    found = []
+    for data_key, doc in embedded_documents(obj):
+        for path, k, v in walk({"": doc}):
+            if isinstance(v, Mapping) and v.get("kind") in _WORKLOAD_KINDS and isinstance(v.get("spec"), Mapping):
+                workload = dict(v)
+                meta = dict(workload.get("metadata") or {})
+                meta["name"] = str(meta.get("name") or meta.get("generateName") or "embedded")
+                meta.pop("namespace", None)  # a placeholder: the workload runs where the template is used
+                workload["metadata"] = meta
+                found.append((f"data.{data_key} {path}", workload))
+    return found

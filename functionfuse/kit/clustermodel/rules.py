@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..._version import __version__
-from .objects import Finding, PodTemplate, embedded_documents, key_of, pod_templates, walk
+from .objects import Finding, PodTemplate, embedded_documents, embedded_workloads, key_of, pod_templates, walk
 
 __all__ = [
     "DIGEST_PINNED",
@@ -56,8 +57,8 @@ def image_references(obj: Mapping[str, Any], namespace: str) -> list[tuple[str, 
                 continue
             if k == "image" or (isinstance(k, str) and k.upper().endswith("_IMAGE")):
                 found.append((f"{where} {path}".strip(), v))
-            elif k == "value" and path.endswith("].value"):
-                pass  # env values are handled with their names below
+            elif k == "default" and path.endswith(".image.default"):  # a job template's variable (Prefect)
+                found.append((f"{where} {path}".strip(), v))
     for pod in pod_templates(obj, namespace):
         for c in list(pod.spec.get("initContainers") or []) + list(pod.spec.get("containers") or []):
             for e in c.get("env") or []:
@@ -125,8 +126,10 @@ def _pod_findings(pod: PodTemplate, read_only_exceptions: Mapping[str, str]) -> 
         if csc.get("readOnlyRootFilesystem") is not True and not any(fnmatch.fnmatchcase(where, p) for p in read_only_exceptions):
             yield (f"{where}: readOnlyRootFilesystem is not true; mount emptyDir volumes where the program writes "
                    "(e.g. /tmp), or add it to READ_ONLY_ROOT_EXCEPTIONS with the reason")
-        res = c.get("resources") or {}
-        missing = [f"{r} {part}" for part in ("requests", "limits") for r in ("cpu", "memory") if r not in (res.get(part) or {})]
+        res: Any = c.get("resources") or {}
+        if isinstance(res, str) and "{{" in res:
+            res = {"requests": {"cpu": res, "memory": res}, "limits": {"cpu": res, "memory": res}}  # filled in per run
+        missing = [f"{r} {part}" for part in ("requests", "limits") for r in ("cpu", "memory") if r not in ((res.get(part) if isinstance(res, Mapping) else None) or {})]
         if missing:
             yield f"{where}: no {', '.join(missing)}"
         names = {str(e.get("name", "")) for e in c.get("env") or []}
@@ -152,9 +155,12 @@ def check_security(
     policies = [(key_of(o, namespace), (o.get("spec") or {}).get("podSelector") or {}) for o in objs if o.get("kind") == "NetworkPolicy"]
     for obj in objs:
         key = key_of(obj, namespace)
-        for pod in pod_templates(obj, namespace):
+        pods = [(str(key), key.namespace, pod) for pod in pod_templates(obj, namespace)]
+        for where, workload in embedded_workloads(obj):
+            pods += [(str(key), key.namespace, PodTemplate(f"{where} {pod.where}", pod.labels, pod.spec)) for pod in pod_templates(workload, key.namespace)]
+        for _, pod_ns, pod in pods:
             findings += [Finding("security", str(key), msg) for msg in _pod_findings(pod, read_only_exceptions)]
-            if not any(pk.namespace == key.namespace and _selects(sel, pod.labels) for pk, sel in policies):
+            if not any(pk.namespace == pod_ns and _selects(sel, pod.labels) for pk, sel in policies):
                 shown = {k: v for k, v in pod.labels.items() if k.startswith(("app.kubernetes.io/name", "app.kubernetes.io/component", "ray.io/"))}
                 findings.append(Finding("security", str(key), f"{pod.where}: no NetworkPolicy in {key.namespace!r} selects this pod (labels {shown or dict(pod.labels)})"))
         spec = obj.get("spec") or {}
@@ -166,9 +172,15 @@ def check_security(
             elif k == "serviceType" and v in ("NodePort", "LoadBalancer"):
                 findings.append(Finding("security", str(key), f"{path}: {v} exposes the service on every node; use ClusterIP"))
         if key.kind == "Secret":
-            for k2, v2 in (obj.get("stringData") or {}).items():
+            values = [(f"stringData.{k2}", v2) for k2, v2 in (obj.get("stringData") or {}).items()]
+            for k2, v2 in (obj.get("data") or {}).items():
+                try:
+                    values.append((f"data.{k2}", base64.b64decode(str(v2), validate=True).decode()))
+                except (ValueError, UnicodeDecodeError):
+                    continue
+            for where, v2 in values:
                 if isinstance(v2, str) and v2.lower() in _WELL_KNOWN_PASSWORDS:
-                    findings.append(Finding("security", str(key), f"stringData.{k2} is the well-known default {v2!r}; generate it or require an existing Secret"))
+                    findings.append(Finding("security", str(key), f"{where} is the well-known default {v2!r}; generate it or require an existing Secret"))
         if key.kind == "ConfigMap":
             for k2, v2 in (obj.get("data") or {}).items():
                 if not isinstance(v2, str) or not v2:
