@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from .fingerprint import _h
+from ._sourcefp import digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fingerprint import Fingerprinter
@@ -50,7 +50,7 @@ def zarr_summary(fp: "Fingerprinter", array: Any) -> str:
 
     prefix = f"{array.path.strip('/')}/" if array.path else ""
     chunks = sync(_chunk_identities(store, prefix))
-    return _h(
+    return digest(
         b"zarr.Array",
         fp.value(metadata.to_dict()).encode(),
         *(f"{key}={identity}".encode() for key, identity in chunks),
@@ -78,8 +78,8 @@ async def _chunk_identities(store: Any, prefix: str) -> list[tuple[str, str]]:
     to_read = [k for k in wanted if k not in checksums]
     for start in range(0, len(to_read), _READ_AHEAD):
         batch = to_read[start : start + _READ_AHEAD]
-        for key, digest in zip(batch, await asyncio.gather(*(_stored_digest(store, k) for k in batch))):
-            checksums[key] = digest
+        for key, checksum in zip(batch, await asyncio.gather(*(_stored_digest(store, k) for k in batch))):
+            checksums[key] = checksum
     return [(k[len(prefix) :], checksums[k]) for k in wanted if checksums.get(k)]
 
 
@@ -96,15 +96,15 @@ def dask_summary(fp: "Fingerprinter", array: Any) -> str:
     """Digest of a Dask array: its graph name, with the summary of any Zarr array it reads."""
     layers = getattr(getattr(array, "dask", None), "layers", None)
     if not isinstance(layers, Mapping):
-        return _h(b"dask.array", array.name.encode())
+        return digest(b"dask.array", array.name.encode())
     sources = _zarr_sources(layers)
     if not sources:
-        return _h(b"dask.array", array.name.encode())
+        return digest(b"dask.array", array.name.encode())
     summaries = sorted(fp.value(z) for z in sources)
     if len(sources) == 1 and len(layers) <= 2 and array.name.startswith("from-zarr-"):
         # da.from_zarr(...) as it is: the stored data decide, not the path in the name
-        return _h(b"dask.from_zarr", repr(array.chunks).encode(), array.dtype.str.encode(), summaries[0].encode())
-    return _h(b"dask.array", array.name.encode(), *(s.encode() for s in summaries))
+        return digest(b"dask.from_zarr", repr(array.chunks).encode(), array.dtype.str.encode(), summaries[0].encode())
+    return digest(b"dask.array", array.name.encode(), *(s.encode() for s in summaries))
 
 
 def _zarr_sources(layers: Mapping) -> list[Any]:

@@ -33,25 +33,20 @@ identified by type only, with a warning.
 
 from __future__ import annotations
 
-import ast
 import copyreg
-import dis
 import functools
 import inspect
 import logging
-import os
-import struct
 import sys
-import sysconfig
-import textwrap
 import types
 import warnings
 from typing import AbstractSet, Any, Callable
 
 import xxhash
 
+from ._sourcefp import code_digest, digest, is_user_module, names_used, simple_constant, source_digest, user_object
 from .errors import FingerprintWarning
-from .workflow import NODE_TYPES, NodeItem, workflow
+from .workflow import NODE_TYPES, NodeItem
 
 __all__ = [
     "Fingerprinter", "code_fingerprint", "value_fingerprint", "FINGERPRINT_VERSION", "explain", "FingerprintWarning",
@@ -64,196 +59,7 @@ _MAX_DEPTH = 64
 _MAX_WRAPPERS = 32  # decorators on one function, at most
 #: nodes and node items: the lazy values an argument can hold
 _LAZY_TYPES = NODE_TYPES | {NodeItem}
-
-
-def _h(*parts: bytes) -> str:
-    h = xxhash.xxh3_128()
-    for p in parts:
-        h.update(struct.pack("<Q", len(p)))
-        h.update(p)
-    return h.hexdigest()
-
-
-# -- which modules are the user's own -----------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _library_roots() -> tuple[str, ...]:
-    roots = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        p = sysconfig.get_paths().get(key)
-        if p:
-            roots.add(os.path.realpath(p))
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix):
-        roots.add(os.path.realpath(os.path.join(p, "lib")))
-    for p in sys.path:
-        if "site-packages" in p or "dist-packages" in p:
-            roots.add(os.path.realpath(p))
-    return tuple(sorted(roots))
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_user_module(name: str) -> bool:
-    if name == "__main__":
-        return True
-    if name.split(".")[0] in ("functionfuse", "builtins") or name in sys.builtin_module_names:
-        return False
-    mod = sys.modules.get(name)
-    path = getattr(mod, "__file__", None)
-    # a namespace package (no __init__.py) has folders only
-    paths = [path] if path else [p for p in getattr(mod, "__path__", None) or () if isinstance(p, str)]
-    roots = _library_roots()
-    return any(not any(os.path.realpath(p).startswith(root + os.sep) for root in roots) for p in paths)
-
-
-def _user_object(obj: Any) -> bool:
-    mod = getattr(obj, "__module__", None)
-    return isinstance(mod, str) and _is_user_module(mod)
-
-
-# -- canonical source ----------------------------------------------------------------------------------
-_SKIP_FIELDS = {"ctx", "lineno", "col_offset", "end_lineno", "end_col_offset", "type_comment", "kind"}
-
-
-def _canonical(node: Any, out: list[str], keep: Callable[[Any], bool] = lambda d: True) -> None:
-    """Append the canonical form of *node* to *out*; *keep* filters the decorators of
-    the outermost definition (the ``@workflow`` decorator is not part of the
-    computation; every other decorator is)."""
-    if isinstance(node, ast.AST):
-        out.append(type(node).__name__)
-        out.append("(")
-        body_fields = ("body",) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else ()
-        for field, value in ast.iter_fields(node):
-            if field == "decorator_list":
-                value = [d for d in value if keep(d)]
-            if field in _SKIP_FIELDS or value is None or value == []:
-                continue
-            if field in body_fields and value and _is_docstring(value[0]):
-                value = value[1:]
-                if not value:
-                    continue
-            out.append(field)
-            out.append("=")
-            _canonical(value, out)
-            out.append(",")
-        out.append(")")
-    elif isinstance(node, list):
-        out.append("[")
-        for item in node:
-            _canonical(item, out)
-            out.append(",")
-        out.append("]")
-    else:
-        out.append(type(node).__name__)
-        out.append(repr(node))
-
-
-def _is_docstring(stmt: Any) -> bool:
-    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
-
-
-_SOURCE_DIGESTS: dict[tuple[Any, str], str | None] = {}
-
-
-def _source_digest(obj: Any) -> str | None:
-    """Digest of *obj*'s canonical source, cached per code object for the process
-    (parsing is the expensive part of a fingerprint). A function's source is read from
-    its own code object, so a wrapper made by a decorator is not mistaken for the
-    function it wraps."""
-    code = getattr(obj, "__code__", None)
-    if not isinstance(code, types.CodeType):
-        return _parse_digest(obj, obj)
-    key = (code, code.co_filename)
-    if key not in _SOURCE_DIGESTS:
-        _SOURCE_DIGESTS[key] = _parse_digest(code, obj)
-    return _SOURCE_DIGESTS[key]
-
-
-def _parse_digest(source_of: Any, obj: Any) -> str | None:
-    try:
-        src = textwrap.dedent(inspect.getsource(source_of))
-        tree = ast.parse(src)
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        return None
-    if len(tree.body) != 1:
-        return None
-    out: list[str] = []
-    _canonical(tree.body[0], out, functools.partial(_not_ours, _namespace(obj)))
-    return _h("".join(out).encode())
-
-
-def _namespace(obj: Any) -> dict:
-    """The globals a definition's decorators were evaluated in."""
-    globs = getattr(obj, "__globals__", None)
-    if isinstance(globs, dict):
-        return globs
-    return getattr(sys.modules.get(getattr(obj, "__module__", None) or ""), "__dict__", {})
-
-
-def _not_ours(namespace: dict, decorator: Any) -> bool:
-    """False for ``@workflow`` / ``@task`` (however imported), True for any other decorator."""
-    expr = decorator.func if isinstance(decorator, ast.Call) else decorator
-    path: list[str] = []
-    while isinstance(expr, ast.Attribute):
-        path.append(expr.attr)
-        expr = expr.value
-    if not isinstance(expr, ast.Name):
-        return True
-    value = namespace.get(expr.id, _MISSING)
-    for attr in reversed(path):
-        value = getattr(value, attr, _MISSING)
-    return value is not workflow
-
-
 _MISSING = object()
-
-
-def _code_digest(code: types.CodeType) -> str:
-    """Bytecode fallback (no source): stable within one Python version."""
-    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for c in code.co_consts:
-        if isinstance(c, types.CodeType):
-            parts.append(_code_digest(c).encode())
-        elif isinstance(c, frozenset):
-            parts.append(repr(sorted(map(repr, c))).encode())
-        else:
-            parts.append(repr(c).encode())
-    return _h(*parts)
-
-
-@functools.lru_cache(maxsize=4096)
-def _names_used(code: types.CodeType) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    """(global names read, attribute names read, modules imported) by *code* and the
-    code nested in it."""
-    globals_: set[str] = set()
-    attrs: set[str] = set()
-    imported: set[str] = set()
-    # the import level and the fromlist are loaded just before IMPORT_NAME
-    previous: list[Any] = [None, None]
-    for ins in dis.get_instructions(code):
-        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str):
-            globals_.add(ins.argval)
-        elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM") and isinstance(ins.argval, str):
-            attrs.add(ins.argval)
-        elif ins.opname == "IMPORT_NAME" and isinstance(ins.argval, str):
-            first = previous[0]  # the level: only absolute imports name a module by themselves
-            if first is not None and first.opname == "LOAD_CONST" and first.argval == 0:
-                imported.add(ins.argval)
-                imported.add(ins.argval.partition(".")[0])
-        previous = [previous[1], ins]
-    for c in code.co_consts:
-        if isinstance(c, types.CodeType):
-            g, a, m = _names_used(c)
-            globals_ |= g
-            attrs |= a
-            imported |= m
-    return frozenset(globals_), frozenset(attrs), frozenset(imported)
-
-
-def _simple(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
-        return True
-    if isinstance(value, (tuple, frozenset)):
-        return all(_simple(v) for v in value)
-    return False
 
 
 class Fingerprinter:
@@ -321,48 +127,48 @@ class Fingerprinter:
                     self._collect(f, found, seen)
             return
         if isinstance(obj, functools.partial):
-            found[self._key(obj)] = _h(b"partial", self.value(obj.args).encode(), self.value(obj.keywords).encode())
+            found[self._key(obj)] = digest(b"partial", self.value(obj.args).encode(), self.value(obj.keywords).encode())
             self._collect(obj.func, found, seen)
             return
         name = self._key(obj)
         if isinstance(obj, type):
-            if not _user_object(obj):
+            if not user_object(obj):
                 return
-            parts = [(_source_digest(obj) or "").encode()]
+            parts = [(source_digest(obj) or "").encode()]
             for attr, value in sorted(vars(obj).items()):
                 if attr.startswith("__") and attr not in ("__init__", "__call__", "__new__", "__post_init__"):
                     continue
                 if isinstance(value, (types.FunctionType, staticmethod, classmethod, property)):
                     self._collect(value, found, seen)
-                elif _simple(value):
+                elif simple_constant(value):
                     parts.append(f"{attr}={value!r}".encode())
             for base in obj.__bases__:
-                if _user_object(base):
+                if user_object(base):
                     self._collect(base, found, seen)
-            found[name] = _h(*parts)
+            found[name] = digest(*parts)
             return
         code = getattr(obj, "__code__", None)
         if not isinstance(code, types.CodeType):
             return  # builtins, C functions: identified by name where they are used
-        if not _user_object(obj) and found:
+        if not user_object(obj) and found:
             return  # library code referenced by user code: by name only
         parts = self._function_parts(obj, code, found, seen)
         for wrapper in wrappers:
             wcode = getattr(wrapper, "__code__", None)
-            if isinstance(wcode, types.CodeType) and _user_object(wrapper):
-                parts.append(b"wrapped-by:" + _h(*self._function_parts(wrapper, wcode, found, seen)).encode())
-        found[name] = _h(*parts)
+            if isinstance(wcode, types.CodeType) and user_object(wrapper):
+                parts.append(b"wrapped-by:" + digest(*self._function_parts(wrapper, wcode, found, seen)).encode())
+        found[name] = digest(*parts)
 
     def _function_parts(self, obj: Any, code: types.CodeType, found: dict[str, str], seen: set[int]) -> list[bytes]:
         """A function's own code, defaults, closure values and the globals (and user
         modules) it reads."""
-        digest = _source_digest(obj) or ("bc:" + _code_digest(code))
-        parts = [digest.encode()]
+        own = source_digest(obj) or ("bc:" + code_digest(code))
+        parts = [own.encode()]
         if getattr(obj, "__defaults__", None):
             parts.append(self.value(obj.__defaults__).encode())
         if getattr(obj, "__kwdefaults__", None):
             parts.append(self.value(obj.__kwdefaults__).encode())
-        used, attrs, imported = _names_used(code)
+        used, attrs, imported = names_used(code)
         if getattr(obj, "__closure__", None):
             for cell in obj.__closure__:
                 try:
@@ -398,22 +204,22 @@ class Fingerprinter:
             return self._module_reference(value, found, seen, set(code_names), set())
         if isinstance(value, functools.partial):
             inner = self._reference(value.func, found, seen, code_names, closure)
-            return _h(b"partial", inner.encode(), self.value(value.args).encode(), self.value(value.keywords).encode())
+            return digest(b"partial", inner.encode(), self.value(value.args).encode(), self.value(value.keywords).encode())
         if isinstance(value, (types.FunctionType, type)) or hasattr(value, "__wrapped__"):
             target = value
             for _ in range(_MAX_WRAPPERS):
-                if _user_object(target) or not hasattr(target, "__wrapped__"):
+                if user_object(target) or not hasattr(target, "__wrapped__"):
                     break
                 target = target.__wrapped__  # a library wrapper of user code
-            if _user_object(target):
+            if user_object(target):
                 self._collect(target, found, seen)
                 return ""
             return _display_name(target)
         if type(value) in _LAZY_TYPES and self._node_digest is None:
-            return _h(b"node", str(getattr(value, "name", "")).encode())
+            return digest(b"node", str(getattr(value, "name", "")).encode())
         if callable(value) and not closure:
             return _display_name(value)
-        if closure or _simple(value):
+        if closure or simple_constant(value):
             return self.value(value)
         return ""
 
@@ -422,7 +228,7 @@ class Fingerprinter:
     ) -> str:
         """The members of a user module that the code names (``helpers.normalize``,
         ``pkg.sub.deep``: through submodules too), collected or hashed like globals."""
-        if not _is_user_module(module.__name__) or id(module) in visited:
+        if not is_user_module(module.__name__) or id(module) in visited:
             return ""
         visited.add(id(module))
         parts = []
@@ -432,13 +238,13 @@ class Fingerprinter:
                 continue
             if isinstance(member, types.ModuleType):
                 ref = self._module_reference(member, found, seen, names, visited)
-            elif _simple(member) or isinstance(member, functools.partial) or _user_object(member):
+            elif simple_constant(member) or isinstance(member, functools.partial) or user_object(member):
                 ref = self._reference(member, found, seen)
             else:
                 ref = ""  # library objects imported into the module, mutable values
             if ref:
                 parts.append(f"{attr}:{ref}".encode())
-        return _h(b"module", *parts) if parts else ""
+        return digest(b"module", *parts) if parts else ""
 
     # -- values ------------------------------------------------------------------------------
     def value(self, value: Any) -> str:
@@ -447,21 +253,21 @@ class Fingerprinter:
 
     def _value(self, v: Any, depth: int) -> str:
         if depth > _MAX_DEPTH:
-            return _h(b"deep", type(v).__qualname__.encode())
+            return digest(b"deep", type(v).__qualname__.encode())
         t = type(v)
         if v is None or t is bool or t is int or t is float or t is complex:
-            return _h(t.__name__.encode(), repr(v).encode())
+            return digest(t.__name__.encode(), repr(v).encode())
         if t is str:
-            return _h(b"str", v.encode("utf-8", "surrogatepass"))
+            return digest(b"str", v.encode("utf-8", "surrogatepass"))
         if t is bytes or t is bytearray:
-            return _h(b"bytes", bytes(v))
+            return digest(b"bytes", bytes(v))
         if t is list or t is tuple:
-            return _h(t.__name__.encode(), *(self._value(x, depth + 1).encode() for x in v))
+            return digest(t.__name__.encode(), *(self._value(x, depth + 1).encode() for x in v))
         if t is dict:
             items = sorted((self._value(k, depth + 1), self._value(x, depth + 1)) for k, x in v.items())
-            return _h(b"dict", *(f"{k}:{x}".encode() for k, x in items))
+            return digest(b"dict", *(f"{k}:{x}".encode() for k, x in items))
         if t is set or t is frozenset:
-            return _h(t.__name__.encode(), *sorted(self._value(x, depth + 1).encode() for x in v))
+            return digest(t.__name__.encode(), *sorted(self._value(x, depth + 1).encode() for x in v))
         if t in _LAZY_TYPES:
             if self._node_digest is None:
                 raise TypeError("a node inside a value needs a node_digest function")
@@ -469,9 +275,9 @@ class Fingerprinter:
         cached = self._values.get(id(v))
         if cached is not None and cached[0] is v:
             return cached[1]
-        digest = self._object(v, depth)
-        self._values[id(v)] = (v, digest)  # keep v alive so its id is not reused
-        return digest
+        found = self._object(v, depth)
+        self._values[id(v)] = (v, found)  # keep v alive so its id is not reused
+        return found
 
     def _object(self, v: Any, depth: int) -> str:
         t = type(v)
@@ -480,11 +286,11 @@ class Fingerprinter:
             import numpy as np
 
             if v.dtype.hasobject:
-                return _h(b"ndarray-object", str(v.shape).encode(), self._value(v.tolist(), depth + 1).encode())
+                return digest(b"ndarray-object", str(v.shape).encode(), self._value(v.tolist(), depth + 1).encode())
             data = np.ascontiguousarray(v)
-            return _h(b"ndarray", v.dtype.str.encode(), str(v.shape).encode(), xxhash.xxh3_128_digest(memoryview(data).cast("B")))  # type: ignore[arg-type]
+            return digest(b"ndarray", v.dtype.str.encode(), str(v.shape).encode(), xxhash.xxh3_128_digest(memoryview(data).cast("B")))  # type: ignore[arg-type]
         if module == "numpy" and hasattr(v, "dtype") and getattr(v, "shape", None) == ():
-            return _h(b"npscalar", str(v.dtype).encode(), repr(v.item()).encode())
+            return digest(b"npscalar", str(v.dtype).encode(), repr(v.item()).encode())
         if module.startswith("dask.array") and t.__name__ == "Array":
             from ._arrayfp import dask_summary
 
@@ -494,11 +300,11 @@ class Fingerprinter:
 
             return zarr_summary(self, v)
         if isinstance(v, (types.FunctionType, type)) or hasattr(v, "__wrapped__"):
-            return _h(b"code", repr(sorted(self.code(v).items())).encode())
+            return digest(b"code", repr(sorted(self.code(v).items())).encode())
         if isinstance(v, types.ModuleType):
-            return _h(b"module", v.__name__.encode())
+            return digest(b"module", v.__name__.encode())
         if hasattr(v, "__dataclass_fields__") or (hasattr(v, "__dict__") and not hasattr(t, "__reduce_ex__")):
-            return _h(b"obj", _type_name(t).encode(), self._value(dict(vars(v)), depth + 1).encode())
+            return digest(b"obj", _type_name(t).encode(), self._value(dict(vars(v)), depth + 1).encode())
         try:
             reducer = copyreg.dispatch_table.get(t)  # as pickle does: NumPy's ufuncs register here
             reduced = reducer(v) if reducer is not None else v.__reduce_ex__(4)
@@ -506,7 +312,7 @@ class Fingerprinter:
             reduced = None
         if isinstance(reduced, str):
             # a global found by name (built-in and C functions, ufuncs, singletons)
-            return _h(b"global", f"{_owner_module(v, reduced)}.{reduced}".encode())
+            return digest(b"global", f"{_owner_module(v, reduced)}.{reduced}".encode())
         if isinstance(reduced, tuple) and len(reduced) >= 2:
             parts = [b"reduce", _type_name(t).encode(), _type_name(reduced[0]).encode()]
             parts.append(self._value(tuple(reduced[1]) if isinstance(reduced[1], tuple) else reduced[1], depth + 1).encode())
@@ -518,7 +324,7 @@ class Fingerprinter:
             for extra in reduced[3:5]:
                 if extra is not None:
                     parts.append(self._value(list(extra), depth + 1).encode())
-            return _h(*parts)
+            return digest(*parts)
         return self.opaque(t)
 
     def opaque(self, t: type) -> str:
@@ -532,7 +338,7 @@ class Fingerprinter:
                 FingerprintWarning,
                 stacklevel=5,
             )
-        return _h(b"opaque", name.encode())
+        return digest(b"opaque", name.encode())
 
     # -- arguments ----------------------------------------------------------------------------
     def positional_names(self, func: Any) -> tuple[str, ...] | None:
@@ -585,7 +391,7 @@ def _type_name(obj: Any) -> str:
     script (``__main__``) and the same file imported agree, as code keys do; anything
     else by module and qualified name."""
     module = getattr(obj, "__module__", None)
-    if isinstance(module, str) and _is_user_module(module):
+    if isinstance(module, str) and is_user_module(module):
         qual = getattr(obj, "__qualname__", None)
         if isinstance(qual, str):
             return qual
