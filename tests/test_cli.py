@@ -424,37 +424,6 @@ def test_graph_command_names_a_bad_target(project):
     assert out.returncode == 1 and "no such file" in out.stderr
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_stack_up_dry_run_lists_every_step_with_existing_files(tmp_path):
-    out = ff("stack", "up", "--dry-run", "--source", ROOT, cwd=tmp_path)
-    commands = [line[2:].split() for line in out.stderr.splitlines() if line.startswith("+ ")]
-    tools = [c[0] for c in commands]
-    assert {"docker", "kind", "kubectl", "helm"} <= set(tools)
-    assert any(c[:3] == ["kind", "create", "cluster"] for c in commands)
-    assert any(c[:2] == ["helm", "dependency"] for c in commands)
-    assert any("127.0.0.1:5001:5000" in c for c in commands), "the registry is published on loopback only"
-    paths = [a for c in commands for a in c if a.startswith(ROOT)]
-    assert paths and all(os.path.exists(p) for p in paths), [p for p in paths if not os.path.exists(p)]
-    assert "stack up" in out.stdout
-
-
-def test_stack_up_without_the_tools_says_what_to_install(tmp_path):
-    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH: none of docker, kind, kubectl, helm
-    out = subprocess.run([sys.executable, "-m", "functionfuse", "stack", "up", "--source", ROOT], capture_output=True,
-                         text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
-    assert out.returncode == 1 and "kind" in out.stderr and "kind.sigs.k8s.io" in out.stderr
-    assert "Traceback" not in out.stderr
-
-
-def test_stack_needs_a_source_tree(tmp_path):
-    out = ff("stack", "down", "--dry-run", "--source", str(tmp_path), cwd=tmp_path, check=False)
-    assert out.returncode == 1 and "--source DIR" in out.stderr
-    out = ff("stack", "down", "--dry-run", "--source", ROOT, cwd=tmp_path)
-    assert "kind delete cluster --name functionfuse" in out.stderr and "docker rm -f kind-registry" in out.stderr
-
-
 def test_storage_commands_over_s3_by_url_and_by_options_file(tmp_path):
     pytest.importorskip("s3fs", reason="the s3 extra is not installed")
     import s3support

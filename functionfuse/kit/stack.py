@@ -1,38 +1,42 @@
-"""The functionfuse stack on a local kind cluster: ``functionfuse stack up|down``.
+"""``functionfuse stack up|down|install|steps``: the functionfuse stack on a cluster.
 
-``up`` brings up, in order and each step idempotent:
+The commands come from :mod:`functionfuse.kit.steps` (one list for the runner and the
+docs); this module runs them, idempotently:
 
-1. a registry container (``registry:2``) published on ``127.0.0.1:<port>`` only;
-2. a kind cluster (``manifests/kind/cluster.yaml``) whose nodes pull from that registry;
-3. the functionfuse images, built and pushed to the registry;
-4. the KubeRay operator and Kubeflow Pipelines (``manifests/kuberay``, ``manifests/kfp``);
-5. the umbrella chart (``charts/functionfuse``: RayCluster, Prefect server, MinIO),
-   waiting until the RayCluster is ready.
+* ``up``: on a local kind cluster: a registry container (``registry:3``) published on
+  ``127.0.0.1:<port>`` only, the kind cluster whose nodes pull ``localhost:<port>/...``
+  from it, the functionfuse images built and pushed there, then the install steps.
+  A registry container that exists but is stopped is started; one this command created
+  with other settings (image, port) is replaced; one it did not create is left alone
+  and reported.
+* ``install``: the install steps on any cluster (``--context``, else the current one of
+  ``KUBECONFIG``): the KubeRay operator, Kubeflow Pipelines (``--no-kfp`` leaves it out),
+  the umbrella chart (from this checkout or ``--chart oci://...``) and KFP's launcher
+  settings.
+* ``steps``: print the install steps as shell, run nothing (``install --dry-run``).
+* ``down``: delete the kind cluster and the registry container, nothing else.
 
-``down`` deletes the cluster and the registry container, and nothing else. Every name
-comes from :class:`StackConfig` (environment variables ``FUNCTIONFUSE_KIND_CLUSTER``,
-``FUNCTIONFUSE_KIND_REGISTRY``, ``FUNCTIONFUSE_KIND_REGISTRY_PORT``,
-``FUNCTIONFUSE_KIND_NODE_IMAGE``), so two stacks can live side by side.
-
-It needs docker, kind, kubectl and helm on PATH, internet access (kindest/node,
-registry:2, python:3.11-slim, the KubeRay and KFP manifests) and a functionfuse source
-tree for the manifests and charts (the checkout this package runs from, or
-``--source DIR``). ``--dry-run`` prints the commands without running any.
+Names come from :class:`~functionfuse.kit.steps.StackConfig` (environment variables
+``FUNCTIONFUSE_KIND_CLUSTER``, ``FUNCTIONFUSE_KIND_REGISTRY``,
+``FUNCTIONFUSE_KIND_REGISTRY_PORT``, ``FUNCTIONFUSE_KIND_NODE_IMAGE``), so two stacks can
+live side by side. Commands run in a functionfuse source tree (``--source DIR``, default
+this checkout), where ``manifests/`` and ``charts/`` are.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import replace
+from typing import Any, Callable
 
 from ..errors import ConfigurationError, StackError
+from .steps import REGISTRY_LABEL, Command, StackConfig, Step, all_steps, install_steps, render
 
-__all__ = ["StackConfig", "StackError", "Stack", "find_source", "missing_tools", "TOOLS"]
+__all__ = ["StackConfig", "StackError", "Stack", "find_source", "missing_tools", "TOOLS", "add_stack_command"]
 
 TOOLS = ("docker", "kind", "kubectl", "helm")
 _INSTALL = {
@@ -43,8 +47,8 @@ _INSTALL = {
 }
 
 
-def missing_tools() -> list[str]:
-    return [t for t in TOOLS if shutil.which(t) is None]
+def missing_tools(tools: tuple[str, ...] = TOOLS) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None]
 
 
 def find_source(start: str | None = None) -> str:
@@ -62,24 +66,8 @@ def find_source(start: str | None = None) -> str:
     )
 
 
-@dataclass
-class StackConfig:
-    """Names of what the stack creates; defaults from the environment."""
-
-    cluster: str = field(default_factory=lambda: os.environ.get("FUNCTIONFUSE_KIND_CLUSTER", "functionfuse"))
-    registry: str = field(default_factory=lambda: os.environ.get("FUNCTIONFUSE_KIND_REGISTRY", "kind-registry"))
-    registry_port: int = field(default_factory=lambda: int(os.environ.get("FUNCTIONFUSE_KIND_REGISTRY_PORT", "5001")))
-    node_image: str = field(default_factory=lambda: os.environ.get("FUNCTIONFUSE_KIND_NODE_IMAGE", ""))
-    namespace: str = "kubeflow"
-    release: str = "ff"
-
-    @property
-    def context(self) -> str:
-        return f"kind-{self.cluster}"
-
-
 class Stack:
-    """The steps of ``up`` and ``down``; with *dry_run*, commands are printed, not run."""
+    """Runs the steps of :mod:`functionfuse.kit.steps`; with *dry_run*, prints them instead."""
 
     def __init__(
         self,
@@ -93,103 +81,200 @@ class Stack:
         self.config = config or StackConfig()
         self.dry_run = dry_run
         self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.commands: list[list[str]] = []
+        self.commands: list[list[str]] = []  # every command run, in order
+        #: how ``functionfuse`` in a step is run: this Python's
+        self.functionfuse = [sys.executable, "-m", "functionfuse"]
 
     # -- running commands ----------------------------------------------------------------
-    def sh(self, *cmd: str, check: bool = True, capture: bool = False) -> str:
+    def sh(self, *cmd: str, check: bool = True, capture: bool = False, stdin: str | None = None,
+           exists_ok: bool = False) -> str:
+        """Run *cmd* in the source tree; its output if *capture*. ``functionfuse`` is this Python's."""
+        argv = [*self.functionfuse, *cmd[1:]] if cmd[0] == "functionfuse" else list(cmd)
         self.commands.append(list(cmd))
         self.echo("+ " + " ".join(cmd))
-        if self.dry_run:
-            return ""
-        proc = subprocess.run(cmd, check=False, text=True, capture_output=capture)
-        if check and proc.returncode != 0:
-            detail = f": {proc.stderr.strip()}" if capture and proc.stderr else ""
-            raise StackError(f"`{' '.join(cmd)}` failed with exit status {proc.returncode}{detail}")
+        feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+        proc = subprocess.run(argv, cwd=self.source, check=False, text=True, stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.PIPE, **feed)
+        err = (proc.stderr or "").strip()
+        if err and not capture:
+            print(err, file=sys.stderr)
+        if proc.returncode != 0:
+            if exists_ok and ("AlreadyExists" in err or "already exists" in err):
+                return proc.stdout or ""
+            if check:
+                raise StackError(f"`{' '.join(cmd)}` failed with exit status {proc.returncode}" + (f": {err[-2000:]}" if err else ""))
         return proc.stdout if capture else ""
 
-    def kubectl(self, *args: str, check: bool = True, capture: bool = False) -> str:
-        return self.sh("kubectl", "--context", self.config.context, *args, check=check, capture=capture)
+    def run(self, command: Command, nodes: list[str] | None = None) -> None:
+        """Run one command of a step: per node, with its substitutions and standard input."""
+        argv = list(command.argv)
+        for i, sub in enumerate(command.substitutions):
+            out = self.sh(*sub.argv, capture=True).strip()
+            argv = [a.replace(f"{{{i}}}", out) for a in argv]
+        targets: list[str | None] = list(nodes or []) if command.per_node else [None]
+        for node in targets:
+            cmd = [a.replace("{node}", node) for a in argv] if node else argv
+            self.sh(*cmd, stdin=command.stdin, exists_ok=command.exists_ok)
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.source, *parts)
-
-    # -- steps ---------------------------------------------------------------------------
-    def registry_up(self) -> None:
-        c = self.config
-        running = self.sh("docker", "inspect", "-f", "{{.State.Running}}", c.registry, check=False, capture=True)
-        if running.strip() != "true":
-            self.sh("docker", "run", "-d", "--restart=always", "-p", f"127.0.0.1:{c.registry_port}:5000",
-                    "--network", "bridge", "--name", c.registry, "registry:2")
-
-    def cluster_up(self) -> None:
-        c = self.config
-        clusters = self.sh("kind", "get", "clusters", capture=True).split()
-        if c.cluster not in clusters:
-            cmd = ["kind", "create", "cluster", "--name", c.cluster, "--config", self.path("manifests/kind/cluster.yaml")]
-            if c.node_image:
-                cmd += ["--image", c.node_image]
-            self.sh(*cmd)
-        hosts = self.path("manifests/kind/certs.d/localhost:5001/hosts.toml")
-        nodes = self.sh("kind", "get", "nodes", "--name", c.cluster, capture=True).split() or (["<node>"] if self.dry_run else [])
-        for node in nodes:
-            self.sh("docker", "exec", node, "mkdir", "-p", f"/etc/containerd/certs.d/localhost:{c.registry_port}")
-            self.sh("docker", "cp", hosts, f"{node}:/etc/containerd/certs.d/localhost:{c.registry_port}/hosts.toml")
-        networks = self.sh("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", c.registry, capture=True)
-        if '"kind"' not in networks:
-            self.sh("docker", "network", "connect", "kind", c.registry)
-        self.kubectl("apply", "-f", self.path("manifests/kind/local-registry-hosting.yaml"))
-
-    def images_up(self) -> None:
-        self.sh(sys.executable, "-m", "functionfuse", "image", "build", "--quiet", "--push",
-                f"127.0.0.1:{self.config.registry_port}")
-
-    def operators_up(self) -> None:
-        ns = self.config.namespace
-        self.kubectl("create", "namespace", "ray-system", check=False)
-        self.kubectl("apply", "--server-side", "-k", self.path("manifests/kuberay"))
-        self.kubectl("apply", "-k", self.path("manifests/kfp/cluster-scoped"))
-        self.kubectl("wait", "--for", "condition=established", "--timeout=120s", "crd/applications.app.k8s.io")
-        self.kubectl("apply", "-k", self.path("manifests/kfp"))
-        self.kubectl("wait", "-n", "ray-system", "--for=condition=Available", "deployment/kuberay-operator", "--timeout=600s")
-        self.kubectl("wait", "-n", ns, "--for=condition=Available", "deployment", "--all", "--timeout=1200s")
-
-    def chart_up(self, timeout: float = 900.0) -> None:
-        c = self.config
-        chart = self.path("charts/functionfuse")
-        self.sh("helm", "dependency", "build", chart)
-        self.sh("helm", "--kube-context", c.context, "upgrade", "--install", c.release, chart, "-n", c.namespace,
-                "-f", os.path.join(chart, "ci/kind-values.yaml"), "--wait", "--timeout", "15m")
-        if self.dry_run:
+    def run_step(self, step: Step) -> None:
+        handler = getattr(self, f"_step_{step.name}", None)
+        if handler is not None:
+            handler(step)
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self.kubectl("get", "raycluster", f"{c.release}-functionfuse-ray", "-n", c.namespace,
-                                 "-o", "jsonpath={.status.state}", capture=True, check=False)
-            if state.strip() == "ready":
-                return
-            time.sleep(10)
-        raise StackError(f"the RayCluster did not become ready within {timeout:.0f} s; see `kubectl --context {c.context} "
-                         f"-n {c.namespace} describe raycluster`")
+        for command in step.commands:
+            self.run(command)
 
-    # -- up and down ---------------------------------------------------------------------
-    def check_tools(self) -> None:
-        absent = missing_tools()
-        if absent and not self.dry_run:
+    # -- the kind steps that need more than running their commands ------------------------
+    def registry_state(self) -> dict[str, Any] | None:
+        """``docker inspect`` of the registry container, or None when there is none."""
+        out = self.sh("docker", "inspect", "--type", "container", self.config.registry, capture=True, check=False)
+        try:
+            found = json.loads(out) if out.strip() else []
+        except ValueError:
+            found = []
+        return found[0] if found else None
+
+    def registry_differences(self, state: dict[str, Any]) -> list[str]:
+        """How an existing registry container differs from what the config asks for."""
+        c, diff = self.config, []
+        image = (state.get("Config") or {}).get("Image")
+        if image != c.registry_image:
+            diff.append(f"image {image!r}, not {c.registry_image!r}")
+        bindings = ((state.get("HostConfig") or {}).get("PortBindings") or {}).get("5000/tcp") or []
+        published = sorted(f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}" for b in bindings)
+        if published != [c.push_registry]:
+            diff.append(f"port 5000 published on {', '.join(published) or 'nothing'}, not {c.push_registry}")
+        return diff
+
+    def registry_up(self) -> str:
+        """A running registry container as the config describes: ``created``, ``started``,
+        ``replaced`` or ``running``."""
+        c = self.config
+        run = next(s for s in all_steps(c) if s.name == "registry").commands[0]
+        state = self.registry_state()
+        if state is None:
+            self.run(run)
+            return "created"
+        diff = self.registry_differences(state)
+        if diff:
+            if ((state.get("Config") or {}).get("Labels") or {}).get(REGISTRY_LABEL[0]) != REGISTRY_LABEL[1]:
+                raise StackError(
+                    f"A container named {c.registry!r} exists and was not made by `functionfuse stack up`: "
+                    f"{'; '.join(diff)}. Remove it (docker rm -f {c.registry}) or choose another name "
+                    "with FUNCTIONFUSE_KIND_REGISTRY (and a free port with FUNCTIONFUSE_KIND_REGISTRY_PORT)."
+                )
+            self.echo(f"registry container {c.registry!r} has {'; '.join(diff)}: replacing it")
+            self.sh("docker", "rm", "-f", c.registry)
+            self.run(run)
+            return "replaced"
+        if not (state.get("State") or {}).get("Running"):
+            self.sh("docker", "start", c.registry)
+            return "started"
+        return "running"
+
+    def _step_registry(self, step: Step) -> None:
+        self.registry_up()
+
+    def _step_cluster(self, step: Step) -> None:
+        c = self.config
+        create, *rest = step.commands
+        if c.cluster not in self.sh("kind", "get", "clusters", capture=True).split():
+            self.run(create)
+        nodes = self.sh("kind", "get", "nodes", "--name", c.cluster, capture=True).split()
+        for command in rest:
+            if command.argv[:3] == ("docker", "network", "connect"):
+                state = self.registry_state() or {}
+                if "kind" in ((state.get("NetworkSettings") or {}).get("Networks") or {}):
+                    continue
+            self.run(command, nodes)
+
+    # -- up, install, down ----------------------------------------------------------------
+    def check_tools(self, tools: tuple[str, ...] = TOOLS) -> None:
+        absent = missing_tools(tools)
+        if absent:
             how = "; ".join(f"{t}: {_INSTALL[t]}" for t in absent)
             raise StackError(f"`functionfuse stack` needs {', '.join(absent)} on PATH. Install: {how}")
 
     def up(self) -> str:
+        """The kind stack; with dry_run, the commands as shell text."""
+        steps = all_steps(self.config)
+        if self.dry_run:
+            return render(steps, cluster=self.config.cluster)
         self.check_tools()
-        for step in (self.registry_up, self.cluster_up, self.images_up, self.operators_up, self.chart_up):
-            step()
-        c = self.config
+        for step in steps:
+            self.run_step(step)
+        c = self.config.for_kind()
         return (f"functionfuse stack up: kind cluster {c.cluster} (context {c.context}), registry "
-                f"127.0.0.1:{c.registry_port}, release {c.release} in namespace {c.namespace}")
+                f"{c.push_registry}, release {c.release} in namespace {c.namespace}")
+
+    def install(self) -> str:
+        """The install steps on the configured (or current) cluster; with dry_run, as shell text."""
+        steps = install_steps(self.config)
+        if self.dry_run:
+            return render(steps)
+        self.check_tools(("kubectl", "helm"))
+        for step in steps:
+            self.run_step(step)
+        c = self.config
+        return f"functionfuse installed: release {c.release} in namespace {c.namespace} (context {c.context or 'current'})"
 
     def down(self) -> str:
         c = self.config
-        if self.dry_run or shutil.which("kind"):
+        if self.dry_run:
+            return f"kind delete cluster --name {c.cluster}\ndocker rm -f {c.registry}\n"
+        if shutil.which("kind"):
             self.sh("kind", "delete", "cluster", "--name", c.cluster, check=False)
-        if self.dry_run or shutil.which("docker"):
+        if shutil.which("docker"):
             self.sh("docker", "rm", "-f", c.registry, check=False)
         return f"functionfuse stack down: cluster {c.cluster} and registry container {c.registry} removed"
+
+
+# -- the command line --------------------------------------------------------------------------
+def cmd_stack(args: Any) -> int:
+    config = StackConfig()
+    if args.context:
+        config.context = args.context
+    if args.no_kfp:
+        config = replace(config, kfp=False, namespace=args.namespace or "functionfuse")
+    if args.namespace:
+        config.namespace = args.namespace
+    if args.release:
+        config.release = args.release
+    if args.chart:
+        config.chart, config.chart_version = args.chart, args.version
+    if args.values:
+        config.values = tuple(args.values)
+    if args.image_registry:
+        config.image_registry = args.image_registry
+    what = args.stack_command
+    if what == "check":  # offline: the cluster-model checks on the rendered umbrella chart
+        from .clustermodel.command import cmd_check
+
+        return cmd_check(args, find_source(args.source))
+    stack = Stack(find_source(args.source), config, dry_run=args.dry_run or what == "steps")
+    out = {"up": stack.up, "down": stack.down, "install": stack.install, "steps": stack.install}[what]()
+    print(out, end="" if out.endswith("\n") else "\n")
+    return 0
+
+
+def add_stack_command(sub: Any) -> None:
+    """Add ``stack`` to the ``functionfuse`` command's subparsers."""
+    p = sub.add_parser(
+        "stack", help="install the functionfuse stack: on a local kind cluster (up/down) or any cluster (install/steps)",
+        description="up: registry, kind cluster, images, then the install steps; install: the KubeRay operator, "
+                    "Kubeflow Pipelines, the umbrella chart and KFP's launcher settings on the current (or --context) "
+                    "cluster; steps: print the install steps; down: delete the kind cluster and the registry container; "
+                    "check: render the umbrella chart (-f values) and run the offline cluster-model checks on it.",
+    )
+    p.add_argument("stack_command", choices=["up", "down", "install", "steps", "check"])
+    p.add_argument("--source", help="functionfuse source tree with charts/ and manifests/ (default: this checkout)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands as shell without running them")
+    p.add_argument("--context", help="kube context (install/steps; default: the current one; up: kind-<cluster>)")
+    p.add_argument("--no-kfp", action="store_true", help="leave Kubeflow Pipelines out (namespace: functionfuse)")
+    p.add_argument("--namespace", help="namespace of the release (default: kubeflow, or functionfuse with --no-kfp)")
+    p.add_argument("--release", help="Helm release name (default: ff)")
+    p.add_argument("--chart", help="umbrella chart: a folder or oci://REGISTRY/charts/functionfuse (default: this checkout's)")
+    p.add_argument("--version", help="chart version for an oci:// chart (default: this functionfuse's version)")
+    p.add_argument("-f", "--values", action="append", metavar="FILE", help="values file for the chart (repeatable)")
+    p.add_argument("--image-registry", metavar="HOST[:PORT]", help="global image registry of the chart's images")
+    p.set_defaults(func=cmd_stack)
