@@ -8,7 +8,7 @@
     functionfuse storage rm   [--storage SPEC] WORKFLOW --all [--yes]
     functionfuse plan         [--storage SPEC] [WORKFLOW] --graph TARGET [--cache POLICY] [--json]
     functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format dot,svg,png]
-    functionfuse stack up|down [--source DIR] [--dry-run]
+    functionfuse stack up|down|install|steps [--source DIR] [--dry-run] [--context CTX] [--no-kfp]
     functionfuse kfp compile  TARGET [-o FILE] [--image IMG] [--storage SPEC] [--resume auto|plan]
     functionfuse kfp submit   TARGET --host URL --registry SERVER [--username USER --password-stdin] [--wait]
     functionfuse image build  [IMAGE ...] [--base-image IMG] [--wheelhouse DIR] [--push REGISTRY] [--json]
@@ -884,14 +884,6 @@ def _formats(value: str) -> list[str]:
     return formats
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    from .kit.stack import Stack, find_source
-
-    stack = Stack(find_source(args.source), dry_run=args.dry_run)
-    print(stack.up() if args.stack_command == "up" else stack.down())
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="functionfuse", description="Inspect and manage functionfuse workflows.")
     parser.add_argument("--version", action="version", version=f"functionfuse {__version__}")
@@ -989,12 +981,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="files to write: dot, svg, png, comma-separated or repeated (default: all three)")
     graph.set_defaults(func=cmd_graph)
 
-    stack = sub.add_parser("stack", help="bring the functionfuse stack up on a local kind cluster, or down")
-    stack.add_argument("stack_command", choices=["up", "down"], help="up: registry, cluster, images, operators, charts; "
-                       "down: delete the cluster and the registry container")
-    stack.add_argument("--source", help="functionfuse source tree with charts/ and manifests/ (default: this checkout)")
-    stack.add_argument("--dry-run", action="store_true", help="print the commands without running them")
-    stack.set_defaults(func=cmd_stack)
+    from .kit.stack import add_stack_command  # argparse only; the steps run when called
+
+    add_stack_command(sub)
 
     # argparse only: the Docker SDK is imported when an image subcommand runs
     from .kit.cli import add_image_commands, add_release_command

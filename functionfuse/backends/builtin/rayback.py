@@ -35,6 +35,7 @@ import time
 import uuid
 from typing import Any, Callable, Sequence, cast
 
+from . import _rayclient
 from ...errors import (
     ConfigurationError,
     CorruptedResultError,
@@ -150,7 +151,7 @@ class RayWorkflow(BaseWorkflow):
             if ray_init_args:
                 log.info("Ray is already initialised: ray_init_args %r are not used", ray_init_args)
         else:
-            ray.init(**(ray_init_args or {}))
+            _rayclient.init_ray(ray_init_args or {})  # ray:// with other versions: VersionMismatchError
 
     def query(self, pattern: str | None = None) -> Query:
         """Query nodes of the graph by regexp pattern.
