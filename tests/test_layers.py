@@ -3,7 +3,8 @@
 Layers, bottom to top; a module may import only from its own layer or a lower one:
 
     0 base        functionfuse.errors, functionfuse._version, functionfuse.registries
-    1 frontend    functionfuse (the package), functionfuse.workflow, functionfuse.graph
+    1 frontend    functionfuse (the package), functionfuse.workflow, functionfuse.graph,
+                  functionfuse._callcheck
     2 storage     functionfuse.storage.*, functionfuse.serializers.*
     3 core        every other top-level functionfuse.* library module
     4 kit         functionfuse.kit.*
@@ -55,7 +56,7 @@ def layer_of(module: str) -> int:
     top = parts[1]
     if top in ("errors", "_version", "registries"):
         return 0
-    if top in ("workflow", "graph"):
+    if top in ("workflow", "graph", "_callcheck"):
         return 1
     if top in ("storage", "serializers"):
         return 2
@@ -387,10 +388,6 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     # backends drive runs through BaseWorkflow's private methods (the copied run loop)
     ("private-attribute", "functionfuse.backends.addons.prefectback", "self._select"): CORE,
     ("private-attribute", "functionfuse.backends.addons.prefectback", "self._targets"): CORE,
-    ("private", "functionfuse.backends.addons.rayworkflowback", "functionfuse.backends.builtin._raytasks._NodeFailure"): CORE,
-    ("private", "functionfuse.backends.addons.rayworkflowback", "functionfuse.backends.builtin._raytasks._execute_node"): CORE,
-    ("private", "functionfuse.backends.addons.rayworkflowback", "functionfuse.backends.builtin._raytasks._pack"): CORE,
-    ("private-attribute", "functionfuse.backends.addons.rayworkflowback", "self._plugins"): CORE,
     # the Ray tasks build node calls with the core's private module (engine refactor in progress)
     ("private", "functionfuse.backends.builtin._raytasks", "functionfuse._calls"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.localback", "report._names"): CORE,
