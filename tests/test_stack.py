@@ -471,3 +471,22 @@ def test_the_umbrella_notes_give_the_commands_of_the_steps(tmp_path, release, na
     assert not any("NodePort" in line for line in lines)
     no_kfp = render_notes(tmp_path, "functionfuse", release, "-n", namespace, "--set", "functionfuse-kfp.enabled=false")
     assert "kfp-launcher" not in no_kfp
+
+
+def test_every_engine_dockerfile_defaults_to_the_base_image_the_kit_builds_it_on():
+    """`docker build` of an engine Dockerfile without build arguments starts from the same
+    image as `functionfuse image build` and `functionfuse release` (the base image of this
+    version), not from another distribution's image."""
+    import re
+
+    from functionfuse import __version__
+    from functionfuse.kit.images import RECIPES, image_tag
+
+    for name, recipe in RECIPES.items():
+        text = read(os.path.join(ROOT, recipe.dockerfile))
+        default = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
+        assert default, recipe.dockerfile
+        if recipe.on_base:
+            assert default.group(1) == f"functionfuse:{image_tag(__version__, 'py311')}", recipe.dockerfile
+        else:
+            assert default.group(1) == "python:3.11-slim", recipe.dockerfile
