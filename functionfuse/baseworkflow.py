@@ -1,21 +1,18 @@
-"""The core every backend shares: graph, storage, per-node options, resume plan.
+"""The core every backend shares: graph, storage, per-node options, the run's plan.
 
 A backend gets from :class:`BaseWorkflow`:
 
 * ``graph``: the DAG (nodes in topological order, names, parents, outputs);
-* ``plan()``: for each node, whether it runs, is loaded from storage, or is skipped;
-* ``node_call(i)``: a function that runs node *i* given a sequence of results;
-* per-node options set through queries (plugins here; backends add their own).
+* ``plan()``: for each node, whether it runs, is loaded from storage, or is skipped
+  (made by the pure :func:`functionfuse.planner.plan`, from one listing of storage);
+* ``node_task(i, ...)``: node *i* as a picklable :class:`~functionfuse.engine.NodeTask`
+  (its compiled call, plugin hook, storage and metadata), which every executor runs;
+* per-node options set through queries (plugins, cache policies; backends add their own).
 
-The resume plan, computed from one listing of the storage, in reverse topological
-order:
-
-* a node **runs** if no result is stored under its name;
-* a stored class constructor or method call is **replayed** (run, not saved again)
-  if a later running method call on the same instance needs it: the instance's state
-  between calls is not stored, so it is rebuilt from the constructor;
-* a stored node is **loaded** if it is an output or a running node needs its value;
-* every other stored node is **skipped**.
+The run itself (report, progress, recomputing damaged results, finishing) is
+:mod:`functionfuse.engine`'s; nothing about a run is kept on the workflow but its
+report (``last_run``): a plan is computed once per run and passed to what needs it, so
+looking at a plan (``plan()``, a drawing) changes nothing a later run does.
 """
 
 from __future__ import annotations
@@ -26,17 +23,16 @@ import os
 import re
 import sys
 import sysconfig
-import time
 import warnings
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from types import FrameType
-from typing import Any, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Sequence
 
+from . import planner as _planner
 from ._calls import build_call, call_with_result
-from ._inspection import inspectable
-from ._records import fingerprint_records, fp_join
+from .inspection import inspectable
+from ._records import fingerprint_records
 from .plugins import prepare
+from .engine import NodeFailure, NodeTask, failure_error, run_here
 from .errors import (
     ConfigurationError,
     GraphError,
@@ -46,78 +42,34 @@ from .errors import (
     StaleResultWarning,
     StorageError,
 )
-from .fingerprint import explain
 from .graph import Graph, gc_paused
+from .planner import (  # noqa: F401  (re-exported: the plan's vocabulary, as before the planner moved)
+    CACHE_POLICIES,
+    CORRUPTED,
+    CURRENT,
+    LOAD,
+    MISSING,
+    NO_FINGERPRINT,
+    NO_STORAGE,
+    NOT_STORED,
+    REPLAY,
+    RUN,
+    RUNS,
+    SKIP,
+    STALE,
+    UNRECORDED,
+    UNVERIFIED,
+    NodePlan,
+    Plan,
+    Policies,
+)
 from .report import Progress, RunReport, progress_enabled
-from .workflow import MethodNode, Node, NodeItem, executing_nodes, validate_name
-from .workflow import NODE_TYPES, ClassNode, WorkflowClass, WorkflowFunction, set_found_name
+from .workflow import NODE_TYPES, MethodNode, Node, NodeItem, validate_name
+from .workflow import ClassNode, WorkflowClass, WorkflowFunction, set_found_name
 
 __all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED"]
 
 log = logging.getLogger("functionfuse")
-
-RUN, REPLAY, LOAD, SKIP = "run", "replay", "load", "skip"
-#: actions that execute the node (a replayed node is stored already: it is not saved again)
-RUNS = frozenset({RUN, REPLAY})
-_REUSED = frozenset({LOAD, SKIP})
-
-
-def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-#: what storage holds for a node, as a plan reports it; UNVERIFIED: stored without a
-#: fingerprint (by an older version, or by ``storage.save``), so nothing is known to
-#: have changed, and nothing is known to be current
-CURRENT, STALE, MISSING, CORRUPTED, NO_STORAGE = "current", "stale", "missing", "corrupted", "no storage"
-#: a node whose results are never stored (Query.set_persist(False))
-NOT_STORED = "not stored"
-UNVERIFIED = "unverified"
-NO_FINGERPRINT = "stored without a fingerprint"
-#: the input digest recorded for a parent whose stored result had no fingerprint
-UNRECORDED = "unrecorded"
-CACHE_POLICIES = ("name", "fingerprint", "off")
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    name: str
-    action: str
-    reason: str
-    state: str = NO_STORAGE
-    #: why storage holds what *state* says, without what the run does ("" when current)
-    detail: str = ""
-
-
-class Plan(Sequence[NodePlan]):
-    """What a run will do with each node, in topological order."""
-
-    def __init__(self, entries: list[NodePlan]) -> None:
-        self._entries = entries
-
-    def __getitem__(self, i: Any) -> Any:
-        return self._entries[i]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __iter__(self) -> Iterator[NodePlan]:
-        return iter(self._entries)
-
-    def action(self, name: str) -> str:
-        for e in self._entries:
-            if e.name == name:
-                return e.action
-        raise KeyError(name)
-
-    def count(self, action: str) -> int:  # type: ignore[override]
-        return sum(1 for e in self._entries if e.action == action)
-
-    def __repr__(self) -> str:
-        width = max((len(e.name) for e in self._entries), default=4)
-        lines = [f"{'node':<{width}}  {'action':<6}  {'stored':<9}  reason"]
-        lines += [f"{e.name:<{width}}  {e.action:<6}  {e.state:<9}  {e.reason}" for e in self._entries]
-        return "\n".join(lines)
 
 
 class Query:
@@ -182,7 +134,7 @@ class Query:
         """Cache policy of these nodes: ``"name"``, ``"fingerprint"`` or ``"off"``
         (see :meth:`BaseWorkflow.set_cache`)."""
         indices = self._targets("set_cache")
-        _check_policy(policy)
+        _planner.check_policy(policy)
         for i in indices:
             self.workflow._cache[i] = policy
         return self
@@ -260,7 +212,7 @@ class BaseWorkflow:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "run" in cls.__dict__:  # `functionfuse plan` imports scripts that call run(): see _inspection
+        if "run" in cls.__dict__:  # `functionfuse plan` imports scripts that call run(): see functionfuse.inspection
             cls.run = inspectable(cls.__dict__["run"])  # type: ignore[attr-defined]
 
     def __init__(self, *nodes: Any, workflow_name: str) -> None:
@@ -274,13 +226,7 @@ class BaseWorkflow:
         self._cache: dict[int, str] = {}
         #: positions of the nodes whose results are never stored (Query.set_persist)
         self._unstored: set[int] = set()
-        self._records: list[dict] | None = None
-        #: the records results of this run are saved with (see _run_records)
-        self._effective: list[dict] | None = None
         self._warned_stale: set[tuple[str, str]] = set()  # (node, fingerprint) warned about
-        #: (node, why) of the stored results found unreadable in the run under way (None:
-        #: no run; warned about at once), reported in one warning when the run ends
-        self._unreadable: list[tuple[str, str]] | None = None
         self._progress: bool | None = None
         #: the report of the last run (see :class:`functionfuse.report.RunReport`)
         self.last_run: RunReport = RunReport(self.workflow_name, type(self).__name__)
@@ -325,24 +271,14 @@ class BaseWorkflow:
         standard error is a terminal and ``FUNCTIONFUSE_PROGRESS`` is not 0)."""
         self._progress = enabled
 
-    # -- run bookkeeping (every backend) ------------------------------------------------
-    def start_run(self) -> tuple[RunReport, Progress]:
-        """A fresh report (``last_run``) and progress display for a run starting now."""
-        report = RunReport(self.workflow_name, type(self).__name__, nodes=len(self.graph))
-        self.last_run = report
-        self._unreadable = []
-        progress = Progress(report, enabled=progress_enabled(self._progress, sys.stderr))
-        progress.running_label = self.progress_running_label
-        progress.start()
-        return report, progress
+    # -- run bookkeeping (used by the engine's run session) ----------------------------
+    def progress_setting(self, stream: IO[str]) -> bool:
+        """Whether a run shows a progress line on *stream* (see :meth:`set_progress`)."""
+        return progress_enabled(self._progress, stream)
 
-    def finish_run(self, report: RunReport, progress: Progress, started: float, error: BaseException | None = None) -> None:
-        """Close the report (how the run ended: *error* is what it raised, None if it
-        finished; a backend sets ``report.failed`` to the node it stopped at), close the
-        progress display with the run's summary under it (logged instead when there is
-        no display), store the report, and warn once (ResultRecomputedWarning) about
-        the stored results this run found unreadable."""
-        report.end(time.perf_counter() - started, error)
+    def close_progress(self, progress: Progress, report: RunReport, error: BaseException | None) -> None:
+        """Close the progress display with the run's summary under it (logged instead
+        when there is no display: a warning if the run raised *error*)."""
         level = logging.WARNING if error is not None else logging.INFO
         if progress.enabled:
             progress.close(report.summary())
@@ -350,15 +286,15 @@ class BaseWorkflow:
             progress.close()
             if log.isEnabledFor(level):  # the summary names and sorts every node: only on demand
                 log.log(level, report.summary())
+
+    def store_report(self, report: RunReport) -> None:
+        """Store the run report with the results (a failure to store it is logged)."""
         saver = getattr(self.storage, "save_run_report", None)
         if saver is not None:
             try:
                 saver(self.workflow_name, report.as_dict())
             except (OSError, StorageError, NotImplementedError) as exc:
                 log.warning("the run report of workflow %r could not be stored: %s", self.workflow_name, exc)
-        unreadable, self._unreadable = self._unreadable, None
-        if unreadable:  # last: under warnings-as-errors the report is stored all the same
-            self._warn_unreadable(unreadable)
 
     def set_cache(self, policy: str) -> None:
         """When a stored result is reused (queries can override it per node):
@@ -374,215 +310,58 @@ class BaseWorkflow:
           result stored without a fingerprint is reused silently);
         * ``"off"``: never; the node always runs (its result is still stored).
         """
-        self.cache_policy = _check_policy(policy)
+        self.cache_policy = _planner.check_policy(policy)
 
     # -- planning -----------------------------------------------------------------------
     def fingerprints(self) -> list[dict]:
         """The current fingerprint record of each node (see :mod:`functionfuse.fingerprint`)."""
-        self._records = fingerprint_records(self.graph)
-        return self._records
+        return fingerprint_records(self.graph)
+
+    def policies(self) -> Policies:
+        """The cache settings plans of this workflow follow."""
+        return Policies(self.cache_policy, dict(self._cache), frozenset(self._unstored))
+
+    def stored_metadata(self) -> dict[str, Any] | None:
+        """Metadata of the stored results of this graph's nodes, by name (an exception
+        for an unreadable one); None without storage. One listing of the storage."""
+        if self.storage is None:
+            return None
+        wanted = self.storage.stored_tasks(self.workflow_name) & set(self.graph.names)
+        return self.storage.read_metadata_many(self.workflow_name, sorted(wanted))
+
+    def make_plan(self, stored: dict[str, Any] | None, records: list[dict] | None = None) -> Plan:
+        """The plan of a run given what storage holds (*stored*, as :meth:`stored_metadata`
+        returns it) and the fingerprint *records* (computed if not given)."""
+        if stored is not None and records is None:
+            records = self.fingerprints()
+        return _planner.plan(self.graph, stored, records, self.policies())
+
+    def plan(self) -> Plan:
+        """What :meth:`run` would do with each node now, what storage holds, and why."""
+        return self.make_plan(self.stored_metadata())
 
     def resume_actions(self, stored: dict[str, Any] | None = None) -> list[str]:
         """The action (RUN, REPLAY, LOAD or SKIP) of each node for a run starting now.
 
-        Warns about what the run is about to do with stored results: reuse stale ones
-        under the ``"name"`` policy (one StaleResultWarning listing them, now), and
-        recompute unreadable ones (one ResultRecomputedWarning when the run ends, with
-        those found damaged while loading; at once outside a run). *stored* is what
-        ``_stored()`` returned, if the caller already has it.
+        Warns about what such a run would do with stored results: reuse stale ones
+        under the ``"name"`` policy (StaleResultWarning), recompute unreadable ones
+        (ResultRecomputedWarning). *stored*: what :meth:`stored_metadata` returned, if
+        the caller has it.
         """
-        if stored is None:
-            stored = self._stored()
-        actions, reasons, states, details = self._actions(stored)
-        names = self.graph.names
-        unreadable: list[tuple[str, str]] = []
-        stale: list[tuple[str, str]] = []
-        for i, state in enumerate(states):
-            if state == CORRUPTED:
-                unreadable.append((names[i], reasons[i]))
-            elif state == STALE and actions[i] in (LOAD, SKIP):
-                if _own_change(details[i]):
-                    stale.append((names[i], details[i]))
-                else:
-                    rerun = self._rerun_inputs(i, stored, actions)
-                    if rerun:
-                        inputs = ", ".join(map(repr, rerun))
-                        verb = "is" if len(rerun) == 1 else "are"
-                        stale.append((names[i], f"its input {inputs} {verb} recomputed in this run"))
-        if stale:
-            self._warn_stale(stale)
-        if unreadable:
-            if self._unreadable is not None:
-                self._unreadable.extend(unreadable)
-            else:
-                self._warn_unreadable(unreadable)
-        return actions
+        plan = self.make_plan(self.stored_metadata() if stored is None else stored)
+        self.warn_stale(plan)
+        if plan.unreadable:
+            self.warn_unreadable(plan.unreadable)
+        return plan.actions
 
-    def _rerun_inputs(self, i: int, stored: dict[str, Any] | None, actions: list[str]) -> list[str]:
-        """Parents of node *i* that run in this run and differ from what its stored
-        result was computed from (a node reused by name while an input of it is
-        recomputed, e.g. under a per-node ``fingerprint`` policy)."""
-        assert self._records is not None
-        g = self.graph
-        meta = (stored or {}).get(g.names[i])
-        old = (meta.get("fingerprint") or {}).get("inputs", {}) if isinstance(meta, dict) else {}
-        return [
-            g.names[p]
-            for p in g.parents[i]
-            if actions[p] == RUN and old.get(g.names[p]) != self._records[p]["node"]
-        ]
-
-    def _stored(self) -> dict[str, Any] | None:
-        """Metadata of the stored results of this graph's nodes (None without storage).
-
-        Computes the current fingerprints too (kept for the metadata of this run).
-        """
-        if self.storage is None:
-            return None
-        self.fingerprints()
-        wanted = self.storage.stored_tasks(self.workflow_name) & set(self.graph.names)
-        return self.storage.read_metadata_many(self.workflow_name, sorted(wanted))
-
-    def _actions(self, stored: dict[str, Any] | None) -> tuple[list[str], list[str], list[str], list[str]]:
-        """(action, reason, state, state detail) of each node."""
-        g = self.graph
-        n = len(g)
-        if stored is None:
-            return [RUN] * n, ["no storage"] * n, [NO_STORAGE] * n, [""] * n
-        records = self._records or self.fingerprints()
-        names, nodes, data_parents = g.names, g.nodes, g.data_parents
-        need = [False] * n
-        for o in g.outputs:
-            need[o] = True
-        replay = [False] * n
-        actions = [SKIP] * n
-        reasons = [""] * n
-        states = [MISSING] * n
-        details = [""] * n
-        default = self.cache_policy
-        unstored = self._unstored
-        needed_by: dict[int, int] = {}  # a never-stored node -> a running node that needs it
-        for i in range(n - 1, -1, -1):
-            name = names[i]
-            if unstored and i in unstored:
-                # never stored: runs (not saved: REPLAY) when needed, as an output, or as a sink
-                states[i], details[i] = NOT_STORED, "never stored (set_persist(False))"
-                if replay[i]:
-                    why = "a later method call needs this instance"
-                elif i in needed_by:
-                    why = f"{names[needed_by[i]]!r} needs it"
-                elif need[i]:
-                    why = "an output"
-                elif not g.children[i]:
-                    why = "nothing depends on it"
-                else:
-                    reasons[i] = "not stored; no node that runs needs it"
-                    continue
-                actions[i] = REPLAY
-                reasons[i] = "not stored; runs: " + why
-            else:
-                policy = self._cache.get(i, default)
-                reuse, states[i], why, details[i] = _judge(stored.get(name, None), records[i], policy)
-                if reuse and not replay[i]:
-                    if need[i]:
-                        actions[i] = LOAD
-                        reasons[i] = why or "stored"
-                    else:
-                        reasons[i] = (why + "; " if why else "") + "no node that runs needs it"
-                    continue
-                if reuse:
-                    actions[i] = REPLAY
-                    reasons[i] = "replayed: a later method call needs this instance"
-                else:
-                    actions[i] = RUN
-                    reasons[i] = why
-            for p in data_parents[i]:
-                need[p] = True
-                if unstored and p in unstored:
-                    needed_by.setdefault(p, i)
-            node = nodes[i]
-            if type(node) is MethodNode:
-                replay[g.index_of(node.previous)] = True
-                replay[g.index_of(node.instance)] = True
-        self._effective = self._run_records(actions, states, stored, records)
-        return actions, reasons, states, details
-
-    def _run_records(
-        self, actions: Sequence[str], states: Sequence[str], stored: dict[str, Any], records: list[dict]
-    ) -> list[dict]:
-        """The fingerprint record each node that runs is saved with.
-
-        A node computed from a parent that is loaded (or skipped) rather than run was
-        computed from the parent's *stored* result: its record names the stored
-        fingerprint of that parent as the input (``UNRECORDED`` if none was stored), so
-        a later plan sees it stale if the parent's stored result was. Nodes computed
-        from such nodes inherit the difference. Without any, these are the current
-        records (the common case costs one look at the state of each node).
-        """
-        # a reused result whose stored fingerprint is not the current one: stale or unverified
-        differ = [
-            i for i, state in enumerate(states) if state != CURRENT and state != NOT_STORED and actions[i] in _REUSED
-        ]
-        if not differ:
-            return records
-        g = self.graph
-        names, parents = g.names, g.parents
-        effective = [r["node"] for r in records]
-        for i in differ:
-            meta = stored.get(names[i])
-            fp = meta.get("fingerprint") if isinstance(meta, dict) else None
-            digest = fp.get("node") if isinstance(fp, dict) else None
-            effective[i] = digest or UNRECORDED
-        out = list(records)
-        for i, action in enumerate(actions):
-            if action in _REUSED:
-                continue
-            changed = {names[p]: effective[p] for p in parents[i] if effective[p] != records[p]["node"]}
-            if changed:
-                inputs = {**records[i]["inputs"], **changed}
-                effective[i] = fp_join(records[i]["node"], "computed from", *(f"{k}={v}" for k, v in changed.items()))
-                out[i] = {**records[i], "node": effective[i], "inputs": inputs}
-        return out
-
-    def run_record(self, i: int) -> dict:
-        """The fingerprint record node *i*'s result is saved with in this run."""
-        if self._effective is None and self.storage is not None:
-            self._actions(self._stored())  # run_node() without a plan (a step given its action)
-        records = self._effective if self._effective is not None else self._records
-        assert records is not None
-        return records[i]
-
-    def unreadable_count(self, stored: dict[str, Any] | None) -> int:
-        """How many stored results the plan found unreadable (they will be recomputed)."""
-        return sum(1 for v in (stored or {}).values() if isinstance(v, Exception))
-
-    def drop_damaged(self, stored: dict[str, Any] | None, i: int, error: BaseException, report: RunReport) -> None:
-        """A stored result of node *i* turned out damaged when loaded: count it, warn (in
-        the one warning of the run about unreadable results), and leave it out of
-        *stored* so the next plan runs the node again."""
-        name = self.graph.names[i]
-        if self._unreadable is not None:
-            self._unreadable.append((name, str(error)))
-        else:
-            self._warn_unreadable([(name, str(error))])
-        report.recomputed += 1
-        if stored is not None:
-            stored.pop(name, None)
-
-    def too_many_damaged(self) -> StorageError:
-        return StorageError(f"Workflow {self.workflow_name!r}: too many unreadable stored results in {self.storage!r}.")
-
-    def _warn_stale(self, stale: list[tuple[str, str]]) -> None:
-        """One StaleResultWarning for the (node, why) reused stale in this run; a node is
-        named once per change (a later run of this object with the same code and
-        arguments does not repeat it)."""
-        assert self._records is not None
-        index = self.graph.name_index
+    def warn_stale(self, plan: Plan) -> None:
+        """One StaleResultWarning for the stale results *plan* reuses; a node is named
+        once per change (a later run of this object with the same code and arguments
+        does not repeat it)."""
         fresh = []
-        for name, why in stale:
-            key = (name, self._records[index[name]]["node"])
-            if key not in self._warned_stale:
-                self._warned_stale.add(key)
+        for name, why, digest in plan.stale:
+            if (name, digest) not in self._warned_stale:
+                self._warned_stale.add((name, digest))
                 fresh.append((name, why))
         if not fresh:
             return
@@ -603,7 +382,7 @@ class BaseWorkflow:
             )
         warn_at_user_frame(message, StaleResultWarning)
 
-    def _warn_unreadable(self, unreadable: list[tuple[str, str]]) -> None:
+    def warn_unreadable(self, unreadable: list[tuple[str, str]]) -> None:
         """One ResultRecomputedWarning for the (node, why) whose stored results were unreadable."""
         if len(unreadable) == 1:
             name, why = unreadable[0]
@@ -625,11 +404,6 @@ class BaseWorkflow:
         from .backends.builtin.graphback import svg_or_none
 
         return svg_or_none(self)
-
-    def plan(self) -> Plan:
-        """What :meth:`run` would do with each node now, what storage holds, and why."""
-        actions, reasons, states, details = self._actions(self._stored())
-        return Plan([NodePlan(*entry) for entry in zip(self.graph.names, actions, reasons, states, details)])
 
     # -- execution helpers ----------------------------------------------------------------
     def node_calls(self) -> list[Callable[[Sequence[Any]], Any]]:
@@ -682,7 +456,9 @@ class BaseWorkflow:
             self._all_run_frees = frees
         return frees
 
-    def node_metadata(self, i: int) -> dict:
+    def node_metadata(self, i: int, record: dict | None = None) -> dict:
+        """What is stored with node *i*'s result: its name, kind, function, inputs and,
+        given the plan's *record* (``plan.record(i)``), its fingerprint."""
         g = self.graph
         node = g.nodes[i]
         owner = node.instance.func if type(node) is MethodNode else node.func
@@ -692,32 +468,39 @@ class BaseWorkflow:
             "function": f"{getattr(owner, '__module__', '?')}.{node.label}",
             "inputs": [g.names[p] for p in g.parents[i]],
         }
-        if self._records is not None:
-            meta["fingerprint"] = self.run_record(i)
+        if record is not None:
+            meta["fingerprint"] = record
         return meta
 
-    def run_node(self, i: int, results: Any, *, save: bool) -> Any:
-        """Run node *i*: its plugin, its function (arguments from *results*, any
-        mapping or sequence indexed by node position), and, if *save*, store the result
-        with its metadata. Errors name the node and the workflow.
-        """
-        name = self.graph.names[i]
+    def node_task(self, i: int, *, save: bool, record: dict | None = None) -> NodeTask:
+        """Node *i* as a task any executor runs: its plugin's driver-side hook runs now;
+        with *save*, the task stores its value with the metadata (and *record*)."""
+        g = self.graph
+        name = g.names[i]
+        node = g.nodes[i]
         plugin = self._plugins.get(i)
-        with executing_nodes():
-            if plugin is not None:
-                prepare(plugin, name)()
-            started = _utcnow()
-            t = time.perf_counter()
-            try:
-                value = self.node_calls()[i](results)
-            except Exception as exc:
-                raise self.node_error(i, exc) from exc
-            elapsed = time.perf_counter() - t
-        if save:
-            meta = self.node_metadata(i)
-            meta.update(started=started, finished=_utcnow(), duration_s=round(elapsed, 6))
-            self.save_result(i, value, meta)
-        return value
+        parents = g.data_parents[i]
+        if type(node) is MethodNode:  # the instance's object is passed on its own
+            k = g.index_of(node.instance)
+            parents = tuple(p for p in parents if p != k)
+        return NodeTask(
+            i,
+            name,
+            self.workflow_name,
+            self.node_calls()[i],
+            None if plugin is None else prepare(plugin, name),
+            self.storage if save else None,
+            self.node_metadata(i, record) if save else None,
+            parents,
+        )
+
+    def run_node(self, i: int, results: Any, *, save: bool, record: dict | None = None) -> Any:
+        """Run node *i* here: its plugin, its function (arguments from *results*, any
+        mapping or sequence indexed by node position), and, if *save*, store the result
+        with its metadata (and fingerprint *record*, see :meth:`node_metadata`). Errors
+        name the node and the workflow.
+        """
+        return run_here(self, self.node_task(i, save=save, record=record), results)[0]
 
     def save_result(self, i: int, value: Any, meta: dict) -> None:
         """Store *value* as node *i*'s result; errors name the node."""
@@ -743,13 +526,9 @@ class BaseWorkflow:
         except SerializationError as exc:
             raise SerializationError(f"Stored result of node {name!r} cannot be loaded: {exc}") from exc
 
-    def node_error(self, i: int, exc: BaseException) -> NodeExecutionError:
-        name = self.graph.names[i]
-        return NodeExecutionError(
-            f"Node {name!r} of workflow {self.workflow_name!r} failed: {type(exc).__name__}: {exc}",
-            node_name=name,
-            workflow_name=self.workflow_name,
-        )
+    def node_error(self, i: int, exc: BaseException) -> BaseException:
+        """The error a run raises when node *i* raised *exc* (names the node and workflow)."""
+        return failure_error(self, NodeFailure(i, "run", exc))
 
     def outputs(self, results: Any) -> Any:
         g = self.graph
@@ -867,10 +646,8 @@ class BaseWorkflow:
                     f"Pass a function with the parameters of {node.label}{_signature_of(node.func)}."
                 ) from None
         node.func = new_func
-        # compiled calls and fingerprints hold the old function: rebuilt when next needed
+        # compiled calls hold the old function: rebuilt when next needed
         self._calls = None
-        self._records = None
-        self._effective = None
 
 
 #: how many nodes a summary warning names (with why) before "and N more"
@@ -934,51 +711,6 @@ def warn_at_user_frame(message: str, category: type[Warning]) -> None:
         # no module_globals: their loader may refuse get_source (``python -c``: BuiltinImporter);
         # the source line shown is read from the file, as for any traceback
     )
-
-
-def _own_change(detail: str) -> bool:
-    """True if why a result is stale (a plan's state detail) names more than changed
-    inputs: the node itself changed."""
-    return any(p and not p.startswith("input ") for p in detail.split("; "))
-
-
-def _check_policy(policy: str) -> str:
-    if policy not in CACHE_POLICIES:
-        raise ConfigurationError(f"Cache policy {policy!r} is not one of {', '.join(map(repr, CACHE_POLICIES))}.")
-    return policy
-
-
-def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
-    """(reuse the stored result?, state, reason, state detail) for one node."""
-    if meta is None:
-        return False, MISSING, "no stored result", "no stored result"
-    if isinstance(meta, Exception):
-        why = f"stored result is unreadable: {meta}"
-        return False, CORRUPTED, why, why
-    stored = meta.get("fingerprint")
-    if not stored:
-        # nothing is known to have changed: reused by name, recomputed under "fingerprint"
-        return policy == "name", UNVERIFIED, "cache is off" if policy == "off" else NO_FINGERPRINT, NO_FINGERPRINT
-    if stored.get("node") == record["node"]:  # the common case of a resumed run: current
-        return (False, CURRENT, "cache is off", "") if policy == "off" else (True, CURRENT, "", "")
-    reasons = explain(stored, record)
-    state = STALE if reasons else CURRENT
-    detail = "; ".join(reasons)
-    why = "stale: " + detail if reasons else ""
-    if policy == "off":
-        return False, state, "cache is off", detail
-    if policy == "fingerprint" and reasons:
-        return False, state, why, detail
-    return True, state, why, detail
-
-
-class DamagedResult(Exception):
-    """Raised inside a backend's executor when a stored result it loads is damaged."""
-
-    def __init__(self, index: int, error: BaseException) -> None:
-        super().__init__(index)
-        self.index = index
-        self.error = error
 
 
 def _signature_of(func: Any) -> str:

@@ -698,3 +698,35 @@ def test_nodes_finishing_on_ray_are_logged_and_the_oldest_in_flight_is_named(loc
     assert any("now: long" in x for x in stream.getvalue().split("\r"))
     records = [r.getMessage() for r in caplog.records if r.name == "functionfuse.nodes"]
     assert any(m.startswith("node 'long' of workflow 'ray_logged' finished in 1.") for m in records), records
+
+
+@workflow
+class Tally:
+    def __init__(self, start):
+        self.total = start
+
+    def plus(self, k, times=1):
+        self.total += k * times
+        return self.total
+
+
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_a_node_task_sends_its_compiled_call_by_the_name_of_its_code(position):
+    """The fast path of node specs: a compiled call (a closure of functionfuse._calls,
+    whose code every worker has) travels as the name of its code and its cells, so a
+    spec stays small; pickled by value, each would carry its code (twice the size)."""
+    x = add(1, 2).set_name("x")
+    y = add(x, b=3).set_name("y")
+    obj = Tally(y).set_name("obj")
+    z = obj.plus(x, times=2).set_name("z")
+    wf = LocalWorkflow(z, workflow_name="spec")
+    task = wf.node_task(position, save=False)
+    data = rayback.pack_task(task, {})
+    assert b"_rebuild_closure" in data, "the compiled call was pickled by value"
+    assert len(data) < 1200, len(data)
+    if position == 3:  # a method call gets its instance apart from its arguments
+        value = rayback.run_packed(data, [3], 2, Tally.__wrapped__(6))
+        assert value == 12
+        return
+    value = rayback.run_packed(data, [[], [3], [6]][position])
+    assert (value.total if position == 2 else value) == [3, 6, 6][position]

@@ -12,8 +12,9 @@ every container step of a pipeline compiled by
    ``--action auto``, the resume plan of the core computed now from storage (run,
    replay, load or skip, as every other backend decides);
 4. reads the values of the parent nodes from the input artifact files, runs the node
-   through ``BaseWorkflow.run_node`` (plugins, error naming, saving to storage with
-   metadata), and writes its value (and, for class nodes, the instance after the call)
+   as the same :class:`~functionfuse.engine.NodeTask` every executor runs
+   (``BaseWorkflow.run_node``: plugins, error naming, saving to storage with metadata
+   and the plan's fingerprint record), and writes its value (and, for class nodes, the instance after the call)
    to the output artifact files.
 
 A node that is loaded writes its stored value; a skipped node writes a marker that no
@@ -123,7 +124,7 @@ def _stable_class_id(cls: type) -> None:
 def _pickler(buffer: io.BytesIO, ranks: dict[int, int] | None = None) -> Any:
     cloudpickle = _cloudpickle()
 
-    class SnapshotPickler(cloudpickle.Pickler):  # type: ignore[misc,name-defined]
+    class SnapshotPickler(cloudpickle.Pickler):  # type: ignore[name-defined]
         """cloudpickle, plus decorated objects of ``__main__`` by value.
 
         A decorated function normally pickles as a reference to its module-level name;
@@ -191,8 +192,7 @@ class _SnapshotWorkflow(BaseWorkflow):
     snapshot_records: list[dict] = []
 
     def fingerprints(self) -> list[dict]:
-        self._records = self.snapshot_records
-        return self._records
+        return self.snapshot_records
 
 
 def load_snapshot(data: bytes) -> BaseWorkflow:
@@ -318,8 +318,17 @@ def run_step(
     i = g.name_index[node]
     if storage:
         wf.set_storage(decode_storage(storage))
+    # the plan, computed once: for the action (``auto``) and the fingerprint record the
+    # result is stored with (that of the node computed from its parents' stored results)
+    plan = wf.make_plan(wf.stored_metadata()) if wf.storage is not None and action in ("auto", RUN) else None
     if action == "auto":
-        action = wf.resume_actions()[i] if wf.storage is not None else RUN
+        if plan is None:
+            action = RUN
+        else:
+            wf.warn_stale(plan)
+            if plan.unreadable:
+                wf.warn_unreadable(plan.unreadable)
+            action = plan.actions[i]
     log.info("node %r of workflow %r: %s", node, wf.workflow_name, action)
     if action == SKIP:
         dump_value(_NotComputed(node, "skipped: stored, and no node that runs needs it"), result, f"Node {node!r}")
@@ -346,11 +355,9 @@ def run_step(
                 "Storage changed since the pipeline was compiled: compile and run it again."
             )
         values[j] = v
-    save = wf.storage is not None and action == RUN
-    if save:
-        wf.fingerprints()  # the metadata stored with the result carries the node's fingerprint
+    save = plan is not None and action == RUN
     t = time.perf_counter()
-    value = wf.run_node(i, values, save=save)
+    value = wf.run_node(i, values, save=save, record=plan.record(i) if plan is not None and save else None)
     seconds = time.perf_counter() - t
     log.info("node %r ran in %.3f s%s", node, seconds, " (stored)" if save else "")
     dump_value(value, result, f"Result of node {node!r}")

@@ -4,23 +4,26 @@
 (kept in :attr:`PrefectWorkflow.flow`, usable for deployments); :meth:`run` calls it.
 What one run of the flow does:
 
-1. **Plan.** The resume plan comes from the core (:meth:`resume_actions`): each node
-   runs, is replayed (a stored class-node call re-run to rebuild the instance, not
-   saved again), is loaded from storage, or is skipped. The plan is made when the flow
-   runs, so a deployed flow resumes from whatever is stored at that moment.
-2. **Load.** Stored results that a running node or the output needs are read first. A
-   damaged one is reported (``ResultRecomputedWarning``), left out of the stored set,
-   and the plan is made again, so that node runs, as in ``LocalWorkflow``.
-3. **Submit.** Every running node is submitted, in topological order, as its own Prefect
-   task (task and task-run name: the node name). Parent results are passed as Prefect
-   futures, so the dependencies are Prefect's own and independent nodes run
+The flow's body is the run engine (:mod:`functionfuse.engine`) with the executor
+below, as for every backend:
+
+1. **Plan.** The plan (:mod:`functionfuse.planner`): each node runs, is replayed (a
+   stored class-node call re-run to rebuild the instance, not saved again), is loaded
+   from storage, or is skipped. The plan is made when the flow runs, so a deployed flow
+   resumes from whatever is stored at that moment.
+2. **Load and submit**, in topological order. A stored result that a running node or
+   the output needs is read in the flow. Every running node is submitted as its own
+   Prefect task (task and task-run name: the node name). Parent results are passed as
+   Prefect futures, so the dependencies are Prefect's own and independent nodes run
    concurrently on the flow's task runner; a method call of a class node also waits for
    the previous call on the same instance. Each task saves its result to functionfuse
    storage as soon as its node has run.
-4. **Collect.** The flow waits for every task. If some failed, it raises the error of
-   the first failed node in topological order (a :class:`NodeExecutionError` naming the
-   node and workflow), after every independent branch has finished and been stored.
-   Otherwise it returns the outputs, like ``LocalWorkflow.run``.
+3. **Collect.** The flow waits for every task. A damaged stored result is reported
+   (``ResultRecomputedWarning``) and the plan is made again, so that node runs, as in
+   ``LocalWorkflow``. If a node failed, the flow raises the error of the first failed
+   node in topological order (a :class:`NodeExecutionError` naming the node and
+   workflow), after every independent branch has finished and been stored. Otherwise
+   it returns the outputs, like ``LocalWorkflow.run``.
 
 Results travel between tasks in memory, so class nodes (whose instance is shared by
 its method calls) need an in-process task runner: the default ``ThreadPoolTaskRunner``.
@@ -36,15 +39,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, cast
 
-from ...baseworkflow import LOAD, REPLAY, RUN, SKIP, BaseWorkflow
+from ...baseworkflow import SKIP, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
-from ...errors import (
-    ConfigurationError,
-    CorruptedResultError,
-    FunctionFuseError,
-    NodeExecutionError,
-    missing_dependency,
-)
+from ...engine import Completion, NodeFailure, NodeTask, execute, run_here, run_session
+from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, missing_dependency
+from ...planner import Plan
 
 try:
     import prefect
@@ -57,7 +56,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 try:  # Prefect >= 3.8: resolve a future without walking through its (maybe large) result
     from prefect.utilities.annotations import opaque
 except ImportError:  # pragma: no cover - older Prefect 3: plain futures, resolved the slow way
-    def opaque(value: Any) -> Any:  # type: ignore[misc,no-redef]
+    def opaque(value: Any) -> Any:  # type: ignore[no-redef]
         return value
 
 __all__ = ["PrefectWorkflow", "Query"]
@@ -211,23 +210,23 @@ class PrefectWorkflow(BaseWorkflow):
         g = self.graph
         name = g.names[i]
         keys = tuple((j, g.names[j]) for j in g.data_parents[i])
-        run_node = self.run_node
+        wf = self
 
         def run_functionfuse_node(inputs: dict, save: bool, fingerprint: str | None = None) -> Any:
             # *fingerprint* is not used here: it puts what else determines the result (the
             # node's code and constant arguments) into the parameters Prefect caches by
             run = _CURRENT_RUN.get()
-            if run is not None:
-                run.started(name)
-            t = time.perf_counter()
+            values = {j: inputs[k] for j, k in keys}
+            if run is None:  # not in a flow run of this workflow's (a task run elsewhere)
+                record = wf.make_plan(wf.stored_metadata()).record(i) if save else None
+                return wf.run_node(i, values, save=save, record=record)
+            run.started(name)
             try:
-                value = run_node(i, {j: inputs[k] for j, k in keys}, save=save)
+                value, seconds = run_here(wf, run.tasks[i], values)
             except BaseException:
-                if run is not None:  # KeyboardInterrupt, SystemExit stop the flow here
-                    run.failed_at(name)
+                run.failed_at(name)  # KeyboardInterrupt, SystemExit stop the flow here
                 raise
-            if run is not None:
-                run.finished(name, time.perf_counter() - t)
+            run.seconds[i] = seconds
             return value
 
         # a function per node: Prefect derives each task's key from its function's name
@@ -273,56 +272,17 @@ class PrefectWorkflow(BaseWorkflow):
 
     def _run_flow(self, tasks: list[Any]) -> Any:
         """The body of the flow (runs inside a Prefect flow run)."""
-        started = time.perf_counter()
-        report, progress = self.start_run()
-        ctx = FlowRunContext.get()
-        if ctx is not None and ctx.flow_run is not None:
-            self.last_flow_run_id = ctx.flow_run.id
-        token = _CURRENT_RUN.set(_RunState(report, progress))
-        try:
-            value = self._submit_and_collect(tasks, report)
-        except BaseException as exc:
-            self.finish_run(report, progress, started, exc)
-            raise
-        finally:
-            _CURRENT_RUN.reset(token)
-        self.finish_run(report, progress, started)
-        return value
-
-    def _submit_and_collect(self, tasks: list[Any], report: Any) -> Any:
-        self.node_calls()  # compile argument resolution once, before tasks use it in threads
-        actions, loaded = self._plan_and_load(report)
-        g = self.graph
-        names, parents, data_parents = g.names, g.parents, g.data_parents
-        save = self.storage is not None
-        fingerprints = self._cache_fingerprints(tasks)
-        futures: dict[int, Any] = {}
-        for i, action in enumerate(actions):
-            if action != RUN and action != REPLAY:
-                continue
-            inputs = {}
-            for j in data_parents[i]:
-                fut = futures.get(j)
-                inputs[names[j]] = quote(loaded[j]) if fut is None else opaque(fut)
-            order = [futures[j] for j in parents[i] if j not in data_parents[i] and j in futures]
-            futures[i] = tasks[i].submit(
-                inputs=inputs, save=save and action == RUN, fingerprint=fingerprints[i], wait_for=order or None
-            )
-        _run_logger().info(
-            "functionfuse workflow %r: %d nodes submitted as tasks, %d loaded from storage, %d skipped",
-            self.workflow_name, len(futures), report.loaded, report.skipped,
-        )
-        _wait_for_futures(list(futures.values()))
-
-        failures = [i for i, fut in futures.items() if fut.state.is_failed() or fut.state.is_crashed()]
-        if failures:
-            for i in failures[1:]:
-                _run_logger().error("node %r failed too", names[i])
-            report.failed = names[failures[0]]  # whatever failed: the node, storing its result...
-            error = self._failure(failures[0], futures[failures[0]])
-            _LOGGED_BY_TASK_RUN.mark(error)
-            raise error
-        results = {i: (futures[i].result() if i in futures else loaded[i]) for i in g.outputs}
+        with run_session(self) as session:
+            ctx = FlowRunContext.get()
+            if ctx is not None and ctx.flow_run is not None:
+                self.last_flow_run_id = ctx.flow_run.id
+            self.node_calls()  # compile argument resolution once, before tasks use it in threads
+            run = _RunState(session.report, session.progress)
+            token = _CURRENT_RUN.set(run)
+            try:
+                results = execute(self, _PrefectExecutor(self, tasks, run), session)
+            finally:
+                _CURRENT_RUN.reset(token)
         return self.outputs(results)
 
     def _cache_fingerprints(self, tasks: list[Any]) -> list[str | None]:
@@ -336,33 +296,8 @@ class PrefectWorkflow(BaseWorkflow):
         """
         if not any(getattr(t, "functionfuse_cached", False) for t in tasks):
             return [None] * len(tasks)
-        # with storage, planning computed them for this run already
-        records = self._records if self.storage is not None and self._records is not None else self.fingerprints()
+        records = self.fingerprints()
         return [r["node"] if getattr(t, "functionfuse_cached", False) else None for r, t in zip(records, tasks)]
-
-    def _plan_and_load(self, report: Any) -> tuple[list[str], dict[int, Any]]:
-        """The plan of this run and the stored values it needs; damaged results are recomputed."""
-        stored = self._stored()
-        actions = self.resume_actions(stored)
-        report.recomputed += self.unreadable_count(stored)  # found while planning (the core warned)
-        for _attempt in range(len(self.graph) + 1):
-            loaded: dict[int, Any] = {}
-            try:
-                for i, action in enumerate(actions):
-                    if action == LOAD:
-                        loaded[i] = self.load_result(i)
-            except CorruptedResultError as exc:
-                # damaged past its header: plan again without it, as LocalWorkflow does
-                self.drop_damaged(stored, i, exc, report)
-                actions = self._actions(stored)[0]
-                continue
-            except BaseException:
-                report.failed = self.graph.names[i]  # intact but not loadable here, or Ctrl-C
-                raise
-            report.loaded = len(loaded)
-            report.skipped = sum(1 for a in actions if a == SKIP)
-            return actions, loaded
-        raise self.too_many_damaged()
 
     def _failure(self, i: int, fut: Any) -> BaseException:
         """The error to raise for failed node *i*: always names the node."""
@@ -382,30 +317,109 @@ class PrefectWorkflow(BaseWorkflow):
 
 
 class _RunState:
-    """The report and progress display of one flow run, updated by its tasks' threads."""
+    """What the tasks of one flow run share: their node tasks, the seconds each node
+    ran, and the progress display and report (updated from the tasks' threads)."""
 
     def __init__(self, report: Any, progress: Any) -> None:
         self.report = report
         self.progress = progress
         self.lock = threading.Lock()
+        #: the node task of each node submitted in this attempt, by position
+        self.tasks: dict[int, NodeTask] = {}
+        self.seconds: dict[int, float] = {}
 
     def started(self, name: str) -> None:
         with self.lock:
             self.progress.node_started(name)
 
     def failed_at(self, name: str) -> None:
-        """Node *name* raised: the report names the first one (the collect step names
-        the first in topological order if the flow gets there)."""
+        """Node *name* raised: the report names the first one (the engine names the
+        first in topological order if the flow gets there)."""
         with self.lock:
             if self.report.failed is None:
                 self.report.failed = name
             self.progress.node_finished(name, None)
 
-    def finished(self, name: str, seconds: float) -> None:
-        with self.lock:
-            self.report.ran += 1
-            self.report.record(name, seconds)
-            self.progress.node_finished(name, seconds)
+
+class _PrefectExecutor:
+    """Submits node tasks as Prefect tasks of the flow run; loads in the flow."""
+
+    slots = 0
+    in_process = False
+
+    def __init__(self, wf: PrefectWorkflow, tasks: list[Any], run: _RunState) -> None:
+        self.wf, self.prefect_tasks, self.run = wf, tasks, run
+        self.fingerprints = wf._cache_fingerprints(tasks)
+
+    def start(self, plan: Plan) -> None:
+        self.plan = plan
+        self.futures: dict[int, Any] = {}
+        self.waiting: dict[Any, int] = {}  # futures not reported yet -> node
+        self.loaded: dict[int, Any] = {}
+        self.done: list[Completion] = []
+        self.announced = False
+        self.run.tasks.clear()
+
+    def load(self, i: int) -> None:
+        wf = self.wf
+        try:
+            self.loaded[i] = wf.storage.read_task(wf.workflow_name, wf.graph.names[i])
+        except Exception as exc:
+            self.done.append(NodeFailure(i, "load", exc))
+        else:
+            self.done.append((i, None))
+
+    def submit(self, task: NodeTask) -> None:
+        g = self.wf.graph
+        i = task.index
+        names, futures, loaded = g.names, self.futures, self.loaded
+        inputs = {}
+        for j in g.data_parents[i]:
+            fut = futures.get(j)
+            if fut is None and j not in loaded:
+                return  # its input could not be loaded: the next plan runs it
+            inputs[names[j]] = quote(loaded[j]) if fut is None else opaque(fut)
+        order = [futures[j] for j in g.parents[i] if j not in g.data_parents[i] and j in futures]
+        self.run.tasks[i] = task
+        fut = self.prefect_tasks[i].submit(
+            inputs=inputs, save=task.storage is not None, fingerprint=self.fingerprints[i], wait_for=order or None
+        )
+        futures[i] = fut
+        self.waiting[fut] = i
+
+    def release(self, indices: Any) -> None:
+        pass  # Prefect holds the results of its futures
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiting) + len(self.done)
+
+    def oldest(self) -> int | None:
+        return min(self.waiting.values(), default=None)
+
+    def wait(self, count: int, timeout: float | None) -> list[Completion]:
+        if not self.announced:
+            self.announced = True
+            _run_logger().info(
+                "functionfuse workflow %r: %d nodes submitted as tasks, %d loaded from storage, %d skipped",
+                self.wf.workflow_name, len(self.futures), len(self.loaded), self.plan.count(SKIP),
+            )
+        done, self.done = self.done, []
+        if self.waiting:
+            finished = _wait_for_futures(list(self.waiting), timeout=timeout).done
+            for fut in finished:
+                fut.wait()  # done may be seen just before the final state is set
+                i = self.waiting.pop(fut)
+                if fut.state.is_failed() or fut.state.is_crashed():
+                    error = self.wf._failure(i, fut)
+                    _LOGGED_BY_TASK_RUN.mark(error)
+                    done.append(NodeFailure(i, "raised", error))
+                else:
+                    done.append((i, self.run.seconds.get(i, 0.0)))
+        return done
+
+    def results(self, outputs: Any) -> dict[int, Any]:
+        return {i: (self.futures[i].result() if i in self.futures else self.loaded[i]) for i in outputs}
 
 
 #: the run a task belongs to (Prefect copies the flow's context into task threads)

@@ -23,9 +23,9 @@ import uuid
 from typing import Any
 
 from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow
-from ...errors import ConfigurationError, MissingDependencyError, NodeExecutionError, StorageError, missing_dependency
+from ...engine import NodeFailure, RunSession, failure_error, run_session
+from ...errors import ConfigurationError, MissingDependencyError, NodeExecutionError, missing_dependency
 from ...workflow import ClassNode, MethodNode
-from ..plugins import prepare
 
 __all__ = ["RayWorkflow", "RAY_WORKFLOWS_LAST_RAY"]
 
@@ -95,19 +95,15 @@ def _plain(v: Any) -> Any:
 
 def _step(spec: Any, kind: str, *values: Any) -> Any:
     """One node as a workflow task (``kind``: function, class, method or load)."""
-    from ..builtin._raytasks import _execute_node, _NodeFailure
+    from ..builtin.rayback import load_stored, run_packed
 
     if kind == "load":
-        index, name, wf, storage = spec
-        try:
-            return storage.read_task(wf, name)
-        except Exception as exc:
-            raise _NodeFailure.capture(index, "load", exc) from None
+        return load_stored(*spec)
     if kind == "method":
         k, previous, values = values[0], values[1], values[2:]
         obj = previous.obj
-        return _Called(obj, _execute_node(spec, [_plain(v) for v in values], k, obj))
-    value = _execute_node(spec, [_plain(v) for v in values])
+        return _Called(obj, run_packed(spec, [_plain(v) for v in values], k, obj))
+    value = run_packed(spec, [_plain(v) for v in values])
     return _State(value) if kind == "class" else value
 
 
@@ -152,15 +148,9 @@ class RayWorkflow(BaseWorkflow):
         :returns: the result of the single node given, or a list for several.
         :raises NodeExecutionError: a node failed; results stored before stay stored.
         """
-        started = time.perf_counter()
-        report, progress = self.start_run()
-        try:
-            results = self._run(report, workflow_id)
-            self._record_times(report)
-        except BaseException as exc:
-            self.finish_run(report, progress, started, exc)
-            raise
-        self.finish_run(report, progress, started)
+        with run_session(self) as session:
+            results = self._run(session, workflow_id)
+            self._record_times(session.report)
         return self.outputs(results)
 
     def _record_times(self, report: Any) -> None:
@@ -172,15 +162,19 @@ class RayWorkflow(BaseWorkflow):
             if isinstance(meta, dict) and meta.get("duration_s") is not None:
                 report.record(name, float(meta["duration_s"]))
 
-    def _run(self, stats: Any, workflow_id: str | None) -> dict:
-        from ..builtin._raytasks import _pack  # a node's call, pickled without the graph
+    def _run(self, session: RunSession, workflow_id: str | None) -> dict:
+        from ..builtin.rayback import pack_task  # a node's task, pickled without the graph
 
         ray = self._ray
         g = self.graph
+        stats = session.report
         names, nodes, data_parents, wf = g.names, g.nodes, g.data_parents, self.workflow_name
-        actions = self.resume_actions(self._stored())
+        plan = self.make_plan(self.stored_metadata())
+        self.warn_stale(plan)
+        session.unreadable.extend(plan.unreadable)
+        stats.recomputed += len(plan.unreadable)
+        actions = plan.actions
         self._ran = [names[i] for i, a in enumerate(actions) if a == RUN] if self.storage is not None else []
-        calls = self.node_calls()
         storage = self.storage
         step = ray.remote(_step)
         bound: list[Any] = [None] * len(g)
@@ -196,21 +190,13 @@ class RayWorkflow(BaseWorkflow):
                 bound[i] = step.options(name=name).bind((i, name, wf, storage), "load")
                 stats.loaded += 1
                 continue
-            plugin = self._plugins.get(i)
             save = storage is not None and action == RUN
             node = nodes[i]
             k = g.index_of(node.instance) if type(node) is MethodNode else -1
+            task = self.node_task(i, save=save, record=plan.record(i) if save else None)
             # a method call gets its object from the previous call, not as an argument
-            parents = tuple(p for p in data_parents[i] if p != k)
-            spec = _pack(
-                (
-                    i, name, wf, calls[i],
-                    None if plugin is None else prepare(plugin, name),
-                    storage if save else None,
-                    self.node_metadata(i) if save else None,
-                    parents,
-                )
-            )
+            parents = task.parents
+            spec = pack_task(task)
             if type(node) is MethodNode:
                 bound[i] = step.options(name=name).bind(spec, "method", k, latest[k], *[bound[p] for p in parents])
                 consumed[latest_index[k]] = True
@@ -243,35 +229,27 @@ class RayWorkflow(BaseWorkflow):
         Ray Workflows reports a task's failure as a WorkflowExecutionError of its
         management actor, with the task's traceback as text: the node is found there.
         """
-        from ..builtin._raytasks import _NodeFailure
-
-        names, wf = self.graph.names, self.workflow_name
-        text = str(exc)
-        failure = _find_failure(exc, _NodeFailure)
-        if failure is not None:
-            index, stage, detail = failure.index, failure.stage, f"{type(failure.error).__name__}: {failure.error}"
-            text = failure.tb
-        else:
-            m = _FAILURE_LINE.search(text)
+        failure = _find_failure(exc, NodeFailure)
+        if failure is None:
+            m = _FAILURE_LINE.search(str(exc))
             if m is None:
                 return NodeExecutionError(
-                    f"Workflow {wf!r} failed in Ray Workflows: {type(exc).__name__}: {exc}",
+                    f"Workflow {self.workflow_name!r} failed in Ray Workflows: {type(exc).__name__}: {exc}",
                     node_name="",
-                    workflow_name=wf,
+                    workflow_name=self.workflow_name,
                 )
-            index, stage, detail = int(m.group(1)), m.group(2), m.group(3)
-        name = names[index]
-        if stage in ("save", "load"):
-            action = "could not be stored (results stored before it are kept)" if stage == "save" else "could not be loaded"
-            return StorageError(f"Result of node {name!r} of workflow {wf!r} {action}: {detail}")
-        return NodeExecutionError(
-            f"Node {name!r} of workflow {wf!r} failed: {detail}\n\nRemote traceback (Ray Workflows task):\n{text.rstrip()}",
-            node_name=name,
-            workflow_name=wf,
-        )
+            failure = NodeFailure(int(m.group(1)), m.group(2), _stand_in(m.group(3)), str(exc))
+        return failure_error(self, failure, "Ray Workflows task")
 
 
-_FAILURE_LINE = re.compile(r"_NodeFailure: node #(\d+) failed \((\w+)\): ([^\n]*)")
+def _stand_in(detail: str) -> Exception:
+    """An exception known only from its text (``Type: message``): one of a stand-in
+    class with the remote type's name, so messages show it as it was."""
+    kind, _, message = detail.partition(": ")
+    return type(kind if kind.isidentifier() else "RemoteError", (Exception,), {"__module__": "remote"})(message)
+
+
+_FAILURE_LINE = re.compile(r"NodeFailure: node #(\d+) failed \((\w+)\): ([^\n]*)")
 
 
 def _find_failure(exc: BaseException, kind: type) -> Any:

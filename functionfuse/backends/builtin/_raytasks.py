@@ -1,27 +1,28 @@
 """What runs in the Ray workers for :mod:`functionfuse.backends.builtin.rayback`
 (and the Ray Workflows addon): the node runner, the actor of a class node, and how a
-node's call is pickled for a task.
+node's task is pickled.
 
-A task gets a node's *spec* (index, name, workflow, compiled call, plugin hook,
-storage, metadata, parent indices) pickled by :func:`_pack`, and its parents' values
-as top-level arguments, which Ray resolves.
+A Ray task gets a node's :class:`~functionfuse.engine.NodeTask` (index, name, workflow,
+compiled call, plugin hook, storage, metadata, parent indices) pickled by
+:func:`pack_task`, and its parents' values as top-level arguments, which Ray resolves.
+The compiled call is a closure of :mod:`functionfuse._calls`, whose code every worker
+has: it travels as the name of its code and its cell contents (``_rebuild_closure``),
+not by value.
 """
 
 from __future__ import annotations
 
 import importlib
 import io
-import time
-import traceback
 import types
-from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 import ray
 from ray import cloudpickle
 
-from ...errors import StorageError
-from ...workflow import ClassNode, MethodNode, Node, NodeItem, executing_nodes
+from ... import _calls
+from ...engine import NodeFailure, NodeTask
+from ...workflow import ClassNode, MethodNode, Node, NodeItem
 
 
 # -- pickling a node's call for a task ------------------------------------------------------
@@ -45,7 +46,7 @@ class _SpecPickler(cloudpickle.Pickler):
             return _none, ()
         if t is not types.FunctionType or obj is self._skip or obj.__module__ == __name__:
             return super().reducer_override(obj)
-        if obj.__module__ in _CLOSURE_MODULES and obj.__closure__:
+        if obj.__module__ in CLOSURE_MODULES and obj.__closure__:
             # a compiled call (a closure of the core): its code is in the worker's
             # functionfuse already; send the name of its code and its cell contents
             try:
@@ -68,8 +69,8 @@ def _none() -> None:
     return None
 
 
-#: modules whose closures are sent by the name of their code
-_CLOSURE_MODULES = frozenset({"functionfuse.baseworkflow"})
+#: modules whose closures are sent by the name of their code (the compiled node calls)
+CLOSURE_MODULES = frozenset({_calls.__name__})
 _CODES: dict[tuple[str, str, int], types.CodeType] = {}
 
 
@@ -87,10 +88,10 @@ def _rebuild_closure(module: str, name: str, line: int, cells: tuple, defaults: 
     return types.FunctionType(code, mod_globals, code.co_name, defaults, tuple(types.CellType(v) for v in cells))
 
 
-def _pack(spec: tuple, functions: dict | None = None) -> bytes:
-    """*spec* pickled for a task; *functions* caches pickled functions within a run."""
+def pack_task(task: NodeTask, functions: dict | None = None) -> bytes:
+    """*task* pickled for a Ray task; *functions* caches pickled functions within a run."""
     buf = io.BytesIO()
-    _SpecPickler(buf, {} if functions is None else functions).dump(spec)
+    _SpecPickler(buf, {} if functions is None else functions).dump(task)
     return buf.getvalue()
 
 
@@ -107,33 +108,13 @@ def _load_function(data: bytes) -> Callable:
 
 
 # -- the node runner -----------------------------------------------------------------------
-class _NodeFailure(Exception):
-    """Raised in a worker: which node failed, at which stage (run, save, load), the
-    error (if it can travel) and the remote traceback."""
-
-    def __init__(self, index: int, stage: str, error: BaseException, tb: str) -> None:
-        super().__init__(index, stage, error, tb)
-        self.index, self.stage, self.error, self.tb = index, stage, error, tb
-
-    def __reduce__(self) -> tuple:
-        return (_NodeFailure, (self.index, self.stage, self.error, self.tb))
-
-    def __str__(self) -> str:
-        return f"node #{self.index} failed ({self.stage}): {type(self.error).__name__}: {self.error}\n{self.tb}"
-
-    @classmethod
-    def capture(cls, index: int, stage: str, exc: BaseException) -> "_NodeFailure":
-        tb = traceback.format_exc()
-        try:
-            cloudpickle.loads(cloudpickle.dumps(exc))
-            error = exc
-        except Exception:
-            error = RuntimeError(f"{type(exc).__qualname__}: {exc}")
-        return cls(index, stage, error, tb)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+def _portable(f: NodeFailure) -> NodeFailure:
+    """*f* with an error that can travel back to the driver (else its text)."""
+    try:
+        cloudpickle.loads(cloudpickle.dumps(f.error))
+        return f
+    except Exception:
+        return NodeFailure(f.index, f.stage, RuntimeError(f"{type(f.error).__qualname__}: {f.error}"), f.tb)
 
 
 class _Elapsed:
@@ -143,49 +124,40 @@ class _Elapsed:
 _ELAPSED = _Elapsed()  # the run time of the last node this worker ran (tasks run one at a time)
 
 
-def _execute_node(packed: bytes, values: Sequence[Any], k: int | None = None, obj: Any = None) -> Any:
-    """Run one node where it was scheduled: plugin, function, then save if asked.
+def run_packed(packed: bytes, values: Sequence[Any], k: int | None = None, obj: Any = None) -> Any:
+    """Run one node where it was scheduled (see :meth:`NodeTask.run`).
 
-    *values* are the results of the node's parents (in the order of the spec's parent
+    *values* are the results of the node's parents (in the order of the task's parent
     indices); a method call also gets its instance's index *k* and object *obj*.
     """
-    i, name, wf, call, init, storage, meta, parents = cloudpickle.loads(packed)
-    R = dict(zip(parents, values))
+    task: NodeTask = cloudpickle.loads(packed)
+    R = dict(zip(task.parents, values))
     if k is not None:
         R[k] = obj
-    with executing_nodes():
-        try:
-            if init is not None:
-                init()
-            started = _now() if storage is not None else ""
-            t = time.perf_counter()
-            value = call(R)
-            elapsed = time.perf_counter() - t
-        except Exception as exc:
-            raise _NodeFailure.capture(i, "run", exc) from None
-    _ELAPSED.seconds = elapsed
-    if storage is not None:
-        meta = dict(meta)
-        meta.update(started=started, finished=_now(), duration_s=round(elapsed, 6))
-        try:
-            storage.save(wf, name, value, meta)
-        except (StorageError, OSError) as exc:
-            raise _NodeFailure.capture(i, "save", exc) from None
+    try:
+        value, _ELAPSED.seconds = task.run(R)
+    except NodeFailure as f:
+        raise _portable(f) from None
     return value
 
 
 def _run_node_task(spec: bytes, *values: Any) -> tuple[Any, float]:
     """A function node: ``values`` are its data parents' results, resolved by Ray.
     Returns the value and the done token (the seconds the node's function took)."""
-    return _execute_node(spec, values), _ELAPSED.seconds
+    return run_packed(spec, values), _ELAPSED.seconds
+
+
+def load_stored(index: int, name: str, workflow_name: str, storage: Any) -> Any:
+    """Read node *index*'s stored result (in a task placed where the storage lives)."""
+    try:
+        return storage.read_task(workflow_name, name)
+    except Exception as exc:
+        raise _portable(NodeFailure.capture(index, "load", exc)) from None
 
 
 def _load_node_task(index: int, name: str, workflow_name: str, storage: Any) -> tuple[Any, None]:
-    """Read a stored result where the storage lives; its children get it from here."""
-    try:
-        return storage.read_task(workflow_name, name), None
-    except Exception as exc:
-        raise _NodeFailure.capture(index, "load", exc) from None
+    """A stored result, read where the storage lives; its children get it from here."""
+    return load_stored(index, name, workflow_name, storage), None
 
 
 _run_node: Any = ray.remote(num_returns=2)(_run_node_task)
@@ -201,14 +173,14 @@ class _InstanceHost:
 
     @ray.method(num_returns=2)
     def construct(self, spec: bytes, send_back: bool, *values: Any) -> tuple[Any, float]:
-        self.obj = _execute_node(spec, values)
+        self.obj = run_packed(spec, values)
         return (self.obj if send_back else None), _ELAPSED.seconds
 
     @ray.method(num_returns=2)
     def call(self, spec: bytes, k: int, previous: Any, *values: Any) -> tuple[Any, float]:
         # ``previous`` (the token of the previous call) is resolved by Ray before this
         # runs: if an earlier call on this instance failed, this call fails with it.
-        return _execute_node(spec, values, k, self.obj), _ELAPSED.seconds
+        return run_packed(spec, values, k, self.obj), _ELAPSED.seconds
 
 
 _Instance: Any = ray.remote(_InstanceHost)

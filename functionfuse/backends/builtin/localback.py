@@ -1,30 +1,85 @@
 """LocalWorkflow: run a DAG in this process, one node after another.
 
-State machine of a run: the resume plan (see :mod:`functionfuse.baseworkflow`) marks
-each node run, replay, load or skip. Nodes are visited in topological order; a node
-that runs gets its arguments from the results list, its result is saved to storage at
-once (so an interruption loses only the node in progress), and each value is released
-as soon as the last node that needs it has run. A stored result that turns out to be
-damaged when loaded is reported with a warning, dropped from the plan, and the plan is
-recomputed, so the node (and whatever it needs) runs again. A run that stops at a node
-(it raised, also ``KeyboardInterrupt`` or ``SystemExit``, which are re-raised as they
-are, or its result could not be stored or loaded) names it in its report
-(``last_run.failed``).
+State machine of a run (the engine's, :mod:`functionfuse.engine`, with the serial
+executor below): the plan (:mod:`functionfuse.planner`) marks each node run, replay,
+load or skip. Nodes are visited in topological order; a node that runs gets its
+arguments from the results list, its result is saved to storage at once (so an
+interruption loses only the node in progress), and each value is released as soon as
+the last node that needs it has run. A stored result that turns out to be damaged when
+loaded is reported with a warning, dropped, and the plan is made again, so the node
+(and whatever it needs) runs again. A run that stops at a node (it raised, also
+``KeyboardInterrupt`` or ``SystemExit``, which are re-raised as they are, or its result
+could not be stored or loaded) names it in its report (``last_run.failed``).
+
+Without storage and plugins, a run takes a fast path: the compiled calls in a loop,
+one clock reading per node.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from ...baseworkflow import LOAD, MISSING, NOT_STORED, REPLAY, RUN, SKIP, BaseWorkflow, DamagedResult, Query
-from ...errors import CorruptedResultError
+from ...baseworkflow import BaseWorkflow, Policies, Query
+from ...engine import Completion, NodeFailure, NodeTask, execute, run_session
+from ...planner import Plan
 from ...report import Progress, RunReport
 from ...workflow import executing_nodes
 
 __all__ = ["LocalWorkflow", "Query"]
 
 _PROGRESS_EVERY = 1024  # nodes between progress updates on the fast path
+
+
+class _SerialExecutor:
+    """Runs each task as it is submitted, in this process (the engine's executor)."""
+
+    slots = 1
+    in_process = True
+
+    def __init__(self, wf: BaseWorkflow) -> None:
+        self.wf = wf
+        self.R: list[Any] = []
+        self.done: list[Completion] = []
+
+    def start(self, plan: Plan) -> None:
+        self.R = [None] * len(plan)
+        self.done = []
+
+    def submit(self, task: NodeTask) -> None:
+        try:
+            self.R[task.index], seconds = task.run(self.R)
+        except NodeFailure as f:
+            self.done.append(f)
+        else:
+            self.done.append((task.index, seconds))
+
+    def load(self, i: int) -> None:
+        try:
+            self.R[i] = self.wf.storage.read_task(self.wf.workflow_name, self.wf.graph.names[i])
+        except Exception as exc:
+            self.done.append(NodeFailure(i, "load", exc))
+        else:
+            self.done.append((i, None))
+
+    def release(self, indices: Sequence[int]) -> None:
+        R = self.R
+        for p in indices:
+            R[p] = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.done)
+
+    def oldest(self) -> int | None:
+        return None
+
+    def wait(self, count: int, timeout: float | None) -> list[Completion]:
+        done, self.done = self.done, []
+        return done
+
+    def results(self, outputs: Sequence[int]) -> Mapping[int, Any]:
+        return self.R  # type: ignore[return-value]
 
 
 class LocalWorkflow(BaseWorkflow):
@@ -52,16 +107,9 @@ class LocalWorkflow(BaseWorkflow):
         selected.set_cache("off")
         self._logged = self._logged | frozenset(selected.indices)
 
-    def _actions(self, stored: dict[str, Any] | None) -> tuple[list[str], list[str], list[str], list[str]]:
-        actions, reasons, states, details = super()._actions(stored)
-        if stored is not None:  # without storage nothing is stored anyway
-            for i in self._logged:
-                if actions[i] == RUN:
-                    actions[i] = REPLAY  # run, not saved
-                    reasons[i] = "selected by log_nodes(): runs on every run, never stored"
-                    if states[i] == MISSING:
-                        states[i], details[i] = NOT_STORED, "never stored (log_nodes())"
-        return actions, reasons, states, details
+    def policies(self) -> Policies:
+        base = super().policies()
+        return Policies(base.default, base.per_node, base.unstored, self._logged)
 
     def run(self) -> Any:
         """Start execution of the workflow.
@@ -70,17 +118,11 @@ class LocalWorkflow(BaseWorkflow):
             results for several.
         :raises NodeExecutionError: a node raised; results stored before stay stored.
         """
-        started = time.perf_counter()
-        report, progress = self.start_run()
-        try:
+        with run_session(self) as session:
             if self.storage is None and not self._plugins:
-                results = self._run_plain(report, progress)
+                results: Any = self._run_plain(session.report, session.progress)
             else:
-                results = self._run_stored(report, progress)
-        except BaseException as exc:
-            self.finish_run(report, progress, started, exc)
-            raise
-        self.finish_run(report, progress, started)
+                results = execute(self, _SerialExecutor(self), session)
         return self.outputs(results)
 
     # The fast path: no storage, no plugins.
@@ -114,66 +156,4 @@ class LocalWorkflow(BaseWorkflow):
                     raise self.node_error(i, exc) from exc
                 raise
         report.ran = n
-        return R
-
-    def _run_stored(self, report: RunReport, progress: Progress) -> list[Any]:
-        stored = self._stored()
-        for attempt in range(len(self.graph) + 1):
-            if attempt == 0:
-                actions = self.resume_actions(stored)
-                report.recomputed += self.unreadable_count(stored)
-            else:
-                actions = self._actions(stored)[0]
-            try:
-                return self._execute(actions, stored, report, progress)
-            except DamagedResult as damaged:
-                self.drop_damaged(stored, damaged.index, damaged.error, report)
-        raise self.too_many_damaged()
-
-    def _execute(
-        self, actions: list[str], stored: dict[str, Any] | None, report: RunReport, progress: Progress
-    ) -> list[Any]:
-        """Run *actions*; nodes saved here are added to *stored* (a restart loads them)."""
-        names = self.graph.names
-        frees = self.release_schedule(actions)
-        save = self.storage is not None
-        n = len(names)
-        R: list[Any] = [None] * n
-        report.loaded = report.skipped = 0
-        i = 0
-        with executing_nodes():
-            try:
-                for i in range(n):
-                    action = actions[i]
-                    if action == SKIP:
-                        report.skipped += 1
-                        continue
-                    if action == LOAD:
-                        try:
-                            R[i] = self.load_result(i)
-                        except CorruptedResultError as exc:
-                            raise DamagedResult(i, exc) from exc
-                        report.loaded += 1
-                    else:
-                        progress.node_started(names[i])
-                        t = time.perf_counter()
-                        R[i] = self.run_node(i, R, save=save and action == RUN)
-                        seconds = time.perf_counter() - t
-                        report.record(names[i], seconds)
-                        report.ran += 1
-                        progress.node_finished(names[i], seconds)
-                        if save and action == RUN:
-                            assert stored is not None
-                            stored[names[i]] = {"fingerprint": self.run_record(i)}
-                    for p in frees[i]:
-                        R[p] = None
-                    progress.update()
-            except DamagedResult:
-                raise  # not a failure: the node runs again
-            except BaseException:
-                # the node raised (KeyboardInterrupt and SystemExit too), or its result
-                # could not be stored or loaded: the run stopped there
-                progress.running = 0
-                report.failed = names[i]
-                raise
         return R

@@ -51,13 +51,17 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised in an environment without ray
     raise missing_dependency("ray", "ray", _exc) from _exc
 
-from ...baseworkflow import LOAD, RUN, RUNS, SKIP, BaseWorkflow, DamagedResult
+from ...baseworkflow import RUNS, BaseWorkflow
 from ...baseworkflow import Query as _BaseQuery
+from ...engine import Completion, NodeFailure, NodeTask, execute, run_session
+from ...planner import Plan
 from ...workflow import ClassNode, MethodNode
-from ..plugins import prepare
-from ._raytasks import _Instance, _load_node, _NodeFailure, _pack, _run_node
+from ._raytasks import _Instance, _load_node, _run_node, load_stored, pack_task, run_packed
 
-__all__ = ["RayWorkflow", "Query"]
+#: what other Ray backends (the Ray Workflows addon) run in their tasks: a node task
+#: pickled without the graph (pack_task), run where it lands (run_packed), and a
+#: stored result read where the storage lives (load_stored)
+__all__ = ["RayWorkflow", "Query", "pack_task", "run_packed", "load_stored"]
 
 log = logging.getLogger("functionfuse.ray")
 
@@ -199,145 +203,11 @@ class RayWorkflow(BaseWorkflow):
                 "or call ray.init(...) before run()."
             )
         self._check_method_args()
-        started = time.perf_counter()
-        report, progress = self.start_run()
-        try:
-            results = self._run(report, progress, max_pending_tasks, return_results)
-        except BaseException as exc:
-            self.finish_run(report, progress, started, exc)
-            raise
-        self.finish_run(report, progress, started)
+        with run_session(self) as session:
+            results = execute(self, _RayExecutor(self, max_pending_tasks, return_results), session)
         return self.outputs(results) if return_results else None
 
-    def _run(self, report: Any, progress: Any, max_pending: int, fetch: bool) -> dict[int, Any]:
-        names = self.graph.names
-        stored = self._stored()
-        damaged: set[str] = set()
-        for attempt in range(len(names) + 1):
-            if attempt == 0:
-                actions = self.resume_actions(stored)
-                report.recomputed += self.unreadable_count(stored)
-            else:
-                # what this run stored before the damage was found is loaded, not run again
-                stored = self._stored()
-                assert stored is not None
-                for name in damaged:
-                    stored.pop(name, None)
-                actions = self._actions(stored)[0]
-            try:
-                return self._execute(actions, report, progress, max_pending, fetch)
-            except DamagedResult as d:
-                self.drop_damaged(stored, d.index, d.error, report)
-                damaged.add(names[d.index])
-        raise self.too_many_damaged()
-
-    def _execute(self, actions: list[str], report: Any, progress: Any, max_pending: int, fetch: bool) -> dict[int, Any]:
-        g = self.graph
-        n = len(g)
-        nodes, names, data_parents, wf = g.nodes, g.names, g.data_parents, self.workflow_name
-        calls = self.node_calls()
-        frees = self.release_schedule(actions)
-        storage = self.storage
-        load_storage, load_options = _placement(storage)
-        remote_args = self._remote_args
-        instance_value_needed = self._instance_values_needed(actions)
-        last_in_chain = self._last_running_calls(actions)
-        run_id = uuid.uuid4().hex[:8]  # actor names are unique in Ray: these carry the run
-        functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
-
-        refs: list[Any] = [None] * n
-        instances: dict[int, Any] = {}  # class node -> actor handle, while calls remain
-        chain_tokens: dict[int, Any] = {}  # class node -> token of its latest call
-        pending: list[Any] = []
-        owner: dict[Any, int] = {}
-        failures: list[_Failure] = []
-        index_of = g.index_of
-        batch = max(1, max_pending // 10)
-        report.loaded = report.skipped = 0
-
-        for i in range(n):
-            action = actions[i]
-            if action == SKIP:
-                report.skipped += 1
-                continue
-            if max_pending and len(pending) >= max_pending:
-                ready, pending = ray.wait(pending, num_returns=min(batch, len(pending)), fetch_local=False)
-                self._check(ready, owner, actions, failures, report, progress)
-                progress.running = len(pending)
-                progress.oldest = names[owner[pending[0]]] if pending else None
-                progress.update()
-                if failures:
-                    break
-            name = names[i]
-            if action == LOAD:
-                # every task carries its node's name (Ray's dashboard, ray list tasks, logs)
-                value, token = _load_node.options(**load_options, name=f"{name} (load)").remote(
-                    i, name, wf, load_storage
-                )
-            else:
-                save = storage is not None and action == RUN  # a replayed node is stored already
-                node = nodes[i]
-                kind = type(node)
-                if kind is MethodNode:
-                    k = index_of(node.instance)  # type: ignore[attr-defined]  # the object is in the actor
-                    parents = tuple(p for p in data_parents[i] if p != k)
-                else:
-                    parents = data_parents[i]
-                spec = _pack(
-                    (
-                        i,
-                        name,
-                        wf,
-                        calls[i],
-                        _prepare_plugin(self._plugins.get(i), name),
-                        storage if save else None,
-                        self.node_metadata(i) if save else None,
-                        parents,
-                    ),
-                    functions,
-                )
-                if kind is MethodNode:
-                    value, token = instances[k].call.options(name=name).remote(
-                        spec, k, chain_tokens[k], *[refs[p] for p in parents]
-                    )
-                    chain_tokens[k] = token
-                    if last_in_chain.get(k) == i:
-                        del instances[k], chain_tokens[k]
-                elif kind is ClassNode:
-                    args = remote_args.get(i)
-                    actor = _Instance.options(**{"name": f"{name} (workflow {wf}, run {run_id})", **(args or {})}).remote()
-                    value, token = actor.construct.options(name=name).remote(
-                        spec, i in instance_value_needed, *[refs[p] for p in parents]
-                    )
-                    if last_in_chain.get(i) is not None:
-                        instances[i] = actor
-                        chain_tokens[i] = token
-                else:
-                    fn = _run_node.options(**{"name": name, **remote_args.get(i, {})})
-                    value, token = fn.remote(spec, *[refs[p] for p in parents])
-            refs[i] = value
-            pending.append(token)
-            owner[token] = i
-            for p in frees[i]:
-                refs[p] = None
-
-        instances.clear()
-        chain_tokens.clear()
-        # wait for everything in flight, also after a failure: what finishes is stored
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0.25, fetch_local=False)
-            self._check(ready, owner, actions, failures, report, progress)
-            progress.running = len(pending)
-            progress.oldest = names[owner[pending[0]]] if pending else None
-            progress.update()
-        if failures:
-            self._raise(failures, report)
-        if not fetch:
-            return {}
-        wanted = sorted(set(g.outputs))
-        return dict(zip(wanted, ray.get([refs[o] for o in wanted])))
-
-    # -- helpers of _execute ----------------------------------------------------------------
+    # -- helpers of the executor ----------------------------------------------------------------
     def _instance_values_needed(self, actions: Sequence[str]) -> set[int]:
         """Class nodes whose object itself is needed (an output, or an argument of a node
         other than its own method calls): only those send the object back from the actor."""
@@ -385,85 +255,118 @@ class RayWorkflow(BaseWorkflow):
                     f"constructor node: query('^{g.names[k]}$').set_remote_args(...)."
                 )
 
-    def _check(
-        self, ready: list, owner: dict, actions: Sequence[str], failures: list, report: Any, progress: Any
-    ) -> None:
-        """Count the finished tokens (a token is the node's run time) and record failures."""
+
+class _RayExecutor:
+    """Submits node tasks to Ray and learns of completions from their done tokens."""
+
+    in_process = False
+    where = "Ray worker"
+
+    def __init__(self, wf: RayWorkflow, max_pending: int, fetch: bool) -> None:
+        self.wf = wf
+        self.slots = max_pending
+        self.fetch = fetch
+        self.load_storage, self.load_options = _placement(wf.storage)
+        self.run_id = uuid.uuid4().hex[:8]  # actor names are unique in Ray: these carry the run
+
+    def start(self, plan: Plan) -> None:
+        wf = self.wf
+        n = len(plan)
+        self.refs: list[Any] = [None] * n
+        self.instances: dict[int, Any] = {}  # class node -> actor handle, while calls remain
+        self.chain_tokens: dict[int, Any] = {}  # class node -> token of its latest call
+        self.tokens: list[Any] = []  # in flight, oldest first
+        self.owner: dict[Any, int] = {}
+        self.functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
+        self.instance_value_needed = wf._instance_values_needed(plan.actions)
+        self.last_in_chain = wf._last_running_calls(plan.actions)
+
+    def _track(self, i: int, value: Any, token: Any) -> None:
+        self.refs[i] = value
+        self.tokens.append(token)
+        self.owner[token] = i
+
+    def load(self, i: int) -> None:
+        name, wf = self.wf.graph.names[i], self.wf.workflow_name
+        # every task carries its node's name (Ray's dashboard, ray list tasks, logs)
+        value, token = _load_node.options(**self.load_options, name=f"{name} (load)").remote(
+            i, name, wf, self.load_storage
+        )
+        self._track(i, value, token)
+
+    def submit(self, task: NodeTask) -> None:
+        wf = self.wf
+        g = wf.graph
+        i, name, refs = task.index, task.name, self.refs
+        spec = pack_task(task, self.functions)
+        node = g.nodes[i]
+        kind = type(node)
+        args = [refs[p] for p in task.parents]
+        if kind is MethodNode:
+            k = g.index_of(node.instance)  # type: ignore[attr-defined]  # the object is in the actor
+            value, token = self.instances[k].call.options(name=name).remote(spec, k, self.chain_tokens[k], *args)
+            self.chain_tokens[k] = token
+            if self.last_in_chain.get(k) == i:
+                del self.instances[k], self.chain_tokens[k]
+        elif kind is ClassNode:
+            options = {"name": f"{name} (workflow {wf.workflow_name}, run {self.run_id})", **wf._remote_args.get(i, {})}
+            actor = _Instance.options(**options).remote()
+            value, token = actor.construct.options(name=name).remote(spec, i in self.instance_value_needed, *args)
+            if self.last_in_chain.get(i) is not None:
+                self.instances[i] = actor
+                self.chain_tokens[i] = token
+        else:
+            fn = _run_node.options(**{"name": name, **wf._remote_args.get(i, {})})
+            value, token = fn.remote(spec, *args)
+        self._track(i, value, token)
+
+    def release(self, indices: Sequence[int]) -> None:
+        refs = self.refs
+        for p in indices:
+            refs[p] = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.tokens)
+
+    def oldest(self) -> int | None:
+        return self.owner[self.tokens[0]] if self.tokens else None
+
+    def wait(self, count: int, timeout: float | None) -> list[Completion]:
+        """Completions of the finished tokens (a token is the node's run time, None
+        for a load); a failed task reports the node and stage its worker saw."""
+        ready, self.tokens = ray.wait(self.tokens, num_returns=count, timeout=timeout, fetch_local=False)
         if not ready:
-            return
-        names = self.graph.names
+            return []
+        owner = self.owner
         try:
             times = ray.get(ready)
         except Exception:
             times = None
         if times is not None:
-            for token, seconds in zip(ready, times):
-                self._count(owner.pop(token), seconds, actions, report, progress, names)
-            return
+            return [(owner.pop(token), seconds) for token, seconds in zip(ready, times)]
+        done: list[Completion] = []
         for token in ready:
             i = owner.pop(token)
             try:
                 seconds = ray.get(token)
             except RayTaskError as err:
                 cause = getattr(err, "cause", None)
-                if isinstance(cause, _NodeFailure):
-                    failures.append(_Failure(cause.index, cause.stage, cause.error, cause.tb, err))
+                if isinstance(cause, NodeFailure):
+                    done.append(cause)
                 else:
-                    failures.append(_Failure(i, "run", cause if isinstance(cause, BaseException) else err, str(err), err))
+                    done.append(NodeFailure(i, "run", cause if isinstance(cause, BaseException) else err, str(err)))
             except Exception as err:  # the worker or actor died, the task was cancelled...
-                failures.append(_Failure(i, "system", err, str(err), err))
+                done.append(NodeFailure(i, "system", err, str(err)))
             else:
-                self._count(i, seconds, actions, report, progress, names)
+                done.append((i, seconds))
+        return done
 
-    @staticmethod
-    def _count(i: int, seconds: Any, actions: Sequence[str], report: Any, progress: Any, names: Sequence[str]) -> None:
-        if actions[i] == LOAD:
-            report.loaded += 1
-        else:
-            report.ran += 1
-            report.record(names[i], seconds)
-            progress.node_finished(names[i], seconds)  # the driver does not see nodes start
-
-    def _raise(self, failures: list["_Failure"], report: Any) -> None:
-        """Raise the error of the first failed node in topological order (a damaged
-        stored result first: it is recomputed, the run goes on), naming it in *report*."""
-        names, wf = self.graph.names, self.workflow_name
-        for f in sorted(failures, key=lambda f: f.index):
-            if f.stage == "load" and isinstance(f.error, CorruptedResultError):
-                raise DamagedResult(f.index, f.error)
-        f = min(failures, key=lambda f: f.index)
-        name = names[f.index]
-        report.failed = name  # whatever the stage: run, save, load or a crashed worker
-        if f.stage == "load":
-            if isinstance(f.error, SerializationError):
-                raise SerializationError(f"Stored result of node {name!r} cannot be loaded: {f.error}") from f.error
-            raise f.error
-        if f.stage == "save":
-            kind = SerializationError if isinstance(f.error, SerializationError) else StorageError
-            raise kind(
-                f"Result of node {name!r} of workflow {wf!r} could not be stored "
-                f"(results stored before it are kept): {f.error}"
-            ) from f.error
-        if f.stage == "system":
-            err = NodeExecutionError(
-                f"Node {name!r} of workflow {wf!r} failed on Ray: {type(f.error).__name__}: {f.error}",
-                node_name=name,
-                workflow_name=wf,
-            )
-            raise err from f.error
-        base = self.node_error(f.index, f.error)
-        err = NodeExecutionError(
-            f"{base}\n\nRemote traceback (Ray worker):\n{f.tb.rstrip()}", node_name=name, workflow_name=wf
-        )
-        raise err from f.error
-
-
-# -- the driver's view of failures ---------------------------------------------------------
-class _Failure:
-    __slots__ = ("index", "stage", "error", "tb", "ray_error")
-
-    def __init__(self, index: int, stage: str, error: BaseException, tb: str, ray_error: BaseException) -> None:
-        self.index, self.stage, self.error, self.tb, self.ray_error = index, stage, error, tb, ray_error
+    def results(self, outputs: Sequence[int]) -> dict[int, Any]:
+        if not self.fetch:
+            return {}
+        wanted = sorted(set(outputs))
+        return dict(zip(wanted, ray.get([self.refs[o] for o in wanted])))
 
 
 def _placement(storage: Any) -> tuple[Any, dict]:
@@ -474,6 +377,3 @@ def _placement(storage: Any) -> tuple[Any, dict]:
     placed = getattr(storage, "ray_placement", None)
     return placed() if placed is not None else (storage, {})
 
-
-def _prepare_plugin(plugin: Any, name: str) -> Callable[[], Any] | None:
-    return None if plugin is None else prepare(plugin, name)

@@ -1,0 +1,344 @@
+"""The run engine: one run session for every backend, over a small executor contract.
+
+A backend hands :func:`execute` an :class:`Executor` (in this process, Ray tasks and
+actors, ...); the engine owns everything at the level of a run, once:
+
+1. **Plan.** One listing of storage, the fingerprints, :func:`functionfuse.planner.plan`.
+   The run warns once about stale results it reuses (``StaleResultWarning``) and counts
+   the unreadable ones (recomputed, in the one ``ResultRecomputedWarning`` of the run).
+2. **Drive.** Nodes are visited in topological order: a skipped node is counted; a
+   node to load is handed to ``executor.load(i)``; a node that runs or is replayed
+   becomes a :class:`NodeTask` handed to ``executor.submit(task)``. When the executor's
+   ``slots`` are full (1: a serial executor; 0: no limit), the engine waits for
+   completions. Values no later node needs are released (``executor.release``).
+3. **Collect.** A completion is ``(index, seconds)`` or a :class:`NodeFailure`. A node
+   done is counted in the report and the progress display, and, if it was saved,
+   recorded as stored (a re-plan loads it instead of running it again). After a
+   failure nothing new is submitted; what is in flight finishes (and is stored).
+4. **Recompute.** A stored result found damaged when loaded is reported, dropped from
+   what storage holds, and the plan is made again, so its node runs (at most once per
+   node). Any other failure raises the error of the first failed node in topological
+   order (:func:`failure_error`: one wording for every backend), named in the report.
+
+:func:`run_session` (start the report and progress display; finish them, store the
+report and warn, also when the run raised) is what compilers (Prefect, KFP) use around
+their own submission.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, Union
+
+from .errors import CorruptedResultError, NodeExecutionError, SerializationError, StorageError
+from .planner import LOAD, RUN, SKIP, Plan
+from .report import Progress, RunReport
+from .workflow import executing_nodes
+
+if TYPE_CHECKING:
+    from .baseworkflow import BaseWorkflow
+
+__all__ = [
+    "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "execute",
+    "failure_error", "run_here",
+]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class NodeFailure(Exception):
+    """A node failed: its position, at which stage (``run``, ``save``, ``load``,
+    ``system`` for a crashed worker, ``raised`` for an error already worded), the error
+    and its traceback (text, as it may come from another process)."""
+
+    def __init__(self, index: int, stage: str, error: BaseException, tb: str = "") -> None:
+        super().__init__(index, stage, error, tb)
+        self.index, self.stage, self.error, self.tb = index, stage, error, tb
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.index, self.stage, self.error, self.tb))
+
+    def __str__(self) -> str:
+        return f"node #{self.index} failed ({self.stage}): {type(self.error).__name__}: {self.error}\n{self.tb}"
+
+    @classmethod
+    def capture(cls, index: int, stage: str, exc: BaseException) -> "NodeFailure":
+        """The failure of node *index* at *stage*, with the traceback being handled."""
+        return cls(index, stage, exc, traceback.format_exc())
+
+
+class NodeTask:
+    """Everything needed to run one node, without the graph; picklable (Ray sends it).
+
+    *call* computes the node from a mapping or sequence of results indexed by node
+    position (the parents' values, at *parents*); *init* is the plugin's node-side hook;
+    with *storage* the value is saved with *meta* (timings added) as soon as computed.
+    """
+
+    __slots__ = ("index", "name", "workflow", "call", "init", "storage", "meta", "parents")
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        workflow: str,
+        call: Callable[[Any], Any],
+        init: Callable[[], Any] | None,
+        storage: Any,
+        meta: dict | None,
+        parents: tuple[int, ...],
+    ) -> None:
+        self.index, self.name, self.workflow, self.call, self.init = index, name, workflow, call, init
+        self.storage, self.meta, self.parents = storage, meta, parents
+
+    def __reduce__(self) -> tuple:
+        return (NodeTask, (self.index, self.name, self.workflow, self.call, self.init, self.storage, self.meta, self.parents))
+
+    def run(self, results: Any) -> tuple[Any, float]:
+        """(value, seconds the node's function took); saved first if the task saves.
+
+        :raises NodeFailure: the node raised (stage ``run``) or its value could not be
+            stored (``save``). ``KeyboardInterrupt`` and ``SystemExit`` pass as they are.
+        """
+        with executing_nodes():
+            try:
+                if self.init is not None:
+                    self.init()
+                started = _now() if self.storage is not None else ""
+                t = time.perf_counter()
+                value = self.call(results)
+                elapsed = time.perf_counter() - t
+            except Exception as exc:
+                raise NodeFailure.capture(self.index, "run", exc) from exc
+        if self.storage is not None:
+            meta = dict(self.meta or {})
+            meta.update(started=started, finished=_now(), duration_s=round(elapsed, 6))
+            try:
+                self.storage.save(self.workflow, self.name, value, meta)
+            except (StorageError, OSError) as exc:
+                raise NodeFailure.capture(self.index, "save", exc) from exc
+        return value, elapsed
+
+
+def failure_error(wf: "BaseWorkflow", f: NodeFailure, where: str | None = None) -> BaseException:
+    """The error a run raises for failure *f*: names the node and the workflow, and what
+    to expect of storage. *where* names a remote place the traceback comes from
+    (``"Ray worker"``): it is then part of the message."""
+    name, wfname, error = wf.graph.names[f.index], wf.workflow_name, f.error
+    if f.stage == "raised":
+        return error
+    if f.stage == "load":
+        if isinstance(error, SerializationError):
+            return SerializationError(f"Stored result of node {name!r} cannot be loaded: {error}")
+        return error
+    if f.stage == "save":
+        kind = SerializationError if isinstance(error, SerializationError) else StorageError
+        return kind(
+            f"Result of node {name!r} of workflow {wfname!r} could not be stored "
+            f"(results stored before it are kept): {error}"
+        )
+    if f.stage == "system":
+        return NodeExecutionError(
+            f"Node {name!r} of workflow {wfname!r} failed on {where or 'its executor'}: {type(error).__name__}: {error}",
+            node_name=name,
+            workflow_name=wfname,
+        )
+    message = f"Node {name!r} of workflow {wfname!r} failed: {type(error).__name__}: {error}"
+    if where is not None and f.tb:
+        message += f"\n\nRemote traceback ({where}):\n{f.tb.rstrip()}"
+    return NodeExecutionError(message, node_name=name, workflow_name=wfname)
+
+
+def run_here(wf: "BaseWorkflow", task: NodeTask, results: Any) -> tuple[Any, float]:
+    """Run *task* in this process: its error is the run's (see :func:`failure_error`),
+    caused by what the node raised."""
+    try:
+        return task.run(results)
+    except NodeFailure as f:
+        raise failure_error(wf, f) from f.error
+
+
+#: what an executor reports: a node done ``(index, seconds it ran or None)``, or a failure
+Completion = Union[tuple[int, Union[float, None]], NodeFailure]
+
+
+class Executor(Protocol):
+    """Runs node tasks somewhere; the engine drives it (see the module documentation)."""
+
+    #: tasks in flight before the engine waits for completions (1: serial; 0: no limit)
+    slots: int
+    #: tasks run in this process as they are submitted (the progress display sees them start)
+    in_process: bool
+
+    def start(self, plan: Plan) -> None:
+        """A new attempt at running *plan* (after a damaged result, the plan is new)."""
+
+    def submit(self, task: NodeTask) -> None:
+        """Run *task* (its parents were submitted or loaded before)."""
+
+    def load(self, i: int) -> None:
+        """Read node *i*'s stored result where its children will need it."""
+
+    def release(self, indices: Sequence[int]) -> None:
+        """No node submitted later needs these values."""
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not reported by :meth:`wait` yet."""
+
+    def oldest(self) -> int | None:
+        """The position of the oldest task in flight (None: none, or not known)."""
+
+    def wait(self, count: int, timeout: float | None) -> list[Completion]:
+        """The completions of at least *count* tasks (fewer after *timeout* seconds)."""
+
+    def results(self, outputs: Sequence[int]) -> Mapping[int, Any]:
+        """The values of the output nodes, once every task has completed."""
+
+
+class RunSession:
+    """The report and progress display of one run (see :func:`run_session`)."""
+
+    def __init__(self, wf: "BaseWorkflow") -> None:
+        self.workflow = wf
+        self.started = time.perf_counter()
+        self.report = RunReport(wf.workflow_name, type(wf).__name__, nodes=len(wf.graph))
+        #: (node, why) of the stored results found unreadable, warned about when the run ends
+        self.unreadable: list[tuple[str, str]] = []
+        self.progress = Progress(self.report, enabled=wf.progress_setting(sys.stderr))
+        self.progress.running_label = wf.progress_running_label
+
+    def finish(self, error: BaseException | None) -> None:
+        """Close the report (*error*: what the run raised), the progress display with
+        the run's summary, store the report, and warn about unreadable results."""
+        wf = self.workflow
+        report, progress = self.report, self.progress
+        report.end(time.perf_counter() - self.started, error)
+        wf.close_progress(progress, report, error)
+        wf.store_report(report)
+        if self.unreadable:  # last: under warnings-as-errors the report is stored all the same
+            wf.warn_unreadable(self.unreadable)
+
+
+@contextlib.contextmanager
+def run_session(wf: "BaseWorkflow") -> Iterator[RunSession]:
+    """A run of *wf*: a fresh report (``wf.last_run``) and progress display, closed and
+    stored when the block ends, also when it raises (the report says how it ended)."""
+    session = RunSession(wf)
+    wf.last_run = session.report
+    session.progress.start()
+    try:
+        yield session
+    except BaseException as exc:
+        session.finish(exc)
+        raise
+    session.finish(None)
+
+
+def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapping[int, Any]:
+    """Run *wf* with *executor* in *session*; returns the values of the output nodes."""
+    report = session.report
+    stored = wf.stored_metadata()
+    records = None if stored is None else wf.fingerprints()
+    plan = wf.make_plan(stored, records)
+    wf.warn_stale(plan)
+    session.unreadable.extend(plan.unreadable)
+    report.recomputed += len(plan.unreadable)
+    for _attempt in range(len(wf.graph) + 1):
+        failures = _drive(wf, executor, plan, stored, session)
+        if not failures:
+            return executor.results(wf.graph.outputs)
+        damaged = next(
+            (f for f in failures if f.stage == "load" and isinstance(f.error, CorruptedResultError)), None
+        )
+        if damaged is None:
+            first = min(failures, key=lambda f: f.index)
+            report.failed = wf.graph.names[first.index]  # whatever the stage: run, save, load, system
+            session.progress.running = 0
+            error = failure_error(wf, first, getattr(executor, "where", None))
+            if error is first.error:
+                raise error
+            raise error from first.error
+        # damaged past its header: not a failure, the node runs again in a new plan
+        name = wf.graph.names[damaged.index]
+        session.unreadable.append((name, str(damaged.error)))
+        report.recomputed += 1
+        if stored is not None:
+            stored.pop(name, None)
+        plan = wf.make_plan(stored, records)
+    raise StorageError(f"Workflow {wf.workflow_name!r}: too many unreadable stored results in {wf.storage!r}.")
+
+
+def _drive(
+    wf: "BaseWorkflow", executor: Executor, plan: Plan, stored: dict[str, Any] | None, session: RunSession
+) -> list[NodeFailure]:
+    """One attempt at *plan*: the failures (none: every node completed)."""
+    report, progress = session.report, session.progress
+    names, actions = wf.graph.names, plan.actions
+    frees = wf.release_schedule(actions)
+    saving = stored is not None
+    failures: list[NodeFailure] = []
+    slots, in_process = executor.slots, executor.in_process
+    batch = max(1, slots // 10)
+
+    def collect(completions: list[Completion]) -> None:
+        for c in completions:
+            if isinstance(c, NodeFailure):
+                failures.append(c)
+                if in_process:
+                    progress.node_finished(names[c.index], None)
+                continue
+            i, seconds = c
+            if actions[i] == LOAD:
+                report.loaded += 1
+            else:
+                name = names[i]
+                report.ran += 1
+                report.record(name, seconds or 0.0)
+                progress.node_finished(name, seconds)
+                if saving and actions[i] == RUN:
+                    assert stored is not None and plan.records is not None
+                    stored[name] = {"fingerprint": plan.records[i]}
+        if not in_process:
+            progress.running = executor.pending
+            oldest = executor.oldest()
+            progress.oldest = None if oldest is None else names[oldest]
+        progress.update()
+
+    report.loaded = report.skipped = 0
+    executor.start(plan)
+    i = 0
+    try:
+        for i, action in enumerate(actions):
+            if action == SKIP:
+                report.skipped += 1
+                continue
+            if slots and executor.pending >= slots:
+                collect(executor.wait(min(batch, executor.pending), None))
+                if failures:
+                    break
+            if action == LOAD:
+                executor.load(i)
+            else:
+                save = saving and action == RUN
+                task = wf.node_task(i, save=save, record=plan.records[i] if save else None)  # type: ignore[index]
+                if in_process:
+                    progress.node_started(names[i])
+                executor.submit(task)
+            if frees[i]:
+                executor.release(frees[i])
+    except BaseException:
+        # the executor stopped the run at node i (KeyboardInterrupt, SystemExit)
+        progress.running = 0
+        report.failed = names[i]
+        raise
+    # wait for everything in flight, also after a failure: what finishes is stored
+    while executor.pending:
+        collect(executor.wait(executor.pending, 0.25))
+    return failures
