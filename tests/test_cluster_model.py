@@ -539,3 +539,43 @@ def test_stack_check_reports_each_finding_and_fails(tmp_path):
     code, out = stack_check("--chart", os.path.join(d.charts, UMBRELLA))
     assert code == 1
     assert "[collisions] ConfigMap/kubeflow/kfp-launcher" in out and "1 finding(s)" in out
+
+
+# -- the model's parts, on objects written here ------------------------------------------------------
+def rayjob(**spec) -> dict:
+    container = {"name": "ray-head", "image": "ghcr.io/functionfuse/functionfuse:0.1.0-py311-ray"}
+    base = {"entrypoint": "python -m job", "shutdownAfterJobFinishes": True,
+            "rayClusterSpec": {"headGroupSpec": {"rayStartParams": {}, "template": {"spec": {"containers": [container]}}}}}
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "job"}, "spec": {**base, **spec}}
+
+
+def test_a_rayjob_is_held_to_kuberays_rayjob_schema():
+    assert cm.check_schemas([rayjob()], NAMESPACE) == []
+    findings = cm.check_schemas([rayjob(shutdownAfterJobFinishes="yes", entrypointNumCpus="two", submitterConfg={})], NAMESPACE)
+    text = report(findings)
+    assert all(f.obj == "RayJob/kubeflow/job" for f in findings)
+    for field in ("shutdownAfterJobFinishes", "entrypointNumCpus", "submitterConfg"):
+        assert field in text, text
+    # its cluster's pod templates are core PodTemplates
+    bad = rayjob()
+    bad["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    assert "head pod template" in report(cm.check_schemas([bad], NAMESPACE))
+
+
+@pytest.mark.parametrize(
+    "value,target,port",
+    [
+        ("http://s3:9000", "Service/kubeflow/s3", 9000),
+        ("http://s3.kubeflow:9000/bucket", "Service/kubeflow/s3", 9000),
+        ("s3.ray-system.svc:6379", "Service/ray-system/s3", 6379),
+        ("https://s3.other.svc.cluster.local/x", "Service/other/s3", 443),
+        ("postgresql+asyncpg://user@db.kubeflow:5432/prefect", "Service/kubeflow/db", 5432),
+        ("http://s3.eu-west-1.amazonaws.com", None, None),  # outside the cluster
+        ("s3://bucket/prefix", None, None),  # a bucket, not a host
+        ("http://localhost:8265", None, None),
+    ],
+)
+def test_endpoints_that_name_a_service_are_references(value, target, port):
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"ENDPOINT": value}}
+    refs = cm.references_of(obj, NAMESPACE, {"kubeflow", "ray-system"})
+    assert [(str(r.target), r.port) for r in refs] == ([(target, port)] if target else [])
