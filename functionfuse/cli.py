@@ -43,14 +43,13 @@ import fnmatch
 import importlib
 import importlib.util
 import json
-import inspect
 import os
 import reprlib
 import shlex
 import sys
 import sysconfig
 import traceback
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ._version import __version__
 from .errors import (
@@ -67,6 +66,9 @@ from .errors import (
 )
 from .workflow import name_problem, validate_name
 
+if TYPE_CHECKING:
+    from .storage.protocol import StorageProtocol
+
 __all__ = ["main"]
 
 
@@ -79,7 +81,7 @@ class _UsageError(ConfigurationError):
     argparse does for arguments it cannot parse."""
 
 
-def _storage(spec: str | None, *, must_exist: bool = True) -> Any:
+def _storage(spec: str | None, *, must_exist: bool = True) -> StorageProtocol:
     """The storage *spec* names (see the module documentation).
 
     A storage folder that does not exist is an error when *must_exist* (the storage
@@ -442,24 +444,13 @@ def _run_status(report: dict) -> str:
     return outcome(report)
 
 
-def _last_run_report(storage: Any, workflow: str) -> dict | None:
-    last = getattr(storage, "last_run_report", None)
-    if last is not None:
-        return last(workflow)
-    lister = getattr(storage, "list_run_reports", None)
-    reports: list[dict] = lister(workflow) if lister is not None else []
-    return reports[-1] if reports else None
+def _last_run_report(storage: StorageProtocol, workflow: str) -> dict | None:
+    return storage.last_run_report(workflow)
 
 
-def _workflow_names(storage: Any) -> list[str]:
-    """Every workflow folder (or prefix) of *storage*, foreign ones too where it can list them."""
-    lister = storage.list_workflows
-    try:
-        foreign = "include_foreign" in inspect.signature(lister).parameters
-    except (TypeError, ValueError):  # no signature to read (a C or proxy method)
-        foreign = False
-    names: list[str] = lister(include_foreign=True) if foreign else lister()
-    return names
+def _workflow_names(storage: StorageProtocol) -> list[str]:
+    """Every workflow folder (or prefix) of *storage*, foreign ones too."""
+    return storage.list_workflows(include_foreign=True)
 
 
 def _workflow_rows(storage: Any) -> list[dict]:
@@ -690,10 +681,7 @@ def _value_repr(value: Any) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     storage = _storage(args.storage)
-    lister = getattr(storage, "list_run_reports", None)
-    if lister is None:
-        raise FunctionFuseError(f"{storage!r} does not store run reports.")
-    reports = lister(args.workflow)
+    reports = storage.list_run_reports(args.workflow)
     if args.last > 0:
         reports = reports[-args.last :]
     if args.json:
