@@ -104,14 +104,14 @@ def render(charts: str, chart: str = UMBRELLA, values: Sequence[str] = (), sets:
     return [d for d in yaml.safe_load_all(helm(*args)) if isinstance(d, dict)]
 
 
-def prerequisites(values: dict | None = None) -> cm.Inventory:
+def prerequisites(values: dict | None = None, namespace: str = NAMESPACE) -> cm.Inventory:
     """What the documented steps create before the chart: namespaces ray-system and
     kubeflow, the KubeRay and KFP manifests' objects, and the Secret the values name
     (global.s3.existingSecret: the values file's comment tells the user to create it)."""
-    inv = cm.prerequisites()
+    inv = cm.prerequisites(namespaces=("ray-system", "kubeflow", namespace))  # helm --create-namespace
     s3 = ((values or {}).get("global") or {}).get("s3") or {}
     if s3.get("existingSecret"):
-        inv.add(cm.ObjectKey("Secret", NAMESPACE, s3["existingSecret"]),
+        inv.add(cm.ObjectKey("Secret", namespace, s3["existingSecret"]),
                 keys=[s3.get("accessKeyKey", "accessKey"), s3.get("secretKeyKey", "secretKey")])
     return inv
 
@@ -126,7 +126,7 @@ def registries(values: dict | None) -> set[str]:
 def run_checks(objs, *, values: dict | None = None, namespace: str = NAMESPACE, checks=cm.CHECKS):
     """Every check over *objs*; images published by a release to the registries *values* name."""
     published = set().union(*(cm.published_images(r) for r in registries(values)))
-    return cm.check_objects(objs, namespace, published=published, prerequisite=prerequisites(values), checks=checks)
+    return cm.check_objects(objs, namespace, published=published, prerequisite=prerequisites(values, namespace), checks=checks)
 
 
 def read_values(path: str | None) -> dict:
@@ -166,6 +166,15 @@ def test_umbrella_with_a_part_off_passes_every_check(charts, part):
     assert objs and not any(o["metadata"].get("labels", {}).get("app.kubernetes.io/name") == part for o in objs)
     findings = run_checks(objs, values=values)
     assert not findings, f"umbrella with {part}.enabled=false:\n{report(findings)}"
+
+
+def test_umbrella_without_kfp_in_its_own_namespace_passes_every_check(charts):
+    # docs/deploy.md: without KFP the stack goes to namespace functionfuse (--create-namespace)
+    path = os.path.join(charts, UMBRELLA, "ci", "no-kfp-values.yaml")
+    objs = render(charts, values=[path], namespace="functionfuse")
+    assert {cm.key_of(o, "functionfuse").namespace for o in objs} == {"functionfuse"}
+    findings = run_checks(objs, values=read_values(path), namespace="functionfuse")
+    assert not findings, report(findings)
 
 
 def render_values(charts: str, values: dict, chart: str = UMBRELLA) -> list[dict]:
