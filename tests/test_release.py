@@ -125,7 +125,8 @@ def test_a_disagreeing_chart_dockerfile_or_manifest_is_reported(tmp_path, capsys
 @needs_helm
 @pytest.mark.parametrize("chart", CHARTS)
 def test_default_image_tags_follow_the_version(chart, tmp_path):
-    """Without any value set, a chart deploys the images of its own version."""
+    """Without any value set, a chart deploys the images of its own version, from the
+    registry releases publish to."""
     src = os.path.join(ROOT, "charts", chart)
     if chart == "functionfuse":
         shutil.copytree(os.path.join(ROOT, "charts"), tmp_path / "charts", ignore=shutil.ignore_patterns("*.tgz"))
@@ -135,7 +136,8 @@ def test_default_image_tags_follow_the_version(chart, tmp_path):
     images = functionfuse_images(docs)
     assert images, f"{chart} names no functionfuse image"
     for image in images:
-        assert re.fullmatch(rf"functionfuse:{re.escape(__version__)}-py311(-ray|-prefect|-kfp)?", image), image
+        # from the registry releases publish to (global.image.registry)
+        assert re.fullmatch(rf"{re.escape(rel.DEFAULT_IMAGE_REGISTRY)}/functionfuse:{re.escape(__version__)}-py311(-ray|-prefect|-kfp)?", image), image
     if chart == "functionfuse":
         assert len(images) == 4
 
@@ -187,10 +189,14 @@ def test_repackaging_the_same_charts_compares_equal(tmp_path):
     umbrella_a, umbrella_b = first[-1], second[-1]
     assert rel.chart_contents(umbrella_a) == rel.chart_contents(umbrella_b)
     contents = rel.chart_contents(umbrella_a)
+    for chart in CHARTS:
+        path = "functionfuse/values.yaml" if chart == "functionfuse" else f"functionfuse/charts/{chart}/values.yaml"
+        values = yaml.safe_load(contents[path])
+        assert values["global"]["image"]["registry"] == "127.0.0.1:5000/ff", chart
     values = yaml.safe_load(contents["functionfuse/charts/functionfuse-ray/values.yaml"])
-    assert values["image"]["repository"] == "127.0.0.1:5000/ff/functionfuse"
+    assert values["image"]["repository"] == "functionfuse" and not values["image"]["registry"]
     values = yaml.safe_load(contents["functionfuse/charts/functionfuse-minio/values.yaml"])
-    assert values["bucketJob"]["image"]["repository"] == "127.0.0.1:5000/ff/functionfuse"
+    assert values["bucketJob"]["image"]["repository"] == "functionfuse" and not values["bucketJob"]["image"]["registry"]
     other = rel.package_charts(ROOT, str(tmp_path / "c"), image_repository="registry.example.com/functionfuse", helm=HELM)
     assert rel.chart_contents(other[-1]) != contents
 
@@ -418,6 +424,13 @@ def test_every_published_chart_reads_and_renders_from_the_registry(released, cha
         assert tag.startswith(f"{__version__}-py311")
     if chart == "functionfuse":
         assert {i.rsplit(":", 1)[1] for i in images} == published, "the umbrella deploys every image"
+    # every image the chart makes a node pull (pods, KFP settings, job templates) was pushed
+    # by this release or is an upstream image pinned by digest
+    from functionfuse.kit.clustermodel import check_images
+
+    pushed = set(artifacts(released["first"], "image"))
+    unpushed = check_images(docs, "default", pushed)
+    assert not unpushed, "\n".join(str(f) for f in unpushed)
 
 
 @pytest.mark.slow

@@ -28,9 +28,49 @@ app.kubernetes.io/name: {{ include "ffprefect.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The Prefect image: [<registry>/]<repository>:<tag>; registry: image.registry, else
+     global.image.registry; tag: image.tag, else <global.image.version or appVersion>-<python>-prefect. */}}
 {{- define "ffprefect.image" -}}
-{{- $tag := .Values.image.tag | default (printf "%s-%s-prefect" .Chart.AppVersion .Values.image.python) -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- $g := dig "image" dict (.Values.global | default dict) -}}
+{{- $registry := .Values.image.registry | default ($g.registry | default "") | trimSuffix "/" -}}
+{{- $tag := .Values.image.tag | default (printf "%s-%s-prefect" ($g.version | default .Chart.AppVersion) .Values.image.python) -}}
+{{- if $registry }}{{ printf "%s/%s:%s" $registry .Values.image.repository $tag }}{{ else }}{{ printf "%s:%s" .Values.image.repository $tag }}{{ end -}}
+{{- end -}}
+
+{{/* The API auth Secret: auth.existingSecret, or the one this chart generates. */}}
+{{- define "ffprefect.authSecret" -}}
+{{- tpl .Values.auth.existingSecret . | default (printf "%s-api-auth" (include "ffprefect.fullname" .)) -}}
+{{- end -}}
+
+{{/* The API URL inside the cluster. */}}
+{{- define "ffprefect.apiUrl" -}}
+{{- printf "http://%s-server.%s.svc:%d/api" (include "ffprefect.fullname" .) .Release.Namespace (int .Values.server.service.port) -}}
+{{- end -}}
+
+{{/* The S3 settings (JSON): storage.s3, else the umbrella's global.s3, else defaults. With
+     no endpoint anywhere and the umbrella's in-cluster store (global.s3.store), the store's
+     Service and generated Secret, named as functionfuse-minio names them. */}}
+{{- define "ffprefect.s3" -}}
+{{- $own := .Values.storage.s3 -}}
+{{- $g := dig "s3" dict (.Values.global | default dict) -}}
+{{- $endpoint := tpl ($own.endpoint | default "") . | default (tpl ($g.endpoint | default "") .) -}}
+{{- $secret := tpl ($own.existingSecret | default "") . | default (tpl ($g.existingSecret | default "") .) -}}
+{{- if and (not $endpoint) $g.store -}}
+{{- $name := $g.store.fullnameOverride | default (ternary .Release.Name (printf "%s-functionfuse-minio" .Release.Name) (contains "functionfuse-minio" .Release.Name)) | trunc 55 | trimSuffix "-" -}}
+{{- $endpoint = printf "http://%s.%s.svc:%d" $name .Release.Namespace (int ($g.store.port | default 9000)) -}}
+{{- $secret = $secret | default $name -}}
+{{- end -}}
+{{- toJson (dict "endpoint" $endpoint "secret" $secret
+    "bucket" ($own.bucket | default $g.bucket | default "functionfuse")
+    "prefix" ($own.prefix | default "")
+    "region" ($own.region | default $g.region | default "us-east-1")
+    "accessKeyKey" ($own.accessKeyKey | default $g.accessKeyKey | default "accessKey")
+    "secretKeyKey" ($own.secretKeyKey | default $g.secretKeyKey | default "secretKey")) -}}
+{{- end -}}
+
+{{/* A placeholder of Prefect's job templates: {{ name }}. */}}
+{{- define "ffprefect.ph" -}}
+{{- printf "{{ %s }}" . -}}
 {{- end -}}
 
 {{- define "ffprefect.workerServiceAccount" -}}
@@ -42,9 +82,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "ffprefect.storageEnv" -}}
-{{- $s3 := .Values.storage.s3 -}}
-{{- $endpoint := tpl $s3.endpoint . -}}
-{{- $secret := tpl $s3.existingSecret . -}}
+{{- $s3 := include "ffprefect.s3" . | fromJson -}}
+{{- $endpoint := $s3.endpoint -}}
+{{- $secret := $s3.secret -}}
 - name: FUNCTIONFUSE_STORAGE
   value: {{ printf "s3://%s/%s" $s3.bucket $s3.prefix | trimSuffix "/" | quote }}
 - name: AWS_DEFAULT_REGION

@@ -27,9 +27,34 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: functionfuse
 {{- end -}}
 
+{{/* The Ray image: [<registry>/]<repository>:<tag>; registry: image.registry, else
+     global.image.registry; tag: image.tag, else <global.image.version or appVersion>-<python>-ray. */}}
 {{- define "ffray.image" -}}
-{{- $tag := .Values.image.tag | default (printf "%s-%s-ray" .Chart.AppVersion .Values.image.python) -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- $g := dig "image" dict (.Values.global | default dict) -}}
+{{- $registry := .Values.image.registry | default ($g.registry | default "") | trimSuffix "/" -}}
+{{- $tag := .Values.image.tag | default (printf "%s-%s-ray" ($g.version | default .Chart.AppVersion) .Values.image.python) -}}
+{{- if $registry }}{{ printf "%s/%s:%s" $registry .Values.image.repository $tag }}{{ else }}{{ printf "%s:%s" .Values.image.repository $tag }}{{ end -}}
+{{- end -}}
+
+{{/* The S3 settings (JSON): storage.s3, else the umbrella's global.s3, else defaults. With
+     no endpoint anywhere and the umbrella's in-cluster store (global.s3.store), the store's
+     Service and generated Secret, named as functionfuse-minio names them. */}}
+{{- define "ffray.s3" -}}
+{{- $own := .Values.storage.s3 -}}
+{{- $g := dig "s3" dict (.Values.global | default dict) -}}
+{{- $endpoint := tpl ($own.endpoint | default "") . | default (tpl ($g.endpoint | default "") .) -}}
+{{- $secret := tpl ($own.existingSecret | default "") . | default (tpl ($g.existingSecret | default "") .) -}}
+{{- if and (not $endpoint) $g.store -}}
+{{- $name := $g.store.fullnameOverride | default (ternary .Release.Name (printf "%s-functionfuse-minio" .Release.Name) (contains "functionfuse-minio" .Release.Name)) | trunc 55 | trimSuffix "-" -}}
+{{- $endpoint = printf "http://%s.%s.svc:%d" $name .Release.Namespace (int ($g.store.port | default 9000)) -}}
+{{- $secret = $secret | default $name -}}
+{{- end -}}
+{{- toJson (dict "endpoint" $endpoint "secret" $secret
+    "bucket" ($own.bucket | default $g.bucket | default "functionfuse")
+    "prefix" ($own.prefix | default "")
+    "region" ($own.region | default $g.region | default "us-east-1")
+    "accessKeyKey" ($own.accessKeyKey | default $g.accessKeyKey | default "accessKey")
+    "secretKeyKey" ($own.secretKeyKey | default $g.secretKeyKey | default "secretKey")) -}}
 {{- end -}}
 
 {{/* rayStartParams of a group: its custom resources as KubeRay expects them (a quoted
@@ -44,9 +69,9 @@ app.kubernetes.io/part-of: functionfuse
 
 {{/* Environment variables of every Ray container: storage settings and credentials. */}}
 {{- define "ffray.storageEnv" -}}
-{{- $s3 := .Values.storage.s3 -}}
-{{- $endpoint := tpl $s3.endpoint . -}}
-{{- $secret := tpl $s3.existingSecret . -}}
+{{- $s3 := include "ffray.s3" . | fromJson -}}
+{{- $endpoint := $s3.endpoint -}}
+{{- $secret := $s3.secret -}}
 - name: FUNCTIONFUSE_STORAGE
   value: {{ printf "s3://%s/%s" $s3.bucket $s3.prefix | trimSuffix "/" | quote }}
 - name: FUNCTIONFUSE_S3_BUCKET
@@ -72,6 +97,27 @@ app.kubernetes.io/part-of: functionfuse
     secretKeyRef:
       name: {{ $secret }}
       key: {{ $s3.secretKeyKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of every Ray pod: the scratch emptyDir (/tmp and $HOME, the root filesystem
+     being read-only) and /dev/shm. */}}
+{{- define "ffray.volumes" -}}
+- name: scratch
+  emptyDir:
+    sizeLimit: {{ .root.Values.scratchSize }}
+{{- if .group.shmSize }}
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .group.shmSize }}
+{{- end }}
+{{- end -}}
+{{- define "ffray.volumeMounts" -}}
+- {name: scratch, mountPath: /tmp, subPath: tmp}
+- {name: scratch, mountPath: /home/functionfuse, subPath: home}
+{{- if .group.shmSize }}
+- {name: shm, mountPath: /dev/shm}
 {{- end }}
 {{- end -}}
 
