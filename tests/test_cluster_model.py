@@ -588,3 +588,11 @@ def test_endpoints_that_name_a_service_are_references(value, target, port):
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"ENDPOINT": value}}
     refs = cm.references_of(obj, NAMESPACE, {"kubeflow", "ray-system"})
     assert [(str(r.target), r.port) for r in refs] == ([(target, port)] if target else [])
+
+
+def test_security_sees_the_autoscaler_sidecar_kuberay_adds(tmp_path):
+    # without autoscalerOptions.securityContext KubeRay runs its autoscaler container with none
+    d = Defect(tmp_path).sub("functionfuse-ray/templates/raycluster.yaml",
+                             r"(autoscalerOptions:[\s\S]*?)\n\s*securityContext:\n\s*\{\{- toYaml \.Values\.securityContext \| nindent 6 \}\}", r"\1")
+    findings = only(run_checks(d.render(sets=["functionfuse-ray.autoscaling.enabled=true"]), checks=("security",)), "security")
+    assert_named(findings, "RayCluster/kubeflow/ff-functionfuse-ray", "head/autoscaler", "allowPrivilegeEscalation")

@@ -82,13 +82,33 @@ class PodTemplate:
 _TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 
 
+#: what KubeRay gives the autoscaler sidecar unless autoscalerOptions say otherwise
+#: (ray-operator/controllers/ray/common/pod.go, BuildAutoscalerContainer, v1.7.0)
+_AUTOSCALER_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}
+
+
+def _autoscaler(spec: Mapping[str, Any], head_image: Any) -> dict:
+    """The sidecar KubeRay adds to the head pod with in-tree autoscaling (mergeAutoscalerOverrides)."""
+    opts = spec.get("autoscalerOptions") or {}
+    container: dict[str, Any] = {"name": "autoscaler", "image": opts.get("image") or head_image,
+                                 "resources": opts.get("resources") or _AUTOSCALER_RESOURCES}
+    for key in ("securityContext", "env", "envFrom", "volumeMounts"):
+        if opts.get(key):
+            container[key] = opts[key]
+    return container
+
+
 def _ray_cluster_pods(where: str, cluster: str, spec: Mapping[str, Any]) -> list[PodTemplate]:
     # KubeRay labels every pod it creates with these (ray-operator/controllers/ray/common/pod.go)
     head = spec.get("headGroupSpec") or {}
     template = head.get("template") or {}
     labels = dict((template.get("metadata") or {}).get("labels") or {})
     labels.update({"ray.io/cluster": cluster, "ray.io/node-type": "head", "ray.io/group": "headgroup"})
-    pods = [PodTemplate(f"{where}head", labels, template.get("spec") or {})]
+    head_spec = dict(template.get("spec") or {})
+    if spec.get("enableInTreeAutoscaling"):
+        containers = list(head_spec.get("containers") or [])
+        head_spec["containers"] = containers + [_autoscaler(spec, containers[0].get("image") if containers else None)]
+    pods = [PodTemplate(f"{where}head", labels, head_spec)]
     for group in spec.get("workerGroupSpecs") or []:
         template = group.get("template") or {}
         labels = dict((template.get("metadata") or {}).get("labels") or {})
