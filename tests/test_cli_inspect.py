@@ -170,7 +170,7 @@ def test_rm_all_removes_a_whole_workflow_after_asking(project):
 def test_run_of_every_backend_is_recorded_not_run_while_inspecting(path):
     import importlib
 
-    from functionfuse._inspection import inspecting_runs
+    from functionfuse.inspection import inspecting_runs
 
     module, _, name = path.partition(":")
     try:

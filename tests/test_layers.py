@@ -9,8 +9,8 @@ Layers, bottom to top; a module may import only from its own layer or a lower on
     3 core        every other top-level functionfuse.* library module
     4 kit         functionfuse.kit.*
     5 backends    functionfuse.backends.*
-    6 interfaces  functionfuse.cli (and its modules), functionfuse._kfpcli,
-                  functionfuse._inspection, functionfuse.__main__
+    6 interfaces  functionfuse.cli, its modules functionfuse._cli*, functionfuse._kfpcli,
+                  functionfuse.__main__
 
 Besides the layers:
 
@@ -64,7 +64,7 @@ def layer_of(module: str) -> int:
         return 4
     if top == "backends":
         return 5
-    if top in ("cli", "_kfpcli", "_inspection", "__main__"):
+    if top in ("cli", "_kfpcli", "__main__") or top.startswith("_cli"):
         return 6
     return 3
 
@@ -398,8 +398,6 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     ("private-attribute", "functionfuse.backends.builtin.rayback", "self._targets"): CORE,
     # the core draws SVGs with the graph backend
     ("layer", "functionfuse.baseworkflow", "core imports backends: functionfuse.backends.builtin.graphback"): CORE,
-    ("layer", "functionfuse.baseworkflow", "core imports interfaces: functionfuse._inspection"): STRUCTURE,
-    ("private", "functionfuse.baseworkflow", "functionfuse._inspection"): STRUCTURE,
 }
 
 
