@@ -6,7 +6,8 @@ named by a pod template (env ``valueFrom``, ``envFrom``, volumes), by a custom r
 ``..._SERVICE_ACCOUNT``); a Service and port named by an endpoint (``host:port`` or a URL
 whose host is ``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``) in an env value or a
 ConfigMap; and the namespace of every object. The cluster resolves names in the
-namespace of the object that holds them, so that is where the target must be.
+namespace of the object that holds them, so that is where the target must be. A rendered
+Service must also select a rendered pod, and its named target ports must exist there.
 """
 
 from __future__ import annotations
@@ -194,6 +195,29 @@ def _dedupe(refs: list[Reference]) -> list[Reference]:
     return out
 
 
+def _service_findings(objs: Sequence[Mapping[str, Any]], namespace: str) -> Iterator[Finding]:
+    """A rendered Service must select a rendered pod, and a named targetPort must be a port of its containers."""
+    pods = [(key_of(o, namespace).namespace, pod) for o in objs for pod in pod_templates(o, namespace)]
+    for obj in objs:
+        if obj.get("kind") != "Service":
+            continue
+        key = key_of(obj, namespace)
+        spec = obj.get("spec") or {}
+        selector = spec.get("selector") or {}
+        if not selector or spec.get("type") == "ExternalName":
+            continue
+        chosen = [p for ns, p in pods if ns == key.namespace and all(p.labels.get(k) == v for k, v in selector.items())]
+        if not chosen:
+            yield Finding(CHECK, str(key), f"selector {dict(selector)} matches no pod the render creates: the Service has no endpoints")
+            continue
+        names = {str(port.get("name")) for p in chosen for c in p.spec.get("containers") or [] for port in c.get("ports") or [] if port.get("name")}
+        for port in spec.get("ports") or []:
+            target = port.get("targetPort")
+            if isinstance(target, str) and target not in names:
+                yield Finding(CHECK, str(key), f"port {port.get('name') or port.get('port')!r} targets {target!r}, which no selected container names "
+                              f"(they name {sorted(names)})")
+
+
 def check_references(objs: Sequence[Mapping[str, Any]], namespace: str, prerequisites: Inventory) -> list[Finding]:
     """Findings for each reference in *objs* (rendered into *namespace*) that neither the
     render nor *prerequisites* (upstream manifests, namespaces the documented steps create) satisfies."""
@@ -217,4 +241,5 @@ def check_references(objs: Sequence[Mapping[str, Any]], namespace: str, prerequi
                 findings.append(Finding(CHECK, str(key), f"{ref.source} reads key(s) {missing} of {ref.target}, which holds {sorted(target['keys'])}"))
             if ref.port is not None and target["ports"] is not None and ref.port not in target["ports"]:
                 findings.append(Finding(CHECK, str(key), f"{ref.source} connects to port {ref.port} of {ref.target}, which serves {sorted(target['ports'])}"))
+    findings += _service_findings(objs, namespace)
     return findings
