@@ -390,8 +390,6 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     ("private-attribute", "functionfuse.backends.addons.prefectback", "self._targets"): CORE,
     # the Ray tasks build node calls with the core's private module (engine refactor in progress)
     ("private", "functionfuse.backends.builtin._raytasks", "functionfuse._calls"): CORE,
-    ("private-attribute", "functionfuse.backends.builtin.localback", "report._names"): CORE,
-    ("private-attribute", "functionfuse.backends.builtin.localback", "report._stamps"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.localback", "self._plugins"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.localback", "self._select"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.rayback", "self._select"): CORE,

@@ -133,7 +133,7 @@ class LocalWorkflow(BaseWorkflow):
         R: list[Any] = [None] * n
         # one clock reading per node: node i took stamps[i] - stamps[i - 1]
         stamps = [0.0] * (n + 1)
-        report._stamps, report._names = stamps, lambda: self.graph.names
+        report.time_by_clock(stamps, lambda: self.graph.names)
         perf = time.perf_counter
         show = progress.enabled
         i = 0
