@@ -618,3 +618,17 @@ def test_references_catch_a_service_that_selects_nothing_or_targets_no_port(tmp_
     findings = only(run_checks(d.render(), checks=("references",)), "references")
     assert_named(findings, "Service/kubeflow/ff-functionfuse-minio", "'s3-api'")
     assert_named(findings, "Service/kubeflow/ff-functionfuse-ray", "matches no pod")
+
+
+def test_charts_a_release_packages_deploy_only_what_it_publishes(tmp_path):
+    """`functionfuse release REGISTRY` re-points the charts at REGISTRY: the packaged umbrella
+    then names only images that release pushes (or upstream images pinned by digest)."""
+    from functionfuse.kit import release as rel
+
+    registry = "127.0.0.1:5000/ff"
+    packages = rel.package_charts(ROOT, str(tmp_path), image_repository=f"{registry}/functionfuse", helm=HELM)
+    (umbrella,) = [p for p in packages if os.path.basename(p).startswith(f"{UMBRELLA}-0")]
+    objs = [d for d in yaml.safe_load_all(helm("template", "ff", umbrella, "--namespace", NAMESPACE)) if isinstance(d, dict)]
+    findings = cm.check_images(objs, NAMESPACE, cm.published_images(registry))
+    assert not findings, report(findings)
+    assert cm.check_images(objs, NAMESPACE, cm.published_images()), "the check cannot tell the release's registry from the default"
