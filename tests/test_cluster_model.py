@@ -632,3 +632,60 @@ def test_charts_a_release_packages_deploy_only_what_it_publishes(tmp_path):
     findings = cm.check_images(objs, NAMESPACE, cm.published_images(registry))
     assert not findings, report(findings)
     assert cm.check_images(objs, NAMESPACE, cm.published_images()), "the check cannot tell the release's registry from the default"
+
+
+# -- the install sequence against the model ---------------------------------------------------------
+def sequence_render(charts: str):
+    def render_for(chart: str, namespace: str, values, sets) -> list[dict]:
+        assert chart == f"charts/{UMBRELLA}", chart
+        return render(charts, values=[os.path.join(ROOT, v) for v in values], sets=sets, namespace=namespace)
+    return render_for
+
+
+def stack_configs():
+    from dataclasses import replace
+
+    from functionfuse.kit.steps import StackConfig
+
+    return {"kfp": StackConfig(), "no-kfp": replace(StackConfig(), kfp=False, namespace="functionfuse")}
+
+
+@pytest.mark.parametrize("config", ["kfp", "no-kfp"])
+def test_the_install_steps_find_what_they_need_on_a_fresh_cluster(charts, config):
+    from functionfuse.kit.steps import install_steps
+
+    findings = cm.check_sequence(install_steps(stack_configs()[config]), sequence_render(charts))
+    assert not findings, report(findings)
+
+
+def edited_steps(config: str, drop=lambda step, command: False, move_first: str | None = None):
+    from dataclasses import replace
+
+    from functionfuse.kit.steps import install_steps
+
+    steps = [replace(s, commands=tuple(c for c in s.commands if not drop(s, c))) for s in install_steps(stack_configs()[config])]
+    if move_first:
+        steps.sort(key=lambda s: s.name != move_first)
+    return steps
+
+
+def test_the_sequence_check_catches_kuberay_without_its_namespace(charts):
+    steps = edited_steps("kfp", drop=lambda s, c: c.argv[1:3] == ("create", "namespace"))
+    findings = cm.check_sequence(steps, sequence_render(charts))
+    assert_named(findings, "Deployment/ray-system/kuberay-operator", "namespace 'ray-system' does not exist")
+
+
+def test_the_sequence_check_catches_a_chart_before_the_crds(charts):
+    findings = cm.check_sequence(edited_steps("kfp", move_first="chart"), sequence_render(charts))
+    assert_named(findings, "RayCluster/kubeflow/ff-functionfuse-ray", "rayclusters.ray.io is not established")
+    # and the launcher patch before KFP: kfp-launcher does not exist yet
+    findings = cm.check_sequence(edited_steps("kfp", move_first="launcher"), sequence_render(charts))
+    assert_named(findings, "ConfigMap/kubeflow/kfp-launcher", "patches it")
+
+
+def test_the_sequence_check_catches_a_namespace_helm_does_not_create(charts):
+    steps = edited_steps("no-kfp")
+    steps = [type(s)(s.name, s.title, tuple(type(c)(tuple(a for a in c.argv if a != "--create-namespace")) if c.argv[0] == "helm" else c
+                                            for c in s.commands)) for s in steps]
+    findings = cm.check_sequence(steps, sequence_render(charts))
+    assert_named(findings, "Namespace/functionfuse", "installs into namespace 'functionfuse'")

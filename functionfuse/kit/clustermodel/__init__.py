@@ -14,6 +14,8 @@ schemas      RayCluster/RayJob against KubeRay's CRD schemas, the KFP launcher c
              schema derived from KFP's types, core objects against Kubernetes' schemas
 security     non-root, no privilege escalation, read-only root, resources, NetworkPolicies,
              no NodePort/LoadBalancer, no credential in plain text
+sequence     the documented install steps (functionfuse.kit.steps) played against a fresh
+             cluster: namespaces, established CRDs and patched objects exist when needed
 ============ =================================================================================
 
 ``functionfuse stack check [-f values.yaml ...]`` runs them on the umbrella chart; the
@@ -33,6 +35,7 @@ from .objects import CLUSTER_SCOPED, Finding, ObjectKey, PodTemplate, key_of, po
 from .references import Inventory, Reference, check_references, references_of
 from .rules import DIGEST_PINNED, READ_ONLY_ROOT_EXCEPTIONS, check_images, check_security, image_references, published_images
 from .schemas import CRD_SCHEMAS, K8S_VERSION, check_schemas, crd_schema, launcher_config
+from .sequence import check_sequence
 from .upstream import DATA, UpstreamSource, check_collisions, pinned_refs, prerequisites, upstream_sources
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "check_references",
     "check_schemas",
     "check_security",
+    "check_sequence",
     "crd_schema",
     "image_references",
     "key_of",
