@@ -144,10 +144,10 @@ def _play(cluster: _Cluster, argv: list[str], where: str, sources: Mapping[str, 
                 cluster.add(key, o)
         elif verb == "wait" or words[:2] == ["rollout", "status"]:
             for arg in words[1:]:
-                kind, _, name = arg.partition("/")
-                if not name or kind.lower() not in _RESOURCES:
+                resource, _, name = arg.partition("/")
+                if not name or resource.lower() not in _RESOURCES:
                     continue
-                k = _RESOURCES[kind.lower()]
+                k = _RESOURCES[resource.lower()]
                 key = ObjectKey(k, "" if k in CLUSTER_SCOPED else (ns or "default"), name)
                 need(key, f"waits for {key}")
                 if k == "CustomResourceDefinition" and any("established" in a for a in argv):
