@@ -224,6 +224,10 @@ def test_facts_are_read_at_the_versions_manifests_pin():
             f"{source.manifest} pins {pins[source.manifest]!r} but the facts of {source.name!r} were read at {source.tag!r}: "
             "re-read them (functionfuse/kit/clustermodel/data/README.md) before moving the pin"
         )
+    from functionfuse.kit import steps
+
+    tags = {s.name: s.tag for s in cm.upstream_sources()}
+    assert tags["kuberay"] == f"v{steps.KUBERAY_VERSION}" and tags["kfp"] == tags["kfp-cluster-scoped"] == steps.KFP_VERSION
     kuberay = {s.tag for s in cm.upstream_sources() if s.name == "kuberay"}
     for kind in cm.CRD_SCHEMAS:
         crd_source, _ = cm.crd_schema(kind)
