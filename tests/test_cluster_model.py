@@ -693,3 +693,9 @@ def test_the_sequence_check_catches_a_namespace_helm_does_not_create(charts):
                                             for c in s.commands)) for s in steps]
     findings = cm.check_sequence(steps, sequence_render(charts))
     assert_named(findings, "Namespace/functionfuse", "installs into namespace 'functionfuse'")
+
+
+def test_collisions_catch_two_parts_with_one_name(charts):
+    objs = render(charts, sets=["functionfuse-ray.fullnameOverride=ff-functionfuse-minio"])
+    findings = only(run_checks(objs, checks=("collisions",)), "collisions")
+    assert_named(findings, "Service/kubeflow/ff-functionfuse-minio", "rendered twice")

@@ -76,14 +76,19 @@ def prerequisites(namespaces: Sequence[str] = ("ray-system", "kubeflow"), source
 
 
 def check_collisions(objs: Sequence[Mapping[str, Any]], namespace: str) -> list[Finding]:
-    """A finding for each object in *objs* (rendered into *namespace*) that an upstream manifest also creates."""
+    """A finding for each object in *objs* (rendered into *namespace*) that an upstream manifest
+    also creates, or that the render holds twice."""
     owned: dict[ObjectKey, UpstreamSource] = {}
     for source in upstream_sources():
         for key in source.keys():
             owned[key] = source
     findings = []
+    seen: set[ObjectKey] = set()
     for obj in objs:
         key = key_of(obj, namespace)
+        if key in seen:
+            findings.append(Finding(CHECK, str(key), "rendered twice (two parts give objects the same name): Helm refuses the release"))
+        seen.add(key)
         owner = owned.get(key)
         if owner is not None:
             findings.append(Finding(CHECK, str(key), f"{owner.repository} {owner.tag} creates this object too ({owner.manifest}); "
