@@ -51,9 +51,7 @@ EVERY_FULLNAME = {
 
 #: TEMPORARY: configurations that fail a check on a finding the charts have not fixed yet
 #: (/tmp/ff/findings.md); strict, so each entry must go the moment its finding is fixed
-OPEN_FINDINGS: dict[str, str] = {
-    "kfp-example": "finding 5: KFP 2.17.0 creates no Service minio-service (its S3 API is seaweedfs.kubeflow:9000)",
-}
+OPEN_FINDINGS: dict[str, str] = {}
 
 
 def case(id_: str, *values):
@@ -699,3 +697,9 @@ def test_collisions_catch_two_parts_with_one_name(charts):
     objs = render(charts, sets=["functionfuse-ray.fullnameOverride=ff-functionfuse-minio"])
     findings = only(run_checks(objs, checks=("collisions",)), "collisions")
     assert_named(findings, "Service/kubeflow/ff-functionfuse-minio", "rendered twice")
+
+
+def test_references_catch_a_ray_token_secret_without_the_key_kuberay_reads(tmp_path):
+    d = Defect(tmp_path).sub("functionfuse-ray/templates/auth-secret.yaml", r"\bauth_token:", "token:")
+    findings = only(run_checks(d.render(), checks=("references",)), "references")
+    assert_named(findings, "RayCluster/kubeflow/ff-functionfuse-ray", "auth_token", "Secret/kubeflow/ff-functionfuse-ray")

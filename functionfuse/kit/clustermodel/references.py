@@ -61,6 +61,8 @@ class Reference:
     optional: bool = False
 
 
+#: the key of KubeRay's auth token Secret (ray-operator/controllers/ray/utils/constant.go RAY_AUTH_TOKEN_SECRET_KEY)
+RAY_AUTH_TOKEN_KEY = "auth_token"
 _SETTING_KINDS = (("_PULL_SECRET", "Secret"), ("_SERVICE_ACCOUNT", "ServiceAccount"), ("_SECRET", "Secret"), ("_SECRET_NAME", "Secret"))
 _ENDPOINT = re.compile(
     r"(?:\b(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?:[^@/\s\"']+@)?"
@@ -132,7 +134,9 @@ def _structured(tree: Any, source: str, namespace: str) -> Iterator[Reference]:
             keys = tuple(str(i["key"]) for i in v.get("items") or [] if "key" in i)
             yield Reference(where, ObjectKey("Secret", namespace, str(v["secretName"])), keys, optional=bool(v.get("optional")))
         elif k == "secretName" and isinstance(v, str) and v and not path.endswith("secretRef.secretName") and ".secret." not in f".{path}":
-            yield Reference(where, ObjectKey("Secret", namespace, v))
+            # KubeRay (v1.7.0 raycluster_types.go): the token Secret "must have a data key auth_token"
+            keys = (RAY_AUTH_TOKEN_KEY,) if path.endswith("authOptions.secretName") else ()
+            yield Reference(where, ObjectKey("Secret", namespace, v), keys)
         elif k == "configMap" and isinstance(v, Mapping) and v.get("name"):  # volume
             keys = tuple(str(i["key"]) for i in v.get("items") or [] if "key" in i)
             yield Reference(where, ObjectKey("ConfigMap", namespace, str(v["name"])), keys, optional=bool(v.get("optional")))
