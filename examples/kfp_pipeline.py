@@ -14,7 +14,10 @@ The laptop and the steps see the same S3 store at two addresses: ``--s3-endpoint
 the laptop's (e.g. a ``kubectl port-forward``), used to plan the run and to read the
 results with ``--wait``; ``--s3-step-endpoint`` is the one inside the cluster (default:
 the same), and the steps take their credentials from the Kubernetes secret
-``--s3-secret`` (keys ``accessKey`` and ``secretKey``).
+``--s3-secret`` (keys ``accessKey`` and ``secretKey``). On a cluster with the
+functionfuse-kfp chart, ``--cluster-settings kubeflow`` takes the steps' storage, its
+secret, the service account, the image pull secret and the pipeline root from the
+chart's settings ConfigMap instead (read with kubectl; or give a file holding it).
 
 Or run every step in a local container with kfp.local.DockerRunner (no cluster)::
 
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint", help="S3 endpoint as this machine sees it (planning, --wait)")
     parser.add_argument("--s3-step-endpoint", help="S3 endpoint as the steps see it (default: --s3-endpoint)")
     parser.add_argument("--s3-secret", default=None, help="Kubernetes secret with accessKey/secretKey for the steps")
+    parser.add_argument("--cluster-settings", metavar="NAMESPACE|FILE",
+                        help="the functionfuse-kfp chart's settings (read with kubectl, or from a file)")
     parser.add_argument("--wait", action="store_true", help="wait for the KFP run and print the results")
     parser.add_argument("--workflow-name", default="kfp-example")
     args = parser.parse_args(argv)
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     wf.set_project(os.path.dirname(os.path.abspath(__file__)), exclude=["storage/", "*.ffr"])
     if args.wheelhouse:
         wf.set_wheelhouse(args.wheelhouse)
+    if args.cluster_settings:  # first: the options below override what it sets
+        wf.set_cluster_settings(args.cluster_settings)
     if args.storage:
         wf.set_storage(storage_factory({"kind": "file", "options": {"path": os.path.abspath(args.storage)}}))
     if args.storage_s3:

@@ -1,16 +1,19 @@
 """``functionfuse kfp compile|submit``: Kubeflow Pipelines from the command line.
 
     functionfuse kfp compile TARGET [-o FILE] [--workflow NAME] [--image IMAGE] [--storage SPEC] [--resume auto|plan]
+                             [--cluster-settings FILE|NAMESPACE[/NAME] [--kube-context CTX]]
     functionfuse kfp submit  TARGET --host URL [--registry SERVER] [--username USER --password-stdin]
                              [--workflow NAME] [--baseimage IMAGE] [--project DIR] [--wheelhouse DIR]
-                             [--storage SPEC] [--wait]
+                             [--storage SPEC] [--cluster-settings ...] [--wait]
 
 TARGET is ``file.py:NAME`` or ``module:NAME``: a node, a list of nodes, a function
 returning them, or a ``KFPWorkflow`` (whose settings, e.g. per-node resources, plugins,
 the registry and its credentials, are kept, also under another ``--workflow`` name; the
 options given here override them). The registry password comes from
 ``--password-stdin`` or ``$FUNCTIONFUSE_REGISTRY_PASSWORD``, the user from ``--username``
-or ``$FUNCTIONFUSE_REGISTRY_USERNAME``. Only argparse is imported until a subcommand
+or ``$FUNCTIONFUSE_REGISTRY_USERNAME``. ``--cluster-settings`` applies the settings the
+functionfuse-kfp chart publishes (``KFPWorkflow.set_cluster_settings``) before the other
+options, which override them. Only argparse is imported until a subcommand
 runs; then :mod:`functionfuse.backends.addons.kfpback` (``pip install 'functionfuse[kfp]'``).
 """
 
@@ -20,9 +23,8 @@ import argparse
 import copy
 import json
 import os
-import re
 import sys
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 __all__ = ["add_kfp_commands"]
 
@@ -42,6 +44,8 @@ def _workflow(args: argparse.Namespace, load: Callable[[str], Any], as_nodes: Ca
     else:
         name = args.workflow or getattr(obj, "workflow_name", None) or args.target.rpartition(":")[2]
         wf = KFPWorkflow(*as_nodes(obj), workflow_name=name)
+    if args.cluster_settings:  # before the options given here, which override them
+        wf.set_cluster_settings(args.cluster_settings, context=args.kube_context)
     if args.storage:
         wf.set_storage(storage(args.storage))
     return wf
@@ -64,40 +68,23 @@ def cmd_compile(args: argparse.Namespace, load: Callable, as_nodes: Callable, st
     return 0
 
 
-def _host(server: str) -> str:
-    return re.sub(r"^https?://", "", server).rstrip("/").split("/", 1)[0]
-
-
-def registry_credentials(current: Mapping[str, str], registry: str | None, username: str | None,
-                         password: str | None) -> dict[str, str]:
-    """The registry credentials of ``kfp submit``: *registry* (default: the workflow's
-    server) with *username* and *password* when given; otherwise the workflow's own user
-    and password, if they are for the same registry host (never sent to another)."""
-    from .errors import ConfigurationError
-
-    server = registry or current.get("server")
-    if not server:
-        raise ConfigurationError(
-            "kfp submit needs a registry the cluster pulls the step image from: --registry host[:port][/namespace] "
-            "(or a KFPWorkflow target with registry_credentials={'server': ...})."
-        )
-    creds = {"server": server}
-    if username is not None and password is not None:
-        creds.update(username=username, password=password)
-    elif current.get("username") and (not current.get("server") or _host(current["server"]) == _host(server)):
-        creds.update(username=current["username"], password=current.get("password", ""))
-    return creds
-
-
 def cmd_submit(args: argparse.Namespace, load: Callable, as_nodes: Callable, storage: Callable) -> int:
-    from .kit.cli import _password
+    from .kit.cli import registry_password
 
     wf = _workflow(args, load, as_nodes, storage)
     wf.set_kfp_host(args.host)
     if args.username is None:
         args.username = os.environ.get("FUNCTIONFUSE_REGISTRY_USERNAME") or None
-    password = _password(args)
-    wf.set_registry_credentials(registry_credentials(wf._credentials, args.registry, args.username, password))
+    password = registry_password(args)
+    if not args.registry and not wf.registry:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(
+            "kfp submit needs a registry the cluster pulls the step image from: --registry host[:port][/namespace] "
+            "(or a KFPWorkflow target with registry_credentials={'server': ...})."
+        )
+    # the target's own user and password are kept for its registry host, never sent to another
+    wf.set_registry(args.registry, username=args.username, password=password)
     if args.baseimage:
         wf.set_baseimage(args.baseimage)
     if args.project:
@@ -115,10 +102,18 @@ def cmd_submit(args: argparse.Namespace, load: Callable, as_nodes: Callable, sto
     return 0
 
 
+def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster-settings", metavar="FILE|NAMESPACE[/NAME]",
+                        help="the settings the functionfuse-kfp chart publishes (step storage and its Secret, service "
+                        "account, image pull Secret, pipeline root, base image): a file holding the ConfigMap, or the "
+                        "namespace to read it from with kubectl")
+    parser.add_argument("--kube-context", help="kube context kubectl reads --cluster-settings with (default: current)")
+
+
 def add_kfp_commands(sub: Any, load: Callable[[str], Any], as_nodes: Callable[[Any], list],
                      storage: Callable[[str | None], Any], storage_help: str) -> None:
     """Register ``kfp compile`` and ``kfp submit`` on the ``functionfuse`` parser."""
-    from .kit.cli import _auth_arguments
+    from .kit.cli import add_auth_arguments
 
     kfp = sub.add_parser("kfp", help="compile a DAG to a Kubeflow Pipelines (v2) pipeline, or build, push and submit it")
     kfp_sub = kfp.add_subparsers(dest="kfp_command", required=True)
@@ -134,6 +129,7 @@ def add_kfp_commands(sub: Any, load: Callable[[str], Any], as_nodes: Callable[[A
     comp.add_argument("--storage", help="storage the steps save to and resume from: " + storage_help)
     comp.add_argument("--resume", choices=["auto", "plan"], default="auto",
                       help="auto: each step checks storage when it runs; plan: leave out what storage holds now")
+    _settings_arguments(comp)
     comp.add_argument("--json", action="store_true", help="print JSON")
     comp.set_defaults(func=lambda a: cmd_compile(a, load, as_nodes, storage))
 
@@ -149,6 +145,7 @@ def add_kfp_commands(sub: Any, load: Callable[[str], Any], as_nodes: Callable[[A
     sbm.add_argument("--storage", help="storage the steps save to: " + storage_help)
     sbm.add_argument("--experiment", help="KFP experiment name")
     sbm.add_argument("--wait", action="store_true", help="wait for the run and print the results (needs --storage)")
+    _settings_arguments(sbm)
     sbm.add_argument("--json", action="store_true", help="print JSON")
-    _auth_arguments(sbm)
+    add_auth_arguments(sbm)
     sbm.set_defaults(func=lambda a: cmd_submit(a, load, as_nodes, storage))

@@ -1,11 +1,13 @@
-"""Helpers of the KFPWorkflow tests: a user project on disk, and an HTTP server that
-answers like the KFP API.
+"""Helpers of the KFPWorkflow tests: a user project on disk, and HTTP servers that
+answer like the KFP API and the Kubernetes API.
 
 A KFP API server cannot run here: it needs Kubernetes (and its Argo/MySQL/MinIO stack).
 :class:`KFPAPIStandIn` stands in for it at the HTTP boundary only: it serves the few
 ``/apis/v2beta1`` endpoints that ``kfp.Client`` calls to submit a run (healthz,
 experiments, runs), on 127.0.0.1, and records every request, so a test checks what the
 real SDK client sent. The kind end-to-end test (tests/e2e) submits to a real KFP.
+Neither can a Kubernetes API server run here: :class:`KubeAPIStandIn` answers the real
+``kubectl`` binary's discovery and ConfigMap requests the same way.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ SEED_MODULE = textwrap.dedent(
         if flag:
             raise ValueError(f"refusing {value!r}")
         return value
+
+
+    @workflow
+    def killed(value):
+        """Ends its own process without a word and with the exit status of SIGKILL, as the
+        kernel's OOM killer would (a step is PID 1 of its container, which a signal it
+        sends itself cannot end)."""
+        os._exit(137)
 
 
     @workflow
@@ -193,3 +203,94 @@ class KFPAPIStandIn:
 
     def run_requests(self) -> list[dict]:
         return [body for method, path, body in self.requests if method == "POST" and path.startswith("/apis/v2beta1/runs")]
+
+
+class KubeAPIStandIn:
+    """The few Kubernetes API paths that a real ``kubectl get configmap`` calls, on 127.0.0.1.
+
+    No Kubernetes API server can run here (see the module documentation); the real
+    ``kubectl`` binary talks to this one over HTTP: version, discovery (``/api``,
+    ``/apis``, ``/api/v1``), and ConfigMaps of a namespace (listed, with a label
+    selector ``key`` or ``key=value``, or got by name). :meth:`kubeconfig` writes a
+    kubeconfig that points at it. ``requests`` holds the paths asked for.
+    """
+
+    def __init__(self, configmaps: list[dict]) -> None:
+        self.configmaps = configmaps
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _send(self, code: int, obj: Any) -> None:
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _not_found(self, what: str) -> None:
+                self._send(404, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                 "message": f"{what} not found", "reason": "NotFound", "code": 404})
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                from urllib.parse import parse_qs, urlparse
+
+                url = urlparse(self.path)
+                outer.requests.append(self.path)
+                path, query = url.path, parse_qs(url.query)
+                if path == "/version":
+                    return self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"})
+                if path == "/api":
+                    return self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                        {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
+                if path == "/apis":
+                    return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+                if path == "/api/v1":
+                    return self._send(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "configmaps", "singularName": "configmap", "namespaced": True, "kind": "ConfigMap",
+                         "verbs": ["get", "list"], "shortNames": ["cm"]}]})
+                parts = path.strip("/").split("/")
+                if parts[:3] == ["api", "v1", "namespaces"] and len(parts) in (5, 6) and parts[4] == "configmaps":
+                    namespace = parts[3]
+                    here = [m for m in outer.configmaps if m["metadata"].get("namespace") == namespace]
+                    if len(parts) == 6:
+                        named = [m for m in here if m["metadata"]["name"] == parts[5]]
+                        return self._send(200, named[0]) if named else self._not_found(f'configmaps "{parts[5]}"')
+                    for selector in query.get("labelSelector", []):
+                        key, _, value = selector.partition("=")
+                        here = [m for m in here if key in (m["metadata"].get("labels") or {})
+                                and (not value or m["metadata"]["labels"][key] == value)]
+                    return self._send(200, {"kind": "ConfigMapList", "apiVersion": "v1",
+                                            "metadata": {"resourceVersion": "1"}, "items": here})
+                return self._not_found(path)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="kube-api-stand-in", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def kubeconfig(self, path: str, context: str = "stand-in") -> str:
+        """Write a kubeconfig whose current context is *context*, pointing here."""
+        with open(path, "w") as f:
+            json.dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": context,
+                "clusters": [{"name": "stand-in", "cluster": {"server": self.url}}],
+                "users": [{"name": "stand-in", "user": {}}],
+                "contexts": [{"name": context, "context": {"cluster": "stand-in", "user": "stand-in"}}],
+            }, f)
+        return path
+
+    def __enter__(self) -> "KubeAPIStandIn":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)

@@ -28,7 +28,6 @@ import yaml
 
 pytest.importorskip("kfp")
 
-from functionfuse.backends.addons import _kfpimage  # noqa: E402
 from functionfuse.backends.addons.kfpback import KFPWorkflow  # noqa: E402
 from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
 from functionfuse.errors import (  # noqa: E402
@@ -37,6 +36,7 @@ from functionfuse.errors import (  # noqa: E402
     NodeExecutionError,
     SerializationError,
 )
+from functionfuse.kit import stepimage  # noqa: E402
 from functionfuse.kit.images import ImagePushError  # noqa: E402
 from functionfuse.storage import storage_factory  # noqa: E402
 from contracts import backend as contract  # noqa: E402
@@ -269,7 +269,7 @@ def test_a_malformed_registry_is_a_configuration_error(dag, project):
         wf.set_registry_credentials({"server": "registry example.com"})
     # and from the push itself, before any Docker call: the fix is the setting, not the push
     with pytest.raises(ConfigurationError, match="must look like 'host\\[:port\\]\\[/namespace\\]'"):
-        _kfpimage.push_step_image(None, "functionfuse-kfp-x:abc", {"server": "bad registry"})
+        stepimage.push_step_image(None, "functionfuse-kfp-x:abc", {"server": "bad registry"})
 
 
 def test_the_image_tag_is_the_base_images_name_not_whether_it_is_here(dag, project, monkeypatch):
@@ -324,18 +324,40 @@ def test_cli_compile_under_another_name_keeps_the_workflows_settings(project, tm
     assert re.fullmatch(r"127\.0\.0\.1:5000/team/functionfuse-kfp-renamed:[0-9a-f]{20}", ex3["container"]["image"])
 
 
-def test_cli_submit_keeps_the_targets_registry_credentials():
-    from functionfuse._kfpcli import registry_credentials
+def test_cli_compile_applies_the_cluster_settings_before_its_own_options(project, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"FUNCTIONFUSE_STORAGE": "s3://results/ff", "FUNCTIONFUSE_S3_SECRET": "ff-s3",
+                                    "FUNCTIONFUSE_KFP_IMAGE_PULL_SECRET": "ff-registry"}))
+    target = write_target(tmp_path, project, "127.0.0.1:5000/team")
+    proc = functionfuse_command("kfp", "compile", f"{target}:wf", "-o", "p.yaml", "--cluster-settings", str(settings),
+                                project=project, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    spec, platform = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(kube) == len(spec["deploymentSpec"]["executors"])
+    for executor in kube.values():
+        assert executor["imagePullSecret"] == [{"secretName": "ff-registry"}]
+        assert executor["secretAsEnv"][0]["secretName"] == "ff-s3"
+    proc = functionfuse_command("kfp", "compile", f"{target}:wf", "-o", "q.yaml", "--cluster-settings", "no/such/file",
+                                project=project, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0 and "'no/such/file' is neither an existing file nor NAMESPACE[/NAME]" in proc.stderr
 
+
+def test_set_registry_keeps_the_workflows_credentials_for_its_registry_host_only(dag, project):
     mine = {"server": "127.0.0.1:5000/team", "username": "ff", "password": PASSWORD}
-    assert registry_credentials(mine, None, None, None) == mine
-    assert registry_credentials(mine, "127.0.0.1:5000/other", None, None) == {**mine, "server": "127.0.0.1:5000/other"}
-    assert registry_credentials(mine, "127.0.0.1:5000", "me", "pw") == {"server": "127.0.0.1:5000", "username": "me",
-                                                                        "password": "pw"}
+
+    def after(server, username=None, password=None, current=mine):
+        wf = make([dag.seed()], "set-registry", project, registry_credentials=current)
+        wf.set_registry(server, username=username, password=password)
+        return wf._credentials
+
+    assert after(None) == mine
+    assert after("127.0.0.1:5000/other") == {**mine, "server": "127.0.0.1:5000/other"}
+    assert after("127.0.0.1:5000", "me", "pw") == {"server": "127.0.0.1:5000", "username": "me", "password": "pw"}
     # never sent to another registry host
-    assert registry_credentials(mine, "registry.example.com", None, None) == {"server": "registry.example.com"}
-    with pytest.raises(ConfigurationError, match="--registry"):
-        registry_credentials({}, None, None, None)
+    assert after("registry.example.com") == {"server": "registry.example.com"}
+    with pytest.raises(ConfigurationError, match="No registry the cluster pulls the step image from"):
+        after(None, current={})
 
 
 def test_example_plans_with_the_laptops_s3_endpoint_and_gives_the_steps_theirs(tmp_path):
@@ -441,9 +463,7 @@ def test_missing_kfp_gives_the_install_hint():
 # -- the build context (no Docker) ---------------------------------------------------------------
 def context_of(wf):
     buf = io.BytesIO()
-    digest, _count = _kfpimage.write_context(
-        buf, wf.project_dir, wf.snapshot(), _kfpimage.step_requirements(), wf._excluded(), wf.project_exclude
-    )
+    digest, _count = stepimage.write_context(buf, wf._image_inputs(), stepimage.step_requirements())
     buf.seek(0)
     with tarfile.open(fileobj=buf) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
@@ -513,7 +533,7 @@ def shared_inputs_digest():
 
     from functionfuse.kit.images import wheelhouse_digest
 
-    root, files = _kfpimage._package_files()
+    root, files = stepimage.package_files()
     h = hashlib.sha256(wheelhouse_digest(WHEELHOUSE).encode() if os.path.isdir(WHEELHOUSE) else b"")
     for rel in files:
         with open(os.path.join(root, rel), "rb") as f:
@@ -546,7 +566,7 @@ def drop(client, ref):
 
 # -- with Docker: images ------------------------------------------------------------------------
 TEST_WORKFLOWS = {"kfp-seed", "kfp-stateful", "kfp-two-outputs", "kfp-failure", "kfp-s3", "kfp-example-test", "kfp-on-ff",
-                  "kfp-pull", "kfp-settings", "kfp-base-alias"}
+                  "kfp-pull", "kfp-settings", "kfp-base-alias", "kfp-killed"}
 
 
 @pytest.fixture(scope="module")
@@ -554,8 +574,8 @@ def client():
     client = docker_client()
     yield client
     # the step images of this module's workflows (layers shared with later runs stay cached)
-    for image in client.images.list(filters={"label": _kfpimage.LABEL_WORKFLOW}):
-        if image.labels.get(_kfpimage.LABEL_WORKFLOW) in TEST_WORKFLOWS:
+    for image in client.images.list(filters={"label": stepimage.LABEL_WORKFLOW}):
+        if image.labels.get(stepimage.LABEL_WORKFLOW) in TEST_WORKFLOWS:
             for tag in image.tags:
                 drop(client, tag)
 
@@ -842,6 +862,20 @@ def test_a_failing_step_names_its_node(client, project):
         wf.run_local()
     assert err.value.node_name == "refuses"
     assert "ValueError: refusing 3" in str(err.value)  # the step's own error, from its container
+    drop(client, wf.image)
+
+
+@pytest.mark.slow
+def test_a_step_killed_before_it_ends_is_named_from_its_status_file(client, project):
+    """The step's status artifact says it started and never finished: its node is named
+    (from the status channel, not the runner's log text)."""
+    m = project[1]
+    wf = make([m.killed(m.sum(1, 2).set_name("three")).set_name("oom")], "kfp-killed", project)
+    with pytest.raises(NodeExecutionError, match=r"step of node 'oom' of workflow 'kfp-killed' started and ended "
+                                                 r"without a result") as err:
+        wf.run_local()
+    assert err.value.node_name == "oom"
+    assert wf.last_run.ran == 1 and wf.last_run.error is not None  # node 'three' ran; the report says how it ended
     drop(client, wf.image)
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_image_commands", "add_release_command"]
+__all__ = ["add_image_commands", "add_release_command", "add_auth_arguments", "registry_password"]
 
 IMAGES = ("base", "ray", "prefect", "kfp")
 
@@ -24,7 +24,10 @@ def _names(values: list[str]) -> list[str]:
     return values
 
 
-def _password(args: argparse.Namespace) -> str | None:
+def registry_password(args: argparse.Namespace) -> str | None:
+    """The registry password of a command with :func:`add_auth_arguments`: None without
+    ``--username``; else one line of standard input (``--password-stdin``) or
+    ``$FUNCTIONFUSE_REGISTRY_PASSWORD`` (kept in memory, never written to disk)."""
     if args.username is None:
         return None
     if args.password_stdin:
@@ -55,7 +58,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
             raise ConfigurationError(f"--engine-base-image {item!r} must look like ENGINE=IMAGE, e.g. ray=rayproject/ray:2.60.0-py311-cpu.")
         engine_bases[engine] = image
-    password = _password(args) if args.push else None
+    password = registry_password(args) if args.push else None
     on_log = None if (args.quiet or args.json) else (lambda line: print(f"  {line}", file=sys.stderr))
     built = images.build_images(
         _names(args.images),
@@ -88,7 +91,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     if not tags:
         print("No functionfuse images of this version are built here: run `functionfuse image build` first.", file=sys.stderr)
         return 1
-    pushed = images.push_images(tags, args.registry, username=args.username, password=_password(args), client=client)
+    pushed = images.push_images(tags, args.registry, username=args.username, password=registry_password(args), client=client)
     if args.json:
         print(json.dumps([p.as_dict() for p in pushed], indent=2))
     else:
@@ -97,7 +100,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _auth_arguments(parser: argparse.ArgumentParser) -> None:
+def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--username`` and ``--password-stdin`` (see :func:`registry_password`) to *parser*."""
     parser.add_argument("--username", help="registry user (the password comes from --password-stdin or $FUNCTIONFUSE_REGISTRY_PASSWORD)")
     parser.add_argument("--password-stdin", action="store_true", help="read the registry password from standard input")
 
@@ -131,7 +135,7 @@ def add_image_commands(sub: Any) -> None:
     build.add_argument("--no-cache", action="store_true", help="do not use the build cache")
     build.add_argument("--quiet", "-q", action="store_true", help="do not print the build output")
     build.add_argument("--json", action="store_true", help="print JSON (tags, sizes, build times, digests)")
-    _auth_arguments(build)
+    add_auth_arguments(build)
     build.set_defaults(func=cmd_build)
 
     push = img_sub.add_parser("push", help="push the images built here to a registry")
@@ -140,7 +144,7 @@ def add_image_commands(sub: Any) -> None:
     push.add_argument("--repository", default="functionfuse", help="repository name the images were built with (default: functionfuse)")
     push.add_argument("--tag", action="append", help="push this local repository:tag instead (repeatable)")
     push.add_argument("--json", action="store_true", help="print JSON")
-    _auth_arguments(push)
+    add_auth_arguments(push)
     push.set_defaults(func=cmd_push)
 
 

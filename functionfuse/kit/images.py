@@ -33,23 +33,27 @@ unchanged checkout reuses the layer cache and yields the same image.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import http.server
+import gc
 import logging
 import os
 import re
 import subprocess
 import sys
-import tempfile
-import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .._version import __version__
 from ..errors import ConfigurationError, DockerUnavailableError, ImageBuildError, ImagePushError, missing_dependency
+from .wheelhouse import (
+    extra_requirements,
+    prepare_wheelhouse,
+    serve_directory,
+    wheelhouse_buildargs,
+    wheelhouse_digest,
+    wheelhouse_ready,
+)
 
 __all__ = [
     "ImageRecipe",
@@ -65,8 +69,12 @@ __all__ = [
     "push_images",
     "local_images",
     "prepare_wheelhouse",
+    "wheelhouse_buildargs",
+    "wheelhouse_ready",
     "serve_directory",
     "wheelhouse_digest",
+    "extra_requirements",
+    "stream_build",
     "project_root",
     "oci_labels",
     "REGISTRY_FORM",
@@ -189,14 +197,16 @@ def git_revision(project: str) -> str:
 
 
 def _source_url(project: str) -> str:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
 
-        with open(os.path.join(project, "pyproject.toml"), "rb") as f:
-            urls = tomllib.load(f)["project"].get("urls", {})
-        return str(urls.get("Source") or urls.get("Homepage") or "")
-    except (ImportError, OSError, KeyError, ValueError):
-        return ""
+        try:
+            with open(os.path.join(project, "pyproject.toml"), "rb") as f:
+                urls = tomllib.load(f)["project"].get("urls", {})
+            return str(urls.get("Source") or urls.get("Homepage") or "")
+        except (OSError, KeyError, ValueError):
+            return ""
+    return ""  # pragma: no cover - Python 3.10: no tomllib
 
 
 def oci_labels(project: str, version: str = __version__) -> dict[str, str]:
@@ -211,23 +221,43 @@ def oci_labels(project: str, version: str = __version__) -> dict[str, str]:
 
 # -- Docker ----------------------------------------------------------------------------------------
 def docker_client(timeout: int = 600) -> Any:
-    """A Docker SDK client for the daemon of the environment (``DOCKER_HOST`` or the local socket)."""
+    """A Docker SDK client for the daemon of the environment (``DOCKER_HOST`` or the local
+    socket); :class:`DockerUnavailableError`, naming the fix, when no daemon answers.
+
+    The client of a refused connection is closed here, not left to the garbage collector.
+    """
     try:
         import docker
     except ImportError as exc:
         raise missing_dependency("docker", "kit", exc) from exc
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except docker.errors.DockerException as exc:
+    client: Any = None
+    error = None
+    # the SDK leaves the socket of a refused connection to the garbage collector, held by
+    # the exception's traceback: keep only the message, and collect it here, quietly
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            client = docker.from_env(timeout=timeout)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            error = str(exc)
+        if error is not None:
+            if client is not None:
+                client.close()
+            client = None
+            gc.collect()
+    if error is not None:
         raise DockerUnavailableError(
-            f"No Docker daemon answers ({exc}). Start one (on Debian as root, scripts/setup-docker.sh "
+            f"No Docker daemon answers ({error}). Start one (on Debian as root, scripts/setup-docker.sh "
             "installs and starts it) or set DOCKER_HOST."
-        ) from exc
+        )
     return client
 
 
-def _stream_build(stream: Iterator[dict], tag: str, on_log: Callable[[str], None] | None) -> str | None:
+def stream_build(stream: Iterator[dict], tag: str, on_log: Callable[[str], None] | None) -> str | None:
+    """Follow the decoded output *stream* of a build of *tag*: each log line to the debug
+    log and to *on_log*; returns the image ID the daemon reports. A build error raises
+    :class:`ImageBuildError` ending with the last lines of the build log."""
     tail: list[str] = []
     image_id = None
     for chunk in stream:
@@ -298,7 +328,7 @@ def build_image(
         decode=True,
         labels={**(oci_labels(project, version) if labels is None else labels), LABEL_IMAGE: recipe.name, LABEL_VERSION: version},
     )
-    _stream_build(stream, provisional, on_log)
+    stream_build(stream, provisional, on_log)
     seconds = time.perf_counter() - t0
     python = _python_tag(client, provisional)
     tag = image_tag(version, python, recipe.name)
@@ -346,20 +376,7 @@ def build_images(
     if needs_base and "base" not in ordered:
         ordered.insert(0, "base")  # engine images are built FROM it
     built: list[BuiltImage] = []
-    with contextlib.ExitStack() as stack:
-        buildargs: dict[str, str] = {}
-        if wheelhouse is not None:
-            prepare_wheelhouse(wheelhouse, [RECIPES[n] for n in ordered], project=project)
-            url = stack.enter_context(serve_directory(wheelhouse, port=_stable_port(wheelhouse)))
-            # The URL stays the same from one build to the next (a stable port) and the
-            # digest changes with the wheelhouse, so Docker's layer cache is reused exactly
-            # when the wheels and pins are the same.
-            buildargs = {
-                "PIP_NO_INDEX": "1",
-                "PIP_FIND_LINKS": url,
-                "PIP_CONSTRAINT": url + "constraints.txt",
-                "FUNCTIONFUSE_WHEELS": wheelhouse_digest(wheelhouse),
-            }
+    with wheelhouse_buildargs(wheelhouse, [RECIPES[n] for n in ordered], project=project) as buildargs:
         base_tag: str | None = None
         labels = oci_labels(project)
         for name in ordered:
@@ -450,143 +467,3 @@ def push_images(
         log.info("pushed %s (%s) in %.1f s", result.reference, digest, result.seconds)
         pushed.append(result)
     return pushed
-
-
-# -- wheelhouse ------------------------------------------------------------------------------------
-_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
-
-
-def _extra_requirements(project: str, extras: Sequence[str]) -> list[str]:
-    """The requirements of functionfuse's core and *extras*, from pyproject.toml."""
-    path = os.path.join(project, "pyproject.toml")
-    try:
-        import tomllib  # Python >= 3.11
-    except ImportError:  # pragma: no cover - Python 3.10: the installed metadata
-        from importlib.metadata import requires
-
-        reqs = []
-        for r in requires("functionfuse") or []:
-            spec, _, marker = r.partition(";")
-            m = re.search(r'extra\s*==\s*"([^"]+)"', marker)
-            if not marker.strip() or (m and m.group(1) in extras):
-                reqs.append(spec.strip())
-        return reqs
-    with open(path, "rb") as f:
-        project_table = tomllib.load(f)["project"]
-    reqs = list(project_table.get("dependencies", []))
-    optional = project_table.get("optional-dependencies", {})
-    for extra in extras:
-        reqs += [r for r in optional.get(extra, []) if not r.startswith("functionfuse")]
-    return reqs
-
-
-def _constraints(project: str) -> list[str]:
-    """Pins from the project's requirements/*.txt, as pip constraints (no extras allowed there)."""
-    folder = os.path.join(project, "requirements")
-    pins: dict[str, str] = {}
-    if not os.path.isdir(folder):
-        return []
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".txt"):
-            continue
-        with open(os.path.join(folder, name)) as f:
-            for line in f:
-                line = line.split("#", 1)[0].strip()
-                m = _REQ_NAME.match(line)
-                if not line or line.startswith("-") or not m or "==" not in m.group(3):
-                    continue
-                pins.setdefault(m.group(1).lower().replace("_", "-"), f"{m.group(1)}{m.group(3)}")
-    return sorted(pins.values())
-
-
-#: Backports that packages require only on older Pythons, e.g. async-timeout for
-#: python_full_version < "3.11.3": pip evaluates such markers for this machine's Python,
-#: which may be newer than the image's (Debian bookworm has 3.11.2), so they are always added.
-_BACKPORTS = ("async-timeout", "exceptiongroup", "tomli", "typing-extensions", "importlib-metadata")
-
-
-def prepare_wheelhouse(
-    wheelhouse: str,
-    recipes: Sequence[ImageRecipe],
-    *,
-    project: str,
-    python: str | None = None,
-) -> None:
-    """Put a wheel of every package the *recipes* install into *wheelhouse* (``pip wheel``).
-
-    Runs with this machine's pip configuration (index, certificates); wheels already
-    there are reused, and a package published only as an sdist (kfp-server-api) is built
-    into a wheel here, so images never build anything. The build tools of the
-    functionfuse source install (setuptools, wheel) are included.
-    """
-    os.makedirs(wheelhouse, exist_ok=True)
-    extras = sorted({e for r in recipes for e in r.extras})
-    reqs = ["setuptools>=68", "wheel", "pip"] + list(_BACKPORTS) + _extra_requirements(project, extras)
-    for r in recipes:
-        if r.requirements:
-            with open(os.path.join(project, r.requirements)) as f:
-                reqs += [line.split("#", 1)[0].strip() for line in f if line.split("#", 1)[0].strip()]
-    with tempfile.TemporaryDirectory() as tmp:
-        req_file = os.path.join(tmp, "requirements.txt")
-        with open(req_file, "w") as f:
-            f.write("\n".join(reqs) + "\n")
-        cmd = [python or sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--prefer-binary",
-               "--wheel-dir", wheelhouse, "--find-links", wheelhouse, "-r", req_file]
-        # the pins, also served to the builds (PIP_CONSTRAINT), so an image installs the
-        # pinned version even when the wheelhouse holds several
-        con_file = os.path.join(wheelhouse, "constraints.txt")
-        with open(con_file, "w") as f:
-            f.write("".join(f"{c}\n" for c in _constraints(project)))
-        cmd += ["-c", con_file]
-        log.info("collecting wheels for %s into %s", ", ".join(r.name for r in recipes), wheelhouse)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ImageBuildError(
-                f"pip wheel into the wheelhouse {wheelhouse!r} failed (exit {proc.returncode}):\n"
-                + (proc.stderr or proc.stdout)[-4000:]
-            )
-        log.info("wheelhouse ready in %.1f s", time.perf_counter() - t0)
-
-
-def wheelhouse_digest(wheelhouse: str) -> str:
-    """A digest of the wheel files and pins in *wheelhouse* (names and sizes)."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(wheelhouse)):
-        if name.endswith((".whl", ".txt")):
-            h.update(f"{name}\0{os.path.getsize(os.path.join(wheelhouse, name))}\n".encode())
-    if os.path.isfile(os.path.join(wheelhouse, "constraints.txt")):
-        with open(os.path.join(wheelhouse, "constraints.txt"), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
-
-
-def _stable_port(path: str) -> int:
-    """A port in 20000-29999 derived from *path*: the same for every build from it."""
-    return 20000 + int(hashlib.sha256(os.path.abspath(path).encode()).hexdigest(), 16) % 10000
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        log.debug("wheelhouse: " + format, *args)
-
-
-@contextlib.contextmanager
-def serve_directory(path: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve *path* over HTTP on *host* while the block runs; yields its URL.
-
-    *port* 0, or a port that is taken: a free port.
-    """
-    handler = functools.partial(_QuietHandler, directory=os.path.abspath(path))
-    try:
-        server = http.server.ThreadingHTTPServer((host, port), handler)
-    except OSError:
-        server = http.server.ThreadingHTTPServer((host, 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="functionfuse-wheelhouse", daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

@@ -1,11 +1,13 @@
 """The KFP v2 pipeline of a workflow: one container step per node.
 
-Each step runs ``python -m functionfuse.backends.addons._kfpstep`` in the workflow's
-image. Values travel between steps as artifacts (cloudpickle files): every step writes
-its node's value to its ``result`` artifact, and a method call of a class node also
-writes the instance after the call to its ``state`` artifact, which the next call on the
-same instance reads (the instance itself is never stored, as in the other backends).
-The pipeline's outputs are the results of the workflow's output nodes.
+Each step runs :data:`STEP_COMMAND` (``python3 -m`` the step module,
+:mod:`~functionfuse.backends.addons._kfpstep`) in the workflow's image. Values travel
+between steps as artifacts (cloudpickle files): every step writes its node's value to
+its ``result`` artifact, and a method call of a class node also writes the instance
+after the call to its ``state`` artifact, which the next call on the same instance reads
+(the instance itself is never stored, as in the other backends). Every step also writes
+its ``status`` artifact (JSON: its node, what it did, how it ended), which local runs
+read back. The pipeline's outputs are the results of the workflow's output nodes.
 
 With a plan (``actions``), nodes the plan skips have no step, loaded nodes have a step
 that reads storage and needs no input, and every other step runs its node. Without
@@ -23,8 +25,12 @@ from typing import Any, Callable, Mapping, Sequence
 from ...baseworkflow import LOAD, SKIP, BaseWorkflow
 from ...errors import ConfigurationError
 from ...workflow import MethodNode
+from . import _kfpstep
 
-STEP_COMMAND = ["python3", "-m", "functionfuse.backends.addons._kfpstep"]
+#: the command of every step (its arguments follow)
+STEP_COMMAND = ["python3", "-m", _kfpstep.__name__]
+#: the output artifact of every step that holds its status (JSON)
+STATUS_OUTPUT = "status"
 
 
 def pipeline_name(workflow_name: str) -> str:
@@ -48,23 +54,24 @@ def step_inputs(wf: BaseWorkflow, i: int) -> list[tuple[int, int, str]]:
     return out
 
 
-def _component(name: str, image: str, args: Callable[[Sequence[Any], Any, Any], list], n_inputs: int,
+def _component(name: str, image: str, args: Callable[[Sequence[Any], Any, Any, Any], list], n_inputs: int,
                state: bool) -> Any:
-    """A container component with *n_inputs* artifact inputs, a ``result`` artifact
-    output and, for method calls, a ``state`` one."""
+    """A container component with *n_inputs* artifact inputs, ``result`` and ``status``
+    artifact outputs and, for method calls, a ``state`` one."""
     from kfp import dsl
 
     P = inspect.Parameter
     params = [P(f"in_{k}", P.POSITIONAL_OR_KEYWORD, annotation=dsl.Input[dsl.Artifact]) for k in range(n_inputs)]
     params.append(P("result", P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.Artifact]))
+    params.append(P(STATUS_OUTPUT, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.Artifact]))
     if state:
         params.append(P("state", P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.Artifact]))
 
     def step(*placeholders: Any) -> Any:
         ins = placeholders[:n_inputs]
-        result = placeholders[n_inputs]
-        st = placeholders[n_inputs + 1] if state else None
-        return dsl.ContainerSpec(image=image, command=list(STEP_COMMAND), args=args(ins, result, st))
+        result, status = placeholders[n_inputs], placeholders[n_inputs + 1]
+        st = placeholders[n_inputs + 2] if state else None
+        return dsl.ContainerSpec(image=image, command=list(STEP_COMMAND), args=args(ins, result, status, st))
 
     step.__name__ = step.__qualname__ = re.sub(r"\W", "_", name)
     step.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -97,14 +104,15 @@ def build_pipeline(
         node = g.nodes[i]
         state = type(node) is MethodNode
 
-        def args(ins: Sequence[Any], result: Any, st: Any, *, _i: int = i, _action: str = action,
+        def args(ins: Sequence[Any], result: Any, status: Any, st: Any, *, _i: int = i, _action: str = action,
                  _inputs: list = inputs) -> list:
             a: list[Any] = ["--node", names[_i], "--action", _action]
             if storage_arg:
                 a += ["--storage", storage_arg]
             for (j, _p, _o), placeholder in zip(_inputs, ins):
                 a += ["--input", names[j], placeholder.path]
-            a += ["--result", result.path, "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
+            a += ["--result", result.path, "--status", status.path,
+                  "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
             if st is not None:
                 a += ["--state", st.path]
             return a
@@ -116,7 +124,7 @@ def build_pipeline(
         outputs.setdefault(i, f"out_{len(outputs)}")
     Outputs = typing.NamedTuple("Outputs", [(o, dsl.Artifact) for o in outputs.values()])  # type: ignore[misc]
 
-    def functionfuse_pipeline() -> Outputs:  # type: ignore[valid-type]
+    def functionfuse_pipeline() -> Outputs:
         tasks: dict[int, Any] = {}
         for i, component, inputs, _action in steps:
             kwargs = {f"in_{k}": tasks[p].outputs[o] for k, (_j, p, o) in enumerate(inputs)}
@@ -149,7 +157,7 @@ def build_pipeline(
 def package_image(path: str) -> str | None:
     """The step image a pipeline file written by ``compile()`` names (None: none, several,
     or not such a file)."""
-    import yaml  # type: ignore[import-untyped]  # a kfp dependency
+    import yaml  # a kfp dependency
 
     try:
         with open(path) as f:

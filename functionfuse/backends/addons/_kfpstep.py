@@ -384,6 +384,20 @@ def write_executor_output(executor_input: str, metadata: dict) -> None:
         json.dump({"artifacts": artifacts}, f)
 
 
+def write_status(path: str | None, node: str, state: str, **fields: Any) -> None:
+    """Write the step's status file *path* (JSON, atomically): *node*, *state*
+    (``started``, ``succeeded``, ``failed``) and *fields*; what local runs read back."""
+    if not path:
+        return
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"node": node, "state": state, **fields}, f)
+    os.replace(tmp, path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m functionfuse.backends.addons._kfpstep", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only check that the DAG snapshot loads")
@@ -394,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", nargs=2, action="append", default=[], metavar=("PARENT", "PATH"))
     parser.add_argument("--result", help="output artifact: the node's value")
     parser.add_argument("--state", default=None, help="output artifact: the instance after a method call")
+    parser.add_argument("--status", default=None, help="output artifact: the step's status (JSON), written when it "
+                        "starts and when it ends")
     parser.add_argument("--executor-input", default=None, help="KFP's executor input (JSON): the step then writes "
                         "KFP's executor output file, listing its output artifacts")
     args = parser.parse_args(argv)
@@ -405,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.node or not args.result:
         parser.error("--node and --result are required")
+    write_status(args.status, args.node, "started")
     try:
         action, seconds = run_step(
             args.snapshot, args.node, args.action, args.storage, [tuple(p) for p in args.input], args.result, args.state
@@ -413,11 +430,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_executor_output(args.executor_input, {"node": args.node, "action": action, "seconds": seconds})
     except FunctionFuseError as exc:
         log.error("%s: %s", type(exc).__name__, exc, exc_info=exc.__cause__ is not None)
+        write_status(args.status, args.node, "failed", kind=type(exc).__name__, message=str(exc))
         try:  # for whoever reads the step's files (run_local): what failed
             dump_value(StepFailure(args.node, type(exc).__name__, str(exc)), args.result, "the failure")
         except Exception:
             pass
         return 1
+    except Exception as exc:  # a defect: its traceback goes to the log, the status names it
+        write_status(args.status, args.node, "failed", kind=type(exc).__name__, message=str(exc))
+        raise
+    write_status(args.status, args.node, "succeeded", action=action, seconds=seconds)
     return 0
 
 
