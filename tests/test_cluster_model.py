@@ -703,3 +703,11 @@ def test_references_catch_a_ray_token_secret_without_the_key_kuberay_reads(tmp_p
     d = Defect(tmp_path).sub("functionfuse-ray/templates/auth-secret.yaml", r"\bauth_token:", "token:")
     findings = only(run_checks(d.render(), checks=("references",)), "references")
     assert_named(findings, "RayCluster/kubeflow/ff-functionfuse-ray", "auth_token", "Secret/kubeflow/ff-functionfuse-ray")
+
+
+def test_references_read_the_keys_settings_name_next_to_a_secret():
+    settings = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"},
+                "data": {"FUNCTIONFUSE_S3_SECRET": "s3", "FUNCTIONFUSE_S3_ACCESS_KEY_KEY": "ak", "FUNCTIONFUSE_S3_SECRET_KEY_KEY": "sk",
+                         "WORKER_AUTH_SECRET_NAME": "auth", "WORKER_AUTH_SECRET_KEY": "auth-string"}}
+    refs = {str(r.target): set(r.keys) for r in cm.references_of(settings, NAMESPACE, {NAMESPACE})}
+    assert refs == {"Secret/kubeflow/s3": {"ak", "sk"}, "Secret/kubeflow/auth": {"auth-string"}}

@@ -160,8 +160,14 @@ def _settings(pairs: Iterable[tuple[str, Any]], source: str, namespace: str, nam
             continue
         kind = _setting_kind(name)
         if kind and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", value):
-            key = values.get(name[: -len("_NAME")] + "_KEY") if name.upper().endswith("_SECRET_NAME") else None
-            yield Reference(f"{source} {name}", ObjectKey(kind, namespace, value), (str(key),) if key else ())
+            keys: tuple[str, ...] = ()
+            if kind == "Secret":
+                # keys in that Secret named by sibling settings: P_SECRET_NAME + P_SECRET_KEY (Prefect),
+                # P_SECRET + P_..._KEY_KEY (functionfuse-kfp settings)
+                prefix = re.sub(r"_SECRET(_NAME)?$", "", name, flags=re.I)
+                keys = tuple(str(v) for n, v in values.items() if isinstance(v, str) and v and n != name and n.startswith(prefix + "_")
+                             and (n.upper().endswith("_KEY_KEY") or n.upper() == f"{prefix}_SECRET_KEY".upper()))
+            yield Reference(f"{source} {name}", ObjectKey(kind, namespace, value), keys)
         yield from _endpoints(value, f"{source} {name}", namespace, namespaces)
 
 
