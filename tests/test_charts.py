@@ -440,7 +440,7 @@ def test_kfp_settings_carry_every_key_kfpworkflow_reads(charts):
     assert settings["data"] == {
         "FUNCTIONFUSE_KFP_IMAGE": "127.0.0.1:5001/functionfuse:0.1.0-py311-kfp",
         "FUNCTIONFUSE_STORAGE": "s3://mlpipeline/functionfuse",
-        "FUNCTIONFUSE_S3_ENDPOINT": "http://minio-service.kubeflow:9000",
+        "FUNCTIONFUSE_S3_ENDPOINT": "http://seaweedfs.kubeflow:9000",
         "FUNCTIONFUSE_S3_SECRET": "mlpipeline-minio-artifact",
         "FUNCTIONFUSE_S3_ACCESS_KEY_KEY": "accesskey",
         "FUNCTIONFUSE_S3_SECRET_KEY_KEY": "secretkey",
@@ -534,9 +534,10 @@ def test_secure_defaults(charts, chart, name, files):
         if obj["kind"] == "Service":
             assert obj["spec"]["type"] == "ClusterIP", f"Service/{obj['metadata']['name']} is a {obj['spec']['type']}"
         if obj["kind"] == "RayCluster":
-            assert obj["spec"]["authOptions"] == {"mode": "token"}
+            assert obj["spec"]["authOptions"] == {"mode": "token", "secretName": obj["metadata"]["name"]}
+            # the Secret and key KubeRay reads: authOptions.secretName (>= 1.7), the cluster's name (1.5, 1.6)
             (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == obj["metadata"]["name"]]
-            assert set(secret["data"]) == {"auth_token"}  # the Secret and key KubeRay 1.5 reads
+            assert set(secret["data"]) == {"auth_token"}
         if obj["kind"] == "Deployment" and obj["metadata"]["name"].endswith("prefect-server"):
             env = {e["name"]: e for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]}
             ref = env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]
