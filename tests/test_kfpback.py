@@ -930,7 +930,7 @@ class ContainerRuns(KFPWorkflow):
 
     mount = ""
 
-    def run(self):  # type: ignore[override]
+    def run(self):
         env = {contract.CALLS: os.environ[contract.CALLS]} if contract.CALLS in os.environ else {}
         return self.run_local(environment=env, mounts={self.mount: self.mount})
 

@@ -114,7 +114,7 @@ class ReleaseReport:
 # -- the version everywhere --------------------------------------------------------------------------
 def _yaml() -> Any:
     try:
-        import yaml  # type: ignore[import-untyped]
+        import yaml
     except ImportError as exc:
         raise missing_dependency("yaml", "kit", exc) from exc
     return yaml

@@ -141,7 +141,7 @@ class _Pickler(pickle.Pickler):
         self._protocols = protocols
         self.used: list[str] = []
 
-    def persistent_id(self, obj: Any) -> Any:  # type: ignore[override]
+    def persistent_id(self, obj: Any) -> Any:
         for ser in self._serializers:
             if isinstance(obj, ser.serializer_class):
                 name = serializer_name(ser)
