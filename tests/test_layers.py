@@ -388,8 +388,6 @@ ALLOWLIST: dict[tuple[str, str, str], str] = {
     # backends drive runs through BaseWorkflow's private methods (the copied run loop)
     ("private-attribute", "functionfuse.backends.addons.prefectback", "self._select"): CORE,
     ("private-attribute", "functionfuse.backends.addons.prefectback", "self._targets"): CORE,
-    # the Ray tasks build node calls with the core's private module (engine refactor in progress)
-    ("private", "functionfuse.backends.builtin._raytasks", "functionfuse._calls"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.localback", "self._plugins"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.localback", "self._select"): CORE,
     ("private-attribute", "functionfuse.backends.builtin.rayback", "self._select"): CORE,
@@ -666,3 +664,45 @@ def test_exception_classes_are_found_through_their_bases():
         ("functionfuse.kit.b", "StackError"),
         ("functionfuse.report", "Note"),
     }
+
+
+# ---------------------------------------------------------------------------------
+# Module size: about 500 lines at most; a longer module says why in its docstring
+# (a sentence that mentions the "500 lines" it exceeds).
+
+MAX_LINES = 500
+#: longer modules without the reason yet, by owner
+SIZE_ALLOWLIST: dict[str, str] = {
+    "functionfuse.kit.release": "release (kit)",
+}
+
+
+def long_modules_without_a_reason(root: Path, package: str) -> set[str]:
+    found = set()
+    for name, module in read_package(root, package).items():
+        path = root.joinpath(*name.split(".")[1:])
+        path = path / "__init__.py" if module.is_package else path.with_suffix(".py")
+        lines = len(path.read_text().splitlines())
+        if lines > MAX_LINES and "500 lines" not in " ".join((ast.get_docstring(module.tree) or "").split()):
+            found.add(name)
+    return found
+
+
+def test_long_modules_say_why():
+    found = long_modules_without_a_reason(ROOT, PACKAGE)
+    assert found == set(SIZE_ALLOWLIST), (
+        f"over {MAX_LINES} lines with no reason in the docstring (split it, or say why it stays one module, "
+        f"mentioning the 500 lines): {sorted(found - set(SIZE_ALLOWLIST))}; "
+        f"fixed, remove from SIZE_ALLOWLIST: {sorted(set(SIZE_ALLOWLIST) - found)}"
+    )
+
+
+def test_a_long_module_without_a_reason_is_found(tmp_path):
+    package = tmp_path / "functionfuse"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    body = "x = 1\n" * MAX_LINES
+    (package / "short.py").write_text('"""Short."""\n')
+    (package / "long.py").write_text('"""Long."""\n' + body)
+    (package / "explained.py").write_text('"""Long: over\n500 lines because the format is one thing."""\n' + body)
+    assert long_modules_without_a_reason(package, "functionfuse") == {"functionfuse.long"}
