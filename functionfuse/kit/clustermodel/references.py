@@ -198,7 +198,7 @@ def _dedupe(refs: list[Reference]) -> list[Reference]:
     seen: set[tuple] = set()
     out = []
     for r in refs:
-        ident = (r.target, r.keys, r.port)
+        ident = (r.target, r.keys, r.port, r.optional)
         if ident not in seen:
             seen.add(ident)
             out.append(r)
