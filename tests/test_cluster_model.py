@@ -711,3 +711,13 @@ def test_references_read_the_keys_settings_name_next_to_a_secret():
                          "WORKER_AUTH_SECRET_NAME": "auth", "WORKER_AUTH_SECRET_KEY": "auth-string"}}
     refs = {str(r.target): set(r.keys) for r in cm.references_of(settings, NAMESPACE, {NAMESPACE})}
     assert refs == {"Secret/kubeflow/s3": {"ak", "sk"}, "Secret/kubeflow/auth": {"auth-string"}}
+
+
+def test_one_global_registry_moves_every_functionfuse_image(charts):
+    """global.image.registry is the one value for every image of the umbrella (kind's local
+    registry, a mirror): with it set, no image is left on the release's default."""
+    registry = "registry.test:5000/mirror"
+    objs = render(charts, sets=[f"global.image.registry={registry}", "functionfuse-prefect.worker.enabled=true"])
+    findings = cm.check_images(objs, NAMESPACE, cm.published_images(registry))
+    assert not findings, report(findings)
+    assert len({i for o in objs for _, i in cm.image_references(o, NAMESPACE) if i.startswith(registry)}) == 4
