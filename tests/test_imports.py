@@ -35,3 +35,37 @@ def test_version_is_exposed():
     import functionfuse
 
     assert functionfuse.__version__.count(".") == 2
+
+
+def test_the_command_line_parser_pulls_in_no_heavy_dependency():
+    code = (
+        "import sys, json\n"
+        "from functionfuse.cli import build_parser\n"
+        "build_parser().parse_args(['storage', 'ls'])\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_seed_import_paths_name_the_objects_where_they_live():
+    import functionfuse.backends.plugins as seed_plugins
+    import functionfuse.errors as errors
+    import functionfuse.plugins as plugins
+    from functionfuse.kit import images, registry, release, stack
+
+    for name in seed_plugins.__all__:
+        assert getattr(seed_plugins, name) is getattr(plugins, name)
+    assert (images.ImageBuildError, images.ImagePushError, images.DockerUnavailableError) == (
+        errors.ImageBuildError, errors.ImagePushError, errors.DockerUnavailableError,
+    )
+    assert (registry.RegistryError, release.ReleaseError, stack.StackError) == (
+        errors.RegistryError, errors.ReleaseError, errors.StackError,
+    )
+
+
+def test_python_dash_m_functionfuse_runs_the_command():
+    out = subprocess.run([sys.executable, "-m", "functionfuse", "--version"], capture_output=True, text=True, check=True)
+    import functionfuse
+
+    assert out.stdout.strip() == f"functionfuse {functionfuse.__version__}"
