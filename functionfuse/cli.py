@@ -8,7 +8,7 @@
     functionfuse storage rm   [--storage SPEC] WORKFLOW --all [--yes]
     functionfuse plan         [--storage SPEC] [WORKFLOW] --graph TARGET [--cache POLICY] [--json]
     functionfuse graph        TARGET [--out DIR] [--workflow NAME] [--storage SPEC] [--format dot,svg,png]
-    functionfuse stack up|down|install|steps [--source DIR] [--dry-run] [--context CTX] [--no-kfp]
+    functionfuse stack up|down|install|steps|check [--source DIR] [--dry-run] [--context CTX] [--no-kfp] [-f VALUES]
     functionfuse kfp compile  TARGET [-o FILE] [--image IMG] [--storage SPEC] [--resume auto|plan]
     functionfuse kfp submit   TARGET --host URL --registry SERVER [--username USER --password-stdin] [--wait]
     functionfuse image build  [IMAGE ...] [--base-image IMG] [--wheelhouse DIR] [--push REGISTRY] [--json]
