@@ -13,21 +13,19 @@ The run itself (report, progress, recomputing damaged results, finishing) is
 :mod:`functionfuse.engine`'s; nothing about a run is kept on the workflow but its
 report (``last_run``): a plan is computed once per run and passed to what needs it, so
 looking at a plan (``plan()``, a drawing) changes nothing a later run does.
+Queries are :mod:`functionfuse.query`'s. (A little over 500 lines: the workflow's
+public surface, the original functionfuse API included, is one class.)
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import os
 import re
-import sys
-import sysconfig
-import warnings
-from types import FrameType
 from typing import IO, Any, Callable, Sequence
 
 from . import planner as _planner
+from . import _calls
 from ._calls import build_call, call_with_result
 from .inspection import inspectable
 from ._records import fingerprint_records
@@ -36,7 +34,6 @@ from .engine import NodeFailure, NodeTask, failure_error, run_here
 from .errors import (
     ConfigurationError,
     GraphError,
-    NodeExecutionError,
     ResultRecomputedWarning,
     SerializationError,
     StaleResultWarning,
@@ -63,141 +60,23 @@ from .planner import (  # noqa: F401  (re-exported: the plan's vocabulary, as be
     Plan,
     Policies,
 )
+from .query import _NAMES_SHOWN, Query, _close_names
 from .report import Progress, RunReport, progress_enabled
+from .storage import StorageProtocol
+from .userframe import warn_at_user_frame
 from .workflow import NODE_TYPES, MethodNode, Node, NodeItem, validate_name
 from .workflow import ClassNode, WorkflowClass, WorkflowFunction, set_found_name
 
-__all__ = ["BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED"]
+__all__ = [
+    "BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED",
+    "COMPILED_CALLS_MODULE",
+]
+
+#: the module whose closures are the compiled node calls (:meth:`BaseWorkflow.node_calls`):
+#: executors that pickle them may send them by the name of their code
+COMPILED_CALLS_MODULE = _calls.__name__
 
 log = logging.getLogger("functionfuse")
-
-
-class Query:
-    """The nodes of a workflow whose names match a pattern; sets options on them.
-
-    A query that matches no node can be looked at (``len(query) == 0``, its repr), but
-    every method that sets an option on its nodes (``set_plugin``, ``set_cache``, and
-    each backend's own, e.g. ``set_remote_args``, ``set_task_args``) raises
-    :class:`~functionfuse.errors.ConfigurationError` naming the pattern: a typo in a
-    pattern would otherwise leave the nodes without the resources, retries or policy
-    meant for them. Where matching nothing is expected, test ``len(query)`` first.
-    """
-
-    def __init__(self, nodes: list[int], workflow: "BaseWorkflow", pattern: str | None = None) -> None:
-        self.indices = nodes
-        self.workflow = workflow
-        #: the regular expression the nodes were selected by (None: every node, or not known)
-        self.pattern = pattern
-
-    @property
-    def nodes(self) -> list[Node]:
-        return [self.workflow.graph.nodes[i] for i in self.indices]
-
-    @property
-    def names(self) -> list[str]:
-        return [self.workflow.graph.names[i] for i in self.indices]
-
-    def _targets(self, method: str) -> list[int]:
-        """The positions of this query's nodes, which *method* sets an option on.
-
-        :raises ConfigurationError: the query matches no node (names the pattern, a few
-            node names and the closest ones).
-        """
-        if self.indices:
-            return self.indices
-        names = self.workflow.graph.names
-        what = "This query" if self.pattern is None else f"Query {self.pattern!r}"
-        shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
-        count = f"{len(names)} node{'' if len(names) == 1 else 's'}"
-        close = _close_names(self.pattern, names)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
-        raise ConfigurationError(
-            f"{what} of workflow {self.workflow.workflow_name!r} matches no node, so {method}() would set "
-            f"nothing. Its {count} are named {shown}{hint} A pattern is a regular expression searched "
-            "in each node name (re.search; anchor it with ^...$); where matching nothing is expected, "
-            "test len(query) first."
-        )
-
-    def set_plugin(self, plugin: Any) -> "Query":
-        """Apply *plugin* (see :mod:`functionfuse.backends.plugins`) to these nodes."""
-        indices = self._targets("set_plugin")
-        if not (hasattr(plugin, "local_initialize") and hasattr(plugin, "remote_initialize")):
-            raise ConfigurationError(
-                f"{plugin!r} is not a plugin: it needs local_initialize() and remote_initialize() "
-                "(subclass functionfuse.backends.plugins.Plugin)."
-            )
-        for i in indices:
-            self.workflow._plugins[i] = plugin
-        return self
-
-    def set_cache(self, policy: str) -> "Query":
-        """Cache policy of these nodes: ``"name"``, ``"fingerprint"`` or ``"off"``
-        (see :meth:`BaseWorkflow.set_cache`)."""
-        indices = self._targets("set_cache")
-        _planner.check_policy(policy)
-        for i in indices:
-            self.workflow._cache[i] = policy
-        return self
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __repr__(self) -> str:
-        """``<Query '^model' of workflow 'ops': 2 nodes ['model', 'model_v2']>``: the
-        pattern, how many nodes match and (the first ten of) their names."""
-        if self.pattern is not None:
-            what = repr(self.pattern)
-        else:
-            what = "(every node)" if len(self.indices) == len(self.workflow.graph) else "(given nodes)"
-        head = f"<{type(self).__name__} {what} of workflow {self.workflow.workflow_name!r}"
-        n = len(self.indices)
-        if not n:
-            return f"{head}: no node matches>"
-        names = [self.workflow.graph.names[i] for i in self.indices[:_NAMES_SHOWN]]
-        more = f", ... {n - _NAMES_SHOWN} more" if n > _NAMES_SHOWN else ""
-        return f"{head}: {n} node{'' if n == 1 else 's'} [{', '.join(map(repr, names))}{more}]>"
-
-    def set_persist(self, persist: bool) -> "Query":
-        """Store the results of these nodes (``True``, the default) or never (``False``).
-
-        For values storage cannot or should not hold: a lock, a database connection, a
-        large intermediate that is cheap to compute. A node that is never stored runs
-        when a node that runs needs its value (its own inputs are loaded or computed
-        as usual), and on every run if it is an output or nothing depends on it; the
-        rest of the workflow is stored and resumed as usual. ``plan()`` shows it as
-        ``not stored``. Like Prefect's ``persist_result=False`` and Kedro's
-        ``MemoryDataset``.
-        """
-        indices = self._targets("set_persist")
-        if not isinstance(persist, bool):
-            raise ConfigurationError(f"set_persist() takes True or False, not {persist!r}.")
-        wf = self.workflow
-        if not persist:
-            if not wf.supports_unstored_nodes:
-                raise ConfigurationError(
-                    f"{type(wf).__name__} cannot leave node {self.names[0]!r} unstored: set_persist(False) needs "
-                    "its value passed in memory, and its steps pass every value through storage. Return a "
-                    "value storage can hold (or register a serializer for it), or use another backend."
-                )
-            wf._unstored.update(indices)
-        else:
-            wf._unstored.difference_update(indices)
-        return self
-
-
-#: how many node names a query's repr and its errors show
-_NAMES_SHOWN = 10
-
-
-def _close_names(pattern: str | None, names: list[str]) -> list[str]:
-    """Node names close to what *pattern* spells (its regular-expression syntax
-    dropped), for a query that matches nothing: ``'^modle$'`` -> ``['model']``."""
-    if not pattern or len(names) > 20_000:  # difflib is quadratic-ish: skip on huge graphs
-        return []
-    import difflib
-
-    spelled = re.sub(r"\\[AZbBdDsSwW]|[\\^$.*+?()\[\]{}|]", "", pattern)
-    return difflib.get_close_matches(spelled, names, n=3, cutoff=0.6) if spelled else []
 
 
 class BaseWorkflow:
@@ -218,7 +97,7 @@ class BaseWorkflow:
     def __init__(self, *nodes: Any, workflow_name: str) -> None:
         self.workflow_name = validate_name(workflow_name, "Workflow name")
         self.graph = Graph(nodes)
-        self.storage: Any = None
+        self.storage: StorageProtocol | None = None
         self._plugins: dict[int, Any] = {}
         self._calls: list[Callable[[Sequence[Any]], Any]] | None = None
         self._all_run_frees: list[tuple[int, ...]] | None = None
@@ -234,13 +113,11 @@ class BaseWorkflow:
     # -- configuration ---------------------------------------------------------------
     def set_storage(self, object_storage: Any) -> None:
         """Set storage for the workflow (``None`` to run without storage)."""
-        if object_storage is not None:
-            missing = [m for m in ("save", "read_task", "stored_tasks") if not hasattr(object_storage, m)]
-            if missing:
-                raise ConfigurationError(
-                    f"{object_storage!r} is not a storage object (it lacks {', '.join(missing)}). "
-                    "Create one with functionfuse.storage.storage_factory(...)."
-                )
+        if object_storage is not None and not isinstance(object_storage, StorageProtocol):
+            raise ConfigurationError(
+                f"{object_storage!r} is not a storage object (it does not implement "
+                "functionfuse.storage.StorageProtocol). Create one with functionfuse.storage.storage_factory(...)."
+            )
         self.storage = object_storage
 
     def query(self, pattern: str | None = None) -> Query:
@@ -289,10 +166,9 @@ class BaseWorkflow:
 
     def store_report(self, report: RunReport) -> None:
         """Store the run report with the results (a failure to store it is logged)."""
-        saver = getattr(self.storage, "save_run_report", None)
-        if saver is not None:
+        if self.storage is not None:
             try:
-                saver(self.workflow_name, report.as_dict())
+                self.storage.save_run_report(self.workflow_name, report.as_dict())
             except (OSError, StorageError, NotImplementedError) as exc:
                 log.warning("the run report of workflow %r could not be stored: %s", self.workflow_name, exc)
 
@@ -505,6 +381,7 @@ class BaseWorkflow:
     def save_result(self, i: int, value: Any, meta: dict) -> None:
         """Store *value* as node *i*'s result; errors name the node."""
         name = self.graph.names[i]
+        assert self.storage is not None, "save_result() needs storage"
         try:
             self.storage.save(self.workflow_name, name, value, meta)
         except (StorageError, OSError) as exc:
@@ -521,6 +398,7 @@ class BaseWorkflow:
         :raises SerializationError: intact but not loadable here; never overwrite it.
         """
         name = self.graph.names[i]
+        assert self.storage is not None, "load_result() needs storage"
         try:
             return self.storage.read_task(self.workflow_name, name)
         except SerializationError as exc:
@@ -658,59 +536,6 @@ def _first_few(entries: list[tuple[str, str]]) -> str:
     shown = "; ".join(f"{name!r}: {why}" for name, why in entries[:_NAMED_IN_WARNINGS])
     rest = len(entries) - _NAMED_IN_WARNINGS
     return shown + (f"; and {rest} more" if rest > 0 else "")
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_LIBRARY_DIRS = tuple(
-    {os.path.abspath(p) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(key))}
-)
-
-
-def _ours(frame: FrameType) -> bool:
-    return os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR)
-
-
-def _library(frame: FrameType) -> bool:
-    filename = frame.f_code.co_filename
-    return filename.startswith("<") or os.path.abspath(filename).startswith(_LIBRARY_DIRS)
-
-
-def user_frame() -> FrameType | None:
-    """The innermost frame of the code that called into functionfuse: the first frame
-    outside this package, past library code (Prefect's flow engine, ...) that only
-    leads back into it."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if _ours(frame):
-            frame = frame.f_back
-            continue
-        outer: FrameType | None = frame
-        while outer is not None and not _ours(outer) and _library(outer):
-            outer = outer.f_back
-        if outer is None or not _ours(outer):
-            return frame
-        frame = outer
-    return None
-
-
-def warn_at_user_frame(message: str, category: type[Warning]) -> None:
-    """``warnings.warn`` with the location of the user's code that called into
-    functionfuse (see :func:`user_frame`), from whatever thread or depth it is called."""
-    frame = user_frame()
-    if frame is None:
-        warnings.warn(message, category, stacklevel=2)
-        return
-    module_globals = frame.f_globals
-    warnings.warn_explicit(
-        message,
-        category,
-        frame.f_code.co_filename,
-        frame.f_lineno,
-        module=module_globals.get("__name__", "<unknown>"),
-        registry=module_globals.setdefault("__warningregistry__", {}),
-        # no module_globals: their loader may refuse get_source (``python -c``: BuiltinImporter);
-        # the source line shown is read from the file, as for any traceback
-    )
 
 
 def _signature_of(func: Any) -> str:

@@ -21,8 +21,10 @@ actors, ...); the engine owns everything at the level of a run, once:
    order (:func:`failure_error`: one wording for every backend), named in the report.
 
 :func:`run_session` (start the report and progress display; finish them, store the
-report and warn, also when the run raised) is what compilers (Prefect, KFP) use around
-their own submission.
+report and warn, also when the run raised) and :func:`plan_run` (step 1) are what
+compilers use around their own submission: the Ray Workflows addon binds a DAG that
+Ray Workflows runs, and KFP's local runs compile a pipeline whose steps run
+:class:`NodeTask` in containers.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from .baseworkflow import BaseWorkflow
 
 __all__ = [
-    "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "execute",
+    "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "plan_run", "execute",
     "failure_error", "run_here",
 ]
 
@@ -241,15 +243,23 @@ def run_session(wf: "BaseWorkflow") -> Iterator[RunSession]:
     session.finish(None)
 
 
-def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapping[int, Any]:
-    """Run *wf* with *executor* in *session*; returns the values of the output nodes."""
-    report = session.report
+def plan_run(wf: "BaseWorkflow", session: RunSession) -> tuple[dict[str, Any] | None, list[dict] | None, Plan]:
+    """What storage holds, the fingerprint records and the plan of the run of *session*
+    (one listing of storage); warns about the stale results it reuses and counts the
+    unreadable ones (warned about when the run ends)."""
     stored = wf.stored_metadata()
     records = None if stored is None else wf.fingerprints()
     plan = wf.make_plan(stored, records)
     wf.warn_stale(plan)
     session.unreadable.extend(plan.unreadable)
-    report.recomputed += len(plan.unreadable)
+    session.report.recomputed += len(plan.unreadable)
+    return stored, records, plan
+
+
+def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapping[int, Any]:
+    """Run *wf* with *executor* in *session*; returns the values of the output nodes."""
+    report = session.report
+    stored, records, plan = plan_run(wf, session)
     for _attempt in range(len(wf.graph) + 1):
         failures = _drive(wf, executor, plan, stored, session)
         if not failures:

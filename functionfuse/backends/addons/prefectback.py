@@ -362,6 +362,7 @@ class _PrefectExecutor:
 
     def load(self, i: int) -> None:
         wf = self.wf
+        assert wf.storage is not None  # a plan loads nothing without storage
         try:
             self.loaded[i] = wf.storage.read_task(wf.workflow_name, wf.graph.names[i])
         except Exception as exc:

@@ -23,7 +23,7 @@ import uuid
 from typing import Any
 
 from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow
-from ...engine import NodeFailure, RunSession, failure_error, run_session
+from ...engine import NodeFailure, RunSession, failure_error, plan_run, run_session
 from ...errors import ConfigurationError, MissingDependencyError, NodeExecutionError, missing_dependency
 from ...workflow import ClassNode, MethodNode
 
@@ -169,10 +169,7 @@ class RayWorkflow(BaseWorkflow):
         g = self.graph
         stats = session.report
         names, nodes, data_parents, wf = g.names, g.nodes, g.data_parents, self.workflow_name
-        plan = self.make_plan(self.stored_metadata())
-        self.warn_stale(plan)
-        session.unreadable.extend(plan.unreadable)
-        stats.recomputed += len(plan.unreadable)
+        plan = plan_run(self, session)[2]
         actions = plan.actions
         self._ran = [names[i] for i, a in enumerate(actions) if a == RUN] if self.storage is not None else []
         storage = self.storage

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import ray
 from ray import cloudpickle
 
-from ... import _calls
+from ...baseworkflow import COMPILED_CALLS_MODULE
 from ...engine import NodeFailure, NodeTask
 from ...workflow import ClassNode, MethodNode, Node, NodeItem
 
@@ -70,7 +70,7 @@ def _none() -> None:
 
 
 #: modules whose closures are sent by the name of their code (the compiled node calls)
-CLOSURE_MODULES = frozenset({_calls.__name__})
+CLOSURE_MODULES = frozenset({COMPILED_CALLS_MODULE})
 _CODES: dict[tuple[str, str, int], types.CodeType] = {}
 
 

@@ -205,5 +205,5 @@ def _render(source: str, fmt: str) -> bytes:
         )
     try:
         return graphviz.Source(source).pipe(format=fmt)
-    except (graphviz.backend.ExecutableNotFound, subprocess.CalledProcessError) as exc:  # type: ignore[attr-defined]
+    except (graphviz.backend.ExecutableNotFound, subprocess.CalledProcessError) as exc:
         raise RenderError(f"Graphviz failed to render {fmt}: {exc}") from exc

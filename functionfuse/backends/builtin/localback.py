@@ -55,8 +55,10 @@ class _SerialExecutor:
             self.done.append((task.index, seconds))
 
     def load(self, i: int) -> None:
+        wf = self.wf
+        assert wf.storage is not None  # a plan loads nothing without storage
         try:
-            self.R[i] = self.wf.storage.read_task(self.wf.workflow_name, self.wf.graph.names[i])
+            self.R[i] = wf.storage.read_task(wf.workflow_name, wf.graph.names[i])
         except Exception as exc:
             self.done.append(NodeFailure(i, "load", exc))
         else:

@@ -374,6 +374,6 @@ def _placement(storage: Any) -> tuple[Any, dict]:
     options that place that task where the storage lives."""
     if storage is None:
         return None, {}
-    placed = getattr(storage, "ray_placement", None)
-    return placed() if placed is not None else (storage, {})
+    placed = storage.placement()
+    return (storage, {}) if placed is None else (placed.storage, placed.options)
 
