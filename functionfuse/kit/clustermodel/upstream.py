@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from .objects import Finding, ObjectKey, key_of
 from .references import Inventory
 
-__all__ = ["DATA", "UpstreamSource", "upstream_sources", "pinned_refs", "prerequisites", "check_collisions"]
+__all__ = ["DATA", "UpstreamSource", "upstream_sources", "objects_of", "pinned_refs", "prerequisites", "check_collisions"]
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CHECK = "collisions"
@@ -38,6 +38,25 @@ class UpstreamSource:
 
     def keys(self) -> list[ObjectKey]:
         return [ObjectKey(o["kind"], o.get("namespace", ""), o["name"]) for o in self.objects]
+
+
+def objects_of(docs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The facts entries of a ``kubectl kustomize`` output (parsed YAML documents): kind,
+    namespace, name, and Service ports or Secret/ConfigMap keys, sorted as the facts file is."""
+    found = []
+    for d in docs:
+        if not d:
+            continue
+        meta = d.get("metadata") or {}
+        o: dict[str, Any] = {"apiVersion": d["apiVersion"], "kind": d["kind"], "name": meta["name"]}
+        if meta.get("namespace"):
+            o["namespace"] = meta["namespace"]
+        if d["kind"] == "Service":
+            o["ports"] = sorted(int(p["port"]) for p in (d.get("spec") or {}).get("ports") or [])
+        if d["kind"] in ("Secret", "ConfigMap"):
+            o["keys"] = sorted(set(d.get("data") or {}) | set(d.get("stringData") or {}))
+        found.append(o)
+    return sorted(found, key=lambda o: (o["kind"], o.get("namespace", ""), o["name"]))
 
 
 @lru_cache(maxsize=None)
