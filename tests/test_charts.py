@@ -492,6 +492,64 @@ def test_prefect_flow_run_jobs_run_functionfuse_with_storage_and_a_restricted_co
     assert secret in {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
 
 
+def test_a_prefect_server_takes_the_work_pool_template_the_worker_sets(charts, tmp_path):
+    """A real Prefect server (127.0.0.1, basic auth on as the chart sets it) accepts the base job
+    template through the worker's own start script, twice (create, then overwrite on a restart),
+    stores it as rendered, and refuses a wrong auth string."""
+    pytest.importorskip("prefect", reason="prefect is needed: pip install -r requirements/prefect.txt")
+    import base64
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    docs = render(charts, "functionfuse-prefect", sets=["worker.enabled=true"])
+    template = prefect_job_template(docs)
+    (tmp_path / "baseJobTemplate.json").write_text(json.dumps(template))
+    (worker,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker")]
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    create = container["args"][0].splitlines()[0].replace("/etc/functionfuse/baseJobTemplate.json", str(tmp_path / "baseJobTemplate.json"))
+    pool = {e["name"]: e.get("value") for e in container["env"]}["WORK_POOL"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    prefect_cli = os.path.join(os.path.dirname(sys.executable), "prefect")
+    auth = "admin:only-for-this-test"
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    server = subprocess.Popen([prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=dict(env, PREFECT_SERVER_API_AUTH_STRING=auth), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def get(path: str, secret: str) -> tuple[int, bytes]:
+        req = urllib.request.Request(api + path, headers={"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+        except OSError:  # not listening yet
+            return 0, b""
+
+    try:
+        deadline = time.monotonic() + 90
+        while get("/health", "")[0] != 200:  # the probes' path needs no auth
+            assert time.monotonic() < deadline and server.poll() is None, "the Prefect server did not start"
+            time.sleep(0.5)
+        client = dict(env, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING=auth, WORK_POOL=pool,
+                      PATH=os.path.dirname(prefect_cli) + os.pathsep + os.environ.get("PATH", ""))
+        for _ in range(2):
+            proc = subprocess.run(["sh", "-ec", create], env=client, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        status, body = get(f"/work_pools/{pool}", auth)
+        assert status == 200
+        stored = json.loads(body)
+        assert stored["type"] == "kubernetes" and stored["base_job_template"] == template
+        assert get(f"/work_pools/{pool}", "admin:wrong")[0] == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 # -- security defaults -------------------------------------------------------------------------------
 def selected_by(policy: dict, labels: dict) -> bool:
     sel = policy["spec"]["podSelector"]
