@@ -490,3 +490,10 @@ def test_every_engine_dockerfile_defaults_to_the_base_image_the_kit_builds_it_on
             assert default.group(1) == f"functionfuse:{image_tag(__version__, 'py311')}", recipe.dockerfile
         else:
             assert default.group(1) == "python:3.11-slim", recipe.dockerfile
+
+
+def test_the_kfp_chart_notes_give_the_launcher_step(tmp_path):
+    notes = render_notes(tmp_path, "functionfuse-kfp", "team", "-n", "ml")
+    patch = next(s for s in install_steps(config(release="team", namespace="ml")) if s.name == "launcher").commands[0]
+    assert patch.shell() in [line.strip() for line in notes.splitlines()]
+    assert "kfp-launcher" not in render_notes(tmp_path, "functionfuse-kfp", "team", "--set", "pipelineRoot.create=false")
