@@ -201,6 +201,18 @@ def test_repackaging_the_same_charts_compares_equal(tmp_path):
     assert rel.chart_contents(other[-1]) != contents
 
 
+def test_a_release_refuses_images_it_cannot_point_at_its_registry(tmp_path):
+    """The release moves every functionfuse image by global.image.registry: an image that names
+    its own registry, or a target that is not REGISTRY/functionfuse, is refused before packaging."""
+    shutil.copytree(os.path.join(ROOT, "charts"), tmp_path / "charts", ignore=shutil.ignore_patterns("*.tgz"))
+    values = tmp_path / "charts" / "functionfuse-kfp" / "values.yaml"
+    values.write_text(values.read_text().replace('image:\n  registry: ""', "image:\n  registry: quay.io/elsewhere", 1))
+    with pytest.raises(rel.ReleaseError, match="image name their own registry"):
+        rel.package_charts(str(tmp_path), str(tmp_path / "out"), image_repository="127.0.0.1:5000/ff/functionfuse", helm="helm-not-called")
+    with pytest.raises(rel.ReleaseError, match="REGISTRY/functionfuse"):
+        rel.package_charts(ROOT, str(tmp_path / "out"), image_repository="127.0.0.1:5000/ff/other", helm="helm-not-called")
+
+
 # -- CI workflows ----------------------------------------------------------------------------------
 def workflow(name: str) -> dict:
     with open(os.path.join(ROOT, ".github", "workflows", name)) as f:
