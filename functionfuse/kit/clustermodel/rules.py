@@ -8,6 +8,7 @@ import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..._version import __version__
+from ...errors import ConfigurationError
 from .objects import Finding, PodTemplate, embedded_documents, embedded_workloads, key_of, pod_templates, walk
 
 __all__ = [
@@ -33,14 +34,20 @@ _URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^:/@\s]+:[^@/\s]+@")
 _WELL_KNOWN_PASSWORDS = {"minioadmin", "admin", "password", "changeme", "prefect", "root", "secret", "minio123", "mlpipeline"}
 
 
-def published_images(registry: str | None = None, version: str = __version__, pythons: Sequence[str] = ("py311",)) -> set[str]:
+def published_images(registry: str | None = None, version: str = __version__, pythons: Sequence[str] | None = None) -> set[str]:
     """The image references ``functionfuse release REGISTRY`` pushes for *version*:
     ``REGISTRY/functionfuse:<version>-py3XX[-engine]`` for every image recipe (REGISTRY:
-    the one releases publish to and the charts name by default)."""
-    from ..images import DEFAULT_REPOSITORY, RECIPES, image_tag, registry_repository
+    the one releases publish to and the charts name by default; py3XX: the Python of the
+    release's default base image, e.g. ``python:3.11-slim`` -> py311)."""
+    from ..images import DEFAULT_BASE_IMAGE, DEFAULT_REPOSITORY, RECIPES, image_tag, registry_repository
     from ..release import DEFAULT_IMAGE_REGISTRY
 
     registry = DEFAULT_IMAGE_REGISTRY if registry is None else registry
+    if pythons is None:
+        m = re.search(r"python:(\d)\.(\d+)", DEFAULT_BASE_IMAGE)
+        if m is None:
+            raise ConfigurationError(f"Cannot tell the Python of the release's base image {DEFAULT_BASE_IMAGE!r}: pass pythons=('py3XX',).")
+        pythons = (f"py{m.group(1)}{m.group(2)}",)
     repo = registry_repository(registry, DEFAULT_REPOSITORY)
     return {f"{repo}:{image_tag(version, py, name)}" for py in pythons for name in RECIPES}
 
