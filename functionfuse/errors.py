@@ -21,7 +21,7 @@ catches them all::
      ├── ConfigurationError             (also ValueError) bad options, unknown kinds
      │    ├── VersionMismatchError      the laptop's Ray or Python is not the cluster's (ray://)
      │    ├── TargetError               a command-line TARGET cannot be imported or names no DAG
-     │    └── KFPSettingsError          (in functionfuse.kit.kfpsettings) the chart's settings cannot be read
+     │    └── KFPSettingsError          the KFP chart's settings ConfigMap cannot be read
      ├── MissingDependencyError         (also ImportError) an optional extra is missing
      ├── EngineError                    an execution engine or its API (KFP) failed or refused a request
      │    └── RemoteRunError            a run submitted to an engine (a KFP run) did not succeed
@@ -61,6 +61,7 @@ __all__ = [
     "ConfigurationError",
     "VersionMismatchError",
     "TargetError",
+    "KFPSettingsError",
     "MissingDependencyError",
     "EngineError",
     "RemoteRunError",
@@ -211,6 +212,11 @@ def _rebuild_version_mismatch(message: str, local: dict, cluster: dict) -> Versi
 class TargetError(ConfigurationError):
     """A command-line TARGET (``path/to/file.py:NAME`` or ``package.module:NAME``)
     cannot be imported, or does not name a DAG or a workflow."""
+
+
+class KFPSettingsError(ConfigurationError):
+    """The settings ConfigMap of the functionfuse-kfp chart cannot be read (no such file
+    or ConfigMap, kubectl failed) (:mod:`functionfuse.kit.kfpsettings`)."""
 
 
 class MissingDependencyError(FunctionFuseError, ImportError):

@@ -45,7 +45,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, KFPSettingsError
 
 __all__ = [
     "LABEL",
@@ -75,10 +75,6 @@ KEYS = {
     "FUNCTIONFUSE_KFP_IMAGE_PULL_SECRET": "image_pull_secret",
     "FUNCTIONFUSE_KFP_PIPELINE_ROOT": "pipeline_root",
 }
-
-
-class KFPSettingsError(ConfigurationError):
-    """The settings ConfigMap cannot be read (no such file or ConfigMap, kubectl failed)."""
 
 
 @dataclass(frozen=True)
