@@ -47,6 +47,21 @@ def test_report_counts_times_and_slowest():
     assert "finished" in report.summary() and "slowest: slow" in report.summary()
 
 
+def test_time_by_clock_names_nodes_only_when_their_times_are_read():
+    asked = []
+
+    def names():
+        asked.append(1)
+        return ["a", "b", "c"]
+
+    report = RunReport(workflow="w", backend="local")
+    stamps = [10.0, 10.5, 12.0]  # a run stopped after two nodes: the last clock reading is missing
+    report.time_by_clock(stamps, names)
+    assert asked == []
+    assert report.node_seconds == {"a": 0.5, "b": 1.5}
+    assert report.node_seconds == {"a": 0.5, "b": 1.5} and asked == [1]  # read once
+
+
 def test_report_of_a_failed_run_names_the_node(tmp_path):
     storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
     wf = LocalWorkflow(broken(nap(0.0).set_name("ok")).set_name("bad"), workflow_name="fails")
