@@ -508,7 +508,10 @@ def test_a_prefect_server_takes_the_work_pool_template_the_worker_sets(charts, t
     (tmp_path / "baseJobTemplate.json").write_text(json.dumps(template))
     (worker,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-worker")]
     container = worker["spec"]["template"]["spec"]["containers"][0]
-    create = container["args"][0].splitlines()[0].replace("/etc/functionfuse/baseJobTemplate.json", str(tmp_path / "baseJobTemplate.json"))
+    # the worker's script: wait for the server, create (or overwrite) the pool, start the worker
+    script = container["args"][0].replace("/etc/functionfuse/baseJobTemplate.json", str(tmp_path / "baseJobTemplate.json"))
+    create = script.split("\nexec prefect worker start", 1)[0]
+    assert "work-pool create" in create
     pool = {e["name"]: e.get("value") for e in container["env"]}["WORK_POOL"]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
