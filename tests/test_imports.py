@@ -69,3 +69,45 @@ def test_python_dash_m_functionfuse_runs_the_command():
     import functionfuse
 
     assert out.stdout.strip() == f"functionfuse {functionfuse.__version__}"
+
+
+def _extras_named_in_the_code() -> dict[str, set[str]]:
+    """``{extra: {module, ...}}`` for each ``missing_dependency(name, "extra")`` call and
+    each ``extra="..."`` keyword in the package."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "functionfuse"
+    named: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            values = [k.value for k in node.keywords if k.arg == "extra"]
+            if func == "missing_dependency" and len(node.args) >= 2:
+                values.append(node.args[1])
+            for value in values:
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    named.setdefault(value.value, set()).add(str(path.relative_to(root)))
+    return named
+
+
+def test_every_extra_an_error_names_exists_and_all_installs_it():
+    from pathlib import Path
+
+    import pytest
+
+    if sys.version_info < (3, 11):
+        pytest.skip("reading pyproject.toml needs tomllib (Python 3.11)")
+    else:
+        import tomllib
+
+        project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+        extras = project["optional-dependencies"]
+        named = _extras_named_in_the_code()
+        assert {"kit", "s3", "ray"} <= set(named)  # the search finds them
+        assert {e: where for e, where in named.items() if e not in extras} == {}
+        (everything,) = extras["all"]
+        installed = set(everything.partition("[")[2].rstrip("]").split(","))
+        assert set(extras) - {"all", "dev"} == installed
