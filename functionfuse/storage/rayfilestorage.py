@@ -156,12 +156,6 @@ class FileStorage:
         ``.options(**remoteArgs)``, with the plain file storage of that node."""
         return Placement(self.local(), dict(self.remote_args))
 
-    def ray_placement(self) -> tuple[_LocalFileStorage, dict]:
-        """``placement()`` as a tuple (kept for callers written before it)."""
-        local, options = self.placement()
-        assert isinstance(local, _LocalFileStorage)
-        return local, options
-
     def local_path(self) -> None:
         """None: the files are on the storage node, which need not be this machine."""
         return None
