@@ -105,10 +105,18 @@ def ray_client_address(tmp_path_factory):
             proc.stdout.close()
 
 
-def drive(address: str, pretend_ray: str = "") -> dict:
-    out = subprocess.run([sys.executable, "-c", DRIVER, address, pretend_ray], capture_output=True, text=True,
-                         env=_env(), timeout=300, stdin=subprocess.DEVNULL, cwd=ROOT)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+def drive(address: str, pretend_ray: str = "", attempts: int = 3) -> dict:
+    """Run a driver process; another attempt when Ray's proxy failed to start the session's
+    server on the cluster ("Starting Ray client server failed": the server process of a
+    session sometimes exits at start on this loaded 2-core machine, before it logs a line),
+    which is not what these tests are about."""
+    for attempt in range(attempts):
+        out = subprocess.run([sys.executable, "-c", DRIVER, address, pretend_ray], capture_output=True, text=True,
+                             env=_env(), timeout=300, stdin=subprocess.DEVNULL, cwd=ROOT)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        if lines or "Starting Ray client server failed" not in out.stderr or attempt == attempts - 1:
+            break
+        time.sleep(3)
     assert lines, out.stderr[-3000:]
     return json.loads(lines[-1])
 
@@ -127,7 +135,8 @@ def test_another_ray_on_the_laptop_is_named_with_both_versions_and_the_fix(ray_c
     assert f"Ray 2.59.0 on Python {platform.python_version()}" in got["error"]
     assert f"the cluster Ray {ray.__version__}" in got["error"]
     assert f"pip install 'ray[client]=={ray.__version__}'" in got["error"] and "ray job submit" in got["error"]
-    assert got["cause"] == "RuntimeError", "chained to Ray's own failure"
+    # chained to Ray's own failure: its version check, or a refused session start
+    assert got["cause"] in ("RuntimeError", "ConnectionAbortedError"), got["cause"]
 
 
 def test_the_cluster_reports_its_versions_without_a_pickled_job_config(ray_client_address):
