@@ -248,7 +248,9 @@ FAKE_TOOL = textwrap.dedent('''\
         f.write(json.dumps([name, *args]) + "\\n")
         if stdin:
             f.write(json.dumps(["<stdin>", stdin]) + "\\n")
-    if name == "kind" and args[:2] == ["get", "clusters"]:
+    if name == "kind" and args[:1] == ["version"]:
+        print(os.environ.get("FAKE_KIND_VERSION", "kind v0.32.0 go1.24.0 linux/amd64"))
+    elif name == "kind" and args[:2] == ["get", "clusters"]:
         print(os.environ.get("FAKE_CLUSTERS", ""))
     elif name == "kind" and args[:2] == ["get", "nodes"]:
         print(args[-1] + "-control-plane\\n" + args[-1] + "-worker")
@@ -298,7 +300,7 @@ def expand(step_list, nodes, data) -> list[list[str]]:
     return out
 
 
-PROBES = (["kind", "get", "clusters"], ["kind", "get", "nodes"], ["docker", "inspect"])
+PROBES = (["kind", "version"], ["kind", "get", "clusters"], ["kind", "get", "nodes"], ["docker", "inspect"])
 
 
 def test_up_runs_the_documented_commands_in_order(fake_tools, monkeypatch):
@@ -497,3 +499,19 @@ def test_the_kfp_chart_notes_give_the_launcher_step(tmp_path):
     patch = next(s for s in install_steps(config(release="team", namespace="ml")) if s.name == "launcher").commands[0]
     assert patch.shell() in [line.strip() for line in notes.splitlines()]
     assert "kfp-launcher" not in render_notes(tmp_path, "functionfuse-kfp", "team", "--set", "pipelineRoot.create=false")
+
+
+@pytest.mark.parametrize("kind_version,warns", [("kind v0.32.0 go1.24.0 linux/amd64", False),
+                                                 ("kind v0.33.1 go1.25 linux/amd64", False),
+                                                 ("kind v0.26.0 go1.23.4 linux/amd64", True)],
+                         ids=["same", "newer", "older"])
+def test_an_older_kind_than_the_node_image_was_built_for_is_warned_about(fake_tools, monkeypatch, kind_version, warns):
+    monkeypatch.setenv("FAKE_KIND_VERSION", kind_version)
+    seen: list[str] = []
+    stack = Stack(ROOT, config(), echo=seen.append)
+    warning = stack.check_kind_version()
+    assert (warning is not None) == warns
+    if warns:
+        assert "v0.26.0" in warning and "v0.32.0" in warning and "FUNCTIONFUSE_KIND_NODE_IMAGE=''" in warning
+        assert warning in seen
+    assert Stack(ROOT, config(node_image=""), echo=seen.append).check_kind_version() is None

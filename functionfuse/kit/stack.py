@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from ..errors import ConfigurationError, StackError
-from .steps import REGISTRY_LABEL, Command, StackConfig, Step, all_steps, install_steps, render
+from .steps import KIND_VERSION, NODE_IMAGE, REGISTRY_LABEL, Command, StackConfig, Step, all_steps, install_steps, render
 
 __all__ = ["StackConfig", "StackError", "Stack", "find_source", "missing_tools", "TOOLS", "add_stack_command"]
 
@@ -64,6 +65,12 @@ def find_source(start: str | None = None) -> str:
         f"No functionfuse source tree (with charts/ and manifests/) at {where}: run from a checkout of "
         "functionfuse or pass --source DIR."
     )
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    """``(0, 32, 0)`` from ``kind v0.32.0 go1.24 linux/amd64`` or ``v0.32.0``."""
+    m = re.search(r"v(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(g) for g in m.groups()) if m else None
 
 
 class Stack:
@@ -195,12 +202,28 @@ class Stack:
             how = "; ".join(f"{t}: {_INSTALL[t]}" for t in absent)
             raise StackError(f"`functionfuse stack` needs {', '.join(absent)} on PATH. Install: {how}")
 
+    def check_kind_version(self) -> str | None:
+        """A warning (echoed, and returned) when the pinned node image is used with an older
+        kind than the release it was built for: kind ties node images to its releases."""
+        if self.config.node_image != NODE_IMAGE:
+            return None
+        out = self.sh("kind", "version", capture=True, check=False)
+        found, want = _version(out), _version(KIND_VERSION)
+        if found is None or want is None or found >= want:
+            return None
+        warning = (f"warning: kind {out.split()[1] if len(out.split()) > 1 else out.strip()!r} is older than "
+                   f"{KIND_VERSION}, which {NODE_IMAGE.split('@')[0]} was built for: upgrade kind, or set "
+                   "FUNCTIONFUSE_KIND_NODE_IMAGE='' for your kind's own node image")
+        self.echo(warning)
+        return warning
+
     def up(self) -> str:
         """The kind stack; with dry_run, the commands as shell text."""
         steps = all_steps(self.config)
         if self.dry_run:
             return render(steps, cluster=self.config.cluster)
         self.check_tools()
+        self.check_kind_version()
         for step in steps:
             self.run_step(step)
         c = self.config.for_kind()
