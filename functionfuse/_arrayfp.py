@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
-from ._sourcefp import digest
+from ._sourcefp import digest, loaded_type
 
 if TYPE_CHECKING:  # pragma: no cover
     from .fingerprint import Fingerprinter
@@ -111,10 +111,10 @@ def _zarr_sources(layers: Mapping) -> list[Any]:
     """The Zarr arrays a Dask graph reads: values of its materialized layers (the default
     ``from_zarr``) and arguments of its blockwise layers (``inline_array=True``)."""
     found: dict[int, Any] = {}
+    array = loaded_type("zarr", "Array")
 
     def consider(value: Any) -> None:
-        t = type(value)
-        if t.__name__ == "Array" and t.__module__.startswith("zarr."):
+        if array is not None and type(value) is array:
             found.setdefault(id(value), value)
 
     for layer in layers.values():

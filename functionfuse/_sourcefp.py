@@ -24,6 +24,7 @@ from .workflow import workflow
 
 __all__ = [
     "digest", "is_user_module", "user_object", "source_digest", "code_digest", "names_used", "simple_constant",
+    "loaded_type",
 ]
 
 
@@ -35,6 +36,13 @@ def digest(*parts: bytes) -> str:
         h.update(struct.pack("<Q", len(p)))
         h.update(p)
     return h.hexdigest()
+
+
+def loaded_type(module: str, name: str) -> Any:
+    """``module.name`` if *module* (an optional engine: numpy, dask.array, zarr) is
+    imported already, else None. A value of its type exists only once it is imported,
+    so nothing is imported to recognise one, and types are compared, not their names."""
+    return getattr(sys.modules.get(module), name, None)
 
 
 # -- which modules are the user's own -----------------------------------------------------------

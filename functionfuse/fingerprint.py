@@ -44,7 +44,16 @@ from typing import AbstractSet, Any, Callable
 
 import xxhash
 
-from ._sourcefp import code_digest, digest, is_user_module, names_used, simple_constant, source_digest, user_object
+from ._sourcefp import (
+    code_digest,
+    digest,
+    is_user_module,
+    loaded_type,
+    names_used,
+    simple_constant,
+    source_digest,
+    user_object,
+)
 from .errors import FingerprintWarning
 from .workflow import NODE_TYPES, NodeItem
 
@@ -282,7 +291,7 @@ class Fingerprinter:
     def _object(self, v: Any, depth: int) -> str:
         t = type(v)
         module = t.__module__
-        if module == "numpy" and t.__name__ == "ndarray":
+        if t is loaded_type("numpy", "ndarray"):
             import numpy as np
 
             if v.dtype.hasobject:
@@ -291,11 +300,11 @@ class Fingerprinter:
             return digest(b"ndarray", v.dtype.str.encode(), str(v.shape).encode(), xxhash.xxh3_128_digest(memoryview(data).cast("B")))  # type: ignore[arg-type]
         if module == "numpy" and hasattr(v, "dtype") and getattr(v, "shape", None) == ():
             return digest(b"npscalar", str(v.dtype).encode(), repr(v.item()).encode())
-        if module.startswith("dask.array") and t.__name__ == "Array":
+        if t is loaded_type("dask.array", "Array"):
             from ._arrayfp import dask_summary
 
             return dask_summary(self, v)
-        if module.startswith("zarr.") and t.__name__ == "Array":
+        if t is loaded_type("zarr", "Array"):
             from ._arrayfp import zarr_summary
 
             return zarr_summary(self, v)

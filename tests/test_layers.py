@@ -291,12 +291,28 @@ def _string_is_module_name(node: ast.Constant, parents: dict[ast.AST, ast.AST]) 
     return isinstance(parent, ast.Dict) and any(key is node for key in parent.keys)
 
 
-def _is_type_name(node: ast.expr) -> bool:
-    """``type(x).__name__``, ``x.__class__.__name__`` (also ``__qualname__``)."""
+def _is_type_call(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type"
+
+
+def _type_variables(tree: ast.Module) -> set[str]:
+    """Names assigned ``type(...)`` anywhere in the module (``t = type(v)``)."""
+    return {
+        target.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and _is_type_call(node.value)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def _is_type_name(node: ast.expr, type_variables: set[str] | frozenset[str] = frozenset()) -> bool:
+    """``type(x).__name__``, ``x.__class__.__name__``, ``t.__name__`` with ``t = type(x)``
+    (also ``__qualname__``)."""
     if not (isinstance(node, ast.Attribute) and node.attr in ("__name__", "__qualname__")):
         return False
     value = node.value
-    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "type":
+    if _is_type_call(value) or (isinstance(value, ast.Name) and value.id in type_variables):
         return True
     return isinstance(value, ast.Attribute) and value.attr == "__class__"
 
@@ -357,6 +373,7 @@ def violations(modules: dict[str, Module]) -> list[Violation]:
             if use.at_import_time and use.target in modules and use.target != name:
                 edges[name].add(use.target)
         parents = {child: parent for parent in ast.walk(module.tree) for child in ast.iter_child_nodes(parent)}
+        type_variables = _type_variables(module.tree)
         for node in ast.walk(module.tree):
             if (
                 isinstance(node, ast.Constant)
@@ -366,7 +383,9 @@ def violations(modules: dict[str, Module]) -> list[Violation]:
                 and _string_is_module_name(node, parents)
             ):
                 found.append(Violation("string-module", name, repr(node.value), node.lineno))
-            if isinstance(node, ast.Compare) and any(_is_type_name(n) for n in [node.left, *node.comparators]):
+            if isinstance(node, ast.Compare) and any(
+                _is_type_name(n, type_variables) for n in [node.left, *node.comparators]
+            ):
                 found.append(Violation("type-name", name, ast.unparse(node), node.lineno))
     for component in _cycles(edges):
         found.append(Violation("cycle", component[0], " <-> ".join(component)))
@@ -524,10 +543,12 @@ def test_type_name_sniffing_is_found():
     assert found(
         {
             "functionfuse._calls": "def f(s):\n    return type(s).__name__ == 'FileStorage' or s.__class__.__name__ in ('A',)\n",
+            "functionfuse._records": "def g(v):\n    t = type(v)\n    return t.__name__ == 'ndarray' or v.__name__ == 'f'\n",
         }
     ) == {
         ("type-name", "functionfuse._calls", "type(s).__name__ == 'FileStorage'"),
         ("type-name", "functionfuse._calls", "s.__class__.__name__ in ('A',)"),
+        ("type-name", "functionfuse._records", "t.__name__ == 'ndarray'"),
     }
 
 
