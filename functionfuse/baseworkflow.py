@@ -22,7 +22,8 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from typing import IO, Any, Callable, Sequence
+from types import MappingProxyType
+from typing import IO, Any, Callable, Mapping, Sequence
 
 from . import planner as _planner
 from . import _calls
@@ -30,6 +31,7 @@ from ._calls import build_call, call_with_result
 from .inspection import inspectable
 from ._records import fingerprint_records
 from .plugins import prepare
+from .drawing import svg_or_none
 from .engine import NodeFailure, NodeTask, failure_error, run_here
 from .errors import (
     ConfigurationError,
@@ -119,6 +121,12 @@ class BaseWorkflow:
                 "functionfuse.storage.StorageProtocol). Create one with functionfuse.storage.storage_factory(...)."
             )
         self.storage = object_storage
+
+    @property
+    def plugins(self) -> Mapping[int, Any]:
+        """The plugin of each node that has one, by node position (read-only; set
+        with ``query(...).set_plugin``)."""
+        return MappingProxyType(self._plugins)
 
     def query(self, pattern: str | None = None) -> Query:
         """Query nodes of the graph by regexp pattern (``re.search`` in each node name;
@@ -277,8 +285,6 @@ class BaseWorkflow:
     def _repr_svg_(self) -> str | None:
         """Jupyter shows a workflow as its DAG, coloured by storage state (when Graphviz is
         installed and the graph is small enough to read; else as text)."""
-        from .backends.builtin.graphback import svg_or_none
-
         return svg_or_none(self)
 
     # -- execution helpers ----------------------------------------------------------------
@@ -457,7 +463,7 @@ class BaseWorkflow:
             raise GraphError(f"Pattern {pattern!r} is not a valid regular expression: {exc}") from None
         return [i for i, name in enumerate(self.graph.names) if match(name)]
 
-    def _select(self, pattern: str | None, method: str) -> Query:
+    def select(self, pattern: str | None, method: str) -> Query:
         """A query of the nodes whose whole name matches *pattern*, for *method* of the
         original API (``set_plugin``, ``log_nodes``).
 

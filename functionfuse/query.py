@@ -41,7 +41,7 @@ class Query:
     def names(self) -> list[str]:
         return [self.workflow.graph.names[i] for i in self.indices]
 
-    def _targets(self, method: str) -> list[int]:
+    def targets(self, method: str) -> list[int]:
         """The positions of this query's nodes, which *method* sets an option on.
 
         :raises ConfigurationError: the query matches no node (names the pattern, a few
@@ -64,7 +64,7 @@ class Query:
 
     def set_plugin(self, plugin: Any) -> "Query":
         """Apply *plugin* (see :mod:`functionfuse.backends.plugins`) to these nodes."""
-        indices = self._targets("set_plugin")
+        indices = self.targets("set_plugin")
         if not (hasattr(plugin, "local_initialize") and hasattr(plugin, "remote_initialize")):
             raise ConfigurationError(
                 f"{plugin!r} is not a plugin: it needs local_initialize() and remote_initialize() "
@@ -77,7 +77,7 @@ class Query:
     def set_cache(self, policy: str) -> "Query":
         """Cache policy of these nodes: ``"name"``, ``"fingerprint"`` or ``"off"``
         (see :meth:`BaseWorkflow.set_cache`)."""
-        indices = self._targets("set_cache")
+        indices = self.targets("set_cache")
         check_policy(policy)
         for i in indices:
             self.workflow._cache[i] = policy
@@ -112,7 +112,7 @@ class Query:
         ``not stored``. Like Prefect's ``persist_result=False`` and Kedro's
         ``MemoryDataset``.
         """
-        indices = self._targets("set_persist")
+        indices = self.targets("set_persist")
         if not isinstance(persist, bool):
             raise ConfigurationError(f"set_persist() takes True or False, not {persist!r}.")
         wf = self.workflow

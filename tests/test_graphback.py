@@ -102,9 +102,9 @@ def test_jupyter_displays_the_drawing():
 
 
 def test_without_graphviz_jupyter_shows_text(monkeypatch):
-    import functionfuse.backends.builtin.graphback as graphback
+    import functionfuse.drawing as drawing
 
-    monkeypatch.setattr(graphback.shutil, "which", lambda name: None)
+    monkeypatch.setattr(drawing.shutil, "which", lambda name: None)
     assert GraphWorkflow(seed_quick_start(), workflow_name="nb")._repr_svg_() is None
 
 

@@ -400,20 +400,7 @@ KFP = "KFP (kfpback, _kfp*)"
 STORAGE = "storage"
 STRUCTURE = "structure (workflow, graph, report, plugins, cli)"
 
-ALLOWLIST: dict[tuple[str, str, str], str] = {
-    ("private-attribute", "functionfuse.backends.addons._kfpstep", "wf._cache"): CORE,
-    ("private-attribute", "functionfuse.backends.addons._kfpstep", "wf._plugins"): CORE,
-    ("private-attribute", "functionfuse.backends.addons.kfpback", "self._targets"): KFP,
-    # backends drive runs through BaseWorkflow's private methods (the copied run loop)
-    ("private-attribute", "functionfuse.backends.addons.prefectback", "self._select"): CORE,
-    ("private-attribute", "functionfuse.backends.addons.prefectback", "self._targets"): CORE,
-    ("private-attribute", "functionfuse.backends.builtin.localback", "self._plugins"): CORE,
-    ("private-attribute", "functionfuse.backends.builtin.localback", "self._select"): CORE,
-    ("private-attribute", "functionfuse.backends.builtin.rayback", "self._select"): CORE,
-    ("private-attribute", "functionfuse.backends.builtin.rayback", "self._targets"): CORE,
-    # the core draws SVGs with the graph backend
-    ("layer", "functionfuse.baseworkflow", "core imports backends: functionfuse.backends.builtin.graphback"): CORE,
-}
+ALLOWLIST: dict[tuple[str, str, str], str] = {}
 
 
 def test_package_follows_the_layer_rules():

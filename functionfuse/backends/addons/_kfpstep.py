@@ -175,9 +175,9 @@ def dump_snapshot(wf: BaseWorkflow) -> bytes:
         "workflow_name": wf.workflow_name,
         "outputs": g.output_refs,
         "names": list(names),
-        "plugins": {names[i]: p for i, p in sorted(wf._plugins.items())},
+        "plugins": {names[i]: p for i, p in sorted(wf.plugins.items())},
         "cache_policy": wf.cache_policy,
-        "cache": {names[i]: p for i, p in sorted(wf._cache.items())},
+        "cache": {names[i]: p for i, p in sorted(wf.policies().per_node.items())},
         # the fingerprints as computed here, where the source is: a step stores them
         # with its result, so plans made here and in the steps agree
         "fingerprints": wf.fingerprints(),
@@ -212,9 +212,11 @@ def load_snapshot(data: bytes) -> BaseWorkflow:
             f"rebuilds with {len(names)} ({sorted(set(names) ^ set(snap['names']))[:5]!r} differ): rebuild the image."
         )
     index = wf.graph.name_index
-    wf._plugins = {index[n]: p for n, p in snap["plugins"].items()}
-    wf.cache_policy = snap["cache_policy"]
-    wf._cache = {index[n]: p for n, p in snap["cache"].items()}
+    for n, plugin in snap["plugins"].items():
+        wf.query_class([index[n]], wf).set_plugin(plugin)
+    wf.set_cache(snap["cache_policy"])
+    for n, policy in snap["cache"].items():
+        wf.query_class([index[n]], wf).set_cache(policy)
     return wf
 
 

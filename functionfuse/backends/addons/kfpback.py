@@ -92,7 +92,7 @@ class Query(BaseQuery):
         return self._set(resources, "set_resources")
 
     def _set(self, args: Mapping[str, Any], method: str) -> "Query":
-        indices = self._targets(method)
+        indices = self.targets(method)
         checked = check_task_args(args, self.names)
         options = self.workflow._task_args
         for i in indices:

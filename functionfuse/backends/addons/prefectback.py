@@ -102,7 +102,7 @@ class Query(BaseQuery):
             earlier ones only for the keys it sets.
         :returns: this query.
         """
-        indices = self._targets("set_task_args")
+        indices = self.targets("set_task_args")
         opts = _check_options(args, _TASK_OPTIONS, "prefect.task", "set_task_args")
         task_args = self.workflow._task_args
         for i in indices:
@@ -156,7 +156,7 @@ class PrefectWorkflow(BaseWorkflow):
         pattern may match a part of a name (``re.search``). (The original stored the
         plugin but never ran it on Prefect; here it runs, as on every backend.)
         """
-        self._select(query, "set_plugin").set_plugin(plugin)
+        self.select(query, "set_plugin").set_plugin(plugin)
 
     def set_prefect_flow_options(self, options: Mapping[str, Any]) -> None:
         """Set the options of the generated Prefect flow (any ``prefect.flow`` argument).

@@ -105,7 +105,7 @@ class LocalWorkflow(BaseWorkflow):
         :meth:`find_nodes`; ``None``: every node. Their inputs are loaded from storage
         or run as usual; ``plan()`` shows them as replayed (run, not saved) and not stored.
         """
-        selected = self._select(query, "log_nodes")
+        selected = self.select(query, "log_nodes")
         selected.set_cache("off")
         self._logged = self._logged | frozenset(selected.indices)
 
@@ -121,7 +121,7 @@ class LocalWorkflow(BaseWorkflow):
         :raises NodeExecutionError: a node raised; results stored before stay stored.
         """
         with run_session(self) as session:
-            if self.storage is None and not self._plugins:
+            if self.storage is None and not self.plugins:
                 results: Any = self._run_plain(session.report, session.progress)
             else:
                 results = execute(self, _SerialExecutor(self), session)

@@ -85,7 +85,7 @@ class Query(_BaseQuery):
             node. A later call replaces the arguments of the nodes it matches.
         :type args: dict
         """
-        indices = self._targets("set_remote_args")
+        indices = self.targets("set_remote_args")
         if not isinstance(args, dict):
             raise ConfigurationError(f"set_remote_args takes a dict of ray.remote options, got {args!r}.")
         if "num_returns" in args:
@@ -173,7 +173,7 @@ class RayWorkflow(BaseWorkflow):
         The original functionfuse's form of ``query(pattern).set_plugin(plugin)``, whose
         pattern may match a part of a name (``re.search``).
         """
-        self._select(pattern, "set_plugin").set_plugin(plugin)
+        self.select(pattern, "set_plugin").set_plugin(plugin)
 
     def set_storage(self, object_storage: Any) -> None:
         """Set storage for the workflow.
