@@ -384,31 +384,18 @@ class BaseWorkflow:
         """
         return run_here(self, self.node_task(i, save=save, record=record), results)[0]
 
-    def save_result(self, i: int, value: Any, meta: dict) -> None:
-        """Store *value* as node *i*'s result; errors name the node."""
-        name = self.graph.names[i]
-        assert self.storage is not None, "save_result() needs storage"
-        try:
-            self.storage.save(self.workflow_name, name, value, meta)
-        except (StorageError, OSError) as exc:
-            kind = SerializationError if isinstance(exc, SerializationError) else StorageError
-            raise kind(
-                f"Result of node {name!r} of workflow {self.workflow_name!r} could not be stored "
-                f"(results stored before it are kept): {exc}"
-            ) from exc
-
     def load_result(self, i: int) -> Any:
         """Read node *i*'s stored result.
 
         :raises CorruptedResultError: the stored result is damaged (recompute it).
-        :raises SerializationError: intact but not loadable here; never overwrite it.
+        :raises SerializationError: intact but not loadable here; never overwrite it
+            (worded as every run words it: :func:`~functionfuse.engine.failure_error`).
         """
-        name = self.graph.names[i]
         assert self.storage is not None, "load_result() needs storage"
         try:
-            return self.storage.read_task(self.workflow_name, name)
+            return self.storage.read_task(self.workflow_name, self.graph.names[i])
         except SerializationError as exc:
-            raise SerializationError(f"Stored result of node {name!r} cannot be loaded: {exc}") from exc
+            raise failure_error(self, NodeFailure(i, "load", exc)) from exc
 
     def node_error(self, i: int, exc: BaseException) -> BaseException:
         """The error a run raises when node *i* raised *exc* (names the node and workflow)."""
