@@ -56,7 +56,8 @@ def _now() -> str:
 
 class NodeFailure(Exception):
     """A node failed: its position, at which stage (``run``, ``save``, ``load``,
-    ``system`` for a crashed worker, ``raised`` for an error already worded), the error
+    ``system`` for a crashed worker, ``raised`` for an error already worded, ``not run``
+    for a task its engine never started because an input failed), the error
     and its traceback (text, as it may come from another process)."""
 
     def __init__(self, index: int, stage: str, error: BaseException, tb: str = "") -> None:
@@ -177,6 +178,8 @@ class Executor(Protocol):
     slots: int
     #: tasks run in this process as they are submitted (the progress display sees them start)
     in_process: bool
+    #: where tasks run, named in errors with their remote traceback (None: this process)
+    where: str | None
 
     def start(self, plan: Plan) -> None:
         """A new attempt at running *plan* (after a damaged result, the plan is new)."""
@@ -264,14 +267,17 @@ def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapp
         failures = _drive(wf, executor, plan, stored, session)
         if not failures:
             return executor.results(wf.graph.outputs)
-        damaged = next(
-            (f for f in failures if f.stage == "load" and isinstance(f.error, CorruptedResultError)), None
-        )
-        if damaged is None:
-            first = min(failures, key=lambda f: f.index)
+        damages = [f for f in failures if f.stage == "load" and isinstance(f.error, CorruptedResultError)]
+        damaged = damages[0] if damages else None
+        # a node that failed is the run's error even when a damaged result was met in the
+        # same attempt: the next plan must not retry it; a node that never ran ("not run":
+        # its input failed) is only the error when nothing else is
+        errors = [f for f in failures if f not in damages and f.stage != "not run"]
+        if errors or damaged is None:
+            first = min(errors or failures, key=lambda f: f.index)
             report.failed = wf.graph.names[first.index]  # whatever the stage: run, save, load, system
             session.progress.running = 0
-            error = failure_error(wf, first, getattr(executor, "where", None))
+            error = failure_error(wf, first, executor.where)
             if error is first.error:
                 raise error
             raise error from first.error

@@ -71,6 +71,16 @@ def fail_if(flag_file, value):
 
 
 @workflow
+def fail_once(flag_file, value):
+    """Raises once while *flag_file* exists (and removes it)."""
+    _record("fail_once")
+    if os.path.exists(flag_file):
+        os.remove(flag_file)
+        raise RuntimeError(f"{os.path.basename(flag_file)}: this node fails once")
+    return value
+
+
+@workflow
 class IncrementalSum:
     def __init__(self, start):
         _record("IncrementalSum")
@@ -240,6 +250,49 @@ class BackendConformance:
         calls.reset()
         assert wf.run() == 4
         assert calls() == ["fail_if", "add"]
+
+    def test_a_failure_beside_a_damaged_result_is_the_error_and_nothing_stale_is_loaded(
+        self, make_workflow, storage, tmp_path, calls
+    ):
+        """A node fails once while, in the same run, a stored result is found damaged: the
+        run raises the node's error. The damage must not turn into a retry that loads the
+        stale result of a node that never ran (its input failed) as if it were current."""
+        flag = tmp_path / "fail-once.flag"
+
+        def build(k):
+            before = add(1, 2).set_name("before")
+            failing = fail_once(str(flag), before).set_name("failing")
+            after = add(failing, k).set_name("after")
+            other = add(10, 20).set_name("other")
+            return after, add(other, k).set_name("other2")
+
+        wf = make_workflow(*build(1), workflow_name="faildamage")
+        wf.set_storage(storage)
+        assert wf.run() == [4, 31]
+        folder = os.path.join(storage.path, "faildamage")
+        os.remove(os.path.join(folder, "failing.ffr"))  # must run again
+        with open(os.path.join(folder, "other.ffr"), "r+b") as fh:  # damaged past its header
+            fh.seek(-3, os.SEEK_END)
+            fh.write(b"\x00\x01\x02")
+        flag.touch()
+        calls.reset()
+        wf = make_workflow(*build(2), workflow_name="faildamage")  # after and other2 are stale
+        wf.set_storage(storage)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a backend may warn about the damaged result
+            with pytest.raises(NodeExecutionError) as info:
+                wf.run()
+        assert info.value.node_name == "failing"
+        assert "fails once" in str(info.value)
+        assert storage.read_task("faildamage", "after") == 4  # never ran: the old value stays...
+        assert wf.plan().action("after") == "run"  # ...and is not taken for current
+        calls.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert wf.run() == [5, 32]
+        assert sorted(calls()) == ["add", "add", "add", "fail_once"]
 
     def test_a_result_copied_under_another_name_is_recomputed(self, make_workflow, storage, calls):
         """``cp node1.ffr node3.ffr`` must not make node3's value node1's."""

@@ -346,6 +346,7 @@ class _PrefectExecutor:
 
     slots = 0
     in_process = False
+    where: str | None = None  # a failed task's error is the one its node raised here (run_here)
 
     def __init__(self, wf: PrefectWorkflow, tasks: list[Any], run: _RunState) -> None:
         self.wf, self.prefect_tasks, self.run = wf, tasks, run
@@ -411,12 +412,17 @@ class _PrefectExecutor:
             for fut in finished:
                 fut.wait()  # done may be seen just before the final state is set
                 i = self.waiting.pop(fut)
-                if fut.state.is_failed() or fut.state.is_crashed():
+                if fut.state.is_completed():
+                    done.append((i, self.run.seconds.get(i, 0.0)))
+                elif fut.state.is_failed() or fut.state.is_crashed():
                     error = self.wf._failure(i, fut)
                     _LOGGED_BY_TASK_RUN.mark(error)
                     done.append(NodeFailure(i, "raised", error))
                 else:
-                    done.append((i, self.run.seconds.get(i, 0.0)))
+                    # never ran (NotReady: an input's task failed; cancelled): neither
+                    # done nor stored; the failure of its input is the run's error
+                    state = f"{fut.state.type.value} ({fut.state.name})"
+                    done.append(NodeFailure(i, "not run", RuntimeError(f"task ended {state} without running")))
         return done
 
     def results(self, outputs: Any) -> dict[int, Any]:
