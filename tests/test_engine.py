@@ -39,6 +39,7 @@ class LateExecutor:
 
     slots = 0
     in_process = False
+    where: str | None = None
 
     def __init__(self, wf: BaseWorkflow) -> None:
         self.wf = wf

@@ -36,6 +36,7 @@ class _SerialExecutor:
 
     slots = 1
     in_process = True
+    where: str | None = None
 
     def __init__(self, wf: BaseWorkflow) -> None:
         self.wf = wf

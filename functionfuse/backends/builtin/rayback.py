@@ -260,7 +260,7 @@ class _RayExecutor:
     """Submits node tasks to Ray and learns of completions from their done tokens."""
 
     in_process = False
-    where = "Ray worker"
+    where: str | None = "Ray worker"
 
     def __init__(self, wf: RayWorkflow, max_pending: int, fetch: bool) -> None:
         self.wf = wf
