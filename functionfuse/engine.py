@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from .baseworkflow import BaseWorkflow
 
 __all__ = [
-    "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "plan_run", "execute",
+    "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "plan_run", "recompute_damaged",
+    "execute",
     "failure_error", "run_here",
 ]
 
@@ -259,6 +260,18 @@ def plan_run(wf: "BaseWorkflow", session: RunSession) -> tuple[dict[str, Any] | 
     return stored, records, plan
 
 
+def recompute_damaged(
+    wf: "BaseWorkflow", session: RunSession, stored: dict[str, Any] | None, i: int, error: BaseException
+) -> None:
+    """Node *i*'s stored result was found damaged when loaded: count it, warn about it
+    when the run ends, and leave it out of *stored*, so the next plan runs the node."""
+    name = wf.graph.names[i]
+    session.unreadable.append((name, str(error)))
+    session.report.recomputed += 1
+    if stored is not None:
+        stored.pop(name, None)
+
+
 def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapping[int, Any]:
     """Run *wf* with *executor* in *session*; returns the values of the output nodes."""
     report = session.report
@@ -282,11 +295,7 @@ def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapp
                 raise error
             raise error from first.error
         # damaged past its header: not a failure, the node runs again in a new plan
-        name = wf.graph.names[damaged.index]
-        session.unreadable.append((name, str(damaged.error)))
-        report.recomputed += 1
-        if stored is not None:
-            stored.pop(name, None)
+        recompute_damaged(wf, session, stored, damaged.index, damaged.error)
         plan = wf.make_plan(stored, records)
     raise StorageError(f"Workflow {wf.workflow_name!r}: too many unreadable stored results in {wf.storage!r}.")
 

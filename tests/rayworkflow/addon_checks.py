@@ -100,3 +100,29 @@ def test_functionfuse_storage_is_shared_with_rayback_format(tmp_path):
     assert wf.run() == 4
     assert len(storage.list_tasks("stored")) == 7
     assert wf.run() == 4 and wf.last_run.ran == 0
+
+
+def test_a_result_damaged_when_read_is_recomputed_with_a_warning(tmp_path):
+    """The header reads (the plan loads it), the content is damaged: the load task hands
+    on a marker, nothing downstream runs on it, and the run is planned again."""
+    from functionfuse.errors import ResultRecomputedWarning
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+
+    def dag():
+        first = add(1, 2).set_name("first")
+        second = add(first, 10).set_name("second")
+        return add(second, 100).set_name("third")
+
+    wf = RayWorkflow(dag(), workflow_name="damaged")
+    wf.set_storage(storage)
+    assert wf.run() == 113
+    storage.remove_task("damaged", task_name="third")
+    path = os.path.join(str(tmp_path), "damaged", "second.ffr")
+    os.truncate(path, os.path.getsize(path) - 3)
+    wf = RayWorkflow(dag(), workflow_name="damaged")
+    wf.set_storage(storage)
+    with pytest.warns(ResultRecomputedWarning, match="'second'"):
+        assert wf.run() == 113
+    assert wf.last_run.recomputed == 1
+    assert storage.read_task("damaged", "second") == 13  # repaired

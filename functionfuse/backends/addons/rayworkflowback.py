@@ -12,6 +12,12 @@ parents; Ray Workflows checkpoints each task's output in its own storage (``ray.
 A class node has no actor here (Ray Workflows has none): the constructor task returns
 the object and each method-call task receives the object from the previous call and
 returns it with its result, so the calls see the state they would see in one process.
+
+A stored result found damaged when a task reads it does not fail the run: the task
+hands on a marker, the tasks that need it pass the marker on instead of running, and
+when nothing failed the run is planned again without that result (its node runs, what
+finished is loaded), as the engine (:mod:`functionfuse.engine`) does for every backend.
+A node that fails is the run's error, as on every backend.
 """
 
 from __future__ import annotations
@@ -23,8 +29,15 @@ import uuid
 from typing import Any
 
 from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow
-from ...engine import NodeFailure, RunSession, failure_error, plan_run, run_session
-from ...errors import ConfigurationError, MissingDependencyError, NodeExecutionError, missing_dependency
+from ...engine import NodeFailure, RunSession, failure_error, plan_run, recompute_damaged, run_session
+from ...errors import (
+    ConfigurationError,
+    CorruptedResultError,
+    MissingDependencyError,
+    NodeExecutionError,
+    StorageError,
+    missing_dependency,
+)
 from ...workflow import ClassNode, MethodNode
 
 __all__ = ["RayWorkflow", "RAY_WORKFLOWS_LAST_RAY"]
@@ -84,6 +97,25 @@ class _Called:
         return (_Called, (self.obj, self.value))
 
 
+class _Damaged:
+    """What a task hands on instead of a value when a stored result it needs is damaged."""
+
+    __slots__ = ("index", "error")
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        self.index, self.error = index, error
+
+    def __reduce__(self) -> tuple:
+        return (_Damaged, (self.index, self.error))
+
+
+def _damaged_in(values: Any) -> _Damaged | None:
+    for v in values:
+        if type(v) is _Damaged:
+            return v
+    return None
+
+
 def _plain(v: Any) -> Any:
     t = type(v)
     if t is _State:
@@ -98,7 +130,15 @@ def _step(spec: Any, kind: str, *values: Any) -> Any:
     from ..builtin.rayback import load_stored, run_packed
 
     if kind == "load":
-        return load_stored(*spec)
+        try:
+            return load_stored(*spec)
+        except NodeFailure as f:
+            if isinstance(f.error, CorruptedResultError):
+                return _Damaged(f.index, f.error)
+            raise
+    damaged = _damaged_in(values)
+    if damaged is not None:  # an input is a damaged stored result: this node runs after it
+        return damaged
     if kind == "method":
         k, previous, values = values[0], values[1], values[2:]
         obj = previous.obj
@@ -107,10 +147,11 @@ def _step(spec: Any, kind: str, *values: Any) -> Any:
     return _State(value) if kind == "class" else value
 
 
-def _collect(outputs: tuple, *values: Any) -> dict:
+def _collect(outputs: tuple, *values: Any) -> tuple[dict, list]:
     """The workflow's output: the values of the output nodes (every sink is an argument,
-    so that everything that has to run runs)."""
-    return {i: _plain(v) for i, v in zip(outputs, values[: len(outputs)])}
+    so that everything that has to run runs), and the damaged stored results met."""
+    damaged = [v for v in values if type(v) is _Damaged]
+    return {i: _plain(v) for i, v in zip(outputs, values[: len(outputs)])}, damaged
 
 
 class RayWorkflow(BaseWorkflow):
@@ -163,13 +204,33 @@ class RayWorkflow(BaseWorkflow):
                 report.record(name, float(meta["duration_s"]))
 
     def _run(self, session: RunSession, workflow_id: str | None) -> dict:
+        """Run the plan; a damaged stored result met on the way makes a new plan (see the
+        module documentation)."""
+        stored, records, plan = plan_run(self, session)
+        damaged_names: set[str] = set()
+        for attempt in range(len(self.graph) + 1):
+            wid = workflow_id if attempt == 0 or workflow_id is None else f"{workflow_id}.retry{attempt}"
+            results, damaged = self._attempt(session, plan, wid)
+            if not damaged:
+                return results
+            for d in {d.index: d for d in damaged}.values():
+                recompute_damaged(self, session, stored, d.index, d.error)
+                damaged_names.add(self.graph.names[d.index])
+            # what this attempt stored is loaded next, not run again
+            stored = self.stored_metadata()
+            for name in damaged_names:
+                stored.pop(name, None)  # type: ignore[union-attr]
+            plan = self.make_plan(stored, records)
+        raise StorageError(f"Workflow {self.workflow_name!r}: too many unreadable stored results in {self.storage!r}.")
+
+    def _attempt(self, session: RunSession, plan: Any, workflow_id: str | None) -> tuple[dict, list]:
         from ..builtin.rayback import pack_task  # a node's task, pickled without the graph
 
         ray = self._ray
         g = self.graph
         stats = session.report
+        stats.ran = stats.loaded = stats.skipped = 0
         names, nodes, data_parents, wf = g.names, g.nodes, g.data_parents, self.workflow_name
-        plan = plan_run(self, session)[2]
         actions = plan.actions
         self._ran = [names[i] for i, a in enumerate(actions) if a == RUN] if self.storage is not None else []
         storage = self.storage
