@@ -507,6 +507,58 @@ def test_content_hash_follows_the_code_and_nothing_else(dag, project, tmp_path):
     assert context_of(wf)[0] == d1
 
 
+# -- a step meeting a damaged stored result (in this process, no Docker) -----------------------
+def damage(storage, workflow_name, node):
+    """Overwrite the last bytes of a stored result: its header stays readable."""
+    with open(os.path.join(storage.path, workflow_name, f"{node}.ffr"), "r+b") as fh:
+        fh.seek(-3, os.SEEK_END)
+        fh.write(b"\x00\x01\x02")
+
+
+def test_a_step_marks_a_damaged_stored_result_and_the_steps_after_it_pass_it_on(dag, project, tmp_path):
+    from functionfuse.backends.addons import _kfpstep
+    from functionfuse.errors import CorruptedResultError
+
+    storage = file_storage(tmp_path / "storage")
+    local = LocalWorkflow(dag.seed(), workflow_name="step-damaged")
+    local.set_storage(storage)
+    assert local.run() == SEED_RESULT
+    damage(storage, "step-damaged", "node1")
+    wf = make([dag.seed()], "step-damaged", project)
+    snapshot = tmp_path / "dag.pkl"
+    snapshot.write_bytes(_kfpstep.dump_snapshot(wf))
+    common = ["--snapshot", str(snapshot), "--storage", _kfpstep.encode_storage(storage)]
+
+    def step(node, *args, damaged="mark"):
+        out = tmp_path / node
+        argv = [*common, "--node", node, "--result", str(out / "result"), "--status", str(out / "status"), *args]
+        code = _kfpstep.main([*argv, "--damaged", damaged] if damaged else argv)
+        with open(out / "status") as f:
+            return code, json.load(f), _kfpstep.load_value(str(out / "result"), node)
+
+    code, status, value = step("node1", "--action", "load")
+    assert code == 0 and status["state"] == "succeeded" and status["action"] == "damaged"
+    assert status["damaged"] == "node1" and "checksum" in status["message"]
+    assert type(value) is _kfpstep.DamagedResult and value.node == "node1"
+    _, _, node2 = step("node2", "--action", "load")
+    assert node2 == 3
+    # node3 gets the marker: it does not run (it would store a wrong value), it hands it on
+    before = storage.read_metadata_many("step-damaged", ["node3"])
+    code, status, value = step("node3", "--action", "run", "--input", "node1", str(tmp_path / "node1" / "result"),
+                               "--input", "node2", str(tmp_path / "node2" / "result"))
+    assert code == 0 and (status["action"], status["damaged"]) == ("passed-on", "node1")
+    assert type(value) is _kfpstep.DamagedResult and value.node == "node1"
+    assert storage.read_metadata_many("step-damaged", ["node3"]) == before
+    # without --damaged mark (pipelines for a cluster): the step fails, naming the node and the fix
+    code, status, value = step("node1", "--action", "load", damaged=None)
+    assert code == 1 and (status["state"], status["kind"]) == ("failed", "CorruptedResultError")
+    assert "node 'node1' of workflow 'step-damaged'" in status["message"]
+    assert "functionfuse storage rm step-damaged 'node1'" in status["message"]
+    assert type(value) is _kfpstep.StepFailure
+    with pytest.raises(CorruptedResultError):
+        storage.read_task("step-damaged", "node1")  # left as it was, for the user to remove
+
+
 # -- submission through the real kfp.Client (no Docker) ------------------------------------------
 def test_submit_sends_the_compiled_pipeline_through_kfp_client(dag, project, tmp_path):
     with KFPAPIStandIn() as api:
@@ -566,7 +618,7 @@ def drop(client, ref):
 
 # -- with Docker: images ------------------------------------------------------------------------
 TEST_WORKFLOWS = {"kfp-seed", "kfp-stateful", "kfp-two-outputs", "kfp-failure", "kfp-s3", "kfp-example-test", "kfp-on-ff",
-                  "kfp-pull", "kfp-settings", "kfp-base-alias", "kfp-killed"}
+                  "kfp-pull", "kfp-settings", "kfp-base-alias", "kfp-killed", "kfp-damaged"}
 
 
 @pytest.fixture(scope="module")
@@ -797,6 +849,34 @@ def test_run_local_runs_the_seed_dag_in_containers_and_resumes(client, built, pr
     now = wf.image
     wf.set_storage(file_storage(tmp_path / "other-storage"))
     assert wf.image_reference() == now
+
+
+@pytest.mark.slow
+def test_run_local_recomputes_a_damaged_stored_result_and_never_returns_a_marker(client, project, tmp_path):
+    import warnings
+
+    from functionfuse.errors import ResultRecomputedWarning
+
+    storage = file_storage(tmp_path / "storage")
+    wf = make([project[1].seed()], "kfp-damaged", project)
+    wf.set_storage(storage)
+    assert wf.run_local() == SEED_RESULT
+    # node3 runs again and needs node1, whose stored result is damaged past its header
+    storage.remove_task("kfp-damaged", "node3")
+    damage(storage, "kfp-damaged", "node1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert wf.run_local() == SEED_RESULT
+    assert any(issubclass(w.category, ResultRecomputedWarning) and "node1" in str(w.message) for w in caught)
+    assert (wf.last_run.recomputed, wf.last_run.ran) == (1, 2)  # node1, then node3 in the new plan
+    assert storage.read_task("kfp-damaged", "node1") == 2
+    assert storage.read_task("kfp-damaged", "node3") == SEED_RESULT
+    # the output itself damaged: loaded as a marker, recomputed, never returned
+    damage(storage, "kfp-damaged", "node3")
+    with pytest.warns(ResultRecomputedWarning, match="node3"):
+        assert wf.run_local() == SEED_RESULT
+    assert wf.last_run.recomputed == 1 and storage.read_task("kfp-damaged", "node3") == SEED_RESULT
+    drop(client, wf.image)
 
 
 @pytest.mark.slow

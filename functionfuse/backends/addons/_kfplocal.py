@@ -7,6 +7,13 @@ when it ends (``{"node", "state": "started"|"succeeded"|"failed", "action", "sec
 count what ran, loaded or was skipped into the run report, and a failed step names its
 node and gives its error; a step that started and never finished (killed, out of
 memory) is named as such; a step with no status file never started.
+
+A stored result found damaged when its step loads it does not fail the run, as on every
+backend: the pipeline is built with ``--damaged mark``, so that step hands on a marker
+that the steps needing it pass on instead of running, and their status files name it.
+When no step failed, the run is planned again without that result
+(:func:`~functionfuse.engine.recompute_damaged`) and a new pipeline runs; a step that
+failed is the run's error. A marker is never returned as a result.
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import tempfile
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from ...engine import run_session
-from ...errors import ConfigurationError, NodeExecutionError, RemoteRunError
-from ...baseworkflow import LOAD, SKIP
+from ...engine import plan_run, recompute_damaged, run_session
+from ...errors import ConfigurationError, CorruptedResultError, NodeExecutionError, RemoteRunError, StorageError
+from ...baseworkflow import LOAD, RUN, SKIP
 from ...storage import signing
 from . import _kfppipeline, _kfpstep
 
@@ -138,14 +145,11 @@ def run_local(
         # built again, not wf.image: settings changed since the last build (plugins,
         # cache policies) are in a new snapshot; an unchanged one is found built
         image = wf.build_image()
-        actions = wf.plan_actions()
+        stored, records, plan = plan_run(wf, session)
         storage_arg, env = wf._storage_for_steps()
         # of the step options, only a node's env applies to a local container; the
         # runner's environment (storage credentials, *environment*) wins over it
         node_env = {i: {"env": o["env"]} for i, o in wf._task_args.items() if o.get("env")}
-        pipeline, outputs = _kfppipeline.build_pipeline(
-            wf, image, storage_arg=storage_arg, actions=actions, task_options=node_env, display_names=False,
-        )
         key_file = os.environ.get(signing.ENV_KEY_FILE)
         binds = _mounts(wf, {**(mounts or {}), **({key_file: key_file} if key_file else {})})
         for name in (signing.ENV_KEY, signing.ENV_KEY_FILE):  # this machine's signing key
@@ -159,26 +163,78 @@ def run_local(
             runner_args["environment"] = env
         with _local_root(pipeline_root) as root:
             outputs_dir = os.path.join(root, "outputs")
-            earlier = set(os.listdir(outputs_dir)) if os.path.isdir(outputs_dir) else set()
             local.init(
                 runner=local.DockerRunner(**runner_args),
                 pipeline_root=outputs_dir,
                 workspace_root=os.path.join(root, "workspace"),
                 raise_on_error=True,
             )
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-                try:
-                    task = pipeline()
-                except ConfigurationError:
-                    raise
-                except (RuntimeError, ValueError) as exc:  # a failed step (ValueError: it was an output)
-                    statuses = read_statuses(_run_folders(outputs_dir, earlier))
-                    _count(report, statuses)  # what did finish is in the report of the failed run
-                    raise _failure(wf, exc, statuses) from exc
-            values = {i: _kfpstep.load_value(task.outputs[o].path, f"Result of node {wf.graph.names[i]!r}")
-                      for i, o in outputs.items()}
-            _count(report, read_statuses(_run_folders(outputs_dir, earlier)))
+            for _attempt in range(len(wf.graph) + 1):
+                actions = plan.actions if stored is not None else None
+                values = _attempt_run(wf, report, image, storage_arg, actions, node_env, outputs_dir)
+                if isinstance(values, dict):
+                    break
+                # stored results found damaged, and no step failed: those nodes run again
+                # in a new plan (the nodes that ran and stored are loaded by it)
+                assert stored is not None, "a damaged stored result without storage"
+                names = wf.graph.name_index
+                for status in values:
+                    if status.get("action") == RUN:
+                        stored[status["node"]] = {"fingerprint": plan.records[names[status["node"]]]}  # type: ignore[index]
+                damaged: dict[str, str] = {}
+                for status in values:
+                    if status.get("damaged") in names:
+                        damaged.setdefault(status["damaged"], str(status.get("message") or "damaged"))
+                for node, message in damaged.items():
+                    recompute_damaged(wf, session, stored, names[node], CorruptedResultError(message, path=node))
+                plan = wf.make_plan(stored, records)
+            else:
+                raise StorageError(
+                    f"Workflow {wf.workflow_name!r}: too many unreadable stored results in {wf.storage!r}."
+                )
         if actions is not None:
             report.skipped = sum(1 for a in actions if a == SKIP)
     return wf.outputs(values)
+
+
+def _attempt_run(
+    wf: "KFPWorkflow",
+    report: Any,
+    image: str,
+    storage_arg: str | None,
+    actions: list[str] | None,
+    node_env: Mapping[int, Mapping[str, Any]],
+    outputs_dir: str,
+) -> dict[int, Any] | list[dict[str, Any]]:
+    """One pipeline run of *actions*: the values of the output nodes, or, when steps met
+    a damaged stored result, the status files of the run (the error of a failed step is
+    raised)."""
+    pipeline, outputs = _kfppipeline.build_pipeline(
+        wf, image, storage_arg=storage_arg, actions=actions, task_options=node_env, display_names=False,
+        mark_damaged=True,
+    )
+    earlier = set(os.listdir(outputs_dir)) if os.path.isdir(outputs_dir) else set()
+    report.loaded = 0  # what this attempt loaded (what ran is counted over all attempts)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+        try:
+            task = pipeline()
+        except ConfigurationError:
+            raise
+        except (RuntimeError, ValueError) as exc:  # a failed step (ValueError: it was an output)
+            statuses = read_statuses(_run_folders(outputs_dir, earlier))
+            _count(report, statuses)  # what did finish is in the report of the failed run
+            raise _failure(wf, exc, statuses) from exc
+    statuses = read_statuses(_run_folders(outputs_dir, earlier))
+    _count(report, statuses)
+    if any(s.get("state") == "succeeded" and s.get("damaged") for s in statuses):
+        return statuses
+    values = {i: _kfpstep.load_value(task.outputs[o].path, f"Result of node {wf.graph.names[i]!r}")
+              for i, o in outputs.items()}
+    for i, v in values.items():
+        if type(v) is _kfpstep.DamagedResult:  # its step's status file is missing: never a result
+            raise StorageError(
+                f"Result of node {wf.graph.names[i]!r} of workflow {wf.workflow_name!r} was not computed: the stored "
+                f"result of node {v.node!r} is damaged ({v.message}). Run the workflow again to recompute it."
+            )
+    return values

@@ -88,9 +88,11 @@ def build_pipeline(
     task_options: Mapping[int, Mapping[str, Any]],
     platform: Mapping[str, Any] | None = None,
     display_names: bool = True,
+    mark_damaged: bool = False,
 ) -> tuple[Any, dict[int, str]]:
     """The ``@dsl.pipeline`` of *wf*; returns it and the pipeline output name of each
-    output node."""
+    output node. *mark_damaged*: a step that finds its stored result damaged hands on a
+    marker instead of failing (for a runner that plans again: local runs)."""
     from kfp import dsl
 
     g = wf.graph
@@ -109,6 +111,8 @@ def build_pipeline(
             a: list[Any] = ["--node", names[_i], "--action", _action]
             if storage_arg:
                 a += ["--storage", storage_arg]
+            if mark_damaged:
+                a += ["--damaged", "mark"]
             for (j, _p, _o), placeholder in zip(_inputs, ins):
                 a += ["--input", names[j], placeholder.path]
             a += ["--result", result.path, "--status", status.path,

@@ -18,7 +18,11 @@ every container step of a pipeline compiled by
    to the output artifact files.
 
 A node that is loaded writes its stored value; a skipped node writes a marker that no
-running step reads (the plan guarantees it). This module imports neither kfp nor
+running step reads (the plan guarantees it). A stored result found damaged when loaded
+fails the step (naming the node and how to recompute it), unless the pipeline was built
+with ``--damaged mark`` (local runs): the step then writes a :class:`DamagedResult`
+marker and succeeds with the action ``damaged``; a step that gets such a marker as an
+input passes it on without running (action ``passed-on``), and the runner plans again. This module imports neither kfp nor
 docker: the step image needs functionfuse and cloudpickle only.
 """
 
@@ -42,6 +46,7 @@ from typing import Any, Sequence
 from ...baseworkflow import LOAD, REPLAY, RUN, RUNS, SKIP, BaseWorkflow
 from ...errors import (
     ConfigurationError,
+    CorruptedResultError,
     FunctionFuseError,
     SerializationError,
     StalePlanError,
@@ -50,7 +55,7 @@ from ...errors import (
 )
 from ...workflow import NODE_TYPES, Decorated, MethodNode, workflow
 
-__all__ = ["SNAPSHOT_PATH", "dump_snapshot", "load_snapshot", "dump_value", "load_value", "encode_storage", "main"]
+__all__ = ["SNAPSHOT_PATH", "DAMAGED", "PASSED_ON", "DamagedResult", "dump_snapshot", "load_snapshot", "dump_value", "load_value", "encode_storage", "main"]
 
 log = logging.getLogger("functionfuse.kfp")
 
@@ -58,6 +63,10 @@ log = logging.getLogger("functionfuse.kfp")
 SNAPSHOT_PATH = "/opt/functionfuse-kfp/dag.pkl"
 SNAPSHOT_FORMAT = 1
 ACTIONS = (RUN, REPLAY, LOAD, SKIP, "auto")
+#: the action a step reports when the stored result it loads is damaged (``--damaged mark``)
+DAMAGED = "damaged"
+#: the action a step reports when an input was a damaged stored result (it did not run)
+PASSED_ON = "passed-on"
 
 
 def _cloudpickle() -> Any:
@@ -77,6 +86,19 @@ class _NotComputed:
 
     def __repr__(self) -> str:
         return f"<not computed: node {self.node!r} ({self.why})>"
+
+
+class DamagedResult:
+    """What a step writes instead of a value when its node's stored result is damaged
+    (``--damaged mark``); a step given it as an input writes it on instead of running.
+    Never a result: the runner recomputes *node* in a new plan."""
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<damaged stored result: node {self.node!r}>"
 
 
 class StepFailure:
@@ -309,8 +331,12 @@ def run_step(
     inputs: Sequence[tuple[str, str]],
     result: str,
     state: str | None,
+    damaged: str = "fail",
 ) -> tuple[str, float]:
-    """Run one step; returns the action taken and the seconds the node ran."""
+    """Run one step; returns the action taken and the seconds the node ran.
+
+    *damaged*: what a damaged stored result does: ``fail`` the step, or ``mark`` it
+    (write a :class:`DamagedResult`, which the steps needing it pass on)."""
     with open(snapshot, "rb") as f:
         wf = load_snapshot(f.read())
     _install_aliases(wf)
@@ -340,7 +366,22 @@ def run_step(
     if action == LOAD:
         if wf.storage is None:
             raise ConfigurationError(f"Node {node!r} is to be loaded from storage, but the step was given no storage.")
-        value = wf.load_result(i)
+        try:
+            value = wf.load_result(i)
+        except CorruptedResultError as exc:
+            if damaged != "mark":
+                raise CorruptedResultError(
+                    f"The stored result of node {node!r} of workflow {wf.workflow_name!r} is damaged ({exc}). "
+                    f"Remove it (functionfuse storage rm {wf.workflow_name} {node!r}) and run the pipeline again: "
+                    "the node is then recomputed.",
+                    path=exc.path,
+                ) from exc
+            log.warning("node %r: stored result damaged, to be recomputed: %s", node, exc)
+            marker = DamagedResult(node, str(exc))
+            dump_value(marker, result, f"Node {node!r}")
+            if state:
+                dump_value(marker, state, f"Node {node!r}")
+            return DAMAGED, 0.0
         dump_value(value, result, f"Result of node {node!r}")
         if state:
             dump_value(_NotComputed(node, "loaded from storage: the instance is not stored"), state, f"Node {node!r}")
@@ -348,9 +389,16 @@ def run_step(
     if action not in RUNS:
         raise ConfigurationError(f"Unknown step action {action!r}; expected one of {', '.join(ACTIONS)}.")
     values: dict[int, Any] = {}
-    for parent, path in inputs:
+    read = [(parent, load_value(path, f"Input {parent!r} of node {node!r}")) for parent, path in inputs]
+    for parent, v in read:
+        if type(v) is DamagedResult:  # computed from a damaged result it would be wrong: no run
+            log.warning("node %r not run: its input %r is a damaged stored result", node, v.node)
+            dump_value(v, result, f"Node {node!r}")
+            if state:
+                dump_value(v, state, f"Node {node!r}")
+            return PASSED_ON, 0.0
+    for parent, v in read:
         j = g.name_index[parent]
-        v = load_value(path, f"Input {parent!r} of node {node!r}")
         if isinstance(v, _NotComputed):
             raise StalePlanError(
                 f"Node {node!r} needs the value of node {parent!r}, which this run did not compute ({v.why}). "
@@ -409,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage", default=None, help="the storage, encoded (see encode_storage)")
     parser.add_argument("--input", nargs=2, action="append", default=[], metavar=("PARENT", "PATH"))
     parser.add_argument("--result", help="output artifact: the node's value")
+    parser.add_argument("--damaged", default="fail", choices=("fail", "mark"), help="a damaged stored result "
+                        "fails the step, or is marked for the steps after it and the runner (local runs)")
     parser.add_argument("--state", default=None, help="output artifact: the instance after a method call")
     parser.add_argument("--status", default=None, help="output artifact: the step's status (JSON), written when it "
                         "starts and when it ends")
@@ -426,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_status(args.status, args.node, "started")
     try:
         action, seconds = run_step(
-            args.snapshot, args.node, args.action, args.storage, [tuple(p) for p in args.input], args.result, args.state
+            args.snapshot, args.node, args.action, args.storage, [tuple(p) for p in args.input], args.result, args.state,
+            args.damaged,
         )
         if args.executor_input:
             write_executor_output(args.executor_input, {"node": args.node, "action": action, "seconds": seconds})
@@ -441,7 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a defect: its traceback goes to the log, the status names it
         write_status(args.status, args.node, "failed", kind=type(exc).__name__, message=str(exc))
         raise
-    write_status(args.status, args.node, "succeeded", action=action, seconds=seconds)
+    fields: dict[str, Any] = {"action": action, "seconds": seconds}
+    if action in (DAMAGED, PASSED_ON):  # the runner plans again without this stored result
+        marker = load_value(args.result, f"Node {args.node!r}")
+        fields.update(damaged=marker.node, message=marker.message)
+    write_status(args.status, args.node, "succeeded", **fields)
     return 0
 
 
