@@ -35,9 +35,9 @@ from .drawing import svg_or_none
 from .engine import NodeFailure, NodeTask, failure_error, run_here
 from .errors import (
     ConfigurationError,
+    CorruptedResultError,
     GraphError,
     ResultRecomputedWarning,
-    SerializationError,
     StaleResultWarning,
     StorageError,
 )
@@ -356,9 +356,21 @@ class BaseWorkflow:
 
     def node_task(self, i: int, *, save: bool, record: dict | None = None) -> NodeTask:
         """Node *i* as a task any executor runs: its plugin's driver-side hook runs now;
-        with *save*, the task stores its value with the metadata (and *record*)."""
+        with *save*, the task stores its value with the metadata and *record*, the
+        plan's fingerprint record of the node (``plan.record(i)``).
+
+        :raises ConfigurationError: *save* without *record*: a result stored without its
+            fingerprint could never be verified (a later run recomputes it, or reuses it
+            by name), so it is not stored that way.
+        """
         g = self.graph
         name = g.names[i]
+        if save and record is None:
+            raise ConfigurationError(
+                f"Node {name!r} of workflow {self.workflow_name!r}: a task that saves its result needs the "
+                "plan's fingerprint record of the node (record=plan.record(i), from workflow.plan() or "
+                "engine.plan_run); without it the stored result could never be verified."
+            )
         node = g.nodes[i]
         plugin = self._plugins.get(i)
         parents = g.data_parents[i]
@@ -379,8 +391,8 @@ class BaseWorkflow:
     def run_node(self, i: int, results: Any, *, save: bool, record: dict | None = None) -> Any:
         """Run node *i* here: its plugin, its function (arguments from *results*, any
         mapping or sequence indexed by node position), and, if *save*, store the result
-        with its metadata (and fingerprint *record*, see :meth:`node_metadata`). Errors
-        name the node and the workflow.
+        with its metadata and fingerprint *record* (required then, see
+        :meth:`node_task`). Errors name the node and the workflow.
         """
         return run_here(self, self.node_task(i, save=save, record=record), results)[0]
 
@@ -388,13 +400,17 @@ class BaseWorkflow:
         """Read node *i*'s stored result.
 
         :raises CorruptedResultError: the stored result is damaged (recompute it).
-        :raises SerializationError: intact but not loadable here; never overwrite it
-            (worded as every run words it: :func:`~functionfuse.engine.failure_error`).
+        :raises StorageError: any other error, worded as every run words it (naming the
+            node and the workflow: :func:`~functionfuse.engine.failure_error`); a storage
+            error keeps its type, e.g. :class:`SerializationError` (intact but not
+            loadable here; never overwrite it).
         """
         assert self.storage is not None, "load_result() needs storage"
         try:
             return self.storage.read_task(self.workflow_name, self.graph.names[i])
-        except SerializationError as exc:
+        except CorruptedResultError:
+            raise
+        except Exception as exc:
             raise failure_error(self, NodeFailure(i, "load", exc)) from exc
 
     def node_error(self, i: int, exc: BaseException) -> BaseException:

@@ -7,7 +7,8 @@ actors, ...); the engine owns everything at the level of a run, once:
    The run warns once about stale results it reuses (``StaleResultWarning``) and counts
    the unreadable ones (recomputed, in the one ``ResultRecomputedWarning`` of the run).
 2. **Drive.** Nodes are visited in topological order: a skipped node is counted; a
-   node to load is handed to ``executor.load(i)``; a node that runs or is replayed
+   node to load is handed to ``executor.load(i)`` (all of them first, before anything
+   is submitted, for an executor that ``loads_first``); a node that runs or is replayed
    becomes a :class:`NodeTask` handed to ``executor.submit(task)``. When the executor's
    ``slots`` are full (1: a serial executor; 0: no limit), the engine waits for
    completions. Values no later node needs are released (``executor.release``).
@@ -30,6 +31,7 @@ Ray Workflows runs, and KFP's local runs compile a pipeline whose steps run
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 import time
 import traceback
@@ -138,9 +140,9 @@ def failure_error(wf: "BaseWorkflow", f: NodeFailure, where: str | None = None) 
     if f.stage == "raised":
         return error
     if f.stage == "load":
-        if isinstance(error, SerializationError):
-            return SerializationError(f"Stored result of node {name!r} cannot be loaded: {error}")
-        return error
+        return _reworded(
+            error, f"Stored result of node {name!r} of workflow {wfname!r} cannot be loaded: {type(error).__name__}: {error}"
+        )
     if f.stage == "save":
         kind = SerializationError if isinstance(error, SerializationError) else StorageError
         return kind(
@@ -157,6 +159,22 @@ def failure_error(wf: "BaseWorkflow", f: NodeFailure, where: str | None = None) 
     if where is not None and f.tb:
         message += f"\n\nRemote traceback ({where}):\n{f.tb.rstrip()}"
     return NodeExecutionError(message, node_name=name, workflow_name=wfname)
+
+
+def _reworded(error: BaseException, message: str) -> BaseException:
+    """*error* with *message*: a storage error keeps its type (``except TaskNotFoundError``,
+    ``except SerializationError`` still catch it) and its fields; any other error (an
+    ``OSError``, a cloud client's error) becomes a :class:`StorageError` caused by it."""
+    if isinstance(error, StorageError):
+        try:
+            copied = copy.copy(error)
+            copied.args = (message,)
+        except Exception:  # an error that cannot be copied: worded as any other
+            pass
+        else:
+            if str(copied) == message:  # an OSError with an errno words itself from that
+                return copied
+    return StorageError(message)
 
 
 def run_here(wf: "BaseWorkflow", task: NodeTask, results: Any) -> tuple[Any, float]:
@@ -181,6 +199,12 @@ class Executor(Protocol):
     in_process: bool
     #: where tasks run, named in errors with their remote traceback (None: this process)
     where: str | None
+    #: every stored result of an attempt is read before any task is submitted, so a
+    #: damaged one is found before anything runs (no node runs twice in one run: a node
+    #: never stored, under cache policy "off", a replay); for an executor that reads in
+    #: the driver and runs everything at once (Prefect). A serial executor reads each
+    #: result when its turn comes (it holds fewer values at a time).
+    loads_first: bool
 
     def start(self, plan: Plan) -> None:
         """A new attempt at running *plan* (after a damaged result, the plan is new)."""
@@ -338,11 +362,24 @@ def _drive(
 
     report.loaded = report.skipped = 0
     executor.start(plan)
+    loads_first = executor.loads_first
+    if loads_first:
+        for i, action in enumerate(actions):
+            if action == LOAD:
+                executor.load(i)
+        while executor.pending:
+            collect(executor.wait(executor.pending, None))
+        if failures:  # a damaged result: the next plan runs its node, nothing ran twice
+            return failures
     i = 0
     try:
         for i, action in enumerate(actions):
             if action == SKIP:
                 report.skipped += 1
+                continue
+            if action == LOAD and loads_first:
+                if frees[i]:
+                    executor.release(frees[i])
                 continue
             if slots and executor.pending >= slots:
                 collect(executor.wait(min(batch, executor.pending), None))

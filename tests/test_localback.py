@@ -9,7 +9,7 @@ import weakref
 import numpy as np
 import pytest
 
-from contracts.backend import BackendConformance, seed_quick_start
+from contracts.backend import BackendConformance, LoadErrorConformance, seed_quick_start
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
@@ -17,7 +17,7 @@ from functionfuse.errors import ConfigurationError, NodeExecutionError, ResultRe
 from functionfuse.storage import storage_factory
 
 
-class TestLocalConformance(BackendConformance):
+class TestLocalConformance(BackendConformance, LoadErrorConformance):
     @pytest.fixture
     def make_workflow(self):
         return LocalWorkflow

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import raysupport  # noqa: I001 - sets the Ray environment before ray is imported
-from contracts.backend import CALLS, BackendConformance, add, seed_incremental_sum, seed_quick_start
+from contracts.backend import CALLS, BackendConformance, LoadErrorConformance, add, seed_incremental_sum, seed_quick_start
 
 import numpy as np
 import psutil
@@ -82,7 +82,7 @@ class _RayCalls:
         return read
 
 
-class TestRayConformance(_RayCalls, BackendConformance):
+class TestRayConformance(_RayCalls, BackendConformance, LoadErrorConformance):
     @pytest.fixture
     def make_workflow(self, local_ray):
         return returning()

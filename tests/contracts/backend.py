@@ -15,8 +15,9 @@ import os
 import pytest
 
 from functionfuse import workflow
-from functionfuse.errors import ConfigurationError, NodeExecutionError, StaleResultWarning
+from functionfuse.errors import ConfigurationError, NodeExecutionError, StaleResultWarning, StorageError, TaskNotFoundError
 from functionfuse.storage import storage_factory
+from functionfuse.storage.filestorage import FileStorage
 
 CALLS = "FUNCTIONFUSE_TEST_CALLS"
 
@@ -476,3 +477,47 @@ class BackendConformance:
         assert [p.action for p in wf.plan()] == ["skip", "skip", "load"]
         storage.remove_task("plan", task_name="node2")
         assert [(p.name, p.action) for p in wf.plan()] == [("node1", "load"), ("node2", "run"), ("node3", "load")]
+
+
+class UnreadableStorage(FileStorage):
+    """A file storage that cannot read two results though it lists them: ``denied`` (as
+    after a change of permissions, or a cloud storage refusing the read) and
+    ``vanished`` (removed by another process after the run was planned)."""
+
+    def read_task(self, workflow_name, task_name):
+        if task_name == "denied":
+            raise PermissionError(13, "Permission denied", self._file(workflow_name, task_name))
+        if task_name == "vanished":
+            raise TaskNotFoundError(f"No stored result for task {task_name!r}")
+        return super().read_task(workflow_name, task_name)
+
+
+class LoadErrorConformance:
+    """A stored result that cannot be read (not damaged: nothing to recompute) fails the
+    run with an error naming the node and the workflow, on every backend; a storage
+    error keeps its type."""
+
+    @pytest.mark.parametrize(
+        "node, kind, detail",
+        [("denied", StorageError, "Permission denied"), ("vanished", TaskNotFoundError, "No stored result")],
+    )
+    def test_a_result_that_cannot_be_read_names_the_node_and_the_workflow(
+        self, make_workflow, tmp_path, node, kind, detail
+    ):
+        def build():
+            first = add(1, 2).set_name(node)
+            return add(first, 1).set_name("after")
+
+        path = str(tmp_path / "storage")
+        wf = make_workflow(build(), workflow_name="unreadable")
+        wf.set_storage(FileStorage(path))
+        assert wf.run() == 4
+        os.remove(os.path.join(path, "unreadable", "after.ffr"))  # runs again, with its input loaded
+        wf = make_workflow(build(), workflow_name="unreadable")
+        wf.set_storage(UnreadableStorage(path))
+        with pytest.raises(kind) as info:
+            wf.run()
+        message = str(info.value)
+        assert f"node {node!r} of workflow 'unreadable'" in message and detail in message
+        assert wf.last_run.failed == node
+        assert FileStorage(path).read_task("unreadable", node) == 3  # kept as it was

@@ -22,7 +22,7 @@ sys.path[:0] = [TESTS]
 
 import pytest  # noqa: E402
 
-from contracts.backend import BackendConformance, add, fail_if, seed_incremental_sum  # noqa: E402
+from contracts.backend import BackendConformance, LoadErrorConformance, add, fail_if, seed_incremental_sum  # noqa: E402
 
 import ray  # noqa: E402
 
@@ -53,7 +53,7 @@ def ray_with_workflow_storage():
     ray.shutdown()
 
 
-class TestRayWorkflowsConformance(BackendConformance):
+class TestRayWorkflowsConformance(BackendConformance, LoadErrorConformance):
     @pytest.fixture
     def make_workflow(self):
         return RayWorkflow
@@ -90,6 +90,7 @@ def test_failure_names_node_with_remote_traceback(tmp_path):
     with pytest.raises(NodeExecutionError) as info:
         wf.run()
     assert info.value.node_name == "boom"
+    assert wf.last_run.failed == "boom"
     assert "Remote traceback" in str(info.value) and "in fail_if" in str(info.value)
 
 
@@ -112,17 +113,19 @@ def test_a_result_damaged_when_read_is_recomputed_with_a_warning(tmp_path):
     def dag():
         first = add(1, 2).set_name("first")
         second = add(first, 10).set_name("second")
-        return add(second, 100).set_name("third")
+        return add(second, 100).set_name("third"), add(5, 5).set_name("extra")
 
-    wf = RayWorkflow(dag(), workflow_name="damaged")
+    wf = RayWorkflow(*dag(), workflow_name="damaged")
     wf.set_storage(storage)
-    assert wf.run() == 113
+    assert wf.run() == [113, 10]
     storage.remove_task("damaged", task_name="third")
+    storage.remove_task("damaged", task_name="extra")  # runs in the first attempt, loaded in the next
     path = os.path.join(str(tmp_path), "damaged", "second.ffr")
     os.truncate(path, os.path.getsize(path) - 3)
-    wf = RayWorkflow(dag(), workflow_name="damaged")
+    wf = RayWorkflow(*dag(), workflow_name="damaged")
     wf.set_storage(storage)
     with pytest.warns(ResultRecomputedWarning, match="'second'"):
-        assert wf.run() == 113
+        assert wf.run() == [113, 10]
     assert wf.last_run.recomputed == 1
+    assert wf.last_run.ran == 3 and wf.last_run.failed is None  # the whole run: extra, second, third
     assert storage.read_task("damaged", "second") == 13  # repaired

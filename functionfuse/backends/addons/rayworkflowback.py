@@ -30,6 +30,7 @@ from typing import Any
 
 from ...baseworkflow import LOAD, RUN, SKIP, BaseWorkflow
 from ...engine import NodeFailure, RunSession, failure_error, plan_run, recompute_damaged, run_session
+from ... import errors
 from ...errors import (
     ConfigurationError,
     CorruptedResultError,
@@ -207,6 +208,7 @@ class RayWorkflow(BaseWorkflow):
         """Run the plan; a damaged stored result met on the way makes a new plan (see the
         module documentation)."""
         stored, records, plan = plan_run(self, session)
+        self._ran = []
         damaged_names: set[str] = set()
         for attempt in range(len(self.graph) + 1):
             wid = workflow_id if attempt == 0 or workflow_id is None else f"{workflow_id}.retry{attempt}"
@@ -229,11 +231,12 @@ class RayWorkflow(BaseWorkflow):
         ray = self._ray
         g = self.graph
         stats = session.report
-        stats.ran = stats.loaded = stats.skipped = 0
+        ran_before = stats.ran  # what earlier attempts ran (the run's count covers them all)
+        stats.loaded = stats.skipped = 0
         names, nodes, data_parents, wf = g.names, g.nodes, g.data_parents, self.workflow_name
         actions = plan.actions
-        self._ran = [names[i] for i, a in enumerate(actions) if a == RUN] if self.storage is not None else []
         storage = self.storage
+        deps: dict[int, tuple[int, ...]] = {}  # node that runs -> the tasks it waits for
         step = ray.remote(_step)
         bound: list[Any] = [None] * len(g)
         consumed = [False] * len(g)
@@ -255,6 +258,7 @@ class RayWorkflow(BaseWorkflow):
             # a method call gets its object from the previous call, not as an argument
             parents = task.parents
             spec = pack_task(task)
+            deps[i] = (*parents, latest_index[k]) if type(node) is MethodNode else parents
             if type(node) is MethodNode:
                 bound[i] = step.options(name=name).bind(spec, "method", k, latest[k], *[bound[p] for p in parents])
                 consumed[latest_index[k]] = True
@@ -268,7 +272,6 @@ class RayWorkflow(BaseWorkflow):
                     latest_index[i] = i
             for p in parents:
                 consumed[p] = True
-            stats.ran += 1
         outputs = tuple(sorted(set(g.outputs)))
         sinks = [bound[i] for i in range(len(g)) if bound[i] is not None and not consumed[i] and i not in outputs]
         dag = ray.remote(_collect).bind(outputs, *[bound[o] for o in outputs], *sinks)
@@ -276,12 +279,22 @@ class RayWorkflow(BaseWorkflow):
         self.last_workflow_id = workflow_id
         log.info("workflow %r: Ray Workflows run %r", wf, workflow_id)
         try:
-            return self._workflow.run(dag, workflow_id=workflow_id)
+            results, damaged = self._workflow.run(dag, workflow_id=workflow_id)
         except Exception as exc:
-            stats.ran = 0
-            raise self._failure(exc) from exc
+            stats.ran = ran_before  # which tasks of this attempt ran is not known
+            raise self._failure(exc, stats) from exc
+        # the tasks after a damaged stored result handed its marker on instead of running
+        passed_on = {d.index for d in damaged}
+        for i in sorted(deps):  # positions are in topological order
+            if any(p in passed_on for p in deps[i]):
+                passed_on.add(i)
+        ran = [i for i in deps if i not in passed_on]
+        stats.ran = ran_before + len(ran)
+        if storage is not None:
+            self._ran += [names[i] for i in ran if actions[i] == RUN]
+        return results, damaged
 
-    def _failure(self, exc: BaseException) -> BaseException:
+    def _failure(self, exc: BaseException, report: Any) -> BaseException:
         """The error to raise for a failed Ray Workflows run: names the failing node.
 
         Ray Workflows reports a task's failure as a WorkflowExecutionError of its
@@ -297,13 +310,21 @@ class RayWorkflow(BaseWorkflow):
                     workflow_name=self.workflow_name,
                 )
             failure = NodeFailure(int(m.group(1)), m.group(2), _stand_in(m.group(3)), str(exc))
+        report.failed = self.graph.names[failure.index]
         return failure_error(self, failure, "Ray Workflows task")
 
 
 def _stand_in(detail: str) -> Exception:
-    """An exception known only from its text (``Type: message``): one of a stand-in
-    class with the remote type's name, so messages show it as it was."""
+    """An exception known only from its text (``Type: message``): functionfuse's own
+    error of that name (so ``except TaskNotFoundError`` still catches it), else one of a
+    stand-in class with the remote type's name, so messages show it as it was."""
     kind, _, message = detail.partition(": ")
+    known = getattr(errors, kind, None)
+    if isinstance(known, type) and issubclass(known, errors.FunctionFuseError):
+        try:
+            return known(message)
+        except TypeError:  # an error with more fields than a message
+            pass
     return type(kind if kind.isidentifier() else "RemoteError", (Exception,), {"__module__": "remote"})(message)
 
 
