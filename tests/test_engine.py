@@ -13,7 +13,7 @@ from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.baseworkflow import BaseWorkflow
 from functionfuse.engine import Completion, NodeFailure, NodeTask, execute, run_session
-from functionfuse.errors import NodeExecutionError, ResultRecomputedWarning
+from functionfuse.errors import ConfigurationError, NodeExecutionError, ResultRecomputedWarning
 from functionfuse.planner import Plan
 from functionfuse.storage import storage_factory
 
@@ -40,6 +40,7 @@ class LateExecutor:
     slots = 0
     in_process = False
     where: str | None = None
+    loads_first = False
 
     def __init__(self, wf: BaseWorkflow) -> None:
         self.wf = wf
@@ -148,6 +149,21 @@ def test_the_first_failed_node_in_topological_order_is_raised_and_reported(stora
     assert info.value.node_name == "first" == wf.last_run.failed
     assert isinstance(info.value.__cause__, ValueError)
     assert sorted(storage.list_tasks("fail")) == ["a", "b"]  # what finished is stored
+
+
+def test_a_node_that_saves_needs_its_fingerprint_record(storage):
+    """A result stored without its fingerprint could never be verified: a task or a run
+    of a node that saves takes the plan's record, or is refused before anything runs."""
+    wf = LocalWorkflow(dag(), workflow_name="record")
+    wf.set_storage(storage)
+    a = wf.graph.names.index("a")
+    for call in (lambda: wf.node_task(a, save=True), lambda: wf.run_node(a, {}, save=True)):
+        with pytest.raises(ConfigurationError, match="'a' of workflow 'record'.*record=plan.record"):
+            call()
+    assert storage.list_tasks("record", "*") == []
+    record = wf.plan().record(a)
+    wf.run_node(a, {}, save=True, record=record)
+    assert storage.read_metadata("record", "a")["fingerprint"] == record
 
 
 def test_looking_at_a_plan_changes_nothing_a_run_saves(storage):

@@ -680,9 +680,7 @@ def test_exception_classes_are_found_through_their_bases():
 
 MAX_LINES = 500
 #: longer modules without the reason yet, by owner
-SIZE_ALLOWLIST: dict[str, str] = {
-    "functionfuse.kit.release": "release (kit)",
-}
+SIZE_ALLOWLIST: dict[str, str] = {}
 
 
 def long_modules_without_a_reason(root: Path, package: str) -> set[str]:

@@ -35,7 +35,7 @@ prefect = pytest.importorskip("prefect")
 
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from contracts.backend import BackendConformance, seed_quick_start  # noqa: E402
+from contracts.backend import BackendConformance, LoadErrorConformance, seed_quick_start  # noqa: E402
 from functionfuse import workflow  # noqa: E402
 from functionfuse.backends.addons.prefectback import PrefectWorkflow  # noqa: E402
 from functionfuse.backends.plugins import RandomStatePlugin  # noqa: E402
@@ -59,7 +59,7 @@ def stop_temporary_server():
     SubprocessASGIServer().stop()
 
 
-class TestPrefectConformance(BackendConformance):
+class TestPrefectConformance(BackendConformance, LoadErrorConformance):
     @pytest.fixture
     def make_workflow(self):
         return PrefectWorkflow
@@ -307,6 +307,41 @@ def test_corrupted_stored_result_is_recomputed_with_a_warning(storage):
     assert storage.read_task("corrupt", "node3") == 6
     # one warning, at the line that called run() (not in functionfuse or Prefect's engine)
     assert len(caught) == 1 and os.path.samefile(caught[0].filename, __file__), caught[0].filename
+
+
+_NEVER_STORED_CALLS: list[int] = []
+
+
+@workflow
+def never_stored(x):
+    _NEVER_STORED_CALLS.append(x)
+    return x
+
+
+def test_a_damaged_result_is_found_before_anything_runs(storage):
+    """Every stored result the plan needs is read before any task is submitted: a node
+    that is never stored runs once in a run that recomputes a damaged result, not once
+    before the damage is found and again after."""
+
+    def build():
+        a = seed_quick_start()  # node1 -> node2 -> node3
+        return a, never_stored(5).set_name("unstored")
+
+    wf = PrefectWorkflow(*build(), workflow_name="damaged-first")
+    wf.set_storage(storage)
+    wf.query("^unstored$").set_persist(False)
+    assert wf.run() == [6, 5]
+    folder = Path(storage.path) / "damaged-first"
+    (folder / "node3.ffr").unlink()  # runs again, with node2 loaded...
+    path = folder / "node2.ffr"  # ...which is damaged past its header
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _NEVER_STORED_CALLS.clear()
+    with pytest.warns(ResultRecomputedWarning, match="node2"):
+        assert wf.run() == [6, 5]
+    assert _NEVER_STORED_CALLS == [5]
+    assert wf.last_run.recomputed == 1 and wf.last_run.ran == 3  # node2, node3, unstored
 
 
 def test_plugins_seed_nodes_as_in_local_workflow():

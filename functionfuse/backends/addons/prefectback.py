@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, cast
 
-from ...baseworkflow import SKIP, BaseWorkflow
+from ...baseworkflow import LOAD, SKIP, BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
 from ...engine import Completion, NodeFailure, NodeTask, execute, run_here, run_session
 from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, missing_dependency
@@ -347,6 +347,7 @@ class _PrefectExecutor:
     slots = 0
     in_process = False
     where: str | None = None  # a failed task's error is the one its node raised here (run_here)
+    loads_first = True  # in the flow, before any task: a damaged result is found before anything runs
 
     def __init__(self, wf: PrefectWorkflow, tasks: list[Any], run: _RunState) -> None:
         self.wf, self.prefect_tasks, self.run = wf, tasks, run
@@ -359,6 +360,7 @@ class _PrefectExecutor:
         self.loaded: dict[int, Any] = {}
         self.done: list[Completion] = []
         self.announced = False
+        self.submits = any(a not in (LOAD, SKIP) for a in plan.actions)  # announced once submitted
         self.run.tasks.clear()
 
     def load(self, i: int) -> None:
@@ -400,7 +402,7 @@ class _PrefectExecutor:
         return min(self.waiting.values(), default=None)
 
     def wait(self, count: int, timeout: float | None) -> list[Completion]:
-        if not self.announced:
+        if not self.announced and (self.futures or not self.submits):
             self.announced = True
             _run_logger().info(
                 "functionfuse workflow %r: %d nodes submitted as tasks, %d loaded from storage, %d skipped",

@@ -37,6 +37,7 @@ class _SerialExecutor:
     slots = 1
     in_process = True
     where: str | None = None
+    loads_first = False  # each stored result is read when its turn comes
 
     def __init__(self, wf: BaseWorkflow) -> None:
         self.wf = wf

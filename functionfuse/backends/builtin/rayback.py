@@ -261,6 +261,7 @@ class _RayExecutor:
 
     in_process = False
     where: str | None = "Ray worker"
+    loads_first = False  # loads are Ray tasks too, placed where the storage is
 
     def __init__(self, wf: RayWorkflow, max_pending: int, fetch: bool) -> None:
         self.wf = wf
