@@ -114,11 +114,20 @@ class BaseWorkflow:
 
     # -- configuration ---------------------------------------------------------------
     def set_storage(self, object_storage: Any) -> None:
-        """Set storage for the workflow (``None`` to run without storage)."""
+        """Set storage for the workflow (``None`` to run without storage).
+
+        :raises ConfigurationError: *object_storage* does not implement
+            :class:`~functionfuse.storage.StorageProtocol`; the message names what it lacks.
+        """
         if object_storage is not None and not isinstance(object_storage, StorageProtocol):
+            members = set(StorageProtocol.__annotations__) | {n for n in vars(StorageProtocol) if n[0] != "_"}
+            missing = sorted(n for n in members if not hasattr(object_storage, n))
             raise ConfigurationError(
-                f"{object_storage!r} is not a storage object (it does not implement "
-                "functionfuse.storage.StorageProtocol). Create one with functionfuse.storage.storage_factory(...)."
+                f"{object_storage!r} is not a storage object: it lacks {', '.join(missing)} of "
+                "functionfuse.storage.StorageProtocol (what runs, backends and the command line call). "
+                "Create one with functionfuse.storage.storage_factory(...); a storage of your own subclasses "
+                "functionfuse.storage.Storage, which implements the protocol over a few primitives "
+                "(docs/storage.md, 'The storage protocol')."
             )
         self.storage = object_storage
 

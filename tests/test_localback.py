@@ -257,3 +257,34 @@ def test_a_crafted_fingerprint_in_a_stored_header_is_recomputed_not_a_crash(tmp_
     with pytest.warns(ResultRecomputedWarning):
         assert wf.run() == 6
     assert storage.read_metadata("crafted", "node1")["fingerprint"]["node"]
+
+
+def test_a_storage_missing_part_of_the_protocol_is_refused_naming_what_it_lacks():
+    """An object with only some storage methods (what a run once called) is refused
+    before anything runs, and the error says which members are missing and what to do."""
+
+    class DictStorage:
+        def __init__(self):
+            self.d = {}
+
+        def save(self, wf, name, obj, metadata=None):
+            self.d[(wf, name)] = (obj, dict(metadata or {}))
+            return metadata
+
+        def read_task(self, wf, name):
+            return self.d[(wf, name)][0]
+
+        def stored_tasks(self, wf):
+            return {n for (w, n) in self.d if w == wf}
+
+        def read_metadata_many(self, wf, names):
+            return {n: self.d[(wf, n)][1] for n in names if (wf, n) in self.d}
+
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="duck")
+    with pytest.raises(ConfigurationError) as info:
+        wf.set_storage(DictStorage())
+    message = str(info.value)
+    assert "list_tasks" in message and "placement" in message and "save_run_report" in message
+    assert "read_task" not in message and "stored_tasks" not in message  # it has those
+    assert "functionfuse.storage.Storage" in message
+    assert wf.storage is None
