@@ -11,7 +11,7 @@ import operator
 from typing import Any, Callable, Sequence
 
 from ._records import CONTAINERS
-from .workflow import ClassNode, MethodNode, Node, NodeItem
+from .workflow import NODE_TYPES, MethodNode, Node, NodeItem
 
 __all__ = ["build_call", "call_with_result"]
 
@@ -19,7 +19,7 @@ __all__ = ["build_call", "call_with_result"]
 def _getter(value: Any, index_of: Callable[[Any], int]) -> Callable[[Sequence[Any]], Any] | None:
     """A function of the results list giving *value* resolved, or None for a constant."""
     t = type(value)
-    if t is Node or t is ClassNode or t is MethodNode:
+    if t in NODE_TYPES:
         return operator.itemgetter(index_of(value))
     if t is NodeItem:
         j = index_of(value.node)
@@ -72,7 +72,7 @@ def build_call(node: Node, index_of: Callable[[Any], int]) -> Callable[[Sequence
             if len(args) == 1:
                 a0 = args[0]
                 t0 = type(a0)
-                if t0 is Node or t0 is ClassNode or t0 is MethodNode:
+                if t0 in NODE_TYPES:
                     j = index_of(a0)
                     return lambda R: f(R[j])
                 if t0 not in CONTAINERS:

@@ -22,7 +22,7 @@ from ray import cloudpickle
 
 from ...baseworkflow import COMPILED_CALLS_MODULE
 from ...engine import NodeFailure, NodeTask
-from ...workflow import ClassNode, MethodNode, Node, NodeItem
+from ...workflow import NODE_TYPES, NodeItem
 
 
 # -- pickling a node's call for a task ------------------------------------------------------
@@ -42,7 +42,7 @@ class _SpecPickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         t = type(obj)
-        if t is Node or t is ClassNode or t is MethodNode or t is NodeItem:
+        if t in NODE_TYPES or t is NodeItem:
             return _none, ()
         if t is not types.FunctionType or obj is self._skip or obj.__module__ == __name__:
             return super().reducer_override(obj)
