@@ -179,8 +179,9 @@ def run_local(
                 assert stored is not None, "a damaged stored result without storage"
                 names = wf.graph.name_index
                 for status in values:
-                    if status.get("action") == RUN:
-                        stored[status["node"]] = {"fingerprint": plan.records[names[status["node"]]]}  # type: ignore[index]
+                    if status.get("state") == "succeeded" and status.get("action") == RUN:
+                        record = plan.records[names[status["node"]]]  # type: ignore[index]
+                        stored[status["node"]] = {"fingerprint": record}
                 damaged: dict[str, str] = {}
                 for status in values:
                     if status.get("damaged") in names:

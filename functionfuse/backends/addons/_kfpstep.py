@@ -22,8 +22,9 @@ running step reads (the plan guarantees it). A stored result found damaged when 
 fails the step (naming the node and how to recompute it), unless the pipeline was built
 with ``--damaged mark`` (local runs): the step then writes a :class:`DamagedResult`
 marker and succeeds with the action ``damaged``; a step that gets such a marker as an
-input passes it on without running (action ``passed-on``), and the runner plans again. This module imports neither kfp nor
-docker: the step image needs functionfuse and cloudpickle only.
+input passes it on without running (action ``passed-on``), and the runner plans again.
+This module imports neither kfp nor docker: the step image needs functionfuse and
+cloudpickle only.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import pickle
 import sys
 import time
 import types
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from ...baseworkflow import LOAD, REPLAY, RUN, RUNS, SKIP, BaseWorkflow
 from ...errors import (
@@ -55,7 +56,8 @@ from ...errors import (
 )
 from ...workflow import NODE_TYPES, Decorated, MethodNode, workflow
 
-__all__ = ["SNAPSHOT_PATH", "DAMAGED", "PASSED_ON", "DamagedResult", "dump_snapshot", "load_snapshot", "dump_value", "load_value", "encode_storage", "main"]
+__all__ = ["SNAPSHOT_PATH", "DAMAGED", "PASSED_ON", "DamagedResult", "dump_snapshot",
+           "load_snapshot", "dump_value", "load_value", "encode_storage", "main"]
 
 log = logging.getLogger("functionfuse.kfp")
 
@@ -63,10 +65,8 @@ log = logging.getLogger("functionfuse.kfp")
 SNAPSHOT_PATH = "/opt/functionfuse-kfp/dag.pkl"
 SNAPSHOT_FORMAT = 1
 ACTIONS = (RUN, REPLAY, LOAD, SKIP, "auto")
-#: the action a step reports when the stored result it loads is damaged (``--damaged mark``)
-DAMAGED = "damaged"
-#: the action a step reports when an input was a damaged stored result (it did not run)
-PASSED_ON = "passed-on"
+#: the actions of a step that met a damaged stored result (``--damaged mark``): its own, or an input's
+DAMAGED, PASSED_ON = "damaged", "passed-on"
 
 
 def _cloudpickle() -> Any:
@@ -88,17 +88,13 @@ class _NotComputed:
         return f"<not computed: node {self.node!r} ({self.why})>"
 
 
-class DamagedResult:
+class DamagedResult(NamedTuple):
     """What a step writes instead of a value when its node's stored result is damaged
     (``--damaged mark``); a step given it as an input writes it on instead of running.
     Never a result: the runner recomputes *node* in a new plan."""
 
-    def __init__(self, node: str, message: str) -> None:
-        self.node = node
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"<damaged stored result: node {self.node!r}>"
+    node: str
+    message: str
 
 
 class StepFailure:
@@ -359,9 +355,8 @@ def run_step(
             action = plan.actions[i]
     log.info("node %r of workflow %r: %s", node, wf.workflow_name, action)
     if action == SKIP:
-        dump_value(_NotComputed(node, "skipped: stored, and no node that runs needs it"), result, f"Node {node!r}")
-        if state:
-            dump_value(_NotComputed(node, "skipped"), state, f"Node {node!r}")
+        _write(node, result, state, _NotComputed(node, "skipped: stored, and no node that runs needs it"),
+               _NotComputed(node, "skipped"))
         return action, 0.0
     if action == LOAD:
         if wf.storage is None:
@@ -377,14 +372,9 @@ def run_step(
                     path=exc.path,
                 ) from exc
             log.warning("node %r: stored result damaged, to be recomputed: %s", node, exc)
-            marker = DamagedResult(node, str(exc))
-            dump_value(marker, result, f"Node {node!r}")
-            if state:
-                dump_value(marker, state, f"Node {node!r}")
+            _write(node, result, state, DamagedResult(node, str(exc)), DamagedResult(node, str(exc)))
             return DAMAGED, 0.0
-        dump_value(value, result, f"Result of node {node!r}")
-        if state:
-            dump_value(_NotComputed(node, "loaded from storage: the instance is not stored"), state, f"Node {node!r}")
+        _write(node, result, state, value, _NotComputed(node, "loaded from storage: the instance is not stored"))
         return action, 0.0
     if action not in RUNS:
         raise ConfigurationError(f"Unknown step action {action!r}; expected one of {', '.join(ACTIONS)}.")
@@ -393,9 +383,7 @@ def run_step(
     for parent, v in read:
         if type(v) is DamagedResult:  # computed from a damaged result it would be wrong: no run
             log.warning("node %r not run: its input %r is a damaged stored result", node, v.node)
-            dump_value(v, result, f"Node {node!r}")
-            if state:
-                dump_value(v, state, f"Node {node!r}")
+            _write(node, result, state, v, v)
             return PASSED_ON, 0.0
     for parent, v in read:
         j = g.name_index[parent]
@@ -410,11 +398,16 @@ def run_step(
     value = wf.run_node(i, values, save=save, record=plan.record(i) if plan is not None and save else None)
     seconds = time.perf_counter() - t
     log.info("node %r ran in %.3f s%s", node, seconds, " (stored)" if save else "")
+    instance = values[g.index_of(g.nodes[i].instance)] if state else None  # type: ignore[attr-defined]
+    _write(node, result, state, value, instance)
+    return action, seconds
+
+
+def _write(node: str, result: str, state: str | None, value: Any, instance: Any) -> None:
+    """Write the step's *value* and, for a method call (*state*), the *instance* after it."""
     dump_value(value, result, f"Result of node {node!r}")
     if state:
-        k = g.index_of(g.nodes[i].instance)  # type: ignore[attr-defined]
-        dump_value(values[k], state, f"Instance state after node {node!r}")
-    return action, seconds
+        dump_value(instance, state, f"Instance state after node {node!r}")
 
 
 def write_executor_output(executor_input: str, metadata: dict) -> None:
@@ -492,11 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a defect: its traceback goes to the log, the status names it
         write_status(args.status, args.node, "failed", kind=type(exc).__name__, message=str(exc))
         raise
-    fields: dict[str, Any] = {"action": action, "seconds": seconds}
-    if action in (DAMAGED, PASSED_ON):  # the runner plans again without this stored result
-        marker = load_value(args.result, f"Node {args.node!r}")
-        fields.update(damaged=marker.node, message=marker.message)
-    write_status(args.status, args.node, "succeeded", **fields)
+    marker = load_value(args.result, f"Node {args.node!r}") if action in (DAMAGED, PASSED_ON) else None
+    damage = {"damaged": marker.node, "message": marker.message} if marker else {}  # the runner plans again
+    write_status(args.status, args.node, "succeeded", action=action, seconds=seconds, **damage)
     return 0
 
 
