@@ -71,7 +71,7 @@ from .workflow import ClassNode, WorkflowClass, WorkflowFunction, set_found_name
 
 __all__ = [
     "BaseWorkflow", "Query", "Plan", "NodePlan", "RUN", "REPLAY", "LOAD", "SKIP", "RUNS", "UNVERIFIED",
-    "COMPILED_CALLS_MODULE",
+    "COMPILED_CALLS_MODULE", "select",
 ]
 
 #: the module whose closures are the compiled node calls (:meth:`BaseWorkflow.node_calls`):
@@ -475,26 +475,6 @@ class BaseWorkflow:
             raise GraphError(f"Pattern {pattern!r} is not a valid regular expression: {exc}") from None
         return [i for i, name in enumerate(self.graph.names) if match(name)]
 
-    def select(self, pattern: str | None, method: str) -> Query:
-        """A query of the nodes whose whole name matches *pattern*, for *method* of the
-        original API (``set_plugin``, ``log_nodes``).
-
-        :raises ConfigurationError: *pattern* matches no node, as for :class:`Query`.
-        """
-        found = self._find(pattern)
-        if not found:
-            names = self.graph.names
-            shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
-            close = _close_names(pattern, names)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
-            raise ConfigurationError(
-                f"Pattern {pattern!r} matches no node of workflow {self.workflow_name!r}, so {method}() would "
-                f"set nothing. Its {len(names)} node{'' if len(names) == 1 else 's'} are named {shown}{hint} "
-                f"{method}() matches whole names, as in the original functionfuse (re.fullmatch): "
-                "'.*sum.*' selects the names that contain 'sum'."
-            )
-        return self.query_class(found, self, pattern)
-
     def replace_func(self, node: Node, new_func: Callable[..., Any]) -> None:
         """Make function node *node* of this workflow call *new_func* instead of its
         function, with the same arguments and under the same name (the original
@@ -561,3 +541,25 @@ def _signature_of(func: Any) -> str:
         return str(inspect.signature(func))
     except (TypeError, ValueError):
         return "(...)"
+
+
+def select(wf: BaseWorkflow, pattern: str | None, method: str) -> Query:
+    """A query of the nodes of *wf* whose whole name matches *pattern*, for *method* of
+    the original API (``set_plugin``, ``log_nodes``) that backends implement. A function
+    of the module, not a method: workflows are what users hold, and this is for backends.
+
+    :raises ConfigurationError: *pattern* matches no node, as for :class:`Query`.
+    """
+    found = wf._find(pattern)
+    if not found:
+        names = wf.graph.names
+        shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
+        close = _close_names(pattern, names)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+        raise ConfigurationError(
+            f"Pattern {pattern!r} matches no node of workflow {wf.workflow_name!r}, so {method}() would "
+            f"set nothing. Its {len(names)} node{'' if len(names) == 1 else 's'} are named {shown}{hint} "
+            f"{method}() matches whole names, as in the original functionfuse (re.fullmatch): "
+            "'.*sum.*' selects the names that contain 'sum'."
+        )
+    return wf.query_class(found, wf, pattern)

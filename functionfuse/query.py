@@ -13,7 +13,7 @@ from .workflow import Node
 if TYPE_CHECKING:
     from .baseworkflow import BaseWorkflow
 
-__all__ = ["Query"]
+__all__ = ["Query", "targets"]
 
 
 class Query:
@@ -41,30 +41,9 @@ class Query:
     def names(self) -> list[str]:
         return [self.workflow.graph.names[i] for i in self.indices]
 
-    def targets(self, method: str) -> list[int]:
-        """The positions of this query's nodes, which *method* sets an option on.
-
-        :raises ConfigurationError: the query matches no node (names the pattern, a few
-            node names and the closest ones).
-        """
-        if self.indices:
-            return self.indices
-        names = self.workflow.graph.names
-        what = "This query" if self.pattern is None else f"Query {self.pattern!r}"
-        shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
-        count = f"{len(names)} node{'' if len(names) == 1 else 's'}"
-        close = _close_names(self.pattern, names)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
-        raise ConfigurationError(
-            f"{what} of workflow {self.workflow.workflow_name!r} matches no node, so {method}() would set "
-            f"nothing. Its {count} are named {shown}{hint} A pattern is a regular expression searched "
-            "in each node name (re.search; anchor it with ^...$); where matching nothing is expected, "
-            "test len(query) first."
-        )
-
     def set_plugin(self, plugin: Any) -> "Query":
         """Apply *plugin* (see :mod:`functionfuse.backends.plugins`) to these nodes."""
-        indices = self.targets("set_plugin")
+        indices = targets(self, "set_plugin")
         if not (hasattr(plugin, "local_initialize") and hasattr(plugin, "remote_initialize")):
             raise ConfigurationError(
                 f"{plugin!r} is not a plugin: it needs local_initialize() and remote_initialize() "
@@ -77,7 +56,7 @@ class Query:
     def set_cache(self, policy: str) -> "Query":
         """Cache policy of these nodes: ``"name"``, ``"fingerprint"`` or ``"off"``
         (see :meth:`BaseWorkflow.set_cache`)."""
-        indices = self.targets("set_cache")
+        indices = targets(self, "set_cache")
         check_policy(policy)
         for i in indices:
             self.workflow._cache[i] = policy
@@ -112,7 +91,7 @@ class Query:
         ``not stored``. Like Prefect's ``persist_result=False`` and Kedro's
         ``MemoryDataset``.
         """
-        indices = self.targets("set_persist")
+        indices = targets(self, "set_persist")
         if not isinstance(persist, bool):
             raise ConfigurationError(f"set_persist() takes True or False, not {persist!r}.")
         wf = self.workflow
@@ -142,3 +121,27 @@ def _close_names(pattern: str | None, names: list[str]) -> list[str]:
 
     spelled = re.sub(r"\\[AZbBdDsSwW]|[\\^$.*+?()\[\]{}|]", "", pattern)
     return difflib.get_close_matches(spelled, names, n=3, cutoff=0.6) if spelled else []
+
+
+def targets(query: Query, method: str) -> list[int]:
+    """The positions of *query*'s nodes, which *method* (a setter of a query: the core's
+    or a backend's, e.g. ``set_remote_args``) sets an option on. A function of the
+    module, not a method: queries are what users hold, and this is for their setters.
+
+    :raises ConfigurationError: the query matches no node (names the pattern, a few
+        node names and the closest ones).
+    """
+    if query.indices:
+        return query.indices
+    names = query.workflow.graph.names
+    what = "This query" if query.pattern is None else f"Query {query.pattern!r}"
+    shown = ", ".join(map(repr, names[:_NAMES_SHOWN])) + (", ..." if len(names) > _NAMES_SHOWN else "")
+    count = f"{len(names)} node{'' if len(names) == 1 else 's'}"
+    close = _close_names(query.pattern, names)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
+    raise ConfigurationError(
+        f"{what} of workflow {query.workflow.workflow_name!r} matches no node, so {method}() would set "
+        f"nothing. Its {count} are named {shown}{hint} A pattern is a regular expression searched "
+        "in each node name (re.search; anchor it with ^...$); where matching nothing is expected, "
+        "test len(query) first."
+    )

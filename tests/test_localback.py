@@ -288,3 +288,13 @@ def test_a_storage_missing_part_of_the_protocol_is_refused_naming_what_it_lacks(
     assert "read_task" not in message and "stored_tasks" not in message  # it has those
     assert "functionfuse.storage.Storage" in message
     assert wf.storage is None
+
+
+def test_backend_helpers_are_not_methods_of_what_users_hold():
+    """Selecting nodes for a backend's setter is a function of the core, not a method
+    that shows on every workflow and query users work with (dir(), help())."""
+    from functionfuse.baseworkflow import BaseWorkflow, Query
+
+    wf = LocalWorkflow(seed_quick_start(), workflow_name="surface")
+    for obj in (wf, wf.query("node1"), LocalWorkflow, BaseWorkflow, Query):
+        assert not hasattr(obj, "select") and not hasattr(obj, "targets"), obj

@@ -44,6 +44,7 @@ from typing import Any, Mapping, cast
 
 from ...baseworkflow import BaseWorkflow
 from ...baseworkflow import Query as BaseQuery
+from ...query import targets
 from ...errors import ConfigurationError, EngineError, RemoteRunError, StorageError, missing_dependency
 from ...kit import kfpsettings, stepimage
 from ...storage import StorageProtocol
@@ -92,7 +93,7 @@ class Query(BaseQuery):
         return self._set(resources, "set_resources")
 
     def _set(self, args: Mapping[str, Any], method: str) -> "Query":
-        indices = self.targets(method)
+        indices = targets(self, method)
         checked = check_task_args(args, self.names)
         options = self.workflow._task_args
         for i in indices:

@@ -39,11 +39,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, cast
 
-from ...baseworkflow import LOAD, SKIP, BaseWorkflow
+from ...baseworkflow import LOAD, SKIP, BaseWorkflow, select
 from ...baseworkflow import Query as BaseQuery
 from ...engine import Completion, NodeFailure, NodeTask, execute, run_here, run_session
 from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, missing_dependency
 from ...planner import Plan
+from ...query import targets
 
 try:
     import prefect
@@ -102,7 +103,7 @@ class Query(BaseQuery):
             earlier ones only for the keys it sets.
         :returns: this query.
         """
-        indices = self.targets("set_task_args")
+        indices = targets(self, "set_task_args")
         opts = _check_options(args, _TASK_OPTIONS, "prefect.task", "set_task_args")
         task_args = self.workflow._task_args
         for i in indices:
@@ -156,7 +157,7 @@ class PrefectWorkflow(BaseWorkflow):
         pattern may match a part of a name (``re.search``). (The original stored the
         plugin but never ran it on Prefect; here it runs, as on every backend.)
         """
-        self.select(query, "set_plugin").set_plugin(plugin)
+        select(self, query, "set_plugin").set_plugin(plugin)
 
     def set_prefect_flow_options(self, options: Mapping[str, Any]) -> None:
         """Set the options of the generated Prefect flow (any ``prefect.flow`` argument).

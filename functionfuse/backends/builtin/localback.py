@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
-from ...baseworkflow import BaseWorkflow, Policies, Query
+from ...baseworkflow import BaseWorkflow, Policies, Query, select
 from ...engine import Completion, NodeFailure, NodeTask, execute, run_session
 from ...planner import Plan
 from ...report import Progress, RunReport
@@ -107,7 +107,7 @@ class LocalWorkflow(BaseWorkflow):
         :meth:`find_nodes`; ``None``: every node. Their inputs are loaded from storage
         or run as usual; ``plan()`` shows them as replayed (run, not saved) and not stored.
         """
-        selected = self.select(query, "log_nodes")
+        selected = select(self, query, "log_nodes")
         selected.set_cache("off")
         self._logged = self._logged | frozenset(selected.indices)
 

@@ -51,10 +51,11 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised in an environment without ray
     raise missing_dependency("ray", "ray", _exc) from _exc
 
-from ...baseworkflow import RUNS, BaseWorkflow
+from ...baseworkflow import RUNS, BaseWorkflow, select
 from ...baseworkflow import Query as _BaseQuery
 from ...engine import Completion, NodeFailure, NodeTask, execute, run_session
 from ...planner import Plan
+from ...query import targets
 from ...workflow import ClassNode, MethodNode
 from ._raytasks import _Instance, _load_node, _run_node, load_stored, pack_task, run_packed
 
@@ -85,7 +86,7 @@ class Query(_BaseQuery):
             node. A later call replaces the arguments of the nodes it matches.
         :type args: dict
         """
-        indices = self.targets("set_remote_args")
+        indices = targets(self, "set_remote_args")
         if not isinstance(args, dict):
             raise ConfigurationError(f"set_remote_args takes a dict of ray.remote options, got {args!r}.")
         if "num_returns" in args:
@@ -173,7 +174,7 @@ class RayWorkflow(BaseWorkflow):
         The original functionfuse's form of ``query(pattern).set_plugin(plugin)``, whose
         pattern may match a part of a name (``re.search``).
         """
-        self.select(pattern, "set_plugin").set_plugin(plugin)
+        select(self, pattern, "set_plugin").set_plugin(plugin)
 
     def set_storage(self, object_storage: Any) -> None:
         """Set storage for the workflow.
