@@ -289,11 +289,14 @@ class BackendConformance:
         assert "fails once" in str(info.value)
         assert storage.read_task("faildamage", "after") == 4  # never ran: the old value stays...
         assert wf.plan().action("after") == "run"  # ...and is not taken for current
+        repaired = wf.plan().action("other2") == "load"  # a backend that read every stored result first
         calls.reset()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert wf.run() == [5, 32]
-        assert sorted(calls()) == ["add", "add", "add", "fail_once"]
+        # failing and after run; other and other2 too unless the failed run already
+        # recomputed the damaged result (found before anything ran) and what needs it
+        assert sorted(calls()) == (["add", "fail_once"] if repaired else ["add", "add", "add", "fail_once"])
 
     def test_a_result_copied_under_another_name_is_recomputed(self, make_workflow, storage, calls):
         """``cp node1.ffr node3.ffr`` must not make node3's value node1's."""
