@@ -249,6 +249,8 @@ class RunSession:
         the run's summary, store the report, and warn about unreadable results."""
         wf = self.workflow
         report, progress = self.report, self.progress
+        if error is None:  # a node that failed and then succeeded (a retry) did not fail the run
+            report.failed = None
         report.end(time.perf_counter() - self.started, error)
         wf.close_progress(progress, report, error)
         wf.store_report(report)

@@ -344,6 +344,18 @@ def test_a_damaged_result_is_found_before_anything_runs(storage):
     assert wf.last_run.recomputed == 1 and wf.last_run.ran == 3  # node2, node3, unstored
 
 
+def test_a_node_that_succeeds_on_a_retry_leaves_the_run_finished_with_no_failed_node(tmp_path):
+    from contracts.backend import add, fail_once
+
+    flag = tmp_path / "once.flag"
+    flag.touch()
+    wf = PrefectWorkflow(add(fail_once(str(flag), 1).set_name("flaky"), 1), workflow_name="retry")
+    wf.query("^flaky$").set_task_args({"retries": 1})
+    assert wf.run() == 2
+    assert not flag.exists()  # it did fail once
+    assert wf.last_run.status == "finished" and wf.last_run.failed is None
+
+
 def test_plugins_seed_nodes_as_in_local_workflow():
     import random
 
