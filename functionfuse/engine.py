@@ -21,6 +21,12 @@ actors, ...); the engine owns everything at the level of a run, once:
    node). Any other failure raises the error of the first failed node in topological
    order (:func:`failure_error`: one wording for every backend), named in the report.
 
+One run loop stays outside the engine: LocalWorkflow without storage and plugins runs
+its compiled calls in a plain loop (nothing to plan, load, save or recompute; the
+per-node overhead of tasks would dominate small nodes). It words errors with
+:func:`failure_error` and fills the report as the engine does; tests/test_localback.py
+covers it through the conformance suite's runs without storage.
+
 :func:`run_session` (start the report and progress display; finish them, store the
 report and warn, also when the run raised) and :func:`plan_run` (step 1) are what
 compilers use around their own submission: the Ray Workflows addon binds a DAG that
