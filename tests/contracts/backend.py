@@ -247,6 +247,9 @@ class BackendConformance:
         assert info.value.node_name == "failing"
         assert "flag fail.flag is set" in str(info.value)
         assert storage.list_tasks("failure", "*") == ["before"]
+        # only what ran is counted: not the failed node, not its child that never ran
+        assert wf.last_run.ran == 1 and wf.last_run.failed == "failing"
+        assert set(storage.last_run_report("failure")["node_seconds"]) == {"before"}
         flag.unlink()
         calls.reset()
         assert wf.run() == 4

@@ -22,6 +22,7 @@ A node that fails is the run's error, as on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -191,7 +192,12 @@ class RayWorkflow(BaseWorkflow):
         :raises NodeExecutionError: a node failed; results stored before stay stored.
         """
         with run_session(self) as session:
-            results = self._run(session, workflow_id)
+            try:
+                results = self._run(session, workflow_id)
+            except Exception:
+                with contextlib.suppress(Exception):  # the run's error stays the error
+                    self._record_times(session.report)
+                raise
             self._record_times(session.report)
         return self.outputs(results)
 
@@ -281,7 +287,13 @@ class RayWorkflow(BaseWorkflow):
         try:
             results, damaged = self._workflow.run(dag, workflow_id=workflow_id)
         except Exception as exc:
-            stats.ran = ran_before  # which tasks of this attempt ran is not known
+            # what ran is what stored its result with this plan's fingerprint (a node
+            # never stored is not known to have run)
+            stats.ran = ran_before
+            with contextlib.suppress(Exception):  # the run's error stays the error
+                stored_now = self._stored_by(plan, [i for i in deps if actions[i] == RUN])
+                stats.ran += len(stored_now)
+                self._ran += [names[i] for i in stored_now]
             raise self._failure(exc, stats) from exc
         # the tasks after a damaged stored result handed its marker on instead of running
         passed_on = {d.index for d in damaged}
@@ -293,6 +305,19 @@ class RayWorkflow(BaseWorkflow):
         if storage is not None:
             self._ran += [names[i] for i in ran if actions[i] == RUN]
         return results, damaged
+
+    def _stored_by(self, plan: Any, indices: list[int]) -> list[int]:
+        """The nodes among *indices* whose stored result has *plan*'s fingerprint."""
+        if self.storage is None or not indices:
+            return []
+        names = self.graph.names
+        metas = self.storage.read_metadata_many(self.workflow_name, [names[i] for i in indices])
+        found = []
+        for i in indices:
+            meta = metas.get(names[i])
+            if isinstance(meta, dict) and meta.get("fingerprint") == plan.record(i):
+                found.append(i)
+        return found
 
     def _failure(self, exc: BaseException, report: Any) -> BaseException:
         """The error to raise for a failed Ray Workflows run: names the failing node.
