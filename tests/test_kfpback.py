@@ -40,7 +40,7 @@ from functionfuse.kit import stepimage  # noqa: E402
 from functionfuse.kit.images import ImagePushError  # noqa: E402
 from functionfuse.storage import storage_factory  # noqa: E402
 from contracts import backend as contract  # noqa: E402
-from contracts.backend import BackendConformance  # noqa: E402
+from contracts.backend import BackendConformance, LoadErrorConformance  # noqa: E402
 from kfpsupport import SEED_RESULT, STATEFUL_RESULT, KFPAPIStandIn, write_project  # noqa: E402
 from kitsupport import LOCAL_BASE, ROOT, WHEELHOUSE, docker_client  # noqa: E402
 
@@ -1027,7 +1027,7 @@ class ContainerRuns(KFPWorkflow):
 
 
 @pytest.mark.slow
-class TestKFPConformance(BackendConformance):
+class TestKFPConformance(BackendConformance, LoadErrorConformance):
     @pytest.fixture(scope="class")
     def empty_project(self, tmp_path_factory, client):
         import cloudpickle

@@ -27,7 +27,16 @@ import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ...engine import plan_run, recompute_damaged, run_session
-from ...errors import ConfigurationError, CorruptedResultError, NodeExecutionError, RemoteRunError, StorageError
+from ...errors import (
+    ConfigurationError,
+    CorruptedResultError,
+    NodeExecutionError,
+    RemoteRunError,
+    SerializationError,
+    StorageError,
+    TaskNotFoundError,
+    WorkflowNotFoundError,
+)
 from ...baseworkflow import LOAD, RUN, SKIP
 from ...storage import signing
 from . import _kfppipeline, _kfpstep
@@ -79,18 +88,27 @@ def _count(report: Any, statuses: list[dict[str, Any]]) -> None:
             report.skipped += 1
 
 
-def _failure(wf: "KFPWorkflow", exc: Exception, statuses: list[dict[str, Any]]) -> BaseException:
+#: storage errors a step's status names, raised here with their type (a storage error keeps
+#: its type on every backend); their messages, as the steps word them, name node and workflow
+_STORAGE_ERRORS = {c.__name__: c for c in (StorageError, TaskNotFoundError, WorkflowNotFoundError, SerializationError)}
+
+
+def _failure(wf: "KFPWorkflow", exc: Exception, statuses: list[dict[str, Any]], report: Any) -> BaseException:
     """The error of a failed local run: the failed step's node and its error, from the
-    status files (first a step that failed, then one that started and never ended)."""
+    status files (first a step that failed, then one that started and never ended); the
+    node is the failed one of the run *report*."""
     failed = [s for s in statuses if s.get("state") == "failed"]
     for status in failed:
         node, kind, message = status["node"], str(status.get("kind") or "Error"), str(status.get("message") or "")
+        report.failed = node
         if kind == "NodeExecutionError":
             return NodeExecutionError(message, node_name=node, workflow_name=wf.workflow_name)
+        if kind in _STORAGE_ERRORS and f"node {node!r} of workflow {wf.workflow_name!r}" in message:
+            return _STORAGE_ERRORS[kind](message)
         return RemoteRunError(f"The step of node {node!r} of workflow {wf.workflow_name!r} failed: {kind}: {message}")
     for status in statuses:
         if status.get("state") == "started":
-            node = status["node"]
+            node = report.failed = status["node"]
             return NodeExecutionError(
                 f"The step of node {node!r} of workflow {wf.workflow_name!r} started and ended without a result "
                 "(its container was stopped, killed or ran out of memory; its log is above).",
@@ -225,7 +243,7 @@ def _attempt_run(
         except (RuntimeError, ValueError) as exc:  # a failed step (ValueError: it was an output)
             statuses = read_statuses(_run_folders(outputs_dir, earlier))
             _count(report, statuses)  # what did finish is in the report of the failed run
-            raise _failure(wf, exc, statuses) from exc
+            raise _failure(wf, exc, statuses, report) from exc
     statuses = read_statuses(_run_folders(outputs_dir, earlier))
     _count(report, statuses)
     if any(s.get("state") == "succeeded" and s.get("damaged") for s in statuses):
