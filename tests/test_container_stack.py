@@ -249,10 +249,17 @@ def _tcp_table() -> dict[int, tuple[str, str, str]]:
 
 def _container_sockets(containers) -> list[tuple[str, str, str, str]]:
     """(process, local, remote, state) of every TCP socket the containers' processes hold."""
+    from docker.errors import APIError
+
     table = _tcp_table()
     found = []
     for c in containers:
-        top = c.top(ps_args="-eo pid,comm")
+        try:
+            top = c.top(ps_args="-eo pid,comm")
+        except APIError as exc:
+            if exc.status_code == 409:  # it exited since its status was read: nothing left to see
+                continue
+            raise
         for pid, comm in ((row[0], row[1]) for row in top["Processes"]):
             try:
                 fds = os.listdir(f"/proc/{pid}/fd")
