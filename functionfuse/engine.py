@@ -42,7 +42,7 @@ import sys
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, MutableMapping, MutableSequence, Protocol, Sequence, Union
 
 from .errors import CorruptedResultError, NodeExecutionError, SerializationError, StorageError
 from .planner import LOAD, RUN, SKIP, Plan
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "plan_run", "recompute_damaged",
     "execute",
-    "failure_error", "run_here",
+    "failure_error", "run_here", "load_here",
 ]
 
 
@@ -194,6 +194,17 @@ def run_here(wf: "BaseWorkflow", task: NodeTask, results: Any) -> tuple[Any, flo
 
 #: what an executor reports: a node done ``(index, seconds it ran or None)``, or a failure
 Completion = Union[tuple[int, Union[float, None]], NodeFailure]
+
+
+def load_here(wf: "BaseWorkflow", i: int, into: Union[MutableMapping[int, Any], MutableSequence[Any]]) -> Completion:
+    """Read the stored result of node *i* into ``into[i]`` in this process: the
+    completion an executor reports for it (loaded, or a ``load`` failure)."""
+    assert wf.storage is not None  # a plan loads nothing without storage
+    try:
+        into[i] = wf.storage.read_task(wf.workflow_name, wf.graph.names[i])
+    except Exception as exc:
+        return NodeFailure(i, "load", exc)
+    return (i, None)
 
 
 class Executor(Protocol):

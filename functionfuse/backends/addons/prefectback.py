@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, cast
 
 from ...baseworkflow import LOAD, SKIP, BaseWorkflow, select
 from ...baseworkflow import Query as BaseQuery
-from ...engine import Completion, NodeFailure, NodeTask, execute, run_here, run_session
+from ...engine import Completion, NodeFailure, NodeTask, execute, load_here, run_here, run_session
 from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, missing_dependency
 from ...planner import Plan
 from ...query import targets
@@ -365,14 +365,7 @@ class _PrefectExecutor:
         self.run.tasks.clear()
 
     def load(self, i: int) -> None:
-        wf = self.wf
-        assert wf.storage is not None  # a plan loads nothing without storage
-        try:
-            self.loaded[i] = wf.storage.read_task(wf.workflow_name, wf.graph.names[i])
-        except Exception as exc:
-            self.done.append(NodeFailure(i, "load", exc))
-        else:
-            self.done.append((i, None))
+        self.done.append(load_here(self.wf, i, self.loaded))
 
     def submit(self, task: NodeTask) -> None:
         g = self.wf.graph

@@ -21,7 +21,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from ...baseworkflow import BaseWorkflow, Policies, Query, select
-from ...engine import Completion, NodeFailure, NodeTask, execute, run_session
+from ...engine import Completion, NodeFailure, NodeTask, execute, load_here, run_session
 from ...planner import Plan
 from ...report import Progress, RunReport
 from ...workflow import executing_nodes
@@ -57,14 +57,7 @@ class _SerialExecutor:
             self.done.append((task.index, seconds))
 
     def load(self, i: int) -> None:
-        wf = self.wf
-        assert wf.storage is not None  # a plan loads nothing without storage
-        try:
-            self.R[i] = wf.storage.read_task(wf.workflow_name, wf.graph.names[i])
-        except Exception as exc:
-            self.done.append(NodeFailure(i, "load", exc))
-        else:
-            self.done.append((i, None))
+        self.done.append(load_here(self.wf, i, self.R))
 
     def release(self, indices: Sequence[int]) -> None:
         R = self.R
