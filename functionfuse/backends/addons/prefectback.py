@@ -404,7 +404,10 @@ class _PrefectExecutor:
             )
         done, self.done = self.done, []
         if self.waiting:
-            finished = _wait_for_futures(list(self.waiting), timeout=timeout).done
+            # Prefect's wait registers a callback on every future per call: one call for
+            # all of them (progress counts them at the end), as waiting in slices of
+            # *timeout* doubled the cost per node of a flow of cheap tasks
+            finished = _wait_for_futures(list(self.waiting)).done
             for fut in finished:
                 fut.wait()  # done may be seen just before the final state is set
                 i = self.waiting.pop(fut)
