@@ -13,8 +13,8 @@ The run itself (report, progress, recomputing damaged results, finishing) is
 :mod:`functionfuse.engine`'s; nothing about a run is kept on the workflow but its
 report (``last_run``): a plan is computed once per run and passed to what needs it, so
 looking at a plan (``plan()``, a drawing) changes nothing a later run does.
-Queries are :mod:`functionfuse.query`'s. (A little over 500 lines: the workflow's
-public surface, the original functionfuse API included, is one class.)
+Queries are :mod:`functionfuse.query`'s. (Over 500 lines: the workflow's
+public surface, the original functionfuse API and execution units included, is one class.)
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from .planner import (  # noqa: F401  (re-exported: the plan's vocabulary, as be
 from .query import _NAMES_SHOWN, Query, _close_names
 from .report import Progress, RunReport, progress_enabled
 from .storage import StorageProtocol
+from .units import Units, partition
 from .userframe import warn_at_user_frame
 from .workflow import NODE_TYPES, MethodNode, Node, NodeItem, validate_name
 from .workflow import ClassNode, WorkflowClass, WorkflowFunction, set_found_name
@@ -90,6 +91,9 @@ class BaseWorkflow:
     supports_unstored_nodes = True
     #: what the progress line calls the nodes being worked on
     progress_running_label = "running"
+    #: whether the backend runs execution units (several nodes as one engine task);
+    #: drawings then show them (LocalWorkflow runs every node in this process anyway)
+    fuses_units = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -109,6 +113,11 @@ class BaseWorkflow:
         self._unstored: set[int] = set()
         self._warned_stale: set[tuple[str, str]] = set()  # (node, fingerprint) warned about
         self._progress: bool | None = None
+        #: execution units (functionfuse.units): automatic fusion, its limit, groups, nodes kept alone
+        self._fusion = True
+        self._max_units: int | None = None
+        self._groups: dict[int, str] = {}
+        self._solo: set[int] = set()
         #: the report of the last run (see :class:`functionfuse.report.RunReport`)
         self.last_run: RunReport = RunReport(self.workflow_name, type(self).__name__)
 
@@ -204,6 +213,48 @@ class BaseWorkflow:
         * ``"off"``: never; the node always runs (its result is still stored).
         """
         self.cache_policy = _planner.check_policy(policy)
+
+    # -- execution units ------------------------------------------------------------------
+    def set_fusion(self, enabled: bool = True, *, max_units: int | None = None) -> None:
+        """Run cheap nodes together: linear chains of nodes become one engine task
+        (one Ray task, one Prefect task, one KFP step) when *enabled* (the default).
+        *max_units*: merge units until at most this many remain (None: no limit;
+        KFPWorkflow's default is 10 steps). Groups made with ``query(...).set_group``
+        apply either way. Results, plans, reports and errors stay per node (see
+        :mod:`functionfuse.units`; LocalWorkflow runs every node in this process anyway).
+        """
+        if not isinstance(enabled, bool):
+            raise ConfigurationError(f"set_fusion() takes True or False, not {enabled!r}.")
+        if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
+            raise ConfigurationError(f"set_fusion(max_units=...) takes an int >= 1 or None (no limit), not {max_units!r}.")
+        self._fusion = enabled
+        self._max_units = max_units
+
+    def fusion_key(self, i: int) -> Any:
+        """What node *i*'s task is launched with: nodes fuse into one task only when
+        their keys are equal; ``None``: never (class and method nodes). Backends add
+        their per-node options (resources, retries, image) to this key."""
+        node = self.graph.nodes[i]
+        if type(node) is ClassNode or type(node) is MethodNode:
+            return None
+        plugin = self._plugins.get(i)
+        return () if plugin is None else ("plugin", id(plugin))
+
+    def units(self, plan: Plan | None = None) -> Units:
+        """The execution units a run of *plan* (default: :meth:`plan`) uses; ``str()``
+        of it lists each unit, its nodes and why they were put together."""
+        if plan is None:
+            plan = self.plan()
+        keys = [self.fusion_key(i) for i in range(len(self.graph))]
+        return partition(
+            self.graph,
+            plan.actions,
+            keys,
+            groups=self._groups,
+            solo=self._solo,
+            enabled=self._fusion,
+            max_units=self._max_units,
+        )
 
     # -- planning -----------------------------------------------------------------------
     def fingerprints(self) -> list[dict]:

@@ -41,7 +41,9 @@ def _quote(text: str) -> str:
 
 
 def dot_source(wf: "BaseWorkflow") -> str:
-    """The DAG of any workflow in Graphviz's DOT language, nodes coloured by storage state."""
+    """The DAG of any workflow in Graphviz's DOT language, nodes coloured by storage
+    state; on a backend that runs execution units, each unit of several nodes is a box
+    around them (:mod:`functionfuse.units`)."""
     g = wf.graph
     names = g.names
     states = _states(wf)
@@ -60,6 +62,21 @@ def dot_source(wf: "BaseWorkflow") -> str:
         for i in members:
             lines.append("    " + _node_line(wf, i, states))
         lines.append("  }")
+    if wf.fuses_units:
+        # execution units of two nodes or more (class nodes are never in one)
+        for k, u in enumerate(wf.units().running, 1):  # numbered as str(wf.units()) lists them
+            if len(u.indices) < 2:
+                continue
+            in_cluster.update(u.indices)
+            what = f"group {u.group}" if u.group else u.why
+            lines.append(f"  subgraph {_quote(f'cluster_unit_{k}')} {{")
+            lines.append(
+                f"    label={_quote(f'unit {k}: {what}, {len(u.indices)} nodes, one task')}; "
+                'style="rounded,bold"; color="#1c7ed6"; fontcolor="#1c7ed6"; fontsize=10;'
+            )
+            for i in u.indices:
+                lines.append("    " + _node_line(wf, i, states))
+            lines.append("  }")
     for i in range(len(g)):
         if i not in in_cluster:
             lines.append("  " + _node_line(wf, i, states))

@@ -27,6 +27,13 @@ per-node overhead of tasks would dominate small nodes). It words errors with
 :func:`failure_error` and fills the report as the engine does; tests/test_localback.py
 covers it through the conformance suite's runs without storage.
 
+**Units.** An executor that ``fuses`` gets the plan as execution units
+(:mod:`functionfuse.units`): one :class:`UnitTask` per unit of several nodes, which
+runs its nodes in order, each stored as soon as computed, and reports each node.
+
+The module is a little over 500 lines: the run loop, the two tasks it hands out and the
+executor contract they are run through are read together, so they stay one module.
+
 :func:`run_session` (start the report and progress display; finish them, store the
 report and warn, also when the run raised) and :func:`plan_run` (step 1) are what
 compilers use around their own submission: the Ray Workflows addon binds a DAG that
@@ -53,7 +60,7 @@ if TYPE_CHECKING:
     from .baseworkflow import BaseWorkflow
 
 __all__ = [
-    "NodeTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "plan_run", "recompute_damaged",
+    "NodeTask", "UnitTask", "NodeFailure", "Executor", "Completion", "RunSession", "run_session", "plan_run", "recompute_damaged",
     "execute",
     "failure_error", "run_here", "load_here",
 ]
@@ -69,12 +76,17 @@ class NodeFailure(Exception):
     for a task its engine never started because an input failed), the error
     and its traceback (text, as it may come from another process)."""
 
-    def __init__(self, index: int, stage: str, error: BaseException, tb: str = "") -> None:
+    def __init__(
+        self, index: int, stage: str, error: BaseException, tb: str = "", done: Sequence[tuple[int, float]] = ()
+    ) -> None:
         super().__init__(index, stage, error, tb)
         self.index, self.stage, self.error, self.tb = index, stage, error, tb
+        #: in a unit (:class:`UnitTask`): ``(index, seconds)`` of its nodes that completed
+        #: (and were stored) before this one failed
+        self.done: tuple[tuple[int, float], ...] = tuple(done)
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self.index, self.stage, self.error, self.tb))
+        return (type(self), (self.index, self.stage, self.error, self.tb, self.done))
 
     def __str__(self) -> str:
         return f"node #{self.index} failed ({self.stage}): {type(self.error).__name__}: {self.error}\n{self.tb}"
@@ -136,6 +148,90 @@ class NodeTask:
             except (StorageError, OSError) as exc:
                 raise NodeFailure.capture(self.index, "save", exc) from exc
         return value, elapsed
+
+
+class UnitTask:
+    """Several nodes run as one engine task, in order (an execution unit, see
+    :mod:`functionfuse.units`); picklable.
+
+    Each node is its :class:`NodeTask`, so each result is stored as soon as its node is
+    computed: a unit interrupted by a crash loses only the node in progress.
+
+    :param tasks: the nodes' tasks, in the order they run (topological).
+    :param parents: positions of the nodes outside the unit whose values its nodes need.
+    :param exports: positions of the unit's nodes whose values are needed after it.
+    """
+
+    __slots__ = ("tasks", "parents", "exports")
+
+    def __init__(self, tasks: Sequence[NodeTask], parents: Sequence[int], exports: Sequence[int]) -> None:
+        self.tasks, self.parents, self.exports = tuple(tasks), tuple(parents), tuple(exports)
+
+    def __reduce__(self) -> tuple:
+        return (UnitTask, (self.tasks, self.parents, self.exports))
+
+    @property
+    def index(self) -> int:
+        """The position of the unit's first node (what progress and errors show first)."""
+        return self.tasks[0].index
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        return tuple(t.index for t in self.tasks)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def label(self, width: int = 80) -> str:
+        """The unit's nodes for a task name: ``"a, b, c"``, or ``"a, b, ... z (40 nodes)"``
+        when they do not fit in about *width* characters."""
+        names = self.names
+        text = ", ".join(names)
+        if len(text) <= width:
+            return text
+        head = ""
+        for k in range(1, len(names) - 1):
+            candidate = ", ".join(names[:k])
+            if len(candidate) + len(names[-1]) > width - 20:
+                break
+            head = candidate
+        head = head or names[0]
+        return f"{head}, ... {names[-1]} ({len(names)} nodes)"
+
+    def run(self, values: Mapping[int, Any]) -> tuple[dict[int, Any], list[tuple[int, float]]]:
+        """Run the nodes in order (*values*: the values of :attr:`parents` by position).
+
+        :returns: the values of :attr:`exports` by position, and ``(position, seconds)``
+            of every node. Values no later node of the unit needs are dropped as it goes.
+        :raises NodeFailure: of the node that failed, whose ``done`` lists the nodes that
+            completed before it.
+        """
+        tasks = self.tasks
+        keep = set(self.exports)
+        last: dict[int, int] = {}
+        for k, t in enumerate(tasks):
+            for p in t.parents:
+                last[p] = k
+        drops: list[list[int]] = [[] for _ in tasks]
+        for p, k in last.items():
+            if p not in keep:
+                drops[k].append(p)
+        for k, t in enumerate(tasks):  # a value no later node of the unit needs, and not exported
+            if t.index not in last and t.index not in keep:
+                drops[k].append(t.index)
+        R: dict[int, Any] = dict(values)
+        done: list[tuple[int, float]] = []
+        for k, t in enumerate(tasks):
+            try:
+                R[t.index], seconds = t.run(R)
+            except NodeFailure as f:
+                f.done = tuple(done)
+                raise
+            done.append((t.index, seconds))
+            for p in drops[k]:
+                del R[p]
+        return {i: R[i] for i in self.exports}, done
 
 
 def failure_error(wf: "BaseWorkflow", f: NodeFailure, where: str | None = None) -> BaseException:
@@ -222,11 +318,15 @@ class Executor(Protocol):
     #: the driver and runs everything at once (Prefect). A serial executor reads each
     #: result when its turn comes (it holds fewer values at a time).
     loads_first: bool
+    #: execution units: :meth:`submit` also gets :class:`UnitTask` (two nodes or more),
+    #: and reports one completion per node of it: ``(i, seconds)`` for each, or on a
+    #: failure the ``done`` entries of the NodeFailure, then the failure
+    fuses: bool
 
     def start(self, plan: Plan) -> None:
         """A new attempt at running *plan* (after a damaged result, the plan is new)."""
 
-    def submit(self, task: NodeTask) -> None:
+    def submit(self, task: NodeTask | UnitTask) -> None:
         """Run *task* (its parents were submitted or loaded before)."""
 
     def load(self, i: int) -> None:
@@ -390,6 +490,11 @@ def _drive(
             collect(executor.wait(executor.pending, None))
         if failures:  # a damaged result: the next plan runs its node, nothing ran twice
             return failures
+    if getattr(executor, "fuses", False):
+        _submit_units(wf, executor, plan, session, collect, failures)
+        while executor.pending:
+            collect(executor.wait(executor.pending, 0.25))
+        return failures
     i = 0
     try:
         for i, action in enumerate(actions):
@@ -423,3 +528,54 @@ def _drive(
     while executor.pending:
         collect(executor.wait(executor.pending, 0.25))
     return failures
+
+
+def _submit_units(
+    wf: "BaseWorkflow",
+    executor: Executor,
+    plan: Plan,
+    session: RunSession,
+    collect: Callable[[list[Completion]], None],
+    failures: list[NodeFailure],
+) -> None:
+    """Submit *plan* as execution units (:mod:`functionfuse.units`): one task per unit,
+    loads as before; values released after the last step that needs them."""
+    report, progress = session.report, session.progress
+    actions = plan.actions
+    units = wf.units(plan)
+    saving = wf.storage is not None and plan.records is not None
+    slots, in_process, loads_first = executor.slots, executor.in_process, executor.loads_first
+    batch = max(1, slots // 10)
+    report.skipped = sum(1 for a in actions if a == SKIP)
+
+    def task_of(i: int) -> NodeTask:
+        save = saving and actions[i] == RUN
+        return wf.node_task(i, save=save, record=plan.records[i] if save else None)  # type: ignore[index]
+
+    step = None
+    try:
+        for step, frees in zip(units.steps, units.release):
+            if not (step.loads and loads_first):
+                if slots and executor.pending >= slots:
+                    collect(executor.wait(min(batch, executor.pending), None))
+                    if failures:
+                        break
+                if step.loads:
+                    executor.load(step.indices[0])
+                else:
+                    task: NodeTask | UnitTask
+                    if len(step.indices) == 1:
+                        task = task_of(step.indices[0])
+                    else:
+                        task = UnitTask([task_of(i) for i in step.indices], step.parents, step.exports)
+                    if in_process:
+                        progress.node_started(wf.graph.names[task.index])
+                    executor.submit(task)
+            if frees:
+                executor.release(frees)
+    except BaseException:
+        # the executor stopped the run at this step (KeyboardInterrupt, SystemExit)
+        progress.running = 0
+        if step is not None:
+            report.failed = wf.graph.names[step.indices[0]]
+        raise

@@ -108,6 +108,38 @@ class Query:
         return self
 
 
+    def set_group(self, name: str | None) -> "Query":
+        """Run these nodes as one execution unit named *name*: one Ray task, one Prefect
+        task, one KFP step, in topological order (see :mod:`functionfuse.units`); each
+        result is still stored as soon as its node is computed. ``None``: leave the group.
+        Nodes of a group need the same options (resources, image, retries, plugin), and
+        a group must not need itself through a node outside it (ConfigurationError).
+        """
+        indices = targets(self, "set_group")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"set_group() takes a non-empty group name (or None to leave groups), not {name!r}.")
+        groups = self.workflow._groups
+        for i in indices:
+            if name is None:
+                groups.pop(i, None)
+            else:
+                groups[i] = name
+        return self
+
+    def set_fusion(self, enabled: bool) -> "Query":
+        """``False``: these nodes never share a task with other nodes (each runs as its
+        own task, e.g. a heavy node that should get a pod or a worker of its own);
+        ``True``: they may again (the default)."""
+        indices = targets(self, "set_fusion")
+        if not isinstance(enabled, bool):
+            raise ConfigurationError(f"set_fusion() takes True or False, not {enabled!r}.")
+        if enabled:
+            self.workflow._solo.difference_update(indices)
+        else:
+            self.workflow._solo.update(indices)
+        return self
+
+
 #: how many node names a query's repr and its errors show
 _NAMES_SHOWN = 10
 

@@ -30,7 +30,13 @@ class GraphWorkflow(BaseWorkflow):
     :param nodes: DAG nodes, as for every backend.
     :param workflow_name: names the files written.
     :param doc_path: folder for the drawings (created if needed).
+
+    The drawing shows the execution units the engines (Ray, Prefect, KFP) would run:
+    each unit of several nodes is a box around them, labelled with why they were put
+    together (``set_fusion``, ``query(...).set_group`` change them as on those backends).
     """
+
+    fuses_units = True
 
     def __init__(self, *nodes: Any, workflow_name: str, doc_path: str = ".") -> None:
         super().__init__(*nodes, workflow_name=workflow_name)
