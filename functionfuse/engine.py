@@ -318,16 +318,17 @@ class Executor(Protocol):
     #: the driver and runs everything at once (Prefect). A serial executor reads each
     #: result when its turn comes (it holds fewer values at a time).
     loads_first: bool
-    #: execution units: :meth:`submit` also gets :class:`UnitTask` (two nodes or more),
-    #: and reports one completion per node of it: ``(i, seconds)`` for each, or on a
-    #: failure the ``done`` entries of the NodeFailure, then the failure
-    fuses: bool
+    # An executor that runs execution units has a class attribute ``fuses = True``: its
+    # submit() then also gets UnitTask (two nodes or more), and it reports one completion
+    # per node of it: ``(i, seconds)`` for each, or on a failure the ``done`` entries of
+    # the NodeFailure, then the failure. Without it (False) it gets NodeTask only.
 
     def start(self, plan: Plan) -> None:
         """A new attempt at running *plan* (after a damaged result, the plan is new)."""
 
-    def submit(self, task: NodeTask | UnitTask) -> None:
-        """Run *task* (its parents were submitted or loaded before)."""
+    def submit(self, task: Any) -> None:
+        """Run *task*, a :class:`NodeTask` (or a :class:`UnitTask` if the executor
+        ``fuses``); its parents were submitted or loaded before."""
 
     def load(self, i: int) -> None:
         """Read node *i*'s stored result where its children will need it."""
