@@ -262,7 +262,7 @@ class _InlineUnits:
     """Runs each task in this process as it is submitted, units included (see the module
     documentation): what Ray and Prefect do in their workers."""
 
-    slots = 0
+    slots = 1  # the engine collects each task's completions before the next (a serial executor)
     in_process = False
     where = None
     loads_first = False
@@ -395,3 +395,25 @@ def test_unit_task_drops_values_it_no_longer_needs():
     values, done = unit.run({})
     assert [i for i, _ in done] == list(range(6))
     assert isinstance(values[5], _Box), f"{values[5]} values of earlier nodes were still held"
+
+
+# -- the conformance suites, run through the engine with units ------------------------------------
+from contracts.backend import BackendConformance, LoadErrorConformance  # noqa: E402
+from contracts.units import UnitConformance  # noqa: E402
+
+
+class TestInlineUnitsConformance(BackendConformance, LoadErrorConformance, UnitConformance):
+    @pytest.fixture
+    def make_workflow(self):
+        return _UnitsWorkflow
+
+
+class TestInlineUnitsConformanceUnfused(BackendConformance, UnitConformance):
+    @pytest.fixture
+    def make_workflow(self):
+        def make(*nodes, workflow_name):
+            wf = _UnitsWorkflow(*nodes, workflow_name=workflow_name)
+            wf.set_fusion(False)
+            return wf
+
+        return make
