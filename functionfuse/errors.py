@@ -9,6 +9,7 @@ catches them all::
      │    ├── DuplicateNameError        two nodes of one workflow share a name
      │    └── NodeCallError             (also TypeError) a call does not fit its function's signature
      ├── NodeExecutionError             a node's function raised; the cause is chained
+     │    └── NodeTimeoutError          a node ran longer than its timeout (LocalWorkflow)
      ├── StalePlanError                 a compiled plan no longer matches what storage holds
      ├── StorageError
      │    ├── TaskNotFoundError         (also FileNotFoundError)
@@ -49,6 +50,7 @@ __all__ = [
     "DuplicateNameError",
     "NodeCallError",
     "NodeExecutionError",
+    "NodeTimeoutError",
     "StalePlanError",
     "StorageError",
     "TaskNotFoundError",
@@ -121,6 +123,17 @@ class NodeExecutionError(FunctionFuseError):
 
 def _rebuild_node_error(message: str, node_name: str, workflow_name: str) -> NodeExecutionError:
     return NodeExecutionError(message, node_name=node_name, workflow_name=workflow_name)
+
+
+class NodeTimeoutError(NodeExecutionError):
+    """A node ran longer than the timeout set on it (``query(...).set_timeout``)."""
+
+    def __reduce__(self):
+        return (_rebuild_timeout_error, (str(self), self.node_name, self.workflow_name))
+
+
+def _rebuild_timeout_error(message: str, node_name: str, workflow_name: str) -> NodeTimeoutError:
+    return NodeTimeoutError(message, node_name=node_name, workflow_name=workflow_name)
 
 
 class StalePlanError(FunctionFuseError):

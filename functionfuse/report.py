@@ -106,6 +106,8 @@ class RunReport:
     error: str | None = None
     #: how the run ended: FINISHED, FAILED or INTERRUPTED (RUNNING until then)
     status: str = RUNNING
+    #: the nodes run again after a failure (query(...).set_retries): node -> retries used
+    retries: dict[str, int] = field(default_factory=dict)
     #: clock readings after each node of a fast local run (node i: [i + 1] - [i])
     _stamps: list[float] | None = field(default=None, repr=False)
     _names: Any = field(default=None, repr=False)
@@ -163,6 +165,8 @@ class RunReport:
         )
         if self.recomputed:
             text += f", {self.recomputed} recomputed (unreadable stored results)"
+        if self.retries:
+            text += ", retried: " + ", ".join(f"{name} {k}x" for name, k in sorted(self.retries.items()))
         slow = [f"{name} {s:.2f} s" for name, s in self.slowest(3) if s >= 0.01]
         if slow:
             text += "; slowest: " + ", ".join(slow)

@@ -15,7 +15,7 @@ import os
 import pytest
 
 from functionfuse import workflow
-from functionfuse.errors import ConfigurationError, NodeExecutionError, StaleResultWarning, StorageError, TaskNotFoundError
+from functionfuse.errors import ConfigurationError, CorruptedResultError, NodeExecutionError, StaleResultWarning, StorageError, TaskNotFoundError
 from functionfuse.storage import storage_factory
 from functionfuse.storage.filestorage import FileStorage
 
@@ -292,14 +292,22 @@ class BackendConformance:
         assert "fails once" in str(info.value)
         assert storage.read_task("faildamage", "after") == 4  # never ran: the old value stays...
         assert wf.plan().action("after") == "run"  # ...and is not taken for current
-        repaired = wf.plan().action("other2") == "load"  # a backend that read every stored result first
+        # failing and after run again; other and other2 too unless the failed run already
+        # recomputed the damaged result (a backend that read every stored result first, or
+        # ran nodes side by side) and stored them: exactly what the plan says is not current
+        # (a result damaged past its header still plans as a load: it runs once found)
+        rerun = ["fail_once" if p.name == "failing" else "add" for p in wf.plan() if p.action == "run"]
+        try:
+            storage.read_task("faildamage", "other")
+        except CorruptedResultError:
+            rerun.append("add")
+        rerun.sort()
+        assert rerun[:1] == ["add"] and "fail_once" in rerun and len(rerun) <= 4
         calls.reset()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert wf.run() == [5, 32]
-        # failing and after run; other and other2 too unless the failed run already
-        # recomputed the damaged result (found before anything ran) and what needs it
-        assert sorted(calls()) == (["add", "fail_once"] if repaired else ["add", "add", "add", "fail_once"])
+        assert sorted(calls()) == rerun
 
     def test_a_result_copied_under_another_name_is_recomputed(self, make_workflow, storage, calls):
         """``cp node1.ffr node3.ffr`` must not make node3's value node1's."""

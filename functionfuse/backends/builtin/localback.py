@@ -1,4 +1,5 @@
-"""LocalWorkflow: run a DAG in this process, one node after another.
+"""LocalWorkflow: run a DAG in this process, one node after another (or several at a
+time in threads: ``parallel=N``, :mod:`._localpool`).
 
 State machine of a run (the engine's, :mod:`functionfuse.engine`, with the serial
 executor below): the plan (:mod:`functionfuse.planner`) marks each node run, replay,
@@ -12,7 +13,8 @@ loaded is reported with a warning, dropped, and the plan is made again, so the n
 could not be stored or loaded) names it in its report (``last_run.failed``).
 
 Without storage and plugins, a run takes a fast path: the compiled calls in a loop,
-one clock reading per node.
+one clock reading per node. With ``parallel=N`` (N > 1), or retries or timeouts set on
+nodes, the engine drives a pool of N threads instead (:class:`._localpool.PoolExecutor`).
 """
 
 from __future__ import annotations
@@ -20,21 +22,67 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
-from ...baseworkflow import BaseWorkflow, Policies, Query, select
+from ...baseworkflow import BaseWorkflow, Policies, select
 from ...engine import Completion, NodeFailure, NodeTask, execute, load_here, run_session
+from ...errors import ConfigurationError
 from ...planner import Plan
+from ...query import Query as BaseQuery
+from ...query import targets
 from ...report import Progress, RunReport
 from ...workflow import executing_nodes
+from ._localpool import PoolExecutor
 
 __all__ = ["LocalWorkflow", "Query"]
 
 _PROGRESS_EVERY = 1024  # nodes between progress updates on the fast path
 
 
+class Query(BaseQuery):
+    """The nodes of a LocalWorkflow whose names match a pattern: the options of every
+    backend, and retries and timeouts (see :meth:`set_retries`, :meth:`set_timeout`)."""
+
+    workflow: "LocalWorkflow"
+
+    def set_retries(self, retries: int) -> "Query":
+        """Run these nodes up to *retries* more times when they raise (or their result
+        cannot be stored); 0: never again (the default). A retry runs in the same worker
+        right away; ``last_run.retries`` names the nodes retried and how often. A node
+        that timed out is not retried (its thread still runs). Like Prefect's ``retries``.
+        """
+        indices = targets(self, "set_retries")
+        if type(retries) is not int or retries < 0:
+            raise ConfigurationError(f"set_retries() takes a number of retries, an int >= 0, not {retries!r}.")
+        for i in indices:
+            self.workflow._retries[i] = retries
+        return self
+
+    def set_timeout(self, seconds: float | None) -> "Query":
+        """Fail the run when one of these nodes runs longer than *seconds* (None: no
+        timeout, the default). The run raises
+        :class:`~functionfuse.errors.NodeTimeoutError` naming the node and the timeout;
+        nothing new starts, the nodes running finish and are stored. A thread cannot be
+        stopped: the node's thread runs on in the background (a daemon thread: it does
+        not keep Python from exiting), and its result is never stored once the timeout
+        has passed, so storage never holds a result the run did not accept.
+        """
+        indices = targets(self, "set_timeout")
+        if seconds is not None and (type(seconds) not in (int, float) or not seconds > 0 or seconds == float("inf")):
+            raise ConfigurationError(
+                f"set_timeout() takes a number of seconds > 0 (or None: no timeout), not {seconds!r}."
+            )
+        for i in indices:
+            if seconds is None:
+                self.workflow._timeouts.pop(i, None)
+            else:
+                self.workflow._timeouts[i] = float(seconds)
+        return self
+
+
 class _SerialExecutor:
     """Runs each task as it is submitted, in this process (the engine's executor)."""
 
     slots = 1
+    fuses = False
     in_process = True
     where: str | None = None
     loads_first = False  # each stored result is read when its turn comes
@@ -85,13 +133,46 @@ class LocalWorkflow(BaseWorkflow):
     :param nodes: DAG nodes. The backend finds all DAG roots that are ancestors of the
         nodes and runs the graph from those roots through every descendant.
     :param workflow_name: the name of the workflow, used by storage.
+    :param parallel: how many nodes run at a time, in threads of this process (1, the
+        default: one after another, in this thread). Nodes whose inputs are ready run
+        side by side, lowest position first; NumPy, SciPy, I/O and other code that
+        releases the GIL runs faster, pure Python code does not (use RayWorkflow for
+        that). Storage, resume, the release of values and the errors are the serial
+        run's; a node with a plugin runs alone (plugins set process-wide state).
 
     With storage set (:meth:`set_storage`), every result is saved as soon as its node
     has run, and a later run loads stored results instead of running their nodes.
+    Retries and timeouts are set per node: ``wf.query("^fit$").set_retries(2)``,
+    ``.set_timeout(600)``.
+
+    :raises ConfigurationError: *parallel* is not an int >= 1.
     """
 
+    query_class = Query
+    progress_running_label = "running"
     #: positions of the nodes log_nodes() selected: they run on every run, never stored
     _logged: frozenset[int] = frozenset()
+
+    def __init__(self, *nodes: Any, workflow_name: str, parallel: int = 1) -> None:
+        if type(parallel) is not int or parallel < 1:
+            raise ConfigurationError(
+                f"LocalWorkflow(parallel={parallel!r}): parallel is how many nodes run at a time, an int >= 1 "
+                "(1: one after another). Pass e.g. parallel=4, or leave it out."
+            )
+        super().__init__(*nodes, workflow_name=workflow_name)
+        self.parallel = parallel
+        if parallel > 1:
+            self.progress_running_label = "in flight"  # queued nodes count until they run
+        self._retries: dict[int, int] = {}
+        self._timeouts: dict[int, float] = {}
+
+    def query(self, pattern: str | None = None) -> Query:
+        """Query nodes by regexp pattern (``re.search`` in each node name; ``None``: every
+        node): a :class:`Query`, which also sets retries and timeouts."""
+        return super().query(pattern)  # type: ignore[return-value]  # the base builds self.query_class
+
+    def _repr_details(self) -> list[str]:
+        return [f"parallel {self.parallel}"] if self.parallel > 1 else []
 
     def log_nodes(self, query: str | None) -> None:
         """Run the nodes whose whole name matches the regular expression *query* on
@@ -115,9 +196,18 @@ class LocalWorkflow(BaseWorkflow):
             results for several.
         :raises NodeExecutionError: a node raised; results stored before stay stored.
         """
+        pooled = self.parallel > 1 or bool(self._retries) or bool(self._timeouts)
         with run_session(self) as session:
-            if self.storage is None and not self.plugins:
-                results: Any = self._run_plain(session.report, session.progress)
+            if pooled:
+                pool = PoolExecutor(
+                    self, self.parallel, retries=self._retries, timeouts=self._timeouts, report=session.report
+                )
+                try:
+                    results: Any = execute(self, pool, session)
+                finally:  # also KeyboardInterrupt: nodes not started never start
+                    pool.close()
+            elif self.storage is None and not self.plugins:
+                results = self._run_plain(session.report, session.progress)
             else:
                 results = execute(self, _SerialExecutor(self), session)
         return self.outputs(results)
