@@ -259,12 +259,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
     given = _storage(args.storage, must_exist=False) if args.storage else None
     wf = _workflow(args.graph, args.workflow, given, args.cache, "planned")
     rows = _plan_rows(wf, args.storage)
+    units = _unit_rows(wf) if args.units else None
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if units is None else {"plan": rows, "units": units}, indent=2))
     else:
         print(_table([[r["task"], r["action"] or "-", r["status"], r["reason"]] for r in rows],
                      ["task", "action", "stored", "reason"]))
+        if units is not None:
+            print()
+            print(str(wf.units()) if wf.fuses_units else _NO_UNITS.format(kind=type(wf).__name__))
     return 0
+
+
+_NO_UNITS = "{kind} runs every node in this process: it has no execution units (Ray, Prefect and KFP workflows do)."
+
+
+def _unit_rows(wf: Any) -> list[dict]:
+    """The execution units a run of *wf* would submit (one node each on a backend that
+    does not fuse)."""
+    if not wf.fuses_units:
+        return []
+    names = wf.graph.names
+    return [
+        {"unit": k, "why": u.why, "group": u.group, "nodes": [names[i] for i in u.indices]}
+        for k, u in enumerate(wf.units().running, 1)
+    ]
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -309,6 +328,9 @@ def add_plan_commands(sub: Any, storage_help: str) -> None:
     plan.add_argument("--storage", help=storage_help + "; overrides a workflow object's own storage")
     plan.add_argument("--cache", choices=["name", "fingerprint", "off"],
                       help="cache policy (default: the workflow object's, else fingerprint)")
+    plan.add_argument("--units", action="store_true",
+                      help="also list the execution units a run would submit (one task each) and why "
+                           "(Ray, Prefect and KFP workflow objects; docs/units.md); with --json: {plan, units}")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
 

@@ -337,6 +337,39 @@ def test_plan_of_a_workflow_object_is_its_own_plan(project):
     assert out.returncode == 1 and "WORKFLOW" in out.stderr and "Traceback" not in out.stderr
 
 
+UNITS_OBJECT = """
+from functionfuse import workflow
+from functionfuse.backends.builtin.graphback import GraphWorkflow
+
+
+@workflow
+def step(x):
+    return x + 1
+
+
+x = 0
+for k in range(4):
+    x = step(x).set_name(f"s{k}")
+chain = GraphWorkflow(x, workflow_name="chain")
+solo = GraphWorkflow(x, workflow_name="chain")
+solo.query("^s2$").set_fusion(False)
+"""
+
+
+def test_plan_units_lists_the_units_and_why(project):
+    (project / "units.py").write_text(UNITS_OBJECT)
+    out = ff("plan", "--graph", "units.py:chain", "--units", cwd=project).stdout
+    assert "4 running nodes in 1 unit (1 chain)" in out and "unit 1: 4 nodes [chain]: s0, s1, s2, s3" in out
+    got = json.loads(ff("plan", "--graph", "units.py:solo", "--units", "--json", cwd=project).stdout)
+    assert [(u["why"], u["nodes"]) for u in got["units"]] == [
+        ("chain", ["s0", "s1"]), ("alone", ["s2"]), ("single", ["s3"])
+    ]
+    assert [r["task"] for r in got["plan"]] == ["s0", "s1", "s2", "s3"]
+    # a LocalWorkflow runs every node in its process: it says so instead of listing units
+    out = ff("plan", "demo", "--graph", "dag.py:build", "--units", cwd=project).stdout
+    assert "has no execution units" in out
+
+
 def test_module_targets_are_found_in_the_current_folder(project):
     out = ff("graph", "dag:build", "--format", "dot", cwd=project)
     assert "dot" in out.stdout and (project / "build.dot").exists()
