@@ -1,5 +1,5 @@
 """RayWorkflow on a real Ray: the conformance suite (file and ray storage, bounded and
-unbounded submission), what only Ray can show (actors, placement, crashes of a worker
+unbounded submission, execution units on and off), what only Ray can show (actors, placement, crashes of a worker
 or of the driver), and a multi-node cluster on 127.0.0.1."""
 
 from __future__ import annotations
@@ -92,6 +92,23 @@ class TestRayConformanceBoundedSubmission(_RayCalls, BackendConformance):
     @pytest.fixture
     def make_workflow(self, local_ray):
         return returning(max_pending_tasks=2)
+
+
+def unfused(cls):
+    """*cls* with automatic fusion off: one Ray task per node, as before units."""
+
+    class Unfused(cls):
+        def __init__(self, *nodes, **kwargs):
+            super().__init__(*nodes, **kwargs)
+            self.set_fusion(False)
+
+    return Unfused
+
+
+class TestRayConformanceUnfused(_RayCalls, BackendConformance, LoadErrorConformance):
+    @pytest.fixture
+    def make_workflow(self, local_ray):
+        return unfused(returning())
 
 
 class TestRayConformanceRayStorage(_RayCalls, BackendConformance):
@@ -730,3 +747,104 @@ def test_a_node_task_sends_its_compiled_call_by_the_name_of_its_code(position):
         return
     value = rayback.run_packed(data, [[], [3], [6]][position])
     assert (value.total if position == 2 else value) == [3, 6, 6][position]
+
+
+# -- execution units: one Ray task per unit --------------------------------------------------
+@workflow
+def traced(x, tag=None):
+    """x + 1, with the process and the Ray task that computed it."""
+    context = ray.get_runtime_context()
+    value = x["value"] if isinstance(x, dict) else x
+    return {"value": value + 1, "pid": os.getpid(), "task": context.get_task_id(), "name": context.get_task_name()}
+
+
+def traced_chain(n, prefix="t"):
+    x = 0
+    for k in range(n):
+        x = traced(x).set_name(f"{prefix}{k}")
+    return x
+
+
+def test_a_fused_chain_is_one_ray_task_and_every_node_is_stored(local_ray, tmp_path):
+    end = traced_chain(12)
+    wf = RayWorkflow(end, workflow_name="fused")
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf.set_storage(storage)
+    assert [len(u.indices) for u in wf.units().running] == [12]
+    assert wf.run(return_results=True)["value"] == 12
+    assert (wf.last_run.ran, wf.last_run.loaded) == (12, 0)
+    stored = [storage.read_task("fused", f"t{k}") for k in range(12)]
+    assert [v["value"] for v in stored] == list(range(1, 13))  # each node's own value, stored
+    assert len({v["task"] for v in stored}) == 1 and len({v["pid"] for v in stored}) == 1
+    assert stored[0]["pid"] != os.getpid()
+    assert stored[0]["name"] == "t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11"  # the task names its nodes
+    # fusion off: one task per node again
+    wf = RayWorkflow(end, workflow_name="unfused")
+    wf.set_fusion(False)
+    wf.set_storage(storage)
+    assert wf.run(return_results=True)["value"] == 12
+    tasks = [storage.read_task("unfused", f"t{k}") for k in range(12)]
+    assert len({v["task"] for v in tasks}) == 12 and [v["name"] for v in tasks] == [f"t{k}" for k in range(12)]
+
+
+def test_units_pass_values_between_them_as_refs_and_return_middle_outputs(local_ray):
+    """A chain feeding a fan-out: the chain is one task whose middle node is also an
+    output; the fan-out nodes each take the chain's end (an export of the unit)."""
+    mid = traced_chain(3, "a")
+    end = traced(mid).set_name("a_end")
+    fan = [traced(end, tag=k).set_name(f"f{k}") for k in range(3)]
+    outs = [traced(f).set_name(f"g{k}") for k, f in enumerate(fan)]
+    wf = RayWorkflow(mid, *outs, workflow_name="refs")
+    running = wf.units().running
+    assert sorted(len(u.indices) for u in running) == [2, 2, 2, 4]
+    first, *rest = wf.run(return_results=True)
+    assert first["value"] == 3 and [r["value"] for r in rest] == [6, 6, 6]
+    tasks = {r["task"] for r in rest}
+    assert len(tasks) == 3 and first["task"] not in tasks
+
+
+def test_a_failure_inside_a_fused_chain_names_its_node_and_resume_starts_there(local_ray, tmp_path):
+    from contracts.backend import fail_if
+
+    flag = tmp_path / "fail.flag"
+    flag.touch()
+    c1 = add(add(1, 1).set_name("c0"), 1).set_name("c1")
+    c3 = add(fail_if(str(flag), c1).set_name("c2"), 1).set_name("c3")
+    out = add(c3, 1).set_name("c4")
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    wf = RayWorkflow(out, workflow_name="unit_failure")
+    wf.set_storage(storage)
+    assert [len(u.indices) for u in wf.units().running] == [5]
+    with pytest.raises(NodeExecutionError, match="'c2'.*flag fail.flag is set") as info:
+        wf.run()
+    assert info.value.node_name == "c2"
+    assert "Remote traceback" in str(info.value)
+    assert storage.list_tasks("unit_failure") == ["c0", "c1"]  # stored before the failure
+    assert wf.last_run.failed == "c2" and wf.last_run.ran == 2
+    flag.unlink()
+    assert wf.run(return_results=True) == 5
+    assert (wf.last_run.ran, wf.last_run.loaded, wf.last_run.skipped) == (3, 1, 1)  # from c2 on
+    assert storage.list_tasks("unit_failure") == ["c0", "c1", "c2", "c3", "c4"]
+
+
+def test_nodes_with_different_remote_args_never_share_a_task(local_ray):
+    x, nodes = 0, []
+    for k in range(6):
+        x = traced(x).set_name(f"t{k}")
+        nodes.append(x)
+    wf = RayWorkflow(*nodes, workflow_name="options")
+    wf.query("^t[23]$").set_remote_args({"num_cpus": 1, "resources": {"_disk": 0.01, "_model": 0.01}})
+    wf.query("^t4$").set_remote_args({"resources": {"_model": 0.01, "_disk": 0.01}, "num_cpus": 1})  # same, by value
+    wf.query("^t5$").set_remote_args({"num_cpus": 1, "max_retries": 0})
+    names = wf.graph.names
+    assert [[names[i] for i in u.indices] for u in wf.units().running] == [["t0", "t1"], ["t2", "t3", "t4"], ["t5"]]
+    values = wf.run(return_results=True)
+    assert [v["value"] for v in values] == [1, 2, 3, 4, 5, 6]
+    tasks = [v["task"] for v in values]
+    assert tasks[0] == tasks[1] and tasks[2] == tasks[3] == tasks[4] and len(set(tasks)) == 3
+    # an instance and its calls run in an actor: never fused
+    rec = Recorder().set_name("rec")
+    wf = RayWorkflow(rec.append(traced(0).set_name("arg")).set_name("call"), workflow_name="actors")
+    assert wf.fusion_key(wf.graph.names.index("rec")) is None
+    assert wf.fusion_key(wf.graph.names.index("call")) is None
+    assert all(len(u.indices) == 1 for u in wf.units().running)

@@ -1,10 +1,11 @@
 """What runs in the Ray workers for :mod:`functionfuse.backends.builtin.rayback`
-(and the Ray Workflows addon): the node runner, the actor of a class node, and how a
-node's task is pickled.
+(and the Ray Workflows addon): the node runner, the unit runner, the actor of a class
+node, and how a task is pickled.
 
 A Ray task gets a node's :class:`~functionfuse.engine.NodeTask` (index, name, workflow,
-compiled call, plugin hook, storage, metadata, parent indices) pickled by
-:func:`pack_task`, and its parents' values as top-level arguments, which Ray resolves.
+compiled call, plugin hook, storage, metadata, parent indices), or an execution unit's
+:class:`~functionfuse.engine.UnitTask` (the NodeTasks of its nodes, in order), pickled
+by :func:`pack_task`, and its parents' values as top-level arguments, which Ray resolves.
 The compiled call is a closure of :mod:`functionfuse._calls`, whose code every worker
 has: it travels as the name of its code and its cell contents (``_rebuild_closure``),
 not by value.
@@ -21,7 +22,7 @@ import ray
 from ray import cloudpickle
 
 from ...baseworkflow import COMPILED_CALLS_MODULE
-from ...engine import NodeFailure, NodeTask
+from ...engine import NodeFailure, NodeTask, UnitTask
 from ...workflow import NODE_TYPES, NodeItem
 
 
@@ -88,8 +89,9 @@ def _rebuild_closure(module: str, name: str, line: int, cells: tuple, defaults: 
     return types.FunctionType(code, mod_globals, code.co_name, defaults, tuple(types.CellType(v) for v in cells))
 
 
-def pack_task(task: NodeTask, functions: dict | None = None) -> bytes:
-    """*task* pickled for a Ray task; *functions* caches pickled functions within a run."""
+def pack_task(task: NodeTask | UnitTask, functions: dict | None = None) -> bytes:
+    """*task* (a node's or a unit's) pickled for a Ray task; *functions* caches pickled
+    functions within a run (a unit's nodes that share a function carry it once)."""
     buf = io.BytesIO()
     _SpecPickler(buf, {} if functions is None else functions).dump(task)
     return buf.getvalue()
@@ -114,7 +116,7 @@ def _portable(f: NodeFailure) -> NodeFailure:
         cloudpickle.loads(cloudpickle.dumps(f.error))
         return f
     except Exception:
-        return NodeFailure(f.index, f.stage, RuntimeError(f"{type(f.error).__qualname__}: {f.error}"), f.tb)
+        return NodeFailure(f.index, f.stage, RuntimeError(f"{type(f.error).__qualname__}: {f.error}"), f.tb, f.done)
 
 
 class _Elapsed:
@@ -147,6 +149,22 @@ def _run_node_task(spec: bytes, *values: Any) -> tuple[Any, float]:
     return run_packed(spec, values), _ELAPSED.seconds
 
 
+def _run_unit_task(spec: bytes, *values: Any) -> Any:
+    """An execution unit: ``values`` are the results of the unit's outside parents
+    (``UnitTask.parents``), resolved by Ray. Returns the values of its exports, in
+    order, then the done token: ``[(node index, seconds)...]`` of every node (the task
+    has ``len(exports) + 1`` returns). A node that fails raises its NodeFailure, whose
+    ``done`` lists the nodes stored before it."""
+    unit: UnitTask = cloudpickle.loads(spec)
+    try:
+        out, done = unit.run(dict(zip(unit.parents, values)))
+    except NodeFailure as f:
+        raise _portable(f) from None
+    if not unit.exports:
+        return done  # one return: the token alone
+    return (*[out[i] for i in unit.exports], done)
+
+
 def load_stored(index: int, name: str, workflow_name: str, storage: Any) -> Any:
     """Read node *index*'s stored result (in a task placed where the storage lives)."""
     try:
@@ -162,6 +180,8 @@ def _load_node_task(index: int, name: str, workflow_name: str, storage: Any) -> 
 
 _run_node: Any = ray.remote(num_returns=2)(_run_node_task)
 _load_node: Any = ray.remote(num_returns=2)(_load_node_task)
+#: num_returns is set per unit (its exports and the done token)
+_run_unit: Any = ray.remote(_run_unit_task)
 _NO_INSTANCE = object()
 
 

@@ -17,6 +17,18 @@ method call is an actor task, submitted in chain order and given the previous ca
 token, so calls run in order and a failed call fails the calls after it. A stored node
 that is needed is read by a task placed where the storage lives.
 
+**Execution units** (:mod:`functionfuse.units`): a linear chain of function nodes
+launched alike (same ``set_remote_args`` options, same plugin), or a group made with
+``query(...).set_group(name)``, runs as **one** Ray task, named after its nodes. Its
+arguments are the refs of the unit's outside parents, its returns the values needed
+outside it (object refs only between units) plus a done token listing every node's
+time; inside, values pass in the worker's memory. Each node's result is still stored
+as soon as it is computed, and a failure still names its node (the nodes stored before
+it are reported done). :meth:`RayWorkflow.fusion_key` keeps apart nodes whose Ray
+options differ; class and method nodes (actors) never fuse. ``wf.set_fusion(False)``
+goes back to one task per node; ``query(...).set_fusion(False)`` keeps some nodes
+alone. Ray retries a unit whose worker died (``max_retries``) from its first node.
+
 With storage, a node's result is saved by the task that computed it, as soon as it is
 computed (a ``ray`` storage writes on its storage node): nothing goes through the
 driver, and a crash of the driver or of a worker loses only unfinished nodes. When a
@@ -53,11 +65,11 @@ except ImportError as _exc:  # pragma: no cover - exercised in an environment wi
 
 from ...baseworkflow import RUNS, BaseWorkflow, select
 from ...baseworkflow import Query as _BaseQuery
-from ...engine import Completion, NodeFailure, NodeTask, execute, run_session
+from ...engine import Completion, NodeFailure, NodeTask, UnitTask, execute, run_session
 from ...planner import Plan
 from ...query import targets
 from ...workflow import ClassNode, MethodNode
-from ._raytasks import _Instance, _load_node, _run_node, load_stored, pack_task, run_packed
+from ._raytasks import _Instance, _load_node, _run_node, _run_unit, load_stored, pack_task, run_packed
 
 #: what other Ray backends (the Ray Workflows addon) run in their tasks: a node task
 #: pickled without the graph (pack_task), run where it lands (run_packed), and a
@@ -113,6 +125,19 @@ class Query(_BaseQuery):
         return self
 
 
+def _options_key(value: Any) -> Any:
+    """A hashable form of Ray options, equal for equal options (dicts in any order)."""
+    if isinstance(value, dict):
+        return tuple(sorted((repr(k), _options_key(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_options_key(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
 def _check_options(options: Callable[..., Any], args: dict, name: str, what: str) -> None:
     try:
         options(**args)
@@ -144,6 +169,7 @@ class RayWorkflow(BaseWorkflow):
     """
 
     query_class = Query
+    fuses_units = True
     #: the progress line counts tasks handed to Ray and not finished (queued, running or loading)
     progress_running_label = "in flight"
 
@@ -183,6 +209,16 @@ class RayWorkflow(BaseWorkflow):
             works when every Ray node sees the same folder, e.g. on one machine).
         """
         super().set_storage(object_storage)
+
+    def fusion_key(self, i: int) -> Any:
+        """Nodes share a Ray task only when they are launched alike: the base key (the
+        plugin; None for class and method nodes, which run in actors) and the node's
+        ``set_remote_args`` options, compared by value."""
+        base = super().fusion_key(i)
+        if base is None:
+            return None
+        args = self._remote_args.get(i)
+        return base if not args else (base, _options_key(args))
 
     # -- running --------------------------------------------------------------------------
     def run(self, return_results: bool = False, max_pending_tasks: int = 0) -> Any:
@@ -258,8 +294,9 @@ class RayWorkflow(BaseWorkflow):
 
 
 class _RayExecutor:
-    """Submits node tasks to Ray and learns of completions from their done tokens."""
+    """Submits node and unit tasks to Ray and learns of completions from their done tokens."""
 
+    fuses = True  # a unit of several nodes is one Ray task
     in_process = False
     where: str | None = "Ray worker"
     loads_first = False  # loads are Ray tasks too, placed where the storage is
@@ -279,6 +316,7 @@ class _RayExecutor:
         self.chain_tokens: dict[int, Any] = {}  # class node -> token of its latest call
         self.tokens: list[Any] = []  # in flight, oldest first
         self.owner: dict[Any, int] = {}
+        self.unit_tokens: set[Any] = set()  # tokens of unit tasks (their value lists the unit's nodes)
         self.functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
         self.instance_value_needed = wf._instance_values_needed(plan.actions)
         self.last_in_chain = wf._last_running_calls(plan.actions)
@@ -296,7 +334,10 @@ class _RayExecutor:
         )
         self._track(i, value, token)
 
-    def submit(self, task: NodeTask) -> None:
+    def submit(self, task: NodeTask | UnitTask) -> None:
+        if isinstance(task, UnitTask):
+            self._submit_unit(task)
+            return
         wf = self.wf
         g = wf.graph
         i, name, refs = task.index, task.name, self.refs
@@ -322,6 +363,24 @@ class _RayExecutor:
             value, token = fn.remote(spec, *args)
         self._track(i, value, token)
 
+    def _submit_unit(self, unit: UnitTask) -> None:
+        """One Ray task for the unit's nodes: its arguments are the refs of the unit's
+        outside parents, its returns the values of its exports and the done token."""
+        refs = self.refs
+        exports = unit.exports
+        # every node of a unit has the same fusion key, so the same Ray options
+        options = self.wf._remote_args.get(unit.index, {})
+        fn = _run_unit.options(**{"name": unit.label(), **options, "num_returns": len(exports) + 1})
+        out = fn.remote(pack_task(unit, self.functions), *[refs[p] for p in unit.parents])
+        if not exports:
+            out = [out]
+        for i, value in zip(exports, out):
+            refs[i] = value
+        token = out[-1]
+        self.tokens.append(token)
+        self.owner[token] = unit.index
+        self.unit_tokens.add(token)
+
     def release(self, indices: Sequence[int]) -> None:
         refs = self.refs
         for p in indices:
@@ -335,33 +394,47 @@ class _RayExecutor:
         return self.owner[self.tokens[0]] if self.tokens else None
 
     def wait(self, count: int, timeout: float | None) -> list[Completion]:
-        """Completions of the finished tokens (a token is the node's run time, None
-        for a load); a failed task reports the node and stage its worker saw."""
+        """Completions of the finished tokens (a node's token is its run time, None for
+        a load; a unit's lists ``(index, seconds)`` of its nodes); a failed task reports
+        the node and stage its worker saw, after the nodes of its unit done before it."""
         ready, self.tokens = ray.wait(self.tokens, num_returns=count, timeout=timeout, fetch_local=False)
         if not ready:
             return []
-        owner = self.owner
+        owner, units = self.owner, self.unit_tokens
         try:
-            times = ray.get(ready)
+            values = ray.get(ready)
         except Exception:
-            times = None
-        if times is not None:
-            return [(owner.pop(token), seconds) for token, seconds in zip(ready, times)]
+            values = None
         done: list[Completion] = []
+        if values is not None:
+            for token, value in zip(ready, values):
+                i = owner.pop(token)
+                if token in units:
+                    units.discard(token)
+                    done.extend(value)
+                else:
+                    done.append((i, value))
+            return done
         for token in ready:
             i = owner.pop(token)
+            unit = token in units
+            units.discard(token)
             try:
-                seconds = ray.get(token)
+                value = ray.get(token)
             except RayTaskError as err:
                 cause = getattr(err, "cause", None)
                 if isinstance(cause, NodeFailure):
+                    done.extend(cause.done)  # a unit's nodes stored before the failing one
                     done.append(cause)
                 else:
                     done.append(NodeFailure(i, "run", cause if isinstance(cause, BaseException) else err, str(err)))
             except Exception as err:  # the worker or actor died, the task was cancelled...
                 done.append(NodeFailure(i, "system", err, str(err)))
             else:
-                done.append((i, seconds))
+                if unit:
+                    done.extend(value)
+                else:
+                    done.append((i, value))
         return done
 
     def results(self, outputs: Sequence[int]) -> dict[int, Any]:
