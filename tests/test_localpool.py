@@ -179,3 +179,175 @@ def test_a_node_within_its_timeout_runs_as_usual():
     wf = LocalWorkflow(pair(sleepy(0.05, "a"), "b"), workflow_name="in_time")
     wf.query("sleepy").set_timeout(5)
     assert wf.run() == "ab"
+
+
+# -- values held ------------------------------------------------------------------------------
+class Payload:
+    def __init__(self, n):
+        self.n = n
+
+
+alive: dict[int, weakref.ref] = {}
+
+
+@workflow
+def make_payload(prev, n, delay=0.0):
+    time.sleep(delay)  # the nodes running beside it are done by then
+    gc.collect()
+    p = Payload(n)
+    p.live_before = sorted(k for k, ref in alive.items() if ref() is not None)
+    alive[n] = weakref.ref(p)
+    return p
+
+
+def test_a_chain_holds_only_the_parent_of_the_running_node():
+    alive.clear()
+    node = make_payload(None, 0)
+    for n in range(1, 8):
+        node = make_payload(node, n)
+    result = LocalWorkflow(node, workflow_name="release", parallel=2).run()
+    assert result.n == 7 and result.live_before == [6]
+
+
+def test_values_nothing_needs_are_dropped_once_their_node_is_done():
+    alive.clear()
+    root = make_payload(None, 0)
+    leaves = [make_payload(root, n) for n in range(1, 5)]  # nobody consumes these
+    last = make_payload(leaves[0], 10, delay=0.5)
+    result = LocalWorkflow(last, workflow_name="leaves", parallel=2).run()
+    # root is dropped after the last leaf; leaves 2-4 right after they ran; leaf 1 feeds last
+    assert result.n == 10 and result.live_before == [1]
+
+
+# -- failures and interruptions ---------------------------------------------------------------
+@workflow
+def logged(path, tag, seconds=0.0, fail=False):
+    time.sleep(seconds)
+    if fail:
+        raise ValueError(f"{tag} fails")
+    with open(path, "a") as fh:
+        fh.write(tag + "\n")
+    return tag
+
+
+def test_after_a_failure_nothing_new_starts_and_what_runs_is_stored(tmp_path, storage):
+    log = str(tmp_path / "ran.log")
+    slow = logged(log, "slow", 0.4).set_name("slow")
+    bad = logged(log, "bad", 0.1, fail=True).set_name("bad")
+    later = [logged(log, f"later{k}").set_name(f"later{k}") for k in range(3)]
+    wf = LocalWorkflow(slow, bad, *later, workflow_name="stop", parallel=2)
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="'bad'.*bad fails") as info:
+        wf.run()
+    assert info.value.node_name == "bad" and wf.last_run.failed == "bad"
+    with open(log) as fh:
+        assert fh.read().split() == ["slow"]  # it was running: it finished; the later ones never started
+    assert storage.list_tasks("stop", "*") == ["slow"]
+    assert wf.last_run.ran == 1
+
+
+def test_a_failed_run_resumes_running_only_what_is_missing(tmp_path, storage):
+    log = str(tmp_path / "ran.log")
+    flag = tmp_path / "fail.flag"
+    flag.touch()
+
+    def build():
+        parts = [logged(log, f"part{k}").set_name(f"part{k}") for k in range(6)]
+
+        @workflow
+        def gate(path, x):
+            import os
+
+            if os.path.exists(path):
+                raise RuntimeError("gate closed")
+            return x
+
+        parts[3] = gate(str(flag), parts[3]).set_name("gate")
+        return pair(pair(pair(parts[0], parts[1]), pair(parts[2], parts[3])), pair(parts[4], parts[5]))
+
+    wf = LocalWorkflow(build(), workflow_name="resume", parallel=2)
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="'gate'"):
+        wf.run()
+    stored = set(storage.list_tasks("resume", "*"))
+    assert "gate" not in stored and "part3" in stored
+    flag.unlink()
+    open(log, "w").close()
+    wf = LocalWorkflow(build(), workflow_name="resume", parallel=2)
+    wf.set_storage(storage)
+    assert wf.run() == "part0part1part2part3part4part5"
+    with open(log) as fh:
+        again = sorted(fh.read().split())
+    assert again == sorted(f"part{k}" for k in range(6) if f"part{k}" not in stored)
+    assert wf.last_run.loaded >= 1
+
+
+def test_an_interrupt_in_the_driver_cancels_the_nodes_not_started(tmp_path):
+    import _thread
+
+    log = str(tmp_path / "ran.log")
+
+    @workflow
+    def interrupt(x):
+        _thread.interrupt_main()  # KeyboardInterrupt in the driver, as Ctrl-C does
+        time.sleep(0.3)
+        return x
+
+    first = interrupt(logged(log, "first")).set_name("interrupt")
+    rest = [logged(log, f"queued{k}", 0.2).set_name(f"queued{k}") for k in range(6)]
+    wf = LocalWorkflow(first, *rest, workflow_name="ctrl_c", parallel=2)
+    with pytest.raises(KeyboardInterrupt):
+        wf.run()
+    assert wf.last_run.status == "interrupted"
+    time.sleep(1.0)  # what was running has finished by now; nothing else may start
+    with open(log) as fh:
+        ran = fh.read().split()
+    assert len(ran) <= 3, ran  # first, and at most the queued nodes running at the interrupt
+    assert not [t for t in threading.enumerate() if t.name == "functionfuse-ctrl_c"]
+
+
+# -- what runs alone --------------------------------------------------------------------------
+def test_a_node_with_a_plugin_runs_alone():
+    from functionfuse.backends.plugins import RandomStatePlugin
+
+    spans: dict[str, tuple[float, float]] = {}
+
+    @workflow
+    def span(tag, seconds):
+        t = time.perf_counter()
+        time.sleep(seconds)
+        spans[tag] = (t, time.perf_counter())
+        return tag
+
+    nodes = [span(f"n{k}", 0.1).set_name(f"n{k}") for k in range(4)]
+    seeded = span("seeded", 0.1).set_name("seeded")
+    wf = LocalWorkflow(*nodes[:2], seeded, *nodes[2:], workflow_name="alone", parallel=3)
+    wf.query("^seeded$").set_plugin(RandomStatePlugin(seed=1))
+    wf.run()
+    s0, s1 = spans.pop("seeded")
+    assert all(end <= s0 or start >= s1 for start, end in spans.values())
+    starts = sorted(start for start, _ in spans.values())
+    assert any(b - a < 0.05 for a, b in zip(starts, starts[1:]))  # the others did overlap
+
+
+def test_method_calls_and_users_of_an_object_run_in_order():
+    @workflow
+    class Counter:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, k):
+            time.sleep(0.02)
+            self.seen.append(k)
+            return list(self.seen)
+
+    @workflow
+    def snapshot(counter):
+        return list(counter.seen)
+
+    c = Counter()
+    first = c.add(1)
+    seen = snapshot(c)  # uses the object after add(1), before add(2)
+    second = c.add(2)
+    out = LocalWorkflow(first, seen, second, workflow_name="object", parallel=4).run()
+    assert out == [[1], [1], [1, 2]]

@@ -339,6 +339,7 @@ class PoolExecutor:
                     self._fail(outcome)
                 else:
                     self._finished(job, *outcome)
+            del outcome, job, R  # an idle worker holds no value
 
     def _run(self, job: _Job, R: list[Any]) -> tuple[Any, float | None] | NodeFailure:
         """Run (or load) *job*: ``(value, seconds)`` or its failure."""
