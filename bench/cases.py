@@ -51,6 +51,10 @@ class Sizes:
     fp_n: int = 20_000  # figure 6: chain run with storage, fingerprint vs name-only
     fp_reps: int = 3
     fp_array_bytes: int = 1024 * MiB  # figure 6: NumPy input hashed vs stored
+    par_elems: int = 4_000_000  # figure 11: the array each of the independent nodes sorts
+    par_nodes: int = 16
+    par_sorts: int = 4  # np.sort calls per node (~0.2 s on a 2020s core)
+    par_reps: int = 3
 
 
 FULL = Sizes()
@@ -71,6 +75,10 @@ QUICK = Sizes(
     fp_n=2_000,
     fp_reps=3,
     fp_array_bytes=64 * MiB,
+    par_elems=1_000_000,
+    par_nodes=16,
+    par_sorts=2,
+    par_reps=2,
 )
 
 
@@ -372,6 +380,51 @@ def case_memory_keepall(s: Sizes) -> dict[str, Any]:
     return {"array_bytes": n_elems * 8, "nodes": s.mem_nodes, **res}
 
 
+def case_memory_ff_parallel(s: Sizes) -> dict[str, Any]:
+    """LocalWorkflow(parallel=2) (no storage) on the array chain: the thread pool keeps the
+    serial release schedule (the graph is built before the baseline)."""
+    import numpy  # noqa: F401
+
+    n_elems = s.mem_bytes // 8
+    holder: dict[str, Any] = {}
+
+    def prepare() -> Any:
+        holder["wf"] = wl.LocalWorkflow(wl.ff_array_chain(n_elems, s.mem_nodes), workflow_name="bench_memory", parallel=2)
+        return holder["wf"]
+
+    res = _peak_growth(lambda: holder["wf"].run(), _check_final(n_elems, s.mem_nodes), prepare)
+    return {"array_bytes": n_elems * 8, "nodes": s.mem_nodes, **res}
+
+
+# -- figure 11: independent nodes side by side ---------------------------------------------------
+def case_parallel(s: Sizes) -> dict[str, Any]:
+    """*par_nodes* independent nodes, each sorting one array (NumPy releases the GIL),
+    and their sum: LocalWorkflow serial, LocalWorkflow(parallel=2) and dask's threaded
+    scheduler with 2 workers, the same functions, interleaved repetitions. Every run
+    is timed whole (building each graph is not)."""
+    import dask
+
+    n, k, sorts = s.par_elems, s.par_nodes, s.par_sorts
+    serial = wl.LocalWorkflow(wl.ff_fan(n, k, sorts), workflow_name="bench_par1")
+    pool = wl.LocalWorkflow(wl.ff_fan(n, k, sorts), workflow_name="bench_par2", parallel=2)
+    graph = wl.dask_fan(n, k, sorts)
+    data = wl.make_data.__wrapped__(n, 0)
+    t, _ = timed(lambda: wl.sort_work.__wrapped__(data, 1, sorts))
+    del data
+    out: dict[str, Any] = {"nodes": k, "elems": n, "sorts": sorts, "node_s": t,
+                           "serial_s": [], "parallel_s": [], "dask_s": []}
+    results = []
+    for _ in range(s.par_reps):
+        for key, fn in (("serial_s", serial.run), ("parallel_s", pool.run),
+                        ("dask_s", lambda: dask.compute(graph, scheduler="threads", num_workers=2)[0])):
+            gc.collect()
+            dt, value = timed(fn)
+            out[key].append(dt)
+            results.append(value)
+    expect(len(set(results)), 1, "the same sum from every run")
+    return out
+
+
 # -- figure 6: fingerprints -------------------------------------------------------------------------
 def _shm_or(tmp_parent: Path) -> Path:
     """A memory file system if there is one (so storage costs no disk waits and the
@@ -503,6 +556,8 @@ CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "memory_ff": case_memory_ff,
     "memory_loop": case_memory_loop,
     "memory_keepall": case_memory_keepall,
+    "memory_ff_parallel": case_memory_ff_parallel,
+    "parallel": case_parallel,
     "fingerprint_chain": case_fingerprint_chain,
     "fingerprint_array": case_fingerprint_array,
     "signing": case_signing,

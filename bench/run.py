@@ -40,6 +40,8 @@ MEM_RATIO = 3.0  # figure 5: peak growth < 3 arrays
 FP_OVERHEAD = 1.2  # figure 6: fingerprint-policy run / name-only run <= 1.2
 FP_ARRAY = 0.05  # figure 6: fingerprinting an array / storing it < 0.05
 SIGN_OVERHEAD = 1.05  # figure 6: storing an array signed / unsigned < 1.05
+PAR_SPEEDUP = 1.7  # figure 11: serial LocalWorkflow / LocalWorkflow(parallel=2) >= 1.7
+PAR_VS_DASK = 0.9  # figure 11: dask threads (2 workers) / LocalWorkflow(parallel=2) >= 0.9
 
 #: figures 7-10: the engine benchmarks, standalone scripts that start their own servers
 #: (Ray, Prefect, an S3 server, Docker and a registry) and print one JSON row per figure:
@@ -101,8 +103,8 @@ def collect(quick: bool, tmpdir: Path, engines: bool = True) -> dict[str, Any]:
         for n in s.build_ns:
             builds[n].append(run_case_subprocess("build_graph", quick, n, tmpdir))
     raw["build_graph"] = {str(n): v for n, v in builds.items()}
-    for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "fingerprint_chain", "fingerprint_array",
-                 "signing"):
+    for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "memory_ff_parallel", "fingerprint_chain",
+                 "fingerprint_array", "signing", "parallel"):
         raw[name] = run_case_subprocess(name, quick, None, tmpdir)
     if engines:
         raw["engines"] = {script: run_engine(script, quick) for _fig, _engine, script in ENGINES}
@@ -251,9 +253,10 @@ def rows_memory(raw: dict[str, Any]) -> list[Row]:
         ("5a", "memory_ff", "LocalWorkflow", target, None),
         ("5b", "memory_loop", "plain loop x = step(x)", "info (ideal ~2)", INFO),
         ("5c", "memory_keepall", "contrast: loop keeping all", target, CONTRAST),
+        ("5d", "memory_ff_parallel", "LocalWorkflow(parallel=2)", target, None),
     )
     for key, case, what, tgt, kind in variants:
-        d = raw[case]
+        d = raw.get(case, {"error": "not run"})
         if _err(d):
             rows.append(error_row(key, what, tgt, str(_err(d))))
             continue
@@ -301,6 +304,22 @@ def rows_fingerprint(raw: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_parallel(raw: dict[str, Any]) -> list[Row]:
+    """Figure 11: independent nodes that release the GIL, LocalWorkflow(parallel=2) vs the
+    serial run and vs dask's threaded scheduler with 2 workers (best of interleaved runs)."""
+    d = raw.get("parallel", {"error": "not run"})
+    if _err(d):
+        return [error_row("11", "LocalWorkflow(parallel=2)", f"base/ours >= {PAR_SPEEDUP:g}", str(_err(d)))]
+    what = f"{d['nodes']} independent nodes of {d['node_s']:.2f} s np.sort, LocalWorkflow(parallel=2)"
+    ours = min(d["parallel_s"])
+    return [
+        judged("11a", f"{what} | base: serial LocalWorkflow", ours, "s", min(d["serial_s"]), "s", "base/ours",
+               f"base/ours >= {PAR_SPEEDUP:g}", lambda _o, r: r is not None and r >= PAR_SPEEDUP),
+        judged("11b", f"{what} | base: dask threads, 2 workers", ours, "s", min(d["dask_s"]), "s", "base/ours",
+               f"base/ours >= {PAR_VS_DASK:g}", lambda _o, r: r is not None and r >= PAR_VS_DASK),
+    ]
+
+
 def rows_engines(raw: dict[str, Any]) -> list[Row]:
     """Figures 7-10: each engine script's rows as it judged them."""
     rows = []
@@ -321,7 +340,7 @@ def rows_engines(raw: dict[str, Any]) -> list[Row]:
 
 def build_rows(raw: dict[str, Any], s: Sizes) -> list[Row]:
     return [*rows_run(raw), *rows_buildrun(raw), *rows_build(raw, s), *rows_io(raw), *rows_memory(raw),
-            *rows_fingerprint(raw), *rows_engines(raw)]
+            *rows_fingerprint(raw), *rows_parallel(raw), *rows_engines(raw)]
 
 
 # -- report ----------------------------------------------------------------------------------------

@@ -94,3 +94,43 @@ def keepall_array_chain(n_elems: int, n_nodes: int) -> list[Any]:
     for _ in range(n_nodes - 1):
         arrays.append(step.__wrapped__(arrays[-1]))
     return arrays
+
+
+# -- independent nodes that release the GIL (LocalWorkflow(parallel=N)) ----------------------
+@workflow
+def make_data(n: int, seed: int) -> Any:
+    """*n* random float64 (one array every node below sorts)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).random(n)
+
+
+@workflow
+def sort_work(data: Any, k: int, sorts: int) -> float:
+    """``np.sort(data)`` *sorts* times (NumPy sorts with the GIL released); a float."""
+    import numpy as np
+
+    total = 0.0
+    for _ in range(sorts):
+        total += float(np.sort(data)[k])
+    return total
+
+
+@workflow
+def add_all(*xs: float) -> float:
+    return sum(xs)
+
+
+def ff_fan(n_elems: int, n_nodes: int, sorts: int) -> Any:
+    """``make_data``, *n_nodes* independent ``sort_work`` nodes on it, and their sum."""
+    data = make_data(n_elems, 0)
+    return add_all(*[sort_work(data, k, sorts) for k in range(n_nodes)])
+
+
+def dask_fan(n_elems: int, n_nodes: int, sorts: int) -> Any:
+    """The same graph with ``dask.delayed`` (the same functions)."""
+    import dask
+
+    data = dask.delayed(make_data.__wrapped__)(n_elems, 0)
+    work = dask.delayed(sort_work.__wrapped__)
+    return dask.delayed(add_all.__wrapped__)(*[work(data, k, sorts) for k in range(n_nodes)])
