@@ -144,6 +144,14 @@ def partition(
     why: list[str] = []
     group_of: list[str | None] = []
     groups = groups or {}
+    counted: dict[int, int] = {}
+
+    def _running_children(p: int) -> int:
+        # counted once per parent: a fan-out's source is asked by each of its children
+        c = counted.get(p)
+        if c is None:
+            c = counted[p] = sum(1 for k in set(g.children[p]) if running[k])
+        return c
 
     by_group: dict[str, int] = {}
     for i in range(n):
@@ -184,7 +192,7 @@ def partition(
                     and why[unit[p]] != GROUP
                     and p not in solo
                     and keys[p] == keys[i]
-                    and sum(1 for c in set(g.children[p]) if running[c]) == 1
+                    and _running_children(p) == 1
                 ):
                     u = unit[p]
                     why[u] = CHAIN
