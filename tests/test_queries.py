@@ -94,7 +94,11 @@ def make(backend: str, request: pytest.FixtureRequest, **kwargs):
 
 
 def _query_class(backend: str) -> type:
-    if backend in ("local", "graph"):
+    if backend == "local":
+        from functionfuse.backends.builtin import localback
+
+        return localback.Query  # the base Query with retries and timeouts
+    if backend == "graph":
         return Query
     if backend == "prefect":
         from functionfuse.backends.addons import prefectback as module
@@ -110,7 +114,12 @@ PLUGIN = RandomStatePlugin(min=0, max=10, seed=1)
 
 #: every method of every backend's Query that sets an option on its nodes, with valid arguments
 SETTERS = {
-    "local": {"set_plugin": ((PLUGIN,), {}), "set_cache": (("off",), {})},
+    "local": {
+        "set_plugin": ((PLUGIN,), {}),
+        "set_cache": (("off",), {}),
+        "set_retries": ((2,), {}),
+        "set_timeout": ((60,), {}),
+    },
     "graph": {"set_plugin": ((PLUGIN,), {}), "set_cache": (("off",), {})},
     "prefect": {
         "set_task_args": (({"retries": 1},), {}),
@@ -136,7 +145,7 @@ def _options(wf) -> dict:
     """Every per-node option a query can have set on *wf*."""
     return {
         attr: dict(getattr(wf, attr))
-        for attr in ("_plugins", "_cache", "_task_args", "_remote_args")
+        for attr in ("_plugins", "_cache", "_task_args", "_remote_args", "_retries", "_timeouts")
         if hasattr(wf, attr)
     }
 
