@@ -16,12 +16,20 @@ known by its graph name (``.name``): as sound as Dask's tokenisation of its inpu
 (arrays made from NumPy data hash that data; random arrays get a new name each time, so
 they never match a stored result).
 
+A NumPy array in memory is hashed by :func:`buffer_digest`: its bytes in one xxh3-128
+pass, or, from :data:`PARALLEL_FROM` bytes on, in :data:`CHUNK`-byte chunks on several
+threads (xxhash releases the GIL while it hashes), the digest then being that of the
+chunks' digests. The chunk size is fixed, so the digest does not depend on how many
+threads there were.
+
 This module imports Zarr and Dask only when such a value is met.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +40,62 @@ from ._sourcefp import digest, loaded_type
 if TYPE_CHECKING:  # pragma: no cover
     from .fingerprint import Fingerprinter
 
-__all__ = ["zarr_summary", "dask_summary"]
+__all__ = ["zarr_summary", "dask_summary", "buffer_digest", "PARALLEL_FROM", "CHUNK"]
 
 #: keys of an array's metadata documents (hashed in their parsed form instead)
 _METADATA_KEYS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 #: stored chunks read at once where the store keeps no checksums
 _READ_AHEAD = 8
+#: buffers of at least this many bytes are hashed in chunks, on several threads
+PARALLEL_FROM = 64 << 20
+#: the chunk size of that digest (part of what it hashes: never change it)
+CHUNK = 16 << 20
+#: threads that hash one buffer, at most
+MAX_THREADS = 8
+
+
+def buffer_digest(data: memoryview) -> bytes:
+    """The xxh3-128 digest of a contiguous byte buffer (``memoryview(...).cast("B")``).
+
+    Below :data:`PARALLEL_FROM` bytes, the digest of the bytes (one pass, on this
+    thread). From there on, the digest of the digests of its :data:`CHUNK`-byte chunks
+    (the last one shorter), computed on up to one thread per usable core: hashing
+    releases the GIL, so a 1 GiB array takes about half the time on two cores.
+    """
+    n = data.nbytes
+    if n < PARALLEL_FROM:
+        return xxhash.xxh3_128_digest(data)
+    chunks = -(-n // CHUNK)
+    digests: list[bytes] = [b""] * chunks
+    failures: list[BaseException] = []
+
+    def work(first: int, step: int) -> None:
+        try:
+            for c in range(first, chunks, step):
+                h = xxhash.xxh3_128()
+                h.update(data[c * CHUNK : (c + 1) * CHUNK])
+                digests[c] = h.digest()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+            failures.append(exc)
+
+    workers = min(_usable_cores(), chunks, MAX_THREADS)
+    threads = [threading.Thread(target=work, args=(k, workers), name="functionfuse-hash", daemon=True)
+               for k in range(1, workers)]
+    for t in threads:
+        t.start()
+    work(0, workers)  # this thread takes its share too
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    return b"chunks:" + xxhash.xxh3_128_digest(b"".join(digests))
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def zarr_summary(fp: "Fingerprinter", array: Any) -> str:
