@@ -12,6 +12,10 @@ each kill checks that
 
 then lets it finish and checks the result, and that the final run executed exactly
 the nodes that were not stored yet (the script logs each execution with O_APPEND).
+
+The second test kills the Ray worker running an execution unit (a fused chain of slow
+nodes, one Ray task) in the middle: the nodes finished before are stored, the error
+names the node that was lost, and the next run runs only from it.
 """
 
 from __future__ import annotations
@@ -295,3 +299,105 @@ def test_kill_minus_9_loses_nothing_finished_and_leaves_nothing_partial(tmp_path
     assert executions(log_path, "again") == []
     staged = len(os.listdir(wf_dir / ".tmp"))
     print(f"kill9: {kills} kills ({partial_kills} with partial progress, {staged} during a write), {time.perf_counter() - t0:.1f} s")
+
+
+# -- kill -9 inside an execution unit (RayWorkflow: a fused chain is one Ray task) ---------------
+UNIT_NODES = 8
+UNIT_SLEEP = 0.4
+
+
+def _log_start(log: str, k: int) -> None:
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{k} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def link(x, k, log):
+    """A slow node of the chain: logs its start (its index and process), then x * 3 + k."""
+    _log_start(log, k)
+    time.sleep(UNIT_SLEEP)
+    return x * 3 + k
+
+
+def _starts(log) -> list[tuple[int, int]]:
+    if not os.path.exists(log):
+        return []
+    with open(log) as f:
+        return [tuple(map(int, line.split())) for line in f.read().splitlines()]
+
+
+def test_kill_minus_9_inside_a_fused_unit_loses_at_most_the_node_in_progress(tmp_path):
+    """A chain of slow nodes is one Ray task (one execution unit); the worker process
+    running it is killed with SIGKILL while a node in the middle runs. Every node that
+    finished before is stored (and reads back right); the next run loads the last of
+    them, runs only the rest, and no stored node runs again."""
+    pytest.importorskip("ray")
+    import raysupport  # noqa: I001 - the Ray environment of the test suite (127.0.0.1, 2 CPUs)
+
+    raysupport.start_local_ray()
+    from functionfuse import workflow
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+    from functionfuse.errors import NodeExecutionError
+
+    node = workflow(link)
+    log = str(tmp_path / "starts.log")
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+    expected: dict[str, int] = {}
+
+    def build():
+        x, value = 1, 1
+        for k in range(UNIT_NODES):
+            x = node(x, k, log).set_name(f"link{k}")
+            value = value * 3 + k
+            expected[f"link{k}"] = value
+        wf = RayWorkflow(x, workflow_name="kill9_unit")
+        wf.set_storage(storage)
+        # no retry by Ray: the killed unit ends the run, the next run resumes
+        wf.query("^link").set_remote_args({"max_retries": 0})
+        return wf
+
+    wf = build()
+    assert [len(u.indices) for u in wf.units().running] == [UNIT_NODES]
+    victim = UNIT_NODES // 2
+
+    def kill_when_the_middle_node_runs():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            starts = _starts(log)
+            if starts and starts[-1][0] >= victim:
+                time.sleep(UNIT_SLEEP / 4)  # inside the node, well before it ends
+                os.kill(starts[-1][1], signal.SIGKILL)  # the Ray worker running the unit
+                return
+            time.sleep(0.005)
+
+    import threading
+
+    killer = threading.Thread(target=kill_when_the_middle_node_runs)
+    killer.start()
+    with pytest.raises(NodeExecutionError, match="Ray worker") as info:
+        wf.run()
+    killer.join()
+    starts = _starts(log)
+    assert len({pid for _, pid in starts}) == 1, starts  # one process ran the whole unit
+    started = [k for k, _ in starts]
+    assert started == list(range(len(started))) and started[-1] >= victim
+    listed = set(storage.list_tasks("kill9_unit", "*"))
+    # every node that finished before the kill is stored; at most the node in progress is lost
+    assert {f"link{k}" for k in started[:-1]} <= listed <= {f"link{k}" for k in started}
+    assert len(started) - len(listed) <= 1
+    for name in listed:
+        assert storage.read_task("kill9_unit", name) == expected[name]
+    # the error and the report name the node that was lost, and count those stored before it
+    lost = f"link{len(listed)}"
+    assert info.value.node_name == lost and wf.last_run.failed == lost
+    assert wf.last_run.ran == len(listed)
+
+    os.remove(log)
+    wf = build()
+    assert wf.run(return_results=True) == expected[f"link{UNIT_NODES - 1}"]
+    rerun = [k for k, _ in _starts(log)]
+    assert rerun == [k for k in range(UNIT_NODES) if f"link{k}" not in listed]  # no stored node ran again
+    assert (wf.last_run.ran, wf.last_run.loaded) == (UNIT_NODES - len(listed), 1)
+    assert set(storage.list_tasks("kill9_unit", "*")) == set(expected)

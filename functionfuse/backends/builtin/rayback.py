@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any, Callable, Sequence, cast
 
 from . import _rayclient
@@ -316,7 +317,8 @@ class _RayExecutor:
         self.chain_tokens: dict[int, Any] = {}  # class node -> token of its latest call
         self.tokens: list[Any] = []  # in flight, oldest first
         self.owner: dict[Any, int] = {}
-        self.unit_tokens: set[Any] = set()  # tokens of unit tasks (their value lists the unit's nodes)
+        #: tokens of unit tasks in flight (their value lists the unit's nodes): the unit, when submitted
+        self.unit_tokens: dict[Any, tuple[UnitTask, datetime]] = {}
         self.functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
         self.instance_value_needed = wf._instance_values_needed(plan.actions)
         self.last_in_chain = wf._last_running_calls(plan.actions)
@@ -379,7 +381,7 @@ class _RayExecutor:
         token = out[-1]
         self.tokens.append(token)
         self.owner[token] = unit.index
-        self.unit_tokens.add(token)
+        self.unit_tokens[token] = (unit, datetime.now(timezone.utc))
 
     def release(self, indices: Sequence[int]) -> None:
         refs = self.refs
@@ -409,16 +411,14 @@ class _RayExecutor:
         if values is not None:
             for token, value in zip(ready, values):
                 i = owner.pop(token)
-                if token in units:
-                    units.discard(token)
+                if units.pop(token, None) is not None:
                     done.extend(value)
                 else:
                     done.append((i, value))
             return done
         for token in ready:
             i = owner.pop(token)
-            unit = token in units
-            units.discard(token)
+            unit = units.pop(token, None)
             try:
                 value = ray.get(token)
             except RayTaskError as err:
@@ -429,19 +429,54 @@ class _RayExecutor:
                 else:
                     done.append(NodeFailure(i, "run", cause if isinstance(cause, BaseException) else err, str(err)))
             except Exception as err:  # the worker or actor died, the task was cancelled...
-                done.append(NodeFailure(i, "system", err, str(err)))
+                if unit is None:
+                    done.append(NodeFailure(i, "system", err, str(err)))
+                else:
+                    done.extend(self._crashed(*unit, err))
             else:
-                if unit:
+                if unit is not None:
                     done.extend(value)
                 else:
                     done.append((i, value))
         return done
+
+    def _crashed(self, unit: UnitTask, submitted: datetime, err: Exception) -> list[Completion]:
+        """The process running *unit* died (killed, out of memory...): no NodeFailure
+        came back to say how far it got, but each node stored its result as it went.
+        The nodes stored by this task (this run's fingerprint, started after the unit was
+        submitted) are done; the failure is the first node that is not."""
+        tasks = unit.tasks
+        storage = self.wf.storage
+        stored: dict[str, Any] = {}
+        if storage is not None and tasks[0].storage is not None:
+            try:
+                stored = storage.read_metadata_many(self.wf.workflow_name, [t.name for t in tasks])
+            except Exception:  # storage unreachable too: the unit's first node is named
+                log.debug("cannot read what unit %r stored", unit.label(), exc_info=True)
+        done: list[Completion] = []
+        for t in tasks:
+            meta = stored.get(t.name)
+            if not (isinstance(meta, dict) and t.meta is not None and _stored_since(meta, t.meta, submitted)):
+                break
+            done.append((t.index, meta.get("duration_s")))
+        failed = tasks[len(done)].index if len(done) < len(tasks) else unit.index
+        return [*done, NodeFailure(failed, "system", err, str(err))]
 
     def results(self, outputs: Sequence[int]) -> dict[int, Any]:
         if not self.fetch:
             return {}
         wanted = sorted(set(outputs))
         return dict(zip(wanted, ray.get([self.refs[o] for o in wanted])))
+
+
+def _stored_since(meta: dict, wanted: dict, since: datetime) -> bool:
+    """Whether stored metadata *meta* is the result of a task whose metadata is
+    *wanted* (same fingerprint record) that started at *since* or later."""
+    try:
+        started = datetime.fromisoformat(meta["started"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return meta.get("fingerprint") == wanted.get("fingerprint") and started >= since
 
 
 def _placement(storage: Any) -> tuple[Any, dict]:
