@@ -8,7 +8,9 @@ new driver after a crash) resumes from them.
 
 Each node that runs or loads becomes one workflow task, bound to the tasks of its
 parents; Ray Workflows checkpoints each task's output in its own storage (``ray.init
-(storage=...)``). The functionfuse resume plan and storage work as with every backend.
+(storage=...)``). This addon keeps one task per node: it runs no execution units
+(:mod:`functionfuse.units`; ``set_fusion`` and ``set_group`` change nothing here), as
+Ray Workflows checkpoints per task and is frozen at Ray 2.47. The functionfuse resume plan and storage work as with every backend.
 A class node has no actor here (Ray Workflows has none): the constructor task returns
 the object and each method-call task receives the object from the previous call and
 returns it with its result, so the calls see the state they would see in one process.
