@@ -351,3 +351,25 @@ def test_method_calls_and_users_of_an_object_run_in_order():
     second = c.add(2)
     out = LocalWorkflow(first, seen, second, workflow_name="object", parallel=4).run()
     assert out == [[1], [1], [1, 2]]
+
+
+# -- random DAGs against plain Python (tests/test_property.py, run by the pool) ---------------
+@pytest.fixture
+def pooled_property_tests(monkeypatch):
+    import test_property
+
+    monkeypatch.setattr(test_property, "LocalWorkflow", functools.partial(LocalWorkflow, parallel=2))
+    return test_property
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "test_random_dag_matches_plain_python",
+        "test_resume_after_removing_stored_results",
+        "test_damaged_results_are_recomputed",
+        "test_stateful_class_chains_resume_like_plain_python",
+    ],
+)
+def test_random_dags_run_by_the_pool_match_plain_python(pooled_property_tests, name):
+    getattr(pooled_property_tests, name)()  # hypothesis draws the DAGs
