@@ -191,12 +191,14 @@ class BaseWorkflow:
                 log.log(level, report.summary())
 
     def store_report(self, report: RunReport) -> None:
-        """Store the run report with the results (a failure to store it is logged)."""
+        """Store the run report with the results (a failure to store it is logged), and
+        the fingerprint index entries of the results this run saved in this process."""
         if self.storage is not None:
             try:
                 self.storage.save_run_report(self.workflow_name, report.as_dict())
             except (OSError, StorageError, NotImplementedError) as exc:
                 log.warning("the run report of workflow %r could not be stored: %s", self.workflow_name, exc)
+            self.storage.save_fingerprint_index(self.workflow_name)  # a cache: it logs its failures
 
     def set_cache(self, policy: str) -> None:
         """When a stored result is reused (queries can override it per node):
@@ -265,13 +267,17 @@ class BaseWorkflow:
         """The cache settings plans of this workflow follow."""
         return Policies(self.cache_policy, dict(self._cache), frozenset(self._unstored))
 
-    def stored_metadata(self) -> dict[str, Any] | None:
-        """Metadata of the stored results of this graph's nodes, by name (an exception
-        for an unreadable one); None without storage. One listing of the storage."""
+    def stored_metadata(self, records: list[dict] | None = None) -> dict[str, Any] | None:
+        """What storage holds of this graph's nodes, by name: the fingerprint record and
+        checksum of each stored result (an exception for an unreadable one); None
+        without storage. One listing of the storage and its fingerprint index (see
+        ``Storage.read_fingerprints``); *records*: the current fingerprint records, if
+        the caller has them (stored ones equal to them are then not parsed)."""
         if self.storage is None:
             return None
-        wanted = self.storage.stored_tasks(self.workflow_name) & set(self.graph.names)
-        return self.storage.read_metadata_many(self.workflow_name, sorted(wanted))
+        names = self.graph.names
+        current = None if records is None else dict(zip(names, records))
+        return self.storage.read_fingerprints(self.workflow_name, names, current)
 
     def make_plan(self, stored: dict[str, Any] | None, records: list[dict] | None = None) -> Plan:
         """The plan of a run given what storage holds (*stored*, as :meth:`stored_metadata`

@@ -395,8 +395,8 @@ def plan_run(wf: "BaseWorkflow", session: RunSession) -> tuple[dict[str, Any] | 
     """What storage holds, the fingerprint records and the plan of the run of *session*
     (one listing of storage); warns about the stale results it reuses and counts the
     unreadable ones (warned about when the run ends)."""
-    stored = wf.stored_metadata()
-    records = None if stored is None else wf.fingerprints()
+    records = None if wf.storage is None else wf.fingerprints()
+    stored = wf.stored_metadata(records)
     plan = wf.make_plan(stored, records)
     wf.warn_stale(plan)
     session.unreadable.extend(plan.unreadable)

@@ -69,6 +69,9 @@ class TestRayFileStorageContract(StorageContract):
     def local_folder(self, storage) -> str:
         return storage.path  # the test's Ray cluster runs on this machine
 
+    def index_owner(self, storage):
+        return storage.local()  # the storage node is this machine
+
     def rebuild(self, blob: bytes, env: dict[str, str]) -> None:
         """A step of this process's Ray cluster: the copy needs no environment."""
         assert env == {}

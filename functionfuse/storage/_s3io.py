@@ -346,6 +346,24 @@ class S3IO:
         """Keys and common prefixes under *prefix* (every key if *delimiter* is None)."""
         return self._run("LIST", prefix or None, self._list, prefix, delimiter)
 
+    async def _list_identities(self, prefix: str) -> dict[str, str]:
+        s3 = await self._client()
+        found: dict[str, str] = {}
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
+        while True:
+            resp = await s3.list_objects_v2(**kw)
+            for c in resp.get("Contents", ()) or ():
+                etag = str(c.get("ETag") or "").strip('"')
+                found[c["Key"]] = f"{etag}:{c.get('Size')}" if etag else ""
+            if not resp.get("IsTruncated"):
+                return found
+            kw["ContinuationToken"] = resp["NextContinuationToken"]
+
+    def list_identities(self, prefix: str) -> dict[str, str]:
+        """``{key: "<ETag>:<size>"}`` of the objects directly under *prefix* ("" when the
+        server lists no ETag), from one listing."""
+        return self._run("LIST", prefix or None, self._list_identities, prefix)
+
     async def _delete(self, keys: list[str]) -> None:
         s3 = await self._client()
         for i in range(0, len(keys), 1000):

@@ -15,12 +15,12 @@ import fnmatch
 import json
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import lookup_serializer
 from ..workflow import name_problem, validate_name
-from . import frame, runreports, signing
+from . import fpindex, frame, runreports, signing
 from .protocol import CredentialFreeCopy, Placement
 
 __all__ = ["Storage", "StoredFrames"]
@@ -49,6 +49,10 @@ class Storage(ABC):
 
     #: the key of this kind's protocol object in the dictionary handed to serializers
     protocol: str = ""
+
+    #: whether this object remembers the index entries of the results it saves, for
+    #: :meth:`save_fingerprint_index` (off where no run ends: a Ray storage node)
+    _journal_saves = True
 
     #: how many run reports of a workflow are kept (the newest)
     keep_run_reports: int = runreports.KEEP
@@ -272,6 +276,61 @@ class Storage(ABC):
             except TaskNotFoundError:
                 pass
         return out
+
+    def read_fingerprints(
+        self, workflow_name: str, task_names: Iterable[str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What a plan needs of the stored results among *task_names*:
+        ``{name: metadata or CorruptedResultError}``, each metadata holding at least
+        ``"fingerprint"`` (the stored record, None if stored without one) and
+        ``"checksum"``; names not stored are left out. One listing of the workflow.
+
+        An entry of the workflow's fingerprint index (:mod:`functionfuse.storage.fpindex`)
+        is used where the listing shows the result it was made from (same identity);
+        every other result's header is read, and the index is brought up to date.
+        *current*: the current fingerprint record of each node by name, if the caller
+        has them: an entry with the same digest returns it instead of parsing its own.
+        """
+        validate_name(workflow_name, "Workflow name")
+        return fpindex.read_fingerprints(self, workflow_name, list(task_names), current)
+
+    def save_fingerprint_index(self, workflow_name: str) -> None:
+        """Add the results this object saved since to the workflow's fingerprint index
+        (at the end of a run). A cache: it raises nothing; a failure is logged, and the
+        next plan reads those results' headers instead."""
+        validate_name(workflow_name, "Workflow name")
+        fpindex.save_index(self, workflow_name)
+
+    def remove_fingerprint_index(self, workflow_name: str) -> None:
+        """Remove the workflow's fingerprint index (always safe: the next plan reads every
+        result's header and writes it again)."""
+        validate_name(workflow_name, "Workflow name")
+        self._fp_journal(workflow_name).clear()
+        self._delete_index(workflow_name)
+
+    # primitives of the fingerprint index: kinds without them keep none (plans read headers)
+    def _identities(self, workflow_name: str) -> dict[str, str] | None:
+        """``{task: identity}`` of every stored result, from one listing: a string that
+        changes whenever the result is replaced or rewritten ("" if not known); None if
+        this kind keeps no fingerprint index."""
+        return None
+
+    def _index_body(self, workflow_name: str) -> bytes | None:
+        """The stored fingerprint index of the workflow, or None."""
+        return None
+
+    def _put_index(self, workflow_name: str, body: bytes) -> None:
+        """Store the fingerprint index of the workflow, atomically."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no fingerprint index")
+
+    def _delete_index(self, workflow_name: str) -> None:
+        """Remove the fingerprint index of the workflow (none is not an error)."""
+
+    def _fp_journal(self, workflow_name: str) -> dict:
+        """The index entries of results this object saved and has not written to the
+        index yet (never pickled: kinds pickle their options only)."""
+        journals: dict[str, dict] = self.__dict__.setdefault("_fp_journals", {})
+        return journals.setdefault(workflow_name, {})
 
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
         """List saved results of all saved nodes using glob pattern for workflow.

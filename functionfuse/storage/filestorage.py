@@ -6,6 +6,8 @@ Layout of a workflow folder::
     path/workflow_name/<task>.<token>.data/       serializer files of that result, if any
     path/workflow_name/.tmp/                      writes in progress
     path/workflow_name/.runs/                     run reports
+    path/workflow_name/.fingerprint-index         what plans read instead of every header
+                                                  (a cache: functionfuse.storage.fpindex)
     path/.removing-<token>/                       a workflow being removed
 
 A write goes to ``.tmp``, is flushed with fsync and renamed into place, and the
@@ -32,7 +34,7 @@ from typing import Any, Callable
 from ..errors import ConfigurationError, CorruptedResultError, StorageError
 from ..serializers import FILE_PROTOCOL, TaskFiles
 from ..workflow import name_problem
-from . import _files, frame, runreports
+from . import _files, fpindex, frame, runreports
 from .base import Storage
 
 __all__ = ["FileStorage"]
@@ -186,7 +188,7 @@ class FileStorage(Storage):
             fd = os.open(tmpfile, _files.CREATE_FLAGS, 0o644)
         except FileNotFoundError:  # .tmp or the workflow folder was removed (remove_workflow)
             return None
-        committed = False
+        committed, identity = False, ""
         try:
             _files.hold(fd)
             enc = encode({FILE_PROTOCOL: staging}, token)
@@ -198,6 +200,7 @@ class FileStorage(Storage):
                     os.rename(staging.root, final_data)
                 os.replace(tmpfile, self._file(workflow_name, task_name))
                 committed = True
+                identity = _identity(os.fstat(fd))  # of the file written, whatever replaces it later
             except FileNotFoundError:  # as above
                 pass
         finally:
@@ -208,6 +211,7 @@ class FileStorage(Storage):
         if not committed:
             return None
         _files.fsync_dir(wf)
+        fpindex.note_published(self, workflow_name, task_name, identity, enc.header)
         # the previous version's serializer data is now unreachable
         if previous and previous != token:
             _files.remove_entry(os.path.join(wf, f"{task_name}.{previous}.data"))
@@ -319,6 +323,64 @@ class FileStorage(Storage):
             return
         _files.remove_entry(trash)
 
+    # -- the fingerprint index (see functionfuse.storage.fpindex) ---------------------------
+    def _identities(self, workflow_name: str) -> dict[str, str]:
+        """Every listed result (as :meth:`_task_names`) with its identity (lstat)."""
+        wf = self._wf(workflow_name)
+        out: dict[str, str] = {}
+        if not self._folder(wf):
+            return out
+        n_suffix = len(SUFFIX)
+        try:
+            with os.scandir(wf) as it:
+                for e in it:
+                    n = e.name
+                    if n.endswith(SUFFIX) and not n.startswith("."):
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except FileNotFoundError:  # removed meanwhile
+                            continue
+                        mode = st.st_mode
+                        if stat.S_ISREG(mode):
+                            out[n[:-n_suffix]] = _identity(st)
+                        elif stat.S_ISLNK(mode):
+                            out[n[:-n_suffix]] = ""  # listed (it reads as damaged), never indexed
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return out
+
+    def _index_body(self, workflow_name: str) -> bytes | None:
+        try:
+            with open(os.open(os.path.join(self._wf(workflow_name), fpindex.NAME), _files.READ_FLAGS), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return None
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _put_index(self, workflow_name: str, body: bytes) -> None:
+        """Write ``path/workflow_name/.fingerprint-index`` atomically (through ``.tmp``),
+        never into a workflow folder that is gone (removed meanwhile)."""
+        if not self._folder(self._wf(workflow_name)):
+            return
+        tmp = os.path.join(self._prepare(workflow_name), f"{uuid.uuid4().hex[:16]}.index")
+        try:
+            with open(os.open(tmp, _files.CREATE_FLAGS, 0o644), "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self._wf(workflow_name), fpindex.NAME))
+        except BaseException:
+            _files.remove_entry(tmp)
+            raise
+
+    def _delete_index(self, workflow_name: str) -> None:
+        if self._folder(self._wf(workflow_name)):
+            try:
+                os.unlink(os.path.join(self._wf(workflow_name), fpindex.NAME))
+            except FileNotFoundError:
+                pass
+
     # -- run reports (see Storage.save_run_report) -----------------------------------------
     def _runs(self, workflow_name: str) -> str:
         return os.path.join(self._wf(workflow_name), runreports.FOLDER)
@@ -397,3 +459,9 @@ class FileStorage(Storage):
         if not include_foreign:
             names = [n for n in names if name_problem(n) is None]
         return sorted(names)
+
+
+def _identity(st: os.stat_result) -> str:
+    """What tells one stored file from any other that had its name: device, inode, size,
+    modification and change times (a rename, a rewrite or a touch changes the last)."""
+    return f"{st.st_dev:x}.{st.st_ino:x}.{st.st_size:x}.{st.st_mtime_ns:x}.{st.st_ctime_ns:x}"

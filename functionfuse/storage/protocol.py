@@ -22,7 +22,7 @@ guessing from the object's type:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 from ..errors import CorruptedResultError
 
@@ -81,6 +81,17 @@ class StorageProtocol(Protocol):
         self, workflow_name: str, task_names: Iterable[str]
     ) -> dict[str, dict | CorruptedResultError]:
         """``{name: metadata or CorruptedResultError}``; names not stored are left out."""
+        ...
+
+    def read_fingerprints(
+        self, workflow_name: str, task_names: Iterable[str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, dict | CorruptedResultError]:
+        """What a plan needs of the stored results (``"fingerprint"``, ``"checksum"``),
+        from the fingerprint index where it matches the listing, else from headers."""
+        ...
+
+    def save_fingerprint_index(self, workflow_name: str) -> None:
+        """Add the results this object saved to the fingerprint index (end of a run)."""
         ...
 
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]: ...

@@ -20,7 +20,7 @@ import logging
 import os
 import pickle
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigurationError, SerializationError, StorageError, missing_dependency
 from ..serializers import FILE_PROTOCOL
@@ -254,6 +254,26 @@ class FileStorage:
         validate_name(workflow_name, "Workflow name")
         return self._call("read_metadata_many", workflow_name, list(task_names))
 
+    def read_fingerprints(
+        self, workflow_name: str, task_names: Iterable[str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What a plan needs of the stored results, read on the storage node with its
+        fingerprint index (see :meth:`functionfuse.storage.base.Storage.read_fingerprints`;
+        *current* is not sent there: the stored records are parsed)."""
+        validate_name(workflow_name, "Workflow name")
+        return self._call("read_fingerprints", workflow_name, list(task_names))
+
+    def save_fingerprint_index(self, workflow_name: str) -> None:
+        """Nothing: results are saved by tasks on the storage node, where no run ends;
+        the next plan reads the headers of the results a run saved, once, and adds
+        them to the index there."""
+        validate_name(workflow_name, "Workflow name")
+
+    def remove_fingerprint_index(self, workflow_name: str) -> None:
+        """Remove the workflow's fingerprint index on the storage node (always safe)."""
+        validate_name(workflow_name, "Workflow name")
+        self._call("remove_fingerprint_index", workflow_name)
+
     def verify_task(self, workflow_name: str, task_name: str) -> dict:
         """Read a result completely on the storage node and check it without unpickling it."""
         validate_name(workflow_name, "Workflow name")
@@ -429,6 +449,7 @@ def _local(path: str, serializers: list, key_id: str | None) -> _LocalFileStorag
     st = _LOCAL.get(path)
     if st is None:
         st = _LOCAL[path] = _LocalFileStorage(path)
+        st._journal_saves = False  # no run ends here to write them (see save_fingerprint_index)
     st._serializers = list(serializers)
     st._key_id = key_id
     return st

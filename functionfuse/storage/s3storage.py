@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 from ..errors import ConfigurationError, CorruptedResultError, StorageError, TaskNotFoundError
 from ..serializers import S3_PROTOCOL, claim_name
 from ..workflow import name_problem
-from . import _s3io, _s3options, frame, runreports
+from . import _s3io, _s3options, fpindex, frame, runreports
 from .base import Storage
 from .protocol import CredentialFreeCopy
 
@@ -362,6 +362,30 @@ class S3Storage(Storage):
         io.delete(results)  # results first, so no result outlives its data
         chosen = set(results)
         io.delete([k for k in keys if k not in chosen])
+
+    # -- the fingerprint index (see functionfuse.storage.fpindex) ----------------------------
+    def _identities(self, workflow_name: str) -> dict[str, str]:
+        """Every listed result (as :meth:`_task_names`) with its ETag and size."""
+        wf = self._wf(workflow_name)
+        out: dict[str, str] = {}
+        for key, identity in self.io.list_identities(wf).items():
+            n = key[len(wf) :]
+            if n.endswith(SUFFIX) and not n.startswith(".") and "/" not in n:
+                out[n[: -len(SUFFIX)]] = identity
+        return out
+
+    def _index_body(self, workflow_name: str) -> bytes | None:
+        try:
+            return self.io.get(f"{self._wf(workflow_name)}{fpindex.NAME}")
+        except _s3io.Missing:
+            return None
+
+    def _put_index(self, workflow_name: str, body: bytes) -> None:
+        """One PUT with the short budget of run reports (a cache: not worth a long wait)."""
+        self._report_io().put(f"{self._wf(workflow_name)}{fpindex.NAME}", [body], len(body))
+
+    def _delete_index(self, workflow_name: str) -> None:
+        self.io.delete([f"{self._wf(workflow_name)}{fpindex.NAME}"])
 
     # -- run reports (see Storage.save_run_report) ---------------------------------------------
     def _runs(self, workflow_name: str) -> str:

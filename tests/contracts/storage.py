@@ -5,7 +5,8 @@ returns a fresh, empty storage object, and a ``corrupt`` fixture: a function
 ``corrupt(storage, workflow, task, how)`` that damages a stored result in place
 (``how`` is "flip" or "truncate"). Hooks a kind may override: ``local_folder``
 (where its files are on this machine, for the link tests), and those of the protocol
-(:mod:`contracts.protocol`) and signing (:mod:`contracts.signing`) parts.
+(:mod:`contracts.protocol`), signing (:mod:`contracts.signing`) and fingerprint index
+(:mod:`contracts.fpindex`) parts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pickle
 import numpy as np
 import pytest
 
+from contracts.fpindex import FingerprintIndexContract
 from contracts.protocol import CLEAN_AWS_ENV, WF, ProtocolContract  # noqa: F401 - kinds import them from here
 from contracts.signing import KEY_A, KEY_B, SigningContract  # noqa: F401 - as above
 from framing import delete_raw, get_raw, put_raw, reframe
@@ -55,7 +57,7 @@ class Unpicklable:
         raise TypeError("this object refuses to be pickled")
 
 
-class StorageContract(ProtocolContract, SigningContract):
+class StorageContract(ProtocolContract, SigningContract, FingerprintIndexContract):
     @pytest.fixture
     def storage(self):  # pragma: no cover - overridden
         raise NotImplementedError

@@ -1,0 +1,106 @@
+"""The fingerprint index in runs: a resumed run reads one index instead of every
+result's header, and an index entry that no longer describes the stored result (it was
+replaced by another run, saved by hand, removed with the CLI) never makes a run load a
+wrong value: the node is recomputed. The storage-level contract is
+``tests/contracts/fpindex.py``; this is the same through LocalWorkflow and the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.cli import main as cli
+from functionfuse.storage import fpindex, storage_factory
+
+WF = "idx"
+
+
+@workflow
+def source(v):
+    return v
+
+
+@workflow
+def double(x):
+    return 2 * x
+
+
+def run(path, v):
+    """Run ``double(source(v))`` (nodes "a" and "b") with file storage at *path*: (value, nodes run)."""
+    wf = LocalWorkflow(double(source(v).set_name("a")).set_name("b"), workflow_name=WF)
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(path)}}))
+    value = wf.run()
+    return value, wf.last_run.ran
+
+
+def index_file(path) -> str:
+    return os.path.join(str(path), WF, fpindex.NAME)
+
+
+def read_bytes(p: str) -> bytes:
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def write_bytes(p: str, data: bytes) -> None:
+    with open(p, "wb") as f:
+        f.write(data)
+
+
+def test_a_resumed_run_reads_the_index_not_the_headers(tmp_path, monkeypatch):
+    assert run(tmp_path, 1) == (2, 2)
+    assert os.path.isfile(index_file(tmp_path))  # written at the end of the run
+    headers = []
+    real = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}).read_metadata
+    monkeypatch.setattr(
+        type(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})),
+        "read_metadata",
+        lambda self, w, t: headers.append(t) or real(w, t),
+    )
+    assert run(tmp_path, 1) == (2, 0)
+    assert headers == []
+    os.unlink(index_file(tmp_path))  # removing it is safe: the headers are read, and it is made again
+    assert run(tmp_path, 1) == (2, 0)
+    assert sorted(headers) == ["a", "b"]
+    assert os.path.isfile(index_file(tmp_path))
+
+
+def test_result_replaced_by_another_run_whose_index_update_was_lost_is_recomputed(tmp_path):
+    assert run(tmp_path, 1) == (2, 2)
+    first = read_bytes(index_file(tmp_path))
+    assert run(tmp_path, 2) == (4, 2)  # same names and sizes, other values
+    write_bytes(index_file(tmp_path), first)  # the index says what the first run stored
+    assert run(tmp_path, 1) == (2, 2)  # never 4
+
+
+def test_result_saved_by_hand_without_a_fingerprint_is_recomputed(tmp_path):
+    assert run(tmp_path, 1) == (2, 2)
+    by_hand = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    by_hand.save(WF, "b", 9)  # same size as the stored 2, and no fingerprint
+    assert run(tmp_path, 1) == (2, 1)  # b is unverified: recomputed under "fingerprint", never 9
+
+
+def test_result_removed_with_the_cli_is_recomputed(tmp_path):
+    assert run(tmp_path, 1) == (2, 2)
+    before = read_bytes(index_file(tmp_path))
+    assert cli(["storage", "rm", WF, "b", "--yes", "--storage", str(tmp_path)]) == 0
+    assert read_bytes(index_file(tmp_path)) == before  # the CLI leaves the index as it was
+    assert run(tmp_path, 1) == (2, 1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "other workflow"])
+def test_damaged_index_is_ignored(tmp_path, damage):
+    assert run(tmp_path, 1) == (2, 2)
+    body = read_bytes(index_file(tmp_path))
+    if damage == "truncated":
+        body = body[: len(body) // 2]
+    elif damage == "flipped byte":
+        body = body[:40] + bytes([body[40] ^ 1]) + body[41:]
+    else:
+        body = body.replace(b'"workflow":"idx"', b'"workflow":"xdi"')
+    write_bytes(index_file(tmp_path), body)
+    assert run(tmp_path, 2) == (4, 2)
+    assert run(tmp_path, 2) == (4, 0)
