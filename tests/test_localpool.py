@@ -381,3 +381,66 @@ def pooled_property_tests(monkeypatch):
 )
 def test_random_dags_run_by_the_pool_match_plain_python(pooled_property_tests, name):
     getattr(pooled_property_tests, name)()  # hypothesis draws the DAGs
+
+
+# -- kill -9 in the middle of a parallel run (tests/test_kill9.py's DAG, 2 workers) -----------
+def test_kill_minus_9_of_a_parallel_run_loses_at_most_the_nodes_in_progress(tmp_path):
+    import importlib.util
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    import test_kill9 as k9
+
+    script = tmp_path / "kill9_dag.py"
+    code = k9.SCRIPT.replace("LocalWorkflow(*build(), workflow_name=WORKFLOW)",
+                             "LocalWorkflow(*build(), workflow_name=WORKFLOW, parallel=2)")
+    assert "parallel=2" in code
+    script.write_text(code)
+    spec = importlib.util.spec_from_file_location("kill9_dag_parallel", script)
+    dag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag)
+    expected = dag.expected_values()
+    names = set(expected)
+    store_path, log_path, result_path = tmp_path / "storage", tmp_path / "executions.log", tmp_path / "result.pkl"
+    storage = storage_factory({"kind": "file", "options": {"path": str(store_path)}})
+    rng = random.Random(k9.SEED)
+
+    def start(run_id):
+        env = dict(os.environ, KILL9_LOG=str(log_path), KILL9_RUN_ID=run_id, PYTHONHASHSEED="1")
+        return subprocess.Popen([sys.executable, str(script), str(store_path), str(result_path)], env=env,
+                                cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    stored: set[str] = set()
+    kills = 0
+    for round_no in range(4):
+        run_id = f"r{round_no}"
+        proc = start(run_id)
+        deadline = k9.wait_for_execution(proc, log_path, run_id, names) + rng.uniform(0.05, 0.3)
+        try:
+            proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            break  # finished before the kill
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            kills += 1
+        listed = set(storage.list_tasks(k9.WORKFLOW, "*"))
+        assert stored <= listed <= names
+        for name in sorted(listed):  # every listed result reads back whole and right
+            k9.assert_same(storage.read_task(k9.WORKFLOW, name), expected[name], name)
+        ran = k9.executions(log_path, run_id)
+        assert len(ran) == len(set(ran)) and not set(ran) & stored  # nothing stored ran again
+        assert len(set(ran) - listed) <= 2, (ran, sorted(listed))  # at most the 2 nodes in progress lost
+        stored = listed
+    assert kills >= 2
+
+    proc = start("final")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and not err, err.decode(errors="replace")
+    stats = json.loads(out.decode().strip().splitlines()[-1])
+    assert sorted(k9.executions(log_path, "final")) == sorted(names - stored)  # exactly what was missing
+    assert stats["ran"] == len(names - stored) and stats["recomputed"] == 0, stats
+    assert set(storage.list_tasks(k9.WORKFLOW, "*")) == names
