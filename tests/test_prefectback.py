@@ -36,6 +36,7 @@ prefect = pytest.importorskip("prefect")
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from contracts.backend import BackendConformance, LoadErrorConformance, seed_quick_start  # noqa: E402
+from contracts.units import UnitConformance  # noqa: E402
 from functionfuse import workflow  # noqa: E402
 from functionfuse.backends.addons.prefectback import PrefectWorkflow  # noqa: E402
 from functionfuse.backends.plugins import RandomStatePlugin  # noqa: E402
@@ -59,10 +60,24 @@ def stop_temporary_server():
     SubprocessASGIServer().stop()
 
 
-class TestPrefectConformance(BackendConformance, LoadErrorConformance):
+class TestPrefectConformance(BackendConformance, LoadErrorConformance, UnitConformance):
     @pytest.fixture
     def make_workflow(self):
         return PrefectWorkflow
+
+
+class UnfusedPrefectWorkflow(PrefectWorkflow):
+    """Automatic fusion off: one Prefect task per node, as before execution units."""
+
+    def __init__(self, *nodes, **kwargs):
+        super().__init__(*nodes, **kwargs)
+        self.set_fusion(False)
+
+
+class TestPrefectConformanceUnfused(BackendConformance, LoadErrorConformance, UnitConformance):
+    @pytest.fixture
+    def make_workflow(self):
+        return UnfusedPrefectWorkflow
 
 
 @pytest.fixture
@@ -224,6 +239,7 @@ def test_a_failing_node_fails_its_task_and_the_flow_run():
         raise ValueError(f"bad input {x}")
 
     wf = PrefectWorkflow(identity(boom(1).set_name("boom")).set_name("downstream"), workflow_name="failing")
+    wf.set_fusion(False)  # a task per node (fused: test_a_failure_inside_a_fused_chain_fails_its_one_task)
     flow = wf.generate_flow()
     state = flow(return_state=True)
     assert state.is_failed()
@@ -588,3 +604,134 @@ def test_nodes_are_logged_on_the_functionfuse_logger(caplog):
     for name in ("node1", "node2", "node3"):
         assert f"node {name!r} of workflow 'node_records' started" in records
         assert any(m.startswith(f"node {name!r} of workflow 'node_records' finished in ") for m in records)
+
+
+# -- execution units -------------------------------------------------------------------------
+@workflow
+def inc(x):
+    return x + 1
+
+
+@workflow
+def slow_inc(x, seconds):
+    """x + 1 after *seconds*, sleeping in small steps (so a Prefect timeout can interrupt it)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        time.sleep(0.01)
+    return x + 1
+
+
+def inc_chain(start, names):
+    node = start
+    for name in names:
+        node = inc(node).set_name(name)
+    return node
+
+
+def test_a_chain_is_one_prefect_task_whose_name_lists_its_nodes(storage):
+    short = inc_chain(0, ["a", "b", "c"])
+    long = inc_chain(100, [f"step_{k:02d}" for k in range(40)])
+    wf = PrefectWorkflow(short, long, workflow_name="units_named")
+    wf.set_storage(storage)
+    assert [len(u.indices) for u in wf.units().running] == [3, 40]
+    assert wf.run() == [3, 140]
+    runs = task_runs_of(wf.last_flow_run_id, expected=2)
+    assert all(r.state.is_completed() for r in runs)
+    names = sorted(r.name for r in runs)
+    assert len(runs) == 2
+    assert names[0] == "a, b, c"
+    # a long unit's name stays short and readable: first nodes, the last, and how many
+    assert names[1].startswith("step_00, step_01, ") and names[1].endswith(", ... step_39 (40 nodes)")
+    assert len(names[1]) < 100
+    # every node stored as its own result, every node counted
+    assert sorted(storage.list_tasks("units_named")) == sorted(wf.graph.names)
+    assert storage.read_task("units_named", "step_20") == 121
+    assert wf.last_run.ran == 43
+
+
+def test_with_fusion_off_every_node_is_its_own_task():
+    wf = PrefectWorkflow(inc_chain(0, ["a", "b", "c"]), workflow_name="units_off")
+    wf.set_fusion(False)
+    assert wf.run() == 3
+    assert sorted(r.name for r in task_runs_of(wf.last_flow_run_id, expected=3)) == ["a", "b", "c"]
+    wf.set_fusion(True)
+    wf.query("^b$").set_fusion(False)  # the switch per query: b runs alone, a and c too then
+    assert wf.run() == 3
+    assert sorted(r.name for r in task_runs_of(wf.last_flow_run_id, expected=3)) == ["a", "b", "c"]
+
+
+def test_a_failure_inside_a_fused_chain_fails_its_one_task(tmp_path, storage):
+    from contracts.backend import fail_if
+
+    flag = tmp_path / "fail"
+    flag.touch()
+    head = inc_chain(0, ["h1", "h2"])
+    tail = inc_chain(fail_if(str(flag), head).set_name("mid"), ["t1", "t2"])
+    wf = PrefectWorkflow(tail, workflow_name="units_fail")
+    wf.set_storage(storage)
+    assert [tuple(wf.graph.names[i] for i in u.indices) for u in wf.units().running] == [
+        ("h1", "h2", "mid", "t1", "t2")
+    ]
+    flow = wf.generate_flow()
+    state = flow(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(NodeExecutionError, match="Node 'mid' of workflow 'units_fail' failed") as info:
+        state.result()
+    assert info.value.node_name == "mid"
+    assert wf.last_run.failed == "mid" and wf.last_run.ran == 2
+    assert storage.list_tasks("units_fail") == ["h1", "h2"]  # the nodes before it, each stored
+    (run,) = task_runs_of(state.state_details.flow_run_id, expected=1)
+    assert run.name == "h1, h2, mid, t1, t2" and run.state.is_failed()
+    # resume: the nodes from the failed one on run, as one task
+    flag.unlink()
+    assert wf.run() == 4
+    (run,) = task_runs_of(wf.last_flow_run_id, expected=1)
+    assert run.name == "mid, t1, t2"
+    assert wf.last_run.ran == 3 and wf.last_run.loaded == 1
+
+
+def test_nodes_with_different_task_options_never_share_a_task():
+    wf = PrefectWorkflow(inc_chain(0, ["a", "b", "c", "d", "e"]), workflow_name="units_options")
+    wf.query("^[bc]$").set_task_args({"retries": 2})
+    wf.query("^d$").set_task_args({"tags": ["x"]})
+    wf.query("^e$").set_task_args({"tags": ["x"]})  # equal by value, set apart: they fuse
+    units = [tuple(wf.graph.names[i] for i in u.indices) for u in wf.units().running]
+    assert units == [("a",), ("b", "c"), ("d", "e")]
+    assert wf.fusion_key(1) == wf.fusion_key(2) != wf.fusion_key(0)
+    assert wf.run() == 5
+    runs = {r.name: r for r in task_runs_of(wf.last_flow_run_id, expected=3)}
+    assert sorted(runs) == ["a", "b, c", "d, e"]
+    assert set(runs["d, e"].tags) == {"x"} and not runs["a"].tags
+    # a group must share options: b (retries) cannot join a
+    wf.query("^[ab]$").set_group("ab")
+    with pytest.raises(ConfigurationError, match="Group 'ab'.*'a' and 'b'"):
+        wf.units()
+
+
+def test_a_unit_retries_as_a_whole_and_gets_its_nodes_timeouts(tmp_path, storage):
+    counter = tmp_path / "calls"
+    first = inc(0).set_name("first")
+    node = flaky(str(counter), 1).set_name("flaky")
+    wf = PrefectWorkflow(pair(first, identity(node).set_name("after")), workflow_name="units_retry")
+    wf.query("^(flaky|after)$").set_task_args({"retries": 1, "retry_delay_seconds": 0})
+    assert wf.run() == (1, 2)
+    runs = {r.name: r for r in task_runs_of(wf.last_flow_run_id, expected=3)}
+    assert runs["flaky, after"].run_count == 2 and runs["flaky, after"].state.is_completed()
+    # three nodes of 0.4 s with a timeout of 0.8 s each: the unit has 2.4 s, not 0.8 s
+    slow = slow_inc(slow_inc(slow_inc(0, 0.4).set_name("s1"), 0.4).set_name("s2"), 0.4).set_name("s3")
+    wf = PrefectWorkflow(slow, workflow_name="units_timeout")
+    wf.query("^s").set_task_args({"timeout_seconds": 0.8})
+    assert wf.run() == 3
+    (run,) = task_runs_of(wf.last_flow_run_id, expected=1)
+    assert run.name == "s1, s2, s3"
+    # a node past its own timeout still fails the unit, and is named
+    slow = slow_inc(slow_inc(0, 0.1).set_name("quick"), 5).set_name("stuck")
+    wf = PrefectWorkflow(slow, workflow_name="units_stuck")
+    wf.set_storage(storage)
+    wf.query(".").set_task_args({"timeout_seconds": 0.5})
+    t0 = time.monotonic()
+    with pytest.raises(NodeExecutionError, match="'stuck'") as info:
+        wf.run()
+    assert time.monotonic() - t0 < 4
+    assert info.value.node_name == "stuck" and wf.last_run.failed == "stuck"
+    assert storage.list_tasks("units_stuck") == ["quick"] and wf.last_run.ran == 1  # done before the timeout

@@ -1,4 +1,4 @@
-"""PrefectWorkflow: the DAG as a real Prefect flow, one Prefect task per node.
+"""PrefectWorkflow: the DAG as a real Prefect flow, one Prefect task per execution unit.
 
 :meth:`PrefectWorkflow.generate_flow` compiles the graph into a ``prefect.Flow``
 (kept in :attr:`PrefectWorkflow.flow`, usable for deployments); :meth:`run` calls it.
@@ -12,12 +12,19 @@ below, as for every backend:
    from storage, or is skipped. The plan is made when the flow runs, so a deployed flow
    resumes from whatever is stored at that moment.
 2. **Load and submit**, in topological order. A stored result that a running node or
-   the output needs is read in the flow. Every running node is submitted as its own
-   Prefect task (task and task-run name: the node name). Parent results are passed as
-   Prefect futures, so the dependencies are Prefect's own and independent nodes run
-   concurrently on the flow's task runner; a method call of a class node also waits for
-   the previous call on the same instance. Each task saves its result to functionfuse
-   storage as soon as its node has run.
+   the output needs is read in the flow. The running nodes are submitted by execution
+   unit (:mod:`functionfuse.units`): a linear chain of nodes launched alike (same task
+   options, same plugin) is one Prefect task that runs its nodes in order, whose task
+   and task-run name list the nodes (``"a, b, c"``, or ``"a, b, ... z (40 nodes)"``);
+   any other node is its own task, named after it. Values are passed as Prefect futures
+   (a unit's future holds the values its nodes export), so the dependencies are
+   Prefect's own and independent units run concurrently on the flow's task runner; a
+   method call of a class node also waits for the previous call on the same instance.
+   Each node's result is saved to functionfuse storage as soon as the node has run,
+   inside a unit too. A unit's task takes its nodes' task options (they are equal, or
+   the nodes would not share a task), with ``timeout_seconds`` counted per node (the
+   unit gets the sum); a retry runs the whole unit again. ``set_fusion(False)`` gives
+   one task per node, as before units.
 3. **Collect.** The flow waits for every task. A damaged stored result is reported
    (``ResultRecomputedWarning``) and the plan is made again, so that node runs, as in
    ``LocalWorkflow``. If a node failed, the flow raises the error of the first failed
@@ -31,38 +38,26 @@ its method calls) need an in-process task runner: the default ``ThreadPoolTaskRu
 
 from __future__ import annotations
 
-import contextvars
 import inspect
-import logging
-import threading
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, cast
+from typing import Any, Callable, Hashable, Mapping, Sequence, cast
 
-from ...baseworkflow import LOAD, SKIP, BaseWorkflow, select
+from ...baseworkflow import BaseWorkflow, select
 from ...baseworkflow import Query as BaseQuery
-from ...engine import Completion, NodeFailure, NodeTask, execute, load_here, run_here, run_session
+from ...engine import NodeFailure, execute, failure_error, run_here, run_session
 from ...errors import ConfigurationError, FunctionFuseError, NodeExecutionError, missing_dependency
-from ...planner import Plan
 from ...query import targets
 
 try:
     import prefect
     from prefect.cache_policies import NO_CACHE, CachePolicy
     from prefect.context import FlowRunContext
-    from prefect.futures import wait as _wait_for_futures
-    from prefect.utilities.annotations import quote
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     raise missing_dependency("prefect", "prefect", _exc) from _exc
-try:  # Prefect >= 3.8: resolve a future without walking through its (maybe large) result
-    from prefect.utilities.annotations import opaque
-except ImportError:  # pragma: no cover - older Prefect 3: plain futures, resolved the slow way
-    def opaque(value: Any) -> Any:  # type: ignore[no-redef]
-        return value
+
+from ._prefectrun import _CURRENT_RUN, _PrefectExecutor, _RunState, _UnitProgress, _values
 
 __all__ = ["PrefectWorkflow", "Query"]
-
-log = logging.getLogger("functionfuse.prefect")
 
 #: options of ``prefect.task`` / ``prefect.flow`` (all but the function itself)
 _TASK_OPTIONS = frozenset(p for p in inspect.signature(prefect.Task.__init__).parameters if p not in ("self", "fn"))
@@ -120,12 +115,16 @@ class PrefectWorkflow(BaseWorkflow):
     :param workflow_name: the name of the workflow, used by storage and as the default
         name of the Prefect flow.
 
-    Each node is a Prefect task named after the node; with storage set
-    (:meth:`set_storage`) every result is saved as soon as its task has run, and a later
-    run loads stored results instead of running their nodes.
+    Each execution unit is a Prefect task: a linear chain of nodes with the same task
+    options runs as one task whose name lists its nodes, any other node as a task named
+    after it (``set_fusion(False)``: one task per node; ``query(...).set_group(name)``:
+    nodes run as one task). With storage set (:meth:`set_storage`) every node's result
+    is saved as soon as the node has run, and a later run loads stored results instead
+    of running their nodes.
     """
 
     query_class = Query
+    fuses_units = True
 
     def __init__(self, *nodes: Any, workflow_name: str) -> None:
         super().__init__(*nodes, workflow_name=workflow_name)
@@ -133,8 +132,9 @@ class PrefectWorkflow(BaseWorkflow):
         self._flow_options: dict[str, Any] = {}
         #: the generated ``prefect.Flow`` (see :meth:`generate_flow`)
         self.flow: Any = None
-        #: the Prefect task of each node, by node name (set by :meth:`generate_flow`)
-        self.tasks: dict[str, Any] = {}
+        #: the Prefect task of each node, by node name (set by :meth:`generate_flow`; each
+        #: made when first used): what a node runs as when it is not fused with others
+        self.tasks: Mapping[str, Any] = {}
         self._flow_current = False
         #: id of the Prefect flow run of the last :meth:`run` (or of the last run of :attr:`flow`)
         self.last_flow_run_id: Any = None
@@ -173,6 +173,17 @@ class PrefectWorkflow(BaseWorkflow):
     def _options_changed(self) -> None:
         self._flow_current = False
 
+    def fusion_key(self, i: int) -> Hashable | None:
+        """Nodes share a Prefect task only when they are launched alike: the base key (the
+        plugin; None for class and method nodes) and the node's ``set_task_args``
+        options, compared by value (an option value that cannot be compared by value,
+        such as a cache policy object, by identity: set it on the nodes in one call)."""
+        base = super().fusion_key(i)
+        if base is None:
+            return None
+        args = self._task_args.get(i)
+        return base if not args else (base, _options_key(args))
+
     # -- compiling ---------------------------------------------------------------------
     def generate_flow(self) -> Any:
         """Create the Prefect flow of this workflow, store it in :attr:`flow`, and return it.
@@ -183,7 +194,7 @@ class PrefectWorkflow(BaseWorkflow):
         deployment's entrypoint (``my_pipeline.py:flow``).
         """
         g = self.graph
-        tasks = [self._make_task(i) for i in range(len(g))]
+        tasks = _Tasks(self)
         options = {
             "name": self.workflow_name,
             "description": f"functionfuse workflow {self.workflow_name!r} ({len(g)} nodes)",
@@ -202,7 +213,7 @@ class PrefectWorkflow(BaseWorkflow):
                 "Fix the options given to set_prefect_flow_options() (a flow name may be set "
                 "with {'name': ...})."
             ) from exc
-        self.tasks = dict(zip(g.names, tasks))
+        self.tasks = tasks
         self._flow_current = True
         return self.flow
 
@@ -217,41 +228,84 @@ class PrefectWorkflow(BaseWorkflow):
             # *fingerprint* is not used here: it puts what else determines the result (the
             # node's code and constant arguments) into the parameters Prefect caches by
             run = _CURRENT_RUN.get()
-            values = {j: inputs[k] for j, k in keys}
             if run is None:  # not in a flow run of this workflow's (a task run elsewhere)
+                values = {j: inputs[k] for j, k in keys}
                 record = wf.make_plan(wf.stored_metadata()).record(i) if save else None
                 return wf.run_node(i, values, save=save, record=record)
+            task, where = run.jobs[i]
+            values = _values(inputs, where)
             run.started(name)
             try:
-                value, seconds = run_here(wf, run.tasks[i], values)
+                value, seconds = run_here(wf, task, values)
             except BaseException:
                 run.failed_at(name)  # KeyboardInterrupt, SystemExit stop the flow here
                 raise
             run.seconds[i] = seconds
             return value
 
-        # a function per node: Prefect derives each task's key from its function's name
-        run_functionfuse_node.__name__ = run_functionfuse_node.__qualname__ = name
+        return self._prefect_task(run_functionfuse_node, name, (i,))
+
+    def _make_unit_task(self, indices: tuple[int, ...], label: str) -> Any:
+        """The Prefect task of the execution unit of nodes *indices*: its body runs the
+        unit's nodes in order through the core."""
+        first, wf = indices[0], self
+
+        def run_functionfuse_unit(inputs: dict, save: bool, fingerprint: str | None = None) -> Any:
+            run = _CURRENT_RUN.get()
+            if run is None:
+                raise ConfigurationError(
+                    f"The Prefect task {label!r} runs an execution unit of workflow {wf.workflow_name!r} and "
+                    "only runs inside that workflow's flow (wf.flow or wf.run()); use wf.tasks[name] for one node."
+                )
+            unit, where = run.jobs[first]
+            names = wf.graph.names
+            progress = run.units[first] = _UnitProgress()
+            try:
+                exports, done = unit.run(_values(inputs, where))
+            except NodeFailure as f:
+                run.failures[first] = f
+                run.failed_at(names[f.index])
+                raise failure_error(wf, f) from f.error  # worded as run_here words a node's error
+            except BaseException as exc:
+                # stopped from outside the node (a Prefect timeout cancels the thread;
+                # KeyboardInterrupt, SystemExit stop the flow here): the node in progress failed
+                failed = first if progress.current is None else progress.current
+                run.failures[first] = NodeFailure(failed, "run", exc, done=progress.done)
+                run.failed_at(names[failed])
+                raise
+            run.seconds.update(done)
+            return exports
+
+        return self._prefect_task(run_functionfuse_unit, label, indices)
+
+    def _prefect_task(self, fn: Callable[..., Any], name: str, indices: Sequence[int]) -> Any:
+        """A Prefect task running *fn*, named *name*, with the task options of the nodes
+        *indices* (equal: nodes with other options are never fused; a timeout is per node)."""
+        # a function per task: Prefect derives each task's key from its function's name
+        fn.__name__ = fn.__qualname__ = name
         options: dict[str, Any] = {"name": name, "task_run_name": _constant(name)}
-        user = self._task_args.get(i, {})
+        user = self._task_args.get(indices[0], {})
         cached = bool(_CACHE_OPTIONS.intersection(user))
         if not cached:
             # functionfuse storage does the resuming; Prefect's input hashing would only cost
             options["cache_policy"] = NO_CACHE
         options.update(user)
+        if len(indices) > 1 and options.get("timeout_seconds") is not None:
+            options["timeout_seconds"] = options["timeout_seconds"] * len(indices)
         policy = options.get("cache_policy")
         if isinstance(policy, CachePolicy) and policy is not NO_CACHE:
             # every node's task has the same function: TASK_SOURCE alone, say, would give
             # all nodes one key; the node's fingerprint is its code and constant arguments
             options["cache_policy"] = policy + _NODE_FINGERPRINT
+        what = f"node {name!r}" if len(indices) == 1 else f"nodes {name}"
         try:
-            task: Any = prefect.task(run_functionfuse_node, **options)
+            task: Any = prefect.task(fn, **options)
         except Exception as exc:
             raise ConfigurationError(
-                f"Prefect refused the task options {user!r} of node {name!r}: {exc}. "
+                f"Prefect refused the task options {user!r} of {what}: {exc}. "
                 "Fix them with query(...).set_task_args({...})."
             ) from exc
-        #: Prefect caches this node's result: its runs get the node's fingerprint as a parameter
+        #: Prefect caches this task's result: its runs get the nodes' fingerprints as a parameter
         task.functionfuse_cached = cached
         return task
 
@@ -271,7 +325,7 @@ class PrefectWorkflow(BaseWorkflow):
             self.generate_flow()
         return self.flow()
 
-    def _run_flow(self, tasks: list[Any]) -> Any:
+    def _run_flow(self, tasks: "_Tasks") -> Any:
         """The body of the flow (runs inside a Prefect flow run)."""
         with run_session(self) as session:
             ctx = FlowRunContext.get()
@@ -286,7 +340,7 @@ class PrefectWorkflow(BaseWorkflow):
                 _CURRENT_RUN.reset(token)
         return self.outputs(results)
 
-    def _cache_fingerprints(self, tasks: list[Any]) -> list[str | None]:
+    def _cache_fingerprints(self, tasks: "_Tasks") -> list[str | None]:
         """The fingerprint of each node whose task Prefect caches (None for the others).
 
         Prefect computes a cache key from a task's parameters, and a node's parameters
@@ -295,10 +349,10 @@ class PrefectWorkflow(BaseWorkflow):
         the parents' fingerprints, so ``add(1, 1)`` and ``add(5, 5)`` get other keys
         under any policy that hashes inputs (``INPUTS``, ``task_input_hash``, the default).
         """
-        if not any(getattr(t, "functionfuse_cached", False) for t in tasks):
-            return [None] * len(tasks)
+        if not any(tasks.cached):
+            return [None] * len(tasks.cached)
         records = self.fingerprints()
-        return [r["node"] if getattr(t, "functionfuse_cached", False) else None for r, t in zip(records, tasks)]
+        return [r["node"] if cached else None for r, cached in zip(records, tasks.cached)]
 
     def _failure(self, i: int, fut: Any) -> BaseException:
         """The error to raise for failed node *i*: always names the node."""
@@ -317,119 +371,47 @@ class PrefectWorkflow(BaseWorkflow):
         )
 
 
-class _RunState:
-    """What the tasks of one flow run share: their node tasks, the seconds each node
-    ran, and the progress display and report (updated from the tasks' threads)."""
+class _Tasks(Mapping[str, Any]):
+    """The Prefect tasks of one generated flow: each node's by name (a mapping), made
+    when first used (a chain run as one unit never needs its nodes' own), and each
+    execution unit's by its nodes. Task options are checked by Prefect when the flow is
+    generated: one task per distinct set of options is made then."""
 
-    def __init__(self, report: Any, progress: Any) -> None:
-        self.report = report
-        self.progress = progress
-        self.lock = threading.Lock()
-        #: the node task of each node submitted in this attempt, by position
-        self.tasks: dict[int, NodeTask] = {}
-        self.seconds: dict[int, float] = {}
+    def __init__(self, wf: PrefectWorkflow) -> None:
+        self.wf = wf
+        g = wf.graph
+        self.position = {name: i for i, name in enumerate(g.names)}
+        self.nodes: list[Any] = [None] * len(g)
+        self.units: dict[tuple[int, ...], Any] = {}
+        #: whether Prefect caches each node's task (its runs then get the node's fingerprint)
+        self.cached = [bool(_CACHE_OPTIONS.intersection(wf._task_args.get(i, {}))) for i in range(len(g))]
+        checked: set[Hashable] = set()
+        for i, args in sorted(wf._task_args.items()):
+            key = _options_key(args)
+            if key not in checked:
+                checked.add(key)
+                self.at(i)
 
-    def started(self, name: str) -> None:
-        with self.lock:
-            self.progress.node_started(name)
+    def at(self, i: int) -> Any:
+        task = self.nodes[i]
+        if task is None:
+            task = self.nodes[i] = self.wf._make_task(i)
+        return task
 
-    def failed_at(self, name: str) -> None:
-        """Node *name* raised: the report names the first one (the engine names the
-        first in topological order if the flow gets there)."""
-        with self.lock:
-            if self.report.failed is None:
-                self.report.failed = name
-            self.progress.node_finished(name, None)
+    def unit(self, indices: tuple[int, ...], label: str) -> Any:
+        task = self.units.get(indices)
+        if task is None:
+            task = self.units[indices] = self.wf._make_unit_task(indices, label)
+        return task
 
+    def __getitem__(self, name: str) -> Any:
+        return self.at(self.position[name])
 
-class _PrefectExecutor:
-    """Submits node tasks as Prefect tasks of the flow run; loads in the flow."""
+    def __iter__(self) -> Any:
+        return iter(self.position)
 
-    slots = 0
-    in_process = False
-    where: str | None = None  # a failed task's error is the one its node raised here (run_here)
-    loads_first = True  # in the flow, before any task: a damaged result is found before anything runs
-
-    def __init__(self, wf: PrefectWorkflow, tasks: list[Any], run: _RunState) -> None:
-        self.wf, self.prefect_tasks, self.run = wf, tasks, run
-        self.fingerprints = wf._cache_fingerprints(tasks)
-
-    def start(self, plan: Plan) -> None:
-        self.plan = plan
-        self.futures: dict[int, Any] = {}
-        self.waiting: dict[Any, int] = {}  # futures not reported yet -> node
-        self.loaded: dict[int, Any] = {}
-        self.done: list[Completion] = []
-        self.announced = False
-        self.submits = any(a not in (LOAD, SKIP) for a in plan.actions)  # announced once submitted
-        self.run.tasks.clear()
-
-    def load(self, i: int) -> None:
-        self.done.append(load_here(self.wf, i, self.loaded))
-
-    def submit(self, task: NodeTask) -> None:
-        g = self.wf.graph
-        i = task.index
-        names, futures, loaded = g.names, self.futures, self.loaded
-        inputs = {}
-        for j in g.data_parents[i]:
-            fut = futures.get(j)
-            if fut is None and j not in loaded:
-                return  # its input could not be loaded: the next plan runs it
-            inputs[names[j]] = quote(loaded[j]) if fut is None else opaque(fut)
-        order = [futures[j] for j in g.parents[i] if j not in g.data_parents[i] and j in futures]
-        self.run.tasks[i] = task
-        fut = self.prefect_tasks[i].submit(
-            inputs=inputs, save=task.storage is not None, fingerprint=self.fingerprints[i], wait_for=order or None
-        )
-        futures[i] = fut
-        self.waiting[fut] = i
-
-    def release(self, indices: Any) -> None:
-        pass  # Prefect holds the results of its futures
-
-    @property
-    def pending(self) -> int:
-        return len(self.waiting) + len(self.done)
-
-    def oldest(self) -> int | None:
-        return min(self.waiting.values(), default=None)
-
-    def wait(self, count: int, timeout: float | None) -> list[Completion]:
-        if not self.announced and (self.futures or not self.submits):
-            self.announced = True
-            _run_logger().info(
-                "functionfuse workflow %r: %d nodes submitted as tasks, %d loaded from storage, %d skipped",
-                self.wf.workflow_name, len(self.futures), len(self.loaded), self.plan.count(SKIP),
-            )
-        done, self.done = self.done, []
-        if self.waiting:
-            # Prefect's wait registers a callback on every future per call: one call for
-            # all of them (progress counts them at the end), as waiting in slices of
-            # *timeout* doubled the cost per node of a flow of cheap tasks
-            finished = _wait_for_futures(list(self.waiting)).done
-            for fut in finished:
-                fut.wait()  # done may be seen just before the final state is set
-                i = self.waiting.pop(fut)
-                if fut.state.is_completed():
-                    done.append((i, self.run.seconds.get(i, 0.0)))
-                elif fut.state.is_failed() or fut.state.is_crashed():
-                    error = self.wf._failure(i, fut)
-                    _LOGGED_BY_TASK_RUN.mark(error)
-                    done.append(NodeFailure(i, "raised", error))
-                else:
-                    # never ran (NotReady: an input's task failed; cancelled): neither
-                    # done nor stored; the failure of its input is the run's error
-                    state = f"{fut.state.type.value} ({fut.state.name})"
-                    done.append(NodeFailure(i, "not run", RuntimeError(f"task ended {state} without running")))
-        return done
-
-    def results(self, outputs: Any) -> dict[int, Any]:
-        return {i: (self.futures[i].result() if i in self.futures else self.loaded[i]) for i in outputs}
-
-
-#: the run a task belongs to (Prefect copies the flow's context into task threads)
-_CURRENT_RUN: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar("functionfuse_prefect_run", default=None)
+    def __len__(self) -> int:
+        return len(self.position)
 
 
 def _constant(name: str) -> Callable[[], str]:
@@ -439,6 +421,26 @@ def _constant(name: str) -> Callable[[], str]:
         return name
 
     return task_run_name
+
+
+def _options_key(options: Mapping[str, Any]) -> Hashable:
+    """Task options as a hashable value: equal options give equal keys (lists, dicts and
+    sets by their items; a value that cannot be hashed, by identity)."""
+    return tuple(sorted((k, _frozen(v)) for k, v in options.items()))
+
+
+def _frozen(value: Any) -> Hashable:
+    if isinstance(value, Mapping):
+        return ("dict", tuple(sorted(((repr(k), _frozen(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_frozen(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", frozenset(_frozen(v) for v in value))
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
 
 
 @dataclass
@@ -451,35 +453,3 @@ class _NodeFingerprint(CachePolicy):
 
 
 _NODE_FINGERPRINT = _NodeFingerprint()
-
-
-class _LoggedByTaskRun(logging.Filter):
-    """Drops the flow run's record of an error that a node's task run logged already.
-
-    A failing node is logged by Prefect's task-run logger (with its traceback, on the
-    task run where the Prefect UI shows it); the flow then raises the same error, and
-    Prefect's flow-run logger would log it again with a longer traceback. The flow
-    run's ``Finished in state Failed(...)`` line still names the error, and
-    :meth:`PrefectWorkflow.run` raises it. Errors outside any node (storage, planning)
-    are not marked, so their flow-run record stays.
-    """
-
-    _ATTRIBUTE = "_functionfuse_logged_by_task_run"
-
-    def mark(self, error: BaseException) -> None:
-        setattr(error, self._ATTRIBUTE, True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not getattr(error, self._ATTRIBUTE, False)
-
-
-_LOGGED_BY_TASK_RUN = _LoggedByTaskRun()
-logging.getLogger("prefect.flow_runs").addFilter(_LOGGED_BY_TASK_RUN)
-
-
-def _run_logger() -> Any:
-    try:
-        return prefect.get_run_logger()
-    except Exception:  # outside a run context (a unit test calling the body directly)
-        return log
