@@ -60,11 +60,18 @@ def cmd_compile(args: argparse.Namespace, load: Callable, as_nodes: Callable, st
     out = args.output or f"{wf.workflow_name}.yaml"
     path = wf.compile(out, image=args.image, resume=args.resume)
     n = len(wf.graph)
+    units = wf.last_units  # the execution units of the steps: which nodes share a step, and why
+    steps = len(units.steps) if units is not None else n
     if args.json:
-        print(json.dumps({"package": path, "workflow": wf.workflow_name, "nodes": n}))
+        listing = [[wf.graph.names[i] for i in u.indices] for u in units.steps] if units is not None else []
+        print(json.dumps({"package": path, "workflow": wf.workflow_name, "nodes": n, "steps": steps,
+                          "units": listing}))
     else:
         print(path)
-        print(f"{n} node{'s' if n != 1 else ''} of workflow {wf.workflow_name!r} compiled", file=sys.stderr)
+        print(f"{n} node{'s' if n != 1 else ''} of workflow {wf.workflow_name!r} compiled into {steps} "
+              f"step{'s' if steps != 1 else ''}", file=sys.stderr)
+        if units is not None:
+            print(units, file=sys.stderr)
     return 0
 
 

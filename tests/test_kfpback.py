@@ -41,6 +41,8 @@ from functionfuse.kit.images import ImagePushError  # noqa: E402
 from functionfuse.storage import storage_factory  # noqa: E402
 from contracts import backend as contract  # noqa: E402
 from contracts.backend import BackendConformance, LoadErrorConformance  # noqa: E402
+from contracts import units as contract_units  # noqa: E402
+from contracts.units import UnitConformance  # noqa: E402
 from kfpsupport import SEED_RESULT, STATEFUL_RESULT, KFPAPIStandIn, write_project  # noqa: E402
 from kitsupport import LOCAL_BASE, ROOT, WHEELHOUSE, docker_client  # noqa: E402
 
@@ -210,6 +212,210 @@ def test_compile_with_the_plan_leaves_out_nodes_that_need_not_run(dag, project, 
     local.run()  # everything stored again: only node3 (the output) is loaded
     _text, spec, _ = compiled(wf, tmp_path, resume="plan")
     assert sorted(tasks_by_node(spec)) == ["node3"]
+
+
+# -- compile: execution units, one container step per unit ---------------------------------------
+def steps_of(spec):
+    """{task key: (the nodes its step runs, in order; the task; the container args)}."""
+    out = {}
+    for key, task in spec["root"]["dag"]["tasks"].items():
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        args = spec["deploymentSpec"]["executors"][executor]["container"]["args"]
+        out[key] = ([args[k + 1] for k, a in enumerate(args) if a == "--node"], task, args)
+    return out
+
+
+def checked_steps(wf, spec):
+    """The steps of a compiled pipeline, checked against the DAG: every node in exactly
+    one step, in topological order inside it; a step depends on exactly the steps holding
+    its nodes' parents outside it, and reads exactly those parents' values, each from the
+    step that holds it."""
+    g = wf.graph
+    steps = steps_of(spec)
+    step_of = {}
+    for key, (nodes, _task, _args) in steps.items():
+        assert [g.name_index[n] for n in nodes] == sorted(g.name_index[n] for n in nodes), key
+        for n in nodes:
+            assert n not in step_of, f"{n} is in two steps"
+            step_of[n] = key
+    assert sorted(step_of) == sorted(g.names)
+    for key, (nodes, task, args) in steps.items():
+        inside = {g.name_index[n] for n in nodes}
+        parents = {p for i in inside for p in g.parents[i]} - inside
+        assert sorted(task.get("dependentTasks", [])) == sorted({step_of[g.names[p]] for p in parents}), key
+        data = {p for i in inside for p in g.data_parents[i]} - inside
+        read = [(args[k + 1], args[k + 2]) for k, a in enumerate(args) if a == "--input"]
+        assert sorted(name for name, _ in read) == sorted(g.names[p] for p in data), key
+        artifacts = task.get("inputs", {}).get("artifacts", {})
+        for name, placeholder in read:
+            slot = re.search(r"artifacts\['(\w+)'\]", placeholder).group(1)
+            assert artifacts[slot]["taskOutputArtifact"]["producerTask"] == step_of[name], (key, name)
+    return steps
+
+
+def load_example(name):
+    """An example script of examples/ as a module (steps would import it by name)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_200_node_example_compiles_to_at_most_10_steps_and_reports_why(project, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")  # compile needs no Docker
+    try:
+        example = load_example("kfp_units")
+        wf = make([example.campaign()], "compile-units", project)
+        assert len(wf.graph) == 200
+        _text, spec, _ = compiled(wf, tmp_path)
+        steps = checked_steps(wf, spec)
+        assert 2 <= len(steps) <= 10
+        report = str(wf.last_units)
+        assert report.startswith(f"200 running nodes in {len(steps)} units") and "limit 10" in report
+        assert all(f"unit {k}:" in report for k in range(1, len(steps) + 1))
+        # the off switch: one step per node, as before units
+        wf.set_fusion(False)
+        _text, spec, _ = compiled(wf, tmp_path)
+        assert all(len(nodes) == 1 for nodes, _t, _a in checked_steps(wf, spec).values())
+        assert len(spec["root"]["dag"]["tasks"]) == 200
+    finally:
+        sys.modules.pop("kfp_units", None)
+
+
+def test_cli_compile_prints_the_steps_and_how_they_were_chosen(project, tmp_path):
+    example = os.path.join(ROOT, "examples", "kfp_units.py")
+    proc = functionfuse_command("kfp", "compile", f"{example}:campaign", "-o", "p.yaml", project=project, cwd=tmp_path,
+                                env_extra={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    steps = len(yaml.safe_load((tmp_path / "p.yaml").read_text())["root"]["dag"]["tasks"])
+    assert steps <= 10
+    assert f"200 nodes of workflow 'campaign' compiled into {steps} steps" in proc.stderr
+    assert f"200 running nodes in {steps} units" in proc.stderr and "unit 1: " in proc.stderr
+    proc = functionfuse_command("kfp", "compile", f"{example}:campaign", "-o", "p.yaml", "--json", project=project,
+                                cwd=tmp_path, env_extra={"DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+                                stdin=subprocess.DEVNULL)
+    listing = json.loads(proc.stdout)
+    assert listing["steps"] == steps == len(listing["units"]) and sum(map(len, listing["units"])) == 200
+
+
+def test_a_chain_is_one_step_writing_only_what_later_steps_read(dag, project, tmp_path):
+    x = dag.sum(1, 1).set_name("c0")
+    for k in range(1, 6):
+        x = dag.sum(x, k).set_name(f"c{k}")
+    after = dag.multiply(x, 2).set_name("after")
+    side = dag.minus(x, 1).set_name("side")
+    wf = make([after, side], "compile-chain-unit", project)
+    _text, spec, _ = compiled(wf, tmp_path)
+    steps = checked_steps(wf, spec)
+    chain = [s for s in steps.values() if len(s[0]) > 1]
+    assert [nodes for nodes, _t, _a in chain] == [[f"c{k}" for k in range(6)]]
+    args = chain[0][2]
+    # one output artifact: c5, which two later steps read; the other values stay inside the step
+    assert [args[k + 1] for k, a in enumerate(args) if a == "--output"] == ["c5"]
+    assert "--result" not in args and "--input" not in args
+    assert len(steps) == 3
+
+
+def test_a_step_whose_values_no_later_step_reads_writes_none_and_runs(dag, project, tmp_path):
+    """With a plan: a chain missing from storage runs (to be stored) while the output it
+    feeds is loaded; its step writes no value artifact, and the step entry accepts that."""
+    from functionfuse.backends.addons import _kfpstep
+
+    x = dag.sum(1, 1).set_name("c0")
+    for k in range(1, 4):
+        x = dag.sum(x, k).set_name(f"c{k}")
+    out = dag.multiply(x, 2).set_name("out")
+    storage = file_storage(tmp_path / "storage")
+    local = LocalWorkflow(out, workflow_name="compile-no-output")
+    local.set_storage(storage)
+    local.run()
+    storage.remove_task("compile-no-output", pattern="c*")
+    wf = make([out], "compile-no-output", project)
+    wf.set_storage(storage)
+    _text, spec, _ = compiled(wf, tmp_path, resume="plan")
+    steps = steps_of(spec)
+    chain = [args for nodes, _t, args in steps.values() if nodes == ["c0", "c1", "c2", "c3"]]
+    assert len(chain) == 1 and "--output" not in chain[0] and "--result" not in chain[0]
+    assert sorted(nodes for nodes, _t, _a in steps.values()) == [["c0", "c1", "c2", "c3"], ["out"]]
+    snapshot = tmp_path / "dag.pkl"
+    snapshot.write_bytes(_kfpstep.dump_snapshot(wf))
+    status = tmp_path / "run" / "status"
+    argv = ["--snapshot", str(snapshot), "--storage", _kfpstep.encode_storage(storage), "--action", "run",
+            "--status", str(status)] + [a for k in range(4) for a in ("--node", f"c{k}")]
+    assert _kfpstep.main(argv) == 0
+    assert json.loads(status.read_text())["state"] == "succeeded"
+    assert sorted(storage.list_tasks("compile-no-output", "c*")) == ["c0", "c1", "c2", "c3"]
+
+
+def test_nodes_with_different_step_options_are_different_steps(dag, project, tmp_path):
+    x = dag.sum(1, 1).set_name("a0")
+    for k in range(1, 6):
+        x = dag.sum(x, k).set_name(f"a{k}")
+    wf = make([x], "compile-options-units", project)
+    wf.query("^a[23]$").set_task_args({"cpu_limit": "2", "memory_limit": "1Gi"})
+    wf.query("^a5$").set_task_args({"env": {"MODE": "fast"}})
+    _text, spec, _ = compiled(wf, tmp_path)
+    groups = sorted(nodes for nodes, _t, _a in checked_steps(wf, spec).values())
+    assert groups == [["a0", "a1"], ["a2", "a3"], ["a4"], ["a5"]]
+    assert wf.fusion_key(2) == wf.fusion_key(3) != wf.fusion_key(1)
+    # the same options, set by another call in another order: the same step
+    wf.query("^a4$").set_task_args({"memory_limit": "1Gi"}).set_task_args({"cpu_limit": "2"})
+    _text, spec, _ = compiled(wf, tmp_path)
+    steps = checked_steps(wf, spec)
+    assert sorted(nodes for nodes, _t, _a in steps.values()) == [["a0", "a1"], ["a2", "a3", "a4"], ["a5"]]
+    executors = spec["deploymentSpec"]["executors"]
+    for nodes, task, _args in steps.values():
+        container = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"]
+        assert (container.get("resources", {}).get("resourceCpuLimit") == "2") == (nodes[0] == "a2"), nodes
+
+
+def test_a_user_group_is_one_step(dag, project, tmp_path):
+    src = dag.sum(2, 3).set_name("src")
+    preps = [dag.multiply(src, k).set_name(f"prep_{k}") for k in range(1, 5)]
+    total = dag.sum(dag.sum(preps[0], preps[1]).set_name("left"), dag.sum(preps[2], preps[3]).set_name("right"))
+    wf = make([total.set_name("total")], "compile-group", project)
+    wf.query("^prep_").set_group("prep")
+    wf.set_fusion(False)  # groups apply with automatic fusion off too
+    _text, spec, _ = compiled(wf, tmp_path)
+    steps = checked_steps(wf, spec)
+    grouped = [(nodes, task) for nodes, task, _a in steps.values() if len(nodes) > 1]
+    assert [nodes for nodes, _t in grouped] == [["prep_1", "prep_2", "prep_3", "prep_4"]]
+    assert grouped[0][1]["taskInfo"]["name"].startswith("group 'prep': ")
+    assert len(steps) == 5
+    wf.query("^prep_2$").set_task_args({"cpu_limit": "1"})  # a group shares one step's options
+    with pytest.raises(ConfigurationError, match=r"Group 'prep'.*'prep_1'.*'prep_2'"):
+        compiled(wf, tmp_path)
+
+
+def test_a_failure_inside_a_step_names_the_node_and_keeps_the_nodes_done_before_it(dag, project, tmp_path):
+    """A step of three nodes whose second fails: its status names that node and lists the
+    first as done (and stored); the local runner reads one status per node."""
+    from functionfuse.backends.addons import _kfplocal, _kfpstep
+
+    three = dag.sum(1, 2).set_name("three")
+    refuses = dag.fail_if(True, three).set_name("refuses")
+    last = dag.minus(refuses, 1).set_name("last")
+    storage = file_storage(tmp_path / "storage")
+    wf = make([last], "step-unit-failure", project)
+    wf.set_storage(storage)
+    assert [len(u.indices) for u in wf.step_units().steps] == [3]
+    snapshot = tmp_path / "dag.pkl"
+    snapshot.write_bytes(_kfpstep.dump_snapshot(wf))
+    run = tmp_path / "run" / "step"
+    argv = ["--snapshot", str(snapshot), "--storage", _kfpstep.encode_storage(storage), "--node", "three", "--node",
+            "refuses", "--node", "last", "--output", "last", str(run / "last"), "--status", str(run / "status")]
+    assert _kfpstep.main(argv) == 1
+    status = json.loads((run / "status").read_text())
+    assert (status["state"], status["node"], status["kind"]) == ("failed", "refuses", "NodeExecutionError")
+    assert "Node 'refuses' of workflow 'step-unit-failure' failed" in status["message"]
+    assert "ValueError: refusing 3" in status["message"]
+    assert [d["node"] for d in status["done"]] == ["three"] and status["nodes"] == ["three", "refuses", "last"]
+    assert storage.list_tasks("step-unit-failure", "*") == ["three"] and storage.read_task("step-unit-failure", "three") == 3
+    assert type(_kfpstep.load_value(str(run / "last"), "last")) is _kfpstep.StepFailure
+    per_node = _kfplocal.read_statuses([str(tmp_path / "run")])
+    assert [(s["node"], s["state"]) for s in per_node] == [("three", "succeeded"), ("refuses", "failed")]
+    assert per_node[0]["action"] == "run"
 
 
 def test_compile_names_the_image_a_push_gives_and_follows_the_snapshot(dag, project, tmp_path, monkeypatch):
@@ -1027,14 +1233,20 @@ class ContainerRuns(KFPWorkflow):
 
 
 @pytest.mark.slow
-class TestKFPConformance(BackendConformance, LoadErrorConformance):
+class TestKFPConformance(BackendConformance, LoadErrorConformance, UnitConformance):
+    """Every node in a container step, chains and groups fused into one step each (the default)."""
+
+    fusion = True
+
     @pytest.fixture(scope="class")
     def empty_project(self, tmp_path_factory, client):
         import cloudpickle
 
-        cloudpickle.register_pickle_by_value(contract)
+        for module in (contract, contract_units):
+            cloudpickle.register_pickle_by_value(module)
         yield str(tmp_path_factory.mktemp("empty-project"))
-        cloudpickle.unregister_pickle_by_value(contract)
+        for module in (contract, contract_units):
+            cloudpickle.unregister_pickle_by_value(module)
 
     @pytest.fixture
     def make_workflow(self, empty_project, tmp_path_factory):
@@ -1044,9 +1256,18 @@ class TestKFPConformance(BackendConformance, LoadErrorConformance):
             wf.set_project(empty_project)
             wf.set_wheelhouse(WHEELHOUSE)
             wf.mount = str(tmp_path_factory.getbasetemp())
+            if not self.fusion:
+                wf.set_fusion(False)
             return wf
 
         return make
+
+
+@pytest.mark.slow
+class TestKFPConformanceUnfused(TestKFPConformance):
+    """The same suite with fusion off: one container step per node (groups still one step)."""
+
+    fusion = False
 
 
 # -- with Docker: run() = build, push, compile, submit ------------------------------------------

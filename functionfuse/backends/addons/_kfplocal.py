@@ -38,6 +38,7 @@ from ...errors import (
     WorkflowNotFoundError,
 )
 from ...baseworkflow import LOAD, RUN, SKIP
+from ...planner import Plan
 from ...storage import signing
 from . import _kfppipeline, _kfpstep
 
@@ -51,8 +52,12 @@ STATUS_NAME = _kfppipeline.STATUS_OUTPUT
 
 
 def read_statuses(folders: list[str]) -> list[dict[str, Any]]:
-    """The status files of the steps of the pipeline runs in *folders* (unreadable or
-    foreign files left out), in path order."""
+    """The status of every node of the steps of the pipeline runs in *folders*, in path
+    order (unreadable or foreign files left out). A step's status file lists what it
+    did with each node that ended (``done``) and names the node it was at when it
+    failed or stopped; each becomes one status here: ``{"node", "state", "action",
+    "seconds"}`` for a node done, ``{"node", "state": "failed"|"started", "kind",
+    "message"}`` for the node a step failed or stopped at."""
     out = []
     for folder in folders:
         for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*", STATUS_NAME))):
@@ -61,8 +66,15 @@ def read_statuses(folders: list[str]) -> list[dict[str, Any]]:
                     status = json.load(f)
             except (OSError, ValueError):
                 continue
-            if isinstance(status, dict) and isinstance(status.get("node"), str):
+            if not isinstance(status, dict) or not isinstance(status.get("node"), str):
+                continue
+            done = status.get("done")
+            if not isinstance(done, list):  # a step of one node that wrote no list
                 out.append(status)
+                continue
+            out.extend({**d, "state": "succeeded"} for d in done if isinstance(d, dict) and isinstance(d.get("node"), str))
+            if status.get("state") != "succeeded":
+                out.append({k: v for k, v in status.items() if k not in ("done", "nodes", "action", "seconds")})
     return out
 
 
@@ -189,7 +201,7 @@ def run_local(
             )
             for _attempt in range(len(wf.graph) + 1):
                 actions = plan.actions if stored is not None else None
-                values = _attempt_run(wf, report, image, storage_arg, actions, node_env, outputs_dir)
+                values = _attempt_run(wf, report, image, storage_arg, plan, actions, node_env, outputs_dir)
                 if isinstance(values, dict):
                     break
                 # stored results found damaged, and no step failed: those nodes run again
@@ -221,16 +233,20 @@ def _attempt_run(
     report: Any,
     image: str,
     storage_arg: str | None,
+    plan: Plan,
     actions: list[str] | None,
     node_env: Mapping[int, Mapping[str, Any]],
     outputs_dir: str,
 ) -> dict[int, Any] | list[dict[str, Any]]:
-    """One pipeline run of *actions*: the values of the output nodes, or, when steps met
-    a damaged stored result, the status files of the run (the error of a failed step is
+    """One pipeline run of *plan* (one step per execution unit; *actions*: the plan's, or
+    None: the steps decide): the values of the output nodes, or, when steps met a
+    damaged stored result, the node statuses of the run (the error of a failed step is
     raised)."""
+    units = wf.units(plan)
+    wf.last_units = units
     pipeline, outputs = _kfppipeline.build_pipeline(
-        wf, image, storage_arg=storage_arg, actions=actions, task_options=node_env, display_names=False,
-        mark_damaged=True,
+        wf, image, units=units.steps, storage_arg=storage_arg, actions=actions, task_options=node_env,
+        display_names=False, mark_damaged=True,
     )
     earlier = set(os.listdir(outputs_dir)) if os.path.isdir(outputs_dir) else set()
     report.loaded = 0  # what this attempt loaded (what ran is counted over all attempts)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ...errors import ConfigurationError
 from ._kfppipeline import TASK_OPTIONS
 
-__all__ = ["check_option", "check_task_args", "whole_memory"]
+__all__ = ["check_option", "check_task_args", "options_key", "whole_memory"]
 
 #: the quantities kfp 2.x accepts: a CPU count may be decimal, memory may not
 _CPU = re.compile(r"([0-9]*[.])?[0-9]+m?")
@@ -102,3 +102,21 @@ def check_task_args(args: Any, names: Sequence[str]) -> dict[str, Any]:
     nodes = (f"node {names[0]!r}" if len(names) == 1 else
              f"nodes {', '.join(map(repr, names[:3]))}{', ...' if len(names) > 3 else ''}")
     return {k: check_option(k, v, nodes) for k, v in args.items()}
+
+
+def options_key(options: Mapping[str, Any]) -> Any:
+    """The step *options* of a node (as checked by :func:`check_task_args`) as a hashable
+    value, equal for equal options however they were set: nodes share a container step
+    only when their keys are equal (``KFPWorkflow.fusion_key``).
+
+    >>> options_key({"env": {"B": "2", "A": "1"}, "cpu_limit": "2"}) == options_key({"cpu_limit": "2", "env": {"A": "1", "B": "2"}})
+    True
+    """
+    def frozen(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple(sorted((str(k), frozen(v)) for k, v in value.items()))
+        if isinstance(value, (list, tuple)):
+            return tuple(frozen(v) for v in value)
+        return value
+
+    return frozen(options)

@@ -1,6 +1,6 @@
-"""One KFPWorkflow step: run (or load, or skip) one node inside its container.
+"""One KFPWorkflow step: run (or load, or skip) its nodes inside its container.
 
-``python -m functionfuse.backends.addons._kfpstep --node NAME ...`` is the command of
+``python -m functionfuse.backends.addons._kfpstep --node NAME [--node NAME ...] ...`` is the command of
 every container step of a pipeline compiled by
 :class:`~functionfuse.backends.addons.kfpback.KFPWorkflow`. The step
 
@@ -8,14 +8,18 @@ every container step of a pipeline compiled by
    with cloudpickle when the image was built: no user script runs again here);
 2. rebuilds the workflow around it with :class:`~functionfuse.baseworkflow.BaseWorkflow`
    and, if the pipeline passes one, the storage;
-3. decides what to do with its node: the action compiled into the pipeline, or, with
-   ``--action auto``, the resume plan of the core computed now from storage (run,
-   replay, load or skip, as every other backend decides);
-4. reads the values of the parent nodes from the input artifact files, runs the node
-   as the same :class:`~functionfuse.engine.NodeTask` every executor runs
-   (``BaseWorkflow.run_node``: plugins, error naming, saving to storage with metadata
-   and the plan's fingerprint record), and writes its value (and, for class nodes, the instance after the call)
-   to the output artifact files.
+3. decides what to do with each of its nodes: the action compiled into the pipeline,
+   or, with ``--action auto``, the resume plan of the core computed now from storage
+   (run, replay, load or skip, as every other backend decides);
+4. reads the values of the parents outside the step from the input artifact files and
+   runs its nodes in order (one node, or an execution unit of
+   :mod:`functionfuse.units`), each as the same :class:`~functionfuse.engine.NodeTask`
+   every executor runs (``BaseWorkflow.run_node``: plugins, error naming, saving to
+   storage with metadata and the plan's fingerprint record, as soon as it is
+   computed), and writes the values later steps read (and, for a method call, the
+   instance after the call) to the output artifact files. Its status file is written
+   before each node, so a step stopped midway names the node it was running and the
+   nodes it completed.
 
 A node that is loaded writes its stored value; a skipped node writes a marker that no
 running step reads (the plan guarantees it). A stored result found damaged when loaded
@@ -24,7 +28,9 @@ with ``--damaged mark`` (local runs): the step then writes a :class:`DamagedResu
 marker and succeeds with the action ``damaged``; a step that gets such a marker as an
 input passes it on without running (action ``passed-on``), and the runner plans again.
 This module imports neither kfp nor docker: the step image needs functionfuse and
-cloudpickle only.
+cloudpickle only. It is longer than 500 lines because the snapshot (what the image
+holds) and the step that reads it belong together: a change to one format is a change
+to the other.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import pickle
 import sys
 import time
 import types
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from ...baseworkflow import LOAD, REPLAY, RUN, RUNS, SKIP, BaseWorkflow
 from ...errors import (
@@ -319,95 +325,149 @@ def _install_aliases(wf: BaseWorkflow) -> None:
             setattr(module, qualname, types.SimpleNamespace(__wrapped__=func))
 
 
+def _label(nodes: Sequence[str]) -> str:
+    """The nodes of a step, for messages: ``node 'a'`` or ``the step of nodes 'a' ... 'z'``."""
+    if len(nodes) == 1:
+        return f"node {nodes[0]!r}"
+    return f"the step of nodes {nodes[0]!r} ... {nodes[-1]!r} ({len(nodes)} nodes)"
+
+
 def run_step(
     snapshot: str,
-    node: str,
-    action: str,
+    nodes: Sequence[str],
+    actions: Sequence[str],
     storage: str | None,
     inputs: Sequence[tuple[str, str]],
-    result: str,
+    outputs: Mapping[str, str],
     state: str | None,
     damaged: str = "fail",
-) -> tuple[str, float]:
-    """Run one step; returns the action taken and the seconds the node ran.
+    *,
+    done: list[dict[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run one step: its *nodes* in order (one node, or the nodes of an execution unit);
+    returns what it did with each node (``{"node", "action", "seconds"}``, and for a
+    damaged stored result ``"damaged"`` and ``"message"``), also appended to *done*
+    as each node ends, so a caller sees the nodes done before a failure.
 
-    *damaged*: what a damaged stored result does: ``fail`` the step, or ``mark`` it
-    (write a :class:`DamagedResult`, which the steps needing it pass on)."""
+    *actions*: one for every node, or one for all. *outputs*: ``{node: artifact path}``
+    of the nodes whose values later steps read (written as soon as each is computed);
+    *state*: the instance after the call, for a step of one method call. Each node that
+    runs stores its result as soon as it is computed, as in every backend. *progress*
+    is called with each node's name before it starts. *damaged*: what a damaged stored
+    result does: ``fail`` the step, or ``mark`` it (write a :class:`DamagedResult`,
+    which this step's later nodes and the steps needing it pass on).
+    """
     with open(snapshot, "rb") as f:
         wf = load_snapshot(f.read())
     _install_aliases(wf)
     g = wf.graph
-    if node not in g.name_index:
-        raise ConfigurationError(f"Node {node!r} is not in the DAG snapshot of workflow {wf.workflow_name!r}.")
-    i = g.name_index[node]
+    unknown = [n for n in nodes if n not in g.name_index]
+    if unknown or not nodes:
+        raise ConfigurationError(
+            f"Node {(unknown or [''])[0]!r} is not in the DAG snapshot of workflow {wf.workflow_name!r}."
+        )
+    if len(nodes) > 1 and state:
+        raise ConfigurationError(f"--state is the instance after one method call; {_label(nodes)} has several.")
+    idx = [g.name_index[n] for n in nodes]
+    if len(actions) == 1:
+        actions = list(actions) * len(nodes)
+    if len(actions) != len(nodes):
+        raise ConfigurationError(f"{_label(nodes)}: {len(actions)} actions given for {len(nodes)} nodes.")
     if storage:
         wf.set_storage(decode_storage(storage))
-    # the plan, computed once: for the action (``auto``) and the fingerprint record the
+    # the plan, computed once: for the actions (``auto``) and the fingerprint record each
     # result is stored with (that of the node computed from its parents' stored results)
-    plan = wf.make_plan(wf.stored_metadata()) if wf.storage is not None and action in ("auto", RUN) else None
-    if action == "auto":
-        if plan is None:
-            action = RUN
-        else:
-            wf.warn_stale(plan)
-            if plan.unreadable:
-                wf.warn_unreadable(plan.unreadable)
-            action = plan.actions[i]
-    log.info("node %r of workflow %r: %s", node, wf.workflow_name, action)
-    if action == SKIP:
-        _write(node, result, state, _NotComputed(node, "skipped: stored, and no node that runs needs it"),
-               _NotComputed(node, "skipped"))
-        return action, 0.0
-    if action == LOAD:
-        if wf.storage is None:
-            raise ConfigurationError(f"Node {node!r} is to be loaded from storage, but the step was given no storage.")
-        try:
-            value = wf.load_result(i)
-        except CorruptedResultError as exc:
-            if damaged != "mark":
-                raise CorruptedResultError(
-                    f"The stored result of node {node!r} of workflow {wf.workflow_name!r} is damaged ({exc}). "
-                    f"Remove it (functionfuse storage rm {wf.workflow_name} {node!r}) and run the pipeline again: "
-                    "the node is then recomputed.",
-                    path=exc.path,
-                ) from exc
-            log.warning("node %r: stored result damaged, to be recomputed: %s", node, exc)
-            _write(node, result, state, DamagedResult(node, str(exc)), DamagedResult(node, str(exc)))
-            return DAMAGED, 0.0
-        _write(node, result, state, value, _NotComputed(node, "loaded from storage: the instance is not stored"))
-        return action, 0.0
-    if action not in RUNS:
-        raise ConfigurationError(f"Unknown step action {action!r}; expected one of {', '.join(ACTIONS)}.")
+    plan = wf.make_plan(wf.stored_metadata()) if wf.storage is not None and any(
+        a in ("auto", RUN) for a in actions) else None
+    if "auto" in actions and plan is not None:
+        wf.warn_stale(plan)
+        if plan.unreadable:
+            wf.warn_unreadable(plan.unreadable)
+    acts = [(RUN if plan is None else plan.actions[i]) if a == "auto" else a for a, i in zip(actions, idx)]
+    for a in acts:
+        if a not in (RUN, REPLAY, LOAD, SKIP):
+            raise ConfigurationError(f"Unknown step action {a!r}; expected one of {', '.join(ACTIONS)}.")
+    done = [] if done is None else done
+    log.info("%s of workflow %r: %s", _label(nodes), wf.workflow_name, ", ".join(sorted(set(acts))))
     values: dict[int, Any] = {}
-    read = [(parent, load_value(path, f"Input {parent!r} of node {node!r}")) for parent, path in inputs]
-    for parent, v in read:
-        if type(v) is DamagedResult:  # computed from a damaged result it would be wrong: no run
-            log.warning("node %r not run: its input %r is a damaged stored result", node, v.node)
-            _write(node, result, state, v, v)
-            return PASSED_ON, 0.0
-    for parent, v in read:
-        j = g.name_index[parent]
-        if isinstance(v, _NotComputed):
-            raise StalePlanError(
-                f"Node {node!r} needs the value of node {parent!r}, which this run did not compute ({v.why}). "
-                "Storage changed since the pipeline was compiled: compile and run it again."
-            )
-        values[j] = v
-    save = plan is not None and action == RUN
-    t = time.perf_counter()
-    value = wf.run_node(i, values, save=save, record=plan.record(i) if plan is not None and save else None)
-    seconds = time.perf_counter() - t
-    log.info("node %r ran in %.3f s%s", node, seconds, " (stored)" if save else "")
-    instance = values[g.index_of(g.nodes[i].instance)] if state else None  # type: ignore[attr-defined]
-    _write(node, result, state, value, instance)
-    return action, seconds
+    for parent, path in inputs:
+        values[g.name_index[parent]] = load_value(path, f"Input {parent!r} of {_label(nodes)}")
+    running = [a in RUNS for a in acts]
+    marker = next((v for v in values.values() if type(v) is DamagedResult), None)
+    if marker is not None and any(running):  # computed from a damaged result it would be wrong: no run
+        log.warning("%s not run: its input %r is a damaged stored result", _label(nodes), marker.node)
+        _pass_on(nodes, 0, outputs, state, marker, PASSED_ON, done)
+        return done
+    # where each value is needed last in this step (values are dropped after that)
+    last: dict[int, int] = {}
+    for k, i in enumerate(idx):
+        if running[k]:
+            for p in g.data_parents[i]:
+                last[p] = k
+    for k, i in enumerate(idx):
+        node, action = nodes[k], acts[k]
+        if progress is not None:
+            progress(node)
+        seconds = 0.0
+        instance: Any = None
+        if action == SKIP:
+            value: Any = _NotComputed(node, "skipped: stored, and no node that runs needs it")
+            instance = _NotComputed(node, "skipped")
+        elif action == LOAD:
+            if wf.storage is None:
+                raise ConfigurationError(f"Node {node!r} is to be loaded from storage, but the step was given no storage.")
+            try:
+                value = wf.load_result(i)
+            except CorruptedResultError as exc:
+                if damaged != "mark":
+                    raise CorruptedResultError(
+                        f"The stored result of node {node!r} of workflow {wf.workflow_name!r} is damaged ({exc}). "
+                        f"Remove it (functionfuse storage rm {wf.workflow_name} {node!r}) and run the pipeline "
+                        "again: the node is then recomputed.",
+                        path=exc.path,
+                    ) from exc
+                log.warning("node %r: stored result damaged, to be recomputed: %s", node, exc)
+                _pass_on(nodes, k, outputs, state, DamagedResult(node, str(exc)), DAMAGED, done)
+                return done
+            instance = _NotComputed(node, "loaded from storage: the instance is not stored")
+        else:
+            for p in g.data_parents[i]:
+                v = values.get(p)
+                if isinstance(v, _NotComputed):
+                    raise StalePlanError(
+                        f"Node {node!r} needs the value of node {g.names[p]!r}, which this run did not compute "
+                        f"({v.why}). Storage changed since the pipeline was compiled: compile and run it again."
+                    )
+            save = plan is not None and action == RUN
+            t = time.perf_counter()
+            value = wf.run_node(i, values, save=save, record=plan.record(i) if plan is not None and save else None)
+            seconds = time.perf_counter() - t
+            log.info("node %r ran in %.3f s%s", node, seconds, " (stored)" if save else "")
+            if state:
+                instance = values[g.index_of(g.nodes[i].instance)]  # type: ignore[attr-defined]
+        if node in outputs:
+            dump_value(value, outputs[node], f"Result of node {node!r}")
+        if state:
+            dump_value(instance, state, f"Instance state after node {node!r}")
+        values[i] = value
+        for p in [p for p, kk in last.items() if kk == k] + ([] if i in last else [i]):
+            values.pop(p, None)
+        done.append({"node": node, "action": action, "seconds": seconds})
+    return done
 
 
-def _write(node: str, result: str, state: str | None, value: Any, instance: Any) -> None:
-    """Write the step's *value* and, for a method call (*state*), the *instance* after it."""
-    dump_value(value, result, f"Result of node {node!r}")
-    if state:
-        dump_value(instance, state, f"Instance state after node {node!r}")
+def _pass_on(nodes: Sequence[str], start: int, outputs: Mapping[str, str], state: str | None, marker: DamagedResult,
+             action: str, done: list[dict[str, Any]]) -> None:
+    """Nodes *start*... of a step do not run: each hands on *marker* (*action* for the
+    first, ``passed-on`` for the rest), in its outputs and in *done*."""
+    for k, node in enumerate(nodes[start:]):
+        if node in outputs:
+            dump_value(marker, outputs[node], f"Result of node {node!r}")
+        if state:
+            dump_value(marker, state, f"Instance state after node {node!r}")
+        done.append({"node": node, "action": action if k == 0 else PASSED_ON, "seconds": 0.0,
+                     "damaged": marker.node, "message": marker.message})
 
 
 def write_executor_output(executor_input: str, metadata: dict) -> None:
@@ -428,8 +488,12 @@ def write_executor_output(executor_input: str, metadata: dict) -> None:
 
 
 def write_status(path: str | None, node: str, state: str, **fields: Any) -> None:
-    """Write the step's status file *path* (JSON, atomically): *node*, *state*
-    (``started``, ``succeeded``, ``failed``) and *fields*; what local runs read back."""
+    """Write the step's status file *path* (JSON, atomically): *node* (the node in
+    progress, the one that failed, or the last), *state* (``started``, ``succeeded``,
+    ``failed``) and *fields* (``nodes``: the step's nodes; ``done``: what it did with
+    each node that ended); what local runs read back. Written when the step starts,
+    before each node and when it ends, so a step stopped midway names the node it was
+    running and the nodes it completed (and stored)."""
     if not path:
         return
     folder = os.path.dirname(path)
@@ -444,17 +508,21 @@ def write_status(path: str | None, node: str, state: str, **fields: Any) -> None
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m functionfuse.backends.addons._kfpstep", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only check that the DAG snapshot loads")
-    parser.add_argument("--node", help="the node this step runs")
-    parser.add_argument("--action", default="auto", choices=ACTIONS)
+    parser.add_argument("--node", action="append", default=[], help="a node this step runs (several: in the order "
+                        "they run, an execution unit)")
+    parser.add_argument("--action", action="append", default=[], choices=ACTIONS,
+                        help="what to do with the nodes: one for all, or one per --node (default: auto)")
     parser.add_argument("--snapshot", default=SNAPSHOT_PATH)
     parser.add_argument("--storage", default=None, help="the storage, encoded (see encode_storage)")
     parser.add_argument("--input", nargs=2, action="append", default=[], metavar=("PARENT", "PATH"))
-    parser.add_argument("--result", help="output artifact: the node's value")
+    parser.add_argument("--result", help="output artifact: the value of the step's one node")
+    parser.add_argument("--output", nargs=2, action="append", default=[], metavar=("NODE", "PATH"),
+                        help="output artifact: the value of one of the step's nodes (a step of several nodes)")
     parser.add_argument("--damaged", default="fail", choices=("fail", "mark"), help="a damaged stored result "
                         "fails the step, or is marked for the steps after it and the runner (local runs)")
     parser.add_argument("--state", default=None, help="output artifact: the instance after a method call")
     parser.add_argument("--status", default=None, help="output artifact: the step's status (JSON), written when it "
-                        "starts and when it ends")
+                        "starts, before each node and when it ends")
     parser.add_argument("--executor-input", default=None, help="KFP's executor input (JSON): the step then writes "
                         "KFP's executor output file, listing its output artifacts")
     args = parser.parse_args(argv)
@@ -464,30 +532,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             wf = load_snapshot(f.read())
         print(f"DAG snapshot of workflow {wf.workflow_name!r}: {len(wf.graph)} nodes load")
         return 0
-    if not args.node or not args.result:
-        parser.error("--node and --result are required")
-    write_status(args.status, args.node, "started")
+    nodes: list[str] = args.node
+    outputs = {node: path for node, path in args.output}
+    if args.result:
+        if len(nodes) != 1:
+            parser.error("--result is the value of a step of one node; give --output NODE PATH for each of several")
+        outputs[nodes[0]] = args.result
+    if not nodes:  # a step may write no value: its nodes run to be stored, and no later step reads them
+        parser.error("--node is required")
+    done: list[dict[str, Any]] = []
+    current = [nodes[0]]
+
+    def progress(node: str) -> None:
+        current[0] = node
+        write_status(args.status, node, "started", nodes=nodes, done=done)
+
+    write_status(args.status, nodes[0], "started", nodes=nodes, done=done)
     try:
-        action, seconds = run_step(
-            args.snapshot, args.node, args.action, args.storage, [tuple(p) for p in args.input], args.result, args.state,
-            args.damaged,
+        run_step(
+            args.snapshot, nodes, args.action or ["auto"], args.storage, [tuple(p) for p in args.input], outputs,
+            args.state, args.damaged, done=done, progress=progress,
         )
-        if args.executor_input:
-            write_executor_output(args.executor_input, {"node": args.node, "action": action, "seconds": seconds})
     except FunctionFuseError as exc:
         log.error("%s: %s", type(exc).__name__, exc, exc_info=exc.__cause__ is not None)
-        write_status(args.status, args.node, "failed", kind=type(exc).__name__, message=str(exc))
-        try:  # for whoever reads the step's files (run_local): what failed
-            dump_value(StepFailure(args.node, type(exc).__name__, str(exc)), args.result, "the failure")
-        except Exception:
-            pass
+        write_status(args.status, current[0], "failed", nodes=nodes, done=done, kind=type(exc).__name__,
+                     message=str(exc))
+        finished = {d["node"] for d in done}
+        for node, path in outputs.items():  # for whoever reads the step's files (run_local): what failed
+            if node not in finished:
+                try:
+                    dump_value(StepFailure(current[0], type(exc).__name__, str(exc)), path, "the failure")
+                except Exception:
+                    pass
         return 1
     except Exception as exc:  # a defect: its traceback goes to the log, the status names it
-        write_status(args.status, args.node, "failed", kind=type(exc).__name__, message=str(exc))
+        write_status(args.status, current[0], "failed", nodes=nodes, done=done, kind=type(exc).__name__,
+                     message=str(exc))
         raise
-    marker = load_value(args.result, f"Node {args.node!r}") if action in (DAMAGED, PASSED_ON) else None
-    damage = {"damaged": marker.node, "message": marker.message} if marker else {}  # the runner plans again
-    write_status(args.status, args.node, "succeeded", action=action, seconds=seconds, **damage)
+    seconds = sum(d["seconds"] for d in done)
+    summary: dict[str, Any] = {"nodes": nodes, "done": done, "seconds": seconds}
+    if len(done) == 1:
+        summary["action"] = done[0]["action"]
+    damage = next((d for d in done if "damaged" in d), None)  # the runner plans again
+    if damage is not None:
+        summary.update(damaged=damage["damaged"], message=damage["message"])
+    if args.executor_input:
+        write_executor_output(args.executor_input, {"node": nodes[0], **{k: v for k, v in summary.items() if k != "done"}})
+    write_status(args.status, nodes[-1], "succeeded", **summary)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""KFPWorkflow: the DAG as a Kubeflow Pipelines (v2) pipeline, one container step per node.
+"""KFPWorkflow: the DAG as a Kubeflow Pipelines (v2) pipeline, one container step per
+execution unit (a node, or a chain or group of nodes; at most 10 steps by default).
 
 From a laptop to a cluster in four calls (:meth:`KFPWorkflow.run` does them all):
 
@@ -8,9 +9,14 @@ From a laptop to a cluster in four calls (:meth:`KFPWorkflow.run` does them all)
    tag is a content hash: an unchanged project is not rebuilt.
 2. :meth:`~KFPWorkflow.push_image`: to ``registry_credentials["server"]``, with the
    credentials held in memory only.
-3. :meth:`~KFPWorkflow.compile`: the pipeline YAML. Each step is named after its node,
-   depends on the steps of its node's parents, reads their values from artifact files
-   and writes its own; class-node instances travel from one method call to the next.
+3. :meth:`~KFPWorkflow.compile`: the pipeline YAML. Each step runs one execution unit
+   (:mod:`functionfuse.units`: linear chains and groups of nodes, merged down to
+   ``max_units`` steps; :meth:`~KFPWorkflow.set_fusion`), its nodes in order, each
+   stored as soon as it is computed; it depends on the steps of its nodes' parents
+   outside it, reads their values from artifact files and writes those later steps
+   read; class-node instances travel from one method call to the next.
+   :meth:`~KFPWorkflow.step_units` (and :attr:`~KFPWorkflow.last_units` afterwards)
+   says which nodes share a step and why.
 4. Submit to ``kfp_host`` with ``kfp.Client`` (:meth:`~KFPWorkflow.run`), or run every
    step in a real local container with ``kfp.local.DockerRunner``
    (:meth:`~KFPWorkflow.run_local`).
@@ -28,7 +34,8 @@ This module is the facade with the seed's signatures; the parts live beside it:
 ``_kfpbuild`` (image settings, build and push, through the kit's
 :mod:`functionfuse.kit.stepimage`), ``_kfpoptions`` (per-node step options),
 ``_kfppipeline`` (the pipeline), ``_kfplocal`` (:meth:`~KFPWorkflow.run_local`) and
-``_kfpstep`` (a step, in its container).
+``_kfpstep`` (a step, in its container). It is longer than 500 lines because it is the
+seed's facade: every setter of the public class is here, documented.
 """
 
 from __future__ import annotations
@@ -49,9 +56,10 @@ from ...errors import ConfigurationError, EngineError, RemoteRunError, StorageEr
 from ...kit import kfpsettings, stepimage
 from ...storage import StorageProtocol
 from ...storage import signing as _signing
+from ...units import Units
 from . import _kfplocal, _kfppipeline, _kfpstep
 from ._kfpbuild import StepImageBuilder
-from ._kfpoptions import check_task_args
+from ._kfpoptions import check_task_args, options_key
 
 try:
     import cloudpickle  # noqa: F401
@@ -66,6 +74,9 @@ log = logging.getLogger("functionfuse.kfp")
 
 #: the seed's default base image (``set_cluster_settings`` replaces only this one)
 _DEFAULT_BASE = "python"
+#: the most container steps execution units are merged into by default (``set_fusion``)
+DEFAULT_MAX_STEPS = 10
+
 
 
 class Query(BaseQuery):
@@ -172,6 +183,10 @@ class KFPWorkflow(StepImageBuilder, BaseWorkflow):
         #: what the last :meth:`build_image` did (tag, content hash, seconds, built or found)
         self.last_build: stepimage.StepImage | None = None
         self._client: Any = None
+        #: the execution units of the pipeline built last (:meth:`compile`, :meth:`run`,
+        #: :meth:`run_local`): ``str()`` of it says which nodes share a step and why
+        self.last_units: Units | None = None
+        self.set_fusion(True, max_units=DEFAULT_MAX_STEPS)
         self.set_baseimage(baseimage)
         self.set_registry_credentials(registry_credentials)
         self.set_kfp_host(kfp_host)
@@ -309,14 +324,60 @@ class KFPWorkflow(StepImageBuilder, BaseWorkflow):
             return None
         return self.resume_actions()
 
-    def pipeline(self, image: str | None = None, *, actions: list[str] | None = None, local: bool = False) -> Any:
-        """The ``kfp.dsl`` pipeline of this workflow (see :meth:`compile`)."""
+    # -- execution units: one container step per unit -----------------------------------
+    def set_fusion(self, enabled: bool = True, *, max_units: int | None = DEFAULT_MAX_STEPS) -> None:
+        """One container step per execution unit (see :mod:`functionfuse.units`): linear
+        chains of nodes run in one step, and units are merged until at most *max_units*
+        steps remain (default 10; ``None``: no limit). ``set_fusion(False)``: one step per
+        node (groups made with ``query(...).set_group`` are still one step each). Inside
+        a step every node's result is stored as soon as it is computed; reports, plans
+        and errors name nodes. Nodes with different step options (resources, retries,
+        env, ...), plugins, and class and method nodes never share a step.
+        :meth:`units` (or :attr:`last_units` after :meth:`compile`) says how the steps
+        were chosen."""
+        super().set_fusion(enabled, max_units=max_units)
+
+    def fusion_key(self, i: int) -> Any:
+        """Node *i*'s fusion key: the core's (plugins; ``None`` for class and method
+        nodes) with its step options (:meth:`Query.set_task_args`) by value, so nodes
+        launched differently never share a container step."""
+        base = super().fusion_key(i)
+        if base is None:
+            return None
+        return (base, options_key(self._task_args.get(i, {})))
+
+    def step_units(self, plan: Any = None) -> Units:
+        """The execution units of the pipeline's steps: those of *plan* (a :class:`Plan`
+        from :meth:`plan`), or, without one, of a run of every node (a pipeline compiled
+        with ``resume="auto"``, whose steps decide when they run). ``str()`` of it is the
+        report of how the steps were chosen."""
+        return self.units(plan if plan is not None else self.make_plan(None))
+
+    def _resume_plan(self) -> Any:
+        """The plan of a run starting now (None without storage), warned about as
+        :meth:`resume_actions` warns."""
+        if self.storage is None:
+            return None
+        plan = self.make_plan(self.stored_metadata())
+        self.warn_stale(plan)
+        if plan.unreadable:
+            self.warn_unreadable(plan.unreadable)
+        return plan
+
+    def pipeline(self, image: str | None = None, *, plan: Any = None, local: bool = False) -> Any:
+        """The ``kfp.dsl`` pipeline of this workflow (see :meth:`compile`); *plan*: the plan
+        whose units and actions the steps follow (None: every node has a step that decides
+        when it runs)."""
         storage_arg, _env = self._storage_for_steps()
+        units = self.step_units(plan)
+        self.last_units = units
+        log.info("workflow %r: %s", self.workflow_name, units)
         pipeline, _outputs = _kfppipeline.build_pipeline(
             self,
             image or self._pull_reference(self.image_reference()),
+            units=units.steps,
             storage_arg=storage_arg,
-            actions=actions,
+            actions=plan.actions if plan is not None else None,
             task_options=self._task_args,
             platform=self._platform(),
             display_names=not local,
@@ -326,8 +387,10 @@ class KFPWorkflow(StepImageBuilder, BaseWorkflow):
     def compile(self, package_path: str | os.PathLike, *, image: str | None = None, resume: str = "auto") -> str:
         """Write the KFP v2 pipeline YAML to *package_path*; returns the path.
 
-        One container step per node, named after it, depending on its parents' steps.
-        Works offline, without Docker.
+        One container step per execution unit (:meth:`step_units`; a step of one node
+        is named after it), depending on the steps of its nodes' parents; how the steps
+        were chosen is :attr:`last_units` afterwards (also logged). Works offline,
+        without Docker.
 
         :param image: the step image reference. Default: the image of the project and
             DAG as they are now (:meth:`image_reference`, computed without Docker), as
@@ -340,11 +403,11 @@ class KFPWorkflow(StepImageBuilder, BaseWorkflow):
         """
         if resume not in ("auto", "plan"):
             raise ConfigurationError(f"resume must be 'auto' or 'plan', not {resume!r}.")
-        actions = self.plan_actions() if resume == "plan" else None
+        plan = self._resume_plan() if resume == "plan" else None
         path = os.fspath(package_path)
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        _compiler.Compiler().compile(self.pipeline(image, actions=actions), path)
+        _compiler.Compiler().compile(self.pipeline(image, plan=plan), path)
         return path
 
     # -- running -----------------------------------------------------------------------
@@ -373,13 +436,13 @@ class KFPWorkflow(StepImageBuilder, BaseWorkflow):
             )
         image = self.push_image()  # builds the image first unless it is built
         try:
-            actions = self.plan_actions()
+            plan = self._resume_plan()
         except (StorageError, OSError) as exc:
             log.warning("storage cannot be read from here (%s): each step will decide when it runs", exc)
-            actions = None
+            plan = None
         with tempfile.TemporaryDirectory(prefix="functionfuse-kfp-") as tmp:
             package = os.path.join(tmp, f"{_kfppipeline.pipeline_name(self.workflow_name)}.yaml")
-            _compiler.Compiler().compile(self.pipeline(image, actions=actions), package)
+            _compiler.Compiler().compile(self.pipeline(image, plan=plan), package)
             run = self.submit(package, experiment_name=experiment_name)
         if not wait:
             return run
