@@ -585,10 +585,11 @@ def test_a_failing_node_is_logged_once(caplog):
 def test_an_error_outside_any_node_keeps_its_flow_run_traceback(tmp_path, caplog):
     storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
 
-    def unreachable(workflow_name):
+    def unreachable(workflow_name, *args, **kwargs):
         raise OSError("storage is unreachable")
 
-    storage.stored_tasks = unreachable
+    # the plan lists storage once, through its fingerprint index (read_fingerprints)
+    storage.stored_tasks = storage.read_fingerprints = unreachable
     wf = PrefectWorkflow(seed_quick_start(), workflow_name="no_node")
     wf.set_storage(storage)
     with caplog.at_level(logging.INFO), pytest.raises(OSError):
@@ -735,3 +736,22 @@ def test_a_unit_retries_as_a_whole_and_gets_its_nodes_timeouts(tmp_path, storage
     assert time.monotonic() - t0 < 4
     assert info.value.node_name == "stuck" and wf.last_run.failed == "stuck"
     assert storage.list_tasks("units_stuck") == ["quick"] and wf.last_run.ran == 1  # done before the timeout
+
+
+def test_a_unit_cached_by_prefect_keys_on_every_node_of_it(tmp_path):
+    """Nodes with the same Prefect cache options fuse; the unit's cache key holds the
+    fingerprints of all its nodes: a constant changed in its last node is a miss."""
+    from prefect.cache_policies import INPUTS
+
+    counter = tmp_path / "calls"
+    states = []
+    for a, k in ((1, 1), (1, 2), (1, 1)):
+        first = counted_add(str(counter), a, a).set_name("first")
+        wf = PrefectWorkflow(counted_add(str(counter), first, k).set_name("second"), workflow_name="cached_unit")
+        wf.query(".").set_task_args({"cache_policy": INPUTS})
+        assert [len(u.indices) for u in wf.units().running] == [2]
+        assert wf.run() == 2 + k
+        (run,) = task_runs_of(wf.last_flow_run_id, expected=1)
+        states.append((run.name, run.state.name))
+    assert states == [("first, second", "Completed"), ("first, second", "Completed"), ("first, second", "Cached")]
+    assert counter.read_text().splitlines() == ["1+1", "2+1", "1+1", "2+2"]  # the third run was a cache hit
