@@ -848,3 +848,20 @@ def test_nodes_with_different_remote_args_never_share_a_task(local_ray):
     assert wf.fusion_key(wf.graph.names.index("rec")) is None
     assert wf.fusion_key(wf.graph.names.index("call")) is None
     assert all(len(u.indices) == 1 for u in wf.units().running)
+
+
+def test_a_unit_whose_values_nothing_needs_returns_only_its_token(local_ray, tmp_path):
+    """Two nodes recomputed (cache off) before a stored output: a unit of two whose
+    values no later step needs (the output is loaded), so its task has one return."""
+    out = traced(traced_chain(2, "u")).set_name("out")
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf = RayWorkflow(out, workflow_name="no_exports")
+    wf.set_storage(storage)
+    assert wf.run(return_results=True)["value"] == 3
+    wf.query("^u").set_cache("off")
+    running = wf.units().running
+    assert [(len(u.indices), u.exports) for u in running] == [(2, ())]
+    assert wf.run(return_results=True)["value"] == 3
+    assert (wf.last_run.ran, wf.last_run.loaded) == (2, 1)
+    first = storage.read_task("no_exports", "u0")
+    assert first["task"] == storage.read_task("no_exports", "u1")["task"]  # still one task, stored again

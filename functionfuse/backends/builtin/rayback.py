@@ -226,8 +226,9 @@ class RayWorkflow(BaseWorkflow):
         """Start execution of the workflow.
 
         :param return_results: A flag if results for input nodes are returned
-        :param max_pending_tasks: at most this many node tasks in flight at once (0: no
-            limit). Bounds the driver's memory on very large graphs.
+        :param max_pending_tasks: at most this many Ray tasks in flight at once (a node's,
+            or an execution unit's; 0: no limit). Bounds the driver's memory on very
+            large graphs.
         :return: A list of results for input nodes or a single result if a single node
             is used in initialization of the class object (with ``return_results``;
             otherwise None, once every node has finished and is stored).
