@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import xxhash
 
+from ..graph import gc_paused
 from . import signing
 
 __all__ = [
@@ -174,7 +175,18 @@ def usable(entry: IndexEntry | None, identity: str, signer: signing.Signer | Non
 def read_fingerprints(
     storage: Any, workflow_name: str, task_names: Iterable[str], current: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """See :meth:`functionfuse.storage.base.Storage.read_fingerprints`."""
+    """See :meth:`functionfuse.storage.base.Storage.read_fingerprints`.
+
+    The cyclic GC is paused meanwhile: the listing and the entries are many small
+    objects without cycles, and collections they trigger would traverse everything the
+    caller holds (the graph, the fingerprint records) again and again."""
+    with gc_paused():
+        return _read_fingerprints(storage, workflow_name, task_names, current)
+
+
+def _read_fingerprints(
+    storage: Any, workflow_name: str, task_names: Iterable[str], current: Mapping[str, Any] | None
+) -> dict[str, Any]:
     listed: dict[str, str] | None = storage._identities(workflow_name)
     if listed is None:  # a kind that keeps no index
         wanted = storage.stored_tasks(workflow_name).intersection(task_names)
@@ -213,9 +225,10 @@ def read_fingerprints(
                 kept[name] = line
                 made += 1
     # results of this workflow the caller did not ask about keep a matching entry
-    for name, entry in index.items():
-        if name not in kept and name not in out and entry.identity and usable(entry, listed.get(name, ""), signer):
-            kept[name] = entry.line
+    for source in (journal, index):
+        for name, entry in source.items():
+            if name not in kept and name not in out and entry.identity and usable(entry, listed.get(name, ""), signer):
+                kept[name] = entry.line
     dropped = sum(1 for name, entry in index.items() if kept.get(name) != entry.line)
     if made or dropped or len(kept) != len(index):
         if kept:
@@ -245,14 +258,14 @@ def save_index(storage: Any, workflow_name: str) -> None:
 def note_published(storage: Any, workflow_name: str, task_name: str, identity: str, header: Mapping[str, Any]) -> None:
     """Remember the entry of a result *storage* has just written (the file or object it
     wrote has *identity*), for the index written at the end of the run."""
+    if not storage._journal_saves:
+        return
     meta = header.get("meta")
     meta = {
         "fingerprint": meta.get("fingerprint") if isinstance(meta, dict) else None,
         "checksum": header.get("checksum"),
         "signed": "mac" in header,
     }
-    if not storage._journal_saves:
-        return
     line = entry_line(task_name, identity, meta)
     journal = storage._fp_journal(workflow_name)
     if line is None or len(journal) >= MAX_JOURNAL:
