@@ -440,7 +440,10 @@ def _shm_or(tmp_parent: Path) -> Path:
 def case_fingerprint_chain(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
     """A chain run with file storage: the fingerprint policy against name-only reuse
     without fingerprints (the original behaviour), first run (every node runs and is
-    saved) and resumed run (everything stored: the plan reads every header).
+    saved) and resumed run (everything stored: the plan reads the workflow's
+    fingerprint index, which the first run wrote when it ended). On the fingerprint
+    side, also a resume with the index removed first (the plan reads every header and
+    writes the index again): what the index saves.
 
     Both sides run alternately on a fresh storage folder each repetition.
     """
@@ -457,7 +460,9 @@ def case_fingerprint_chain(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
             return self._records
 
     base = Path(tempfile.mkdtemp(prefix="ffbench-fp-", dir=_shm_or(tmp_parent)))
-    samples: dict[str, list[float]] = {"fp_first": [], "name_first": [], "fp_resume": [], "name_resume": []}
+    samples: dict[str, list[float]] = {
+        "fp_first": [], "name_first": [], "fp_resume": [], "name_resume": [], "fp_resume_headers": [],
+    }
     try:
         for rep in range(s.fp_reps):
             sides = [("fp", wl.LocalWorkflow, "fingerprint"), ("name", NameOnly, "name")]
@@ -475,6 +480,12 @@ def case_fingerprint_chain(s: Sizes, tmp_parent: Path) -> dict[str, Any]:
                 expect(out, n, "resumed run")
                 expect(wf.last_run.ran, 0, "nodes run on resume")
                 samples[f"{label}_resume"].append(dt)
+                if label == "fp":
+                    wf.storage.remove_fingerprint_index("chain")
+                    gc.collect()
+                    dt, out = timed(wf.run)
+                    expect((out, wf.last_run.ran), (n, 0), "resumed run without the index")
+                    samples["fp_resume_headers"].append(dt)
                 shutil.rmtree(folder, ignore_errors=True)
                 del wf
     finally:

@@ -280,6 +280,10 @@ def rows_fingerprint(raw: dict[str, Any]) -> list[Row]:
                                "fingerprint policy | base: name only, no fingerprints",
                                min(ch[f"fp_{when}"]), "s", min(ch[f"name_{when}"]), "s", "ours/base", target,
                                lambda _o, r: r is not None and r <= FP_OVERHEAD))
+        if ch.get("fp_resume_headers"):
+            rows.append(judged("6f", f"{ch['n']}-chain resumed, fingerprint policy, with the fingerprint index | "
+                               "base: the same resume reading every header (index removed)", min(ch["fp_resume"]), "s",
+                               min(ch["fp_resume_headers"]), "s", "ours/base", "info", lambda _o, _r: True, kind=INFO))
     arr = raw["fingerprint_array"]
     target = f"ours/base < {FP_ARRAY:g}"
     if _err(arr):
