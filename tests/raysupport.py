@@ -23,8 +23,9 @@ ROOT = os.path.dirname(TESTS)
 #: custom resources of the local test Ray: a storage "node" and a model "node"
 LOCAL_RESOURCES = {"_disk": 1.0, "_model": 1.0}
 #: where node functions of the backend conformance suite log their calls: workers see
-#: the environment of the moment Ray starts, so it is fixed before Ray starts
-CALLS_DIR = os.path.join(ROOT, ".pytest_cache", "ray-calls")
+#: the environment of the moment Ray starts, so it is fixed before Ray starts; one folder
+#: per test process, so two test runs at once (each with its own Ray) never share a log
+CALLS_DIR = os.path.join(ROOT, ".pytest_cache", f"ray-calls-{os.getpid()}")
 _started_here = False
 
 

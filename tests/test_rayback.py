@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ CALLS_DIR = Path(raysupport.CALLS_DIR)
 def _ray_session():
     yield
     raysupport.stop_ray()
+    shutil.rmtree(CALLS_DIR, ignore_errors=True)  # this test process's calls log
 
 
 @pytest.fixture
@@ -865,3 +867,38 @@ def test_a_unit_whose_values_nothing_needs_returns_only_its_token(local_ray, tmp
     assert (wf.last_run.ran, wf.last_run.loaded) == (2, 1)
     first = storage.read_task("no_exports", "u0")
     assert first["task"] == storage.read_task("no_exports", "u1")["task"]  # still one task, stored again
+
+
+@workflow
+def logged_step(x, k, log, flag):
+    """x + k; logs its start; node 3 kills its worker once (while *flag* exists)."""
+    with open(log, "a") as f:
+        f.write(f"{k}\n")
+    if k == 3 and os.path.exists(flag):
+        os.remove(flag)
+        os._exit(1)
+    return x + k
+
+
+def test_ray_retries_a_unit_after_the_nodes_it_stored(local_ray, tmp_path):
+    """The worker running a fused chain dies in its 4th node; Ray retries the task (the
+    default max_retries), and the retry reads back the 3 nodes stored before instead of
+    running them again."""
+    log, flag = tmp_path / "starts.log", tmp_path / "crash.flag"
+    flag.touch()
+    x = 0
+    for k in range(6):
+        x = logged_step(x, k, str(log), str(flag)).set_name(f"s{k}")
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    wf = RayWorkflow(x, workflow_name="unit_retry")
+    wf.set_storage(storage)
+    assert [len(u.indices) for u in wf.units().running] == [6]
+    assert wf.run(return_results=True) == 15
+    assert not flag.exists()  # the crash happened
+    assert log.read_text().split() == ["0", "1", "2", "3", "3", "4", "5"]
+    assert wf.last_run.ran == 6 and set(storage.list_tasks("unit_retry")) == {f"s{k}" for k in range(6)}
+    # without storage a retry runs the whole unit again (nothing to read back)
+    log.unlink()
+    flag.touch()
+    assert RayWorkflow(x, workflow_name="unit_retry_unstored").run(return_results=True) == 15
+    assert log.read_text().split() == ["0", "1", "2", "3", "0", "1", "2", "3", "4", "5"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import io
 import types
+from datetime import datetime
 from typing import Any, Callable, Sequence
 
 import ray
@@ -149,20 +150,76 @@ def _run_node_task(spec: bytes, *values: Any) -> tuple[Any, float]:
     return run_packed(spec, values), _ELAPSED.seconds
 
 
-def _run_unit_task(spec: bytes, *values: Any) -> Any:
+def stored_since(meta: Any, wanted: dict | None, since: datetime) -> bool:
+    """Whether *meta* (stored metadata) is the result of the task whose metadata is
+    *wanted* (same fingerprint record), started at *since* or later: stored by the
+    task of a unit submitted at *since*, not before it."""
+    if not isinstance(meta, dict) or wanted is None:
+        return False
+    try:
+        started = datetime.fromisoformat(meta["started"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return meta.get("fingerprint") == wanted.get("fingerprint") and started >= since
+
+
+def _resumed(unit: UnitTask, values: dict, since: datetime) -> tuple[UnitTask | None, dict, list]:
+    """A unit run again (Ray retries a task whose worker died) goes on after the nodes
+    its first attempt stored: (what is left to run or None, the exported values read
+    back, the nodes done). A first attempt, or anything unreadable: the whole unit."""
+    tasks = unit.tasks
+    first = tasks[0]
+    storage = first.storage
+    try:
+        if not stored_since(storage.read_metadata(first.workflow, first.name), first.meta, since):
+            return unit, {}, []  # a first attempt: one read of a result not there yet
+        metas = storage.read_metadata_many(first.workflow, [t.name for t in tasks])
+        k = 0
+        while k < len(tasks) and stored_since(metas.get(tasks[k].name), tasks[k].meta, since):
+            k += 1
+        rest = tasks[k:]
+        inside = {t.index for t in rest}
+        wanted = sorted({p for t in rest for p in t.parents if p not in inside} | set(unit.exports))
+        before = {t.index: t for t in tasks[:k]}
+        for i in wanted:
+            if i in before:
+                values[i] = storage.read_task(first.workflow, before[i].name)
+    except Exception:  # cannot tell, or cannot read back: run the whole unit again
+        return unit, {}, []
+    done = [(t.index, metas[t.name].get("duration_s") or 0.0) for t in tasks[:k]]
+    exported = {i: values[i] for i in unit.exports if i in before}
+    if not rest:
+        return None, exported, done
+    parents = tuple(sorted({p for t in rest for p in t.parents if p not in inside}))
+    return UnitTask(rest, parents, [i for i in unit.exports if i in inside]), exported, done
+
+
+def _run_unit_task(spec: bytes, since: str | None, *values: Any) -> Any:
     """An execution unit: ``values`` are the results of the unit's outside parents
     (``UnitTask.parents``), resolved by Ray. Returns the values of its exports, in
     order, then the done token: ``[(node index, seconds)...]`` of every node (the task
     has ``len(exports) + 1`` returns). A node that fails raises its NodeFailure, whose
-    ``done`` lists the nodes stored before it."""
+    ``done`` lists the nodes stored before it. *since* (ISO time the unit was submitted,
+    when its nodes save): a retry skips the nodes stored by an earlier attempt."""
     unit: UnitTask = cloudpickle.loads(spec)
-    try:
-        out, done = unit.run(dict(zip(unit.parents, values)))
-    except NodeFailure as f:
-        raise _portable(f) from None
-    if not unit.exports:
+    exports = unit.exports
+    R = dict(zip(unit.parents, values))
+    todo: UnitTask | None = unit
+    out: dict[int, Any] = {}
+    done: list = []
+    if since is not None:
+        todo, out, done = _resumed(unit, R, datetime.fromisoformat(since))
+    if todo is not None:
+        try:
+            ran, times = todo.run(R)
+        except NodeFailure as f:
+            f.done = (*done, *f.done)
+            raise _portable(f) from None
+        out.update(ran)
+        done.extend(times)
+    if not exports:
         return done  # one return: the token alone
-    return (*[out[i] for i in unit.exports], done)
+    return (*[out[i] for i in exports], done)
 
 
 def load_stored(index: int, name: str, workflow_name: str, storage: Any) -> Any:

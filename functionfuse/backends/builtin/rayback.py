@@ -27,7 +27,9 @@ as soon as it is computed, and a failure still names its node (the nodes stored 
 it are reported done). :meth:`RayWorkflow.fusion_key` keeps apart nodes whose Ray
 options differ; class and method nodes (actors) never fuse. ``wf.set_fusion(False)``
 goes back to one task per node; ``query(...).set_fusion(False)`` keeps some nodes
-alone. Ray retries a unit whose worker died (``max_retries``) from its first node.
+alone. When Ray retries a unit whose worker died (``max_retries``), the retry reads
+back the nodes the attempt that died stored (this run's fingerprint, started after the
+unit was submitted) and runs the rest.
 
 With storage, a node's result is saved by the task that computed it, as soon as it is
 computed (a ``ray`` storage writes on its storage node): nothing goes through the
@@ -70,7 +72,7 @@ from ...engine import Completion, NodeFailure, NodeTask, UnitTask, execute, run_
 from ...planner import Plan
 from ...query import targets
 from ...workflow import ClassNode, MethodNode
-from ._raytasks import _Instance, _load_node, _run_node, _run_unit, load_stored, pack_task, run_packed
+from ._raytasks import _Instance, _load_node, _run_node, _run_unit, load_stored, pack_task, run_packed, stored_since
 
 #: what other Ray backends (the Ray Workflows addon) run in their tasks: a node task
 #: pickled without the graph (pack_task), run where it lands (run_packed), and a
@@ -374,7 +376,10 @@ class _RayExecutor:
         # every node of a unit has the same fusion key, so the same Ray options
         options = self.wf._remote_args.get(unit.index, {})
         fn = _run_unit.options(**{"name": unit.label(), **options, "num_returns": len(exports) + 1})
-        out = fn.remote(pack_task(unit, self.functions), *[refs[p] for p in unit.parents])
+        submitted = datetime.now(timezone.utc)
+        # a unit that saves learns when it was submitted: a retry goes on after what it stored
+        since = submitted.isoformat() if unit.tasks[0].storage is not None else None
+        out = fn.remote(pack_task(unit, self.functions), since, *[refs[p] for p in unit.parents])
         if not exports:
             out = [out]
         for i, value in zip(exports, out):
@@ -382,7 +387,7 @@ class _RayExecutor:
         token = out[-1]
         self.tokens.append(token)
         self.owner[token] = unit.index
-        self.unit_tokens[token] = (unit, datetime.now(timezone.utc))
+        self.unit_tokens[token] = (unit, submitted)
 
     def release(self, indices: Sequence[int]) -> None:
         refs = self.refs
@@ -457,9 +462,9 @@ class _RayExecutor:
         done: list[Completion] = []
         for t in tasks:
             meta = stored.get(t.name)
-            if not (isinstance(meta, dict) and t.meta is not None and _stored_since(meta, t.meta, submitted)):
+            if not stored_since(meta, t.meta, submitted):
                 break
-            done.append((t.index, meta.get("duration_s")))
+            done.append((t.index, cast(dict, meta).get("duration_s")))
         failed = tasks[len(done)].index if len(done) < len(tasks) else unit.index
         return [*done, NodeFailure(failed, "system", err, str(err))]
 
@@ -468,16 +473,6 @@ class _RayExecutor:
             return {}
         wanted = sorted(set(outputs))
         return dict(zip(wanted, ray.get([self.refs[o] for o in wanted])))
-
-
-def _stored_since(meta: dict, wanted: dict, since: datetime) -> bool:
-    """Whether stored metadata *meta* is the result of a task whose metadata is
-    *wanted* (same fingerprint record) that started at *since* or later."""
-    try:
-        started = datetime.fromisoformat(meta["started"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return meta.get("fingerprint") == wanted.get("fingerprint") and started >= since
 
 
 def _placement(storage: Any) -> tuple[Any, dict]:
