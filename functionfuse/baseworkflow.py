@@ -221,7 +221,7 @@ class BaseWorkflow:
         """Run cheap nodes together: linear chains of nodes become one engine task
         (one Ray task, one Prefect task, one KFP step) when *enabled* (the default).
         *max_units*: merge units until at most this many remain (None: no limit;
-        KFPWorkflow's default is 10 steps). Groups made with ``query(...).set_group``
+        KFPWorkflow's default is 10 steps; with *enabled* False nothing is merged). Groups made with ``query(...).set_group``
         apply either way. Results, plans, reports and errors stay per node (see
         :mod:`functionfuse.units`; LocalWorkflow runs every node in this process anyway).
         """

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, FunctionFuseError, RenderError, missing_dependency
 from .planner import CORRUPTED, CURRENT, MISSING, NO_STORAGE, NOT_STORED, STALE, UNVERIFIED
@@ -62,9 +62,10 @@ def dot_source(wf: "BaseWorkflow") -> str:
         for i in members:
             lines.append("    " + _node_line(wf, i, states))
         lines.append("  }")
-    if wf.fuses_units:
+    units = _units_or_none(wf, lines)
+    if units is not None:
         # execution units of two nodes or more (class nodes are never in one)
-        for k, u in enumerate(wf.units().running, 1):  # numbered as str(wf.units()) lists them
+        for k, u in enumerate(units.running, 1):  # numbered as str(wf.units()) lists them
             if len(u.indices) < 2:
                 continue
             in_cluster.update(u.indices)
@@ -95,6 +96,18 @@ def dot_source(wf: "BaseWorkflow") -> str:
         lines.append(_legend(NOT_STORED in states))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+def _units_or_none(wf: "BaseWorkflow", lines: list[str]) -> Any:
+    """The units to draw (None: the backend has none); groups that cannot run are
+    said in the drawing's label instead of failing the drawing."""
+    if not wf.fuses_units:
+        return None
+    try:
+        return wf.units()
+    except ConfigurationError as exc:
+        lines.append(f"  label={_quote('no execution units: ' + str(exc))}; labelloc=t; fontcolor=\"#c92a2a\";")
+        return None
+
 
 def _node_line(wf: "BaseWorkflow", i: int, states: list[str]) -> str:
     g = wf.graph

@@ -162,10 +162,14 @@ class UnitTask:
     :param exports: positions of the unit's nodes whose values are needed after it.
     """
 
-    __slots__ = ("tasks", "parents", "exports")
+    __slots__ = ("tasks", "parents", "exports", "at", "done")
 
     def __init__(self, tasks: Sequence[NodeTask], parents: Sequence[int], exports: Sequence[int]) -> None:
         self.tasks, self.parents, self.exports = tuple(tasks), tuple(parents), tuple(exports)
+        #: while it runs here: the position of the node running, and the nodes done
+        #: (what an interrupted in-process run reports)
+        self.at: int | None = None
+        self.done: list[tuple[int, float]] = []
 
     def __reduce__(self) -> tuple:
         return (UnitTask, (self.tasks, self.parents, self.exports))
@@ -222,7 +226,9 @@ class UnitTask:
                 drops[k].append(t.index)
         R: dict[int, Any] = dict(values)
         done: list[tuple[int, float]] = []
+        self.done = done
         for k, t in enumerate(tasks):
+            self.at = t.index
             try:
                 R[t.index], seconds = t.run(R)
             except NodeFailure as f:
@@ -231,6 +237,7 @@ class UnitTask:
             done.append((t.index, seconds))
             for p in drops[k]:
                 del R[p]
+        self.at = None
         return {i: R[i] for i in self.exports}, done
 
 
@@ -554,6 +561,7 @@ def _submit_units(
         return wf.node_task(i, save=save, record=plan.records[i] if save else None)  # type: ignore[index]
 
     step = None
+    task: NodeTask | UnitTask | None = None
     try:
         for step, frees in zip(units.steps, units.release):
             if not (step.loads and loads_first):
@@ -564,7 +572,6 @@ def _submit_units(
                 if step.loads:
                     executor.load(step.indices[0])
                 else:
-                    task: NodeTask | UnitTask
                     if len(step.indices) == 1:
                         task = task_of(step.indices[0])
                     else:
@@ -577,6 +584,11 @@ def _submit_units(
     except BaseException:
         # the executor stopped the run at this step (KeyboardInterrupt, SystemExit)
         progress.running = 0
-        if step is not None:
+        if isinstance(task, UnitTask) and task.at is not None:  # interrupted inside a unit run here
+            for i, seconds in task.done:
+                report.ran += 1
+                report.record(wf.graph.names[i], seconds)
+            report.failed = wf.graph.names[task.at]
+        elif step is not None:
             report.failed = wf.graph.names[step.indices[0]]
         raise

@@ -116,7 +116,7 @@ class Query:
         a group must not need itself through a node outside it (ConfigurationError).
         """
         indices = targets(self, "set_group")
-        if name is not None and (not isinstance(name, str) or not name):
+        if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ConfigurationError(f"set_group() takes a non-empty group name (or None to leave groups), not {name!r}.")
         groups = self.workflow._groups
         for i in indices:
@@ -129,7 +129,8 @@ class Query:
     def set_fusion(self, enabled: bool) -> "Query":
         """``False``: these nodes never share a task with other nodes (each runs as its
         own task, e.g. a heavy node that should get a pod or a worker of its own);
-        ``True``: they may again (the default)."""
+        ``True``: they may again (the default). A group set with :meth:`set_group` is
+        what its nodes asked for explicitly: it still applies to them."""
         indices = targets(self, "set_fusion")
         if not isinstance(enabled, bool):
             raise ConfigurationError(f"set_fusion() takes True or False, not {enabled!r}.")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
 
 from .errors import ConfigurationError
-from .graph import Graph
+from .graph import Graph, gc_paused
 from .planner import LOAD, RUNS
 
 __all__ = ["Unit", "Units", "partition"]
@@ -134,23 +134,40 @@ def partition(
     :raises ConfigurationError: a group whose nodes cannot share a task (different keys),
         or that depends on itself through a node outside it.
     """
-    g = graph
+    with gc_paused():  # lists of tuples for every node: the cyclic GC would walk them for nothing
+        return _partition(graph, actions, keys, groups or {}, solo, enabled, max_units)
+
+
+def _partition(
+    g: Graph,
+    actions: Sequence[str],
+    keys: Sequence[Hashable | None],
+    groups: Mapping[int, str],
+    solo: frozenset[int] | set[int],
+    enabled: bool,
+    max_units: int | None,
+) -> Units:
     n = len(g)
     names = g.names
-    parents, data_parents = g.parents, g.data_parents
+    deps = _dependencies(g)
     running = [a in RUNS for a in actions]
+    if groups:
+        _check_groups(g, groups, keys, deps)
     unit = [-1] * n
     members: list[list[int]] = []
     why: list[str] = []
     group_of: list[str | None] = []
-    groups = groups or {}
     counted: dict[int, int] = {}
+    dependents: dict[int, list[int]] = {}
+    for i, extra in deps.extra.items():
+        for p in extra:
+            dependents.setdefault(p, []).append(i)
 
     def _running_children(p: int) -> int:
         # counted once per parent: a fan-out's source is asked by each of its children
         c = counted.get(p)
         if c is None:
-            c = counted[p] = sum(1 for k in set(g.children[p]) if running[k])
+            c = counted[p] = sum(1 for k in {*g.children[p], *dependents.get(p, ())} if running[k])
         return c
 
     by_group: dict[str, int] = {}
@@ -165,26 +182,12 @@ def partition(
                 members.append([])
                 why.append(GROUP)
                 group_of.append(name)
-            else:
-                first = members[u][0]
-                if keys[i] != keys[first]:
-                    raise ConfigurationError(
-                        f"Group {name!r}: nodes {names[first]!r} and {names[i]!r} cannot run as one task: they are "
-                        "launched differently (resources, retries, image or plugin differ, or one is a class or "
-                        "method node, which runs on its own). Give them the same options, or put them in "
-                        "different groups."
-                    )
-            if keys[i] is None:
-                raise ConfigurationError(
-                    f"Group {name!r}: node {names[i]!r} cannot run in a task with other nodes (a class or method "
-                    "node runs in its own actor or process). Leave it out of the group's pattern."
-                )
-            unit[i] = u
+            unit[i] = u  # checked by _check_groups: same keys, no class or method node
             members[u].append(i)
             continue
         u = -1
         if enabled and i not in solo and keys[i] is not None:
-            rp = [p for p in set(parents[i]) if running[p]]
+            rp = [p for p in set(deps(i)) if running[p]]
             if len(rp) == 1:
                 p = rp[0]
                 if (
@@ -204,16 +207,82 @@ def partition(
         unit[i] = u
         members[u].append(i)
 
-    order = _unit_order(g, members, unit, running)
+    order = _unit_order(g, deps, members, unit, running)
     if enabled and max_units is not None and len(members) > max_units:
-        members, why, group_of, unit, order, note = _merge(g, members, why, group_of, unit, order, keys, max_units)
+        members, why, group_of, unit, order, note = _merge(deps, members, why, group_of, unit, order, keys, max_units)
         notes = [note] if note else []
     else:
         notes = []
     return _steps(g, actions, members, why, group_of, unit, order, running, max_units, enabled, notes)
 
 
-def _unit_order(g: Graph, members: list[list[int]], unit: list[int], running: list[bool]) -> list[int]:
+class _Deps:
+    """What each node must come after: its parents, and for a node that uses a class
+    node's object (not one of its method calls), the method call written before it;
+    the method call written after it must in turn come after the node. LocalWorkflow
+    runs them in the order written, so units must not reorder them."""
+
+    def __init__(self, g: Graph) -> None:
+        self.parents = g.parents
+        self.extra: dict[int, list[int]] = {}
+        for k, calls in g.chains.items():
+            chain = set(calls)
+            users = [c for c in set(g.children[k]) if c not in chain and k in g.data_parents[c]]
+            if not users:
+                continue
+            seq = sorted({k, *calls, *users})
+            for a, b in zip(seq, seq[1:]):
+                if a not in g.parents[b]:
+                    self.extra.setdefault(b, []).append(a)
+
+    def __call__(self, i: int) -> Sequence[int]:
+        extra = self.extra.get(i)
+        return self.parents[i] if extra is None else (*self.parents[i], *extra)
+
+
+def _dependencies(g: Graph) -> _Deps:
+    return _Deps(g)
+
+
+def _check_groups(g: Graph, groups: Mapping[int, str], keys: Sequence[Hashable | None], deps: _Deps) -> None:
+    """Groups are checked as if every node ran, so that a group accepted now is not
+    refused by a later plan (a stored result in between found damaged, removed...)."""
+    n = len(g)
+    members: list[list[int]] = []
+    unit = [-1] * n
+    by_group: dict[str, int] = {}
+    for i in range(n):
+        name = groups.get(i)
+        if name is None:
+            unit[i] = len(members)
+            members.append([i])
+            continue
+        u = by_group.get(name)
+        if u is None:
+            u = by_group[name] = len(members)
+            members.append([])
+        unit[i] = u
+        members[u].append(i)
+    for name, u in by_group.items():
+        nodes = members[u]
+        if len(nodes) < 2:
+            continue
+        for i in nodes:
+            if keys[i] is None:
+                raise ConfigurationError(
+                    f"Group {name!r}: node {g.names[i]!r} cannot run in a task with other nodes (a class or "
+                    "method node runs in its own actor or process). Leave it out of the group's pattern."
+                )
+            if keys[i] != keys[nodes[0]]:
+                raise ConfigurationError(
+                    f"Group {name!r}: nodes {g.names[nodes[0]]!r} and {g.names[i]!r} cannot run as one task: "
+                    "they are launched differently (resources, retries, image or plugin differ). Give them the "
+                    "same options, or put them in different groups."
+                )
+    _unit_order(g, deps, members, unit, [True] * n)
+
+
+def _unit_order(g: Graph, deps: _Deps, members: list[list[int]], unit: list[int], running: list[bool]) -> list[int]:
     """The units in a topological order (earliest first node first); a group that
     depends on itself through an outside node is refused."""
     m = len(members)
@@ -221,7 +290,7 @@ def _unit_order(g: Graph, members: list[list[int]], unit: list[int], running: li
     indeg = [0] * m
     for u, nodes in enumerate(members):
         for i in nodes:
-            for p in g.parents[i]:
+            for p in deps(i):
                 if running[p]:
                     v = unit[p]
                     if v != u and u not in succ[v]:
@@ -243,19 +312,20 @@ def _unit_order(g: Graph, members: list[list[int]], unit: list[int], running: li
         u = stuck[0] if stuck else next(u for u in range(m) if indeg[u] > 0)
         inside = set(members[u])
         outside = sorted(
-            {p for i in members[u] for p in g.parents[i] if running[p] and p not in inside and indeg[unit[p]] > 0}
+            {p for i in members[u] for p in deps(i) if running[p] and p not in inside and indeg[unit[p]] > 0}
         )
         between = ", ".join(repr(names[p]) for p in outside[:5]) or "another node"
+        verb = "needs" if len(outside) == 1 else "need"
         raise ConfigurationError(
             f"A group of nodes {', '.join(repr(names[i]) for i in members[u][:5])} cannot run as one task: it "
-            f"needs {between}, which needs a node of the group. Add the nodes in between to the group, or "
-            "split the group."
+            f"needs {between}, which {verb} a node of the group (or, for a user of a class node's object, runs "
+            "between two of its method calls). Add the nodes in between to the group, or split the group."
         )
     return order
 
 
 def _merge(
-    g: Graph,
+    deps: _Deps,
     members: list[list[int]],
     why: list[str],
     group_of: list[str | None],
@@ -268,7 +338,7 @@ def _merge(
     level = [0] * len(members)
     for u in order:  # a topological order: every unit's parents come first
         for i in members[u]:
-            for p in g.parents[i]:
+            for p in deps(i):
                 v = unit[p]
                 if v >= 0 and v != u and level[v] + 1 > level[u]:
                     level[u] = level[v] + 1
@@ -341,21 +411,29 @@ def _steps(
                 if unit[p] != u:
                     consumers.setdefault(p, set()).add(u)
     steps: list[Unit] = []
-    step_of_unit: dict[int, int] = {}
     loaded: set[int] = set()
+    loads = [i for i in range(n) if actions[i] == LOAD]
+    next_load = 0
     for u in order:
         nodes = members[u]
         inside = set(nodes)
         outside = sorted({p for i in nodes for p in data_parents[i] if p not in inside})
+        # stored results are read in the order written, as LocalWorkflow reads them (a
+        # damaged one is found before the nodes after it run), and before their consumers
+        while next_load < len(loads) and loads[next_load] < nodes[0]:
+            p = loads[next_load]
+            next_load += 1
+            if p not in loaded:
+                loaded.add(p)
+                steps.append(Unit((p,), LOADED, exports=(p,)))
         for p in outside:
             if actions[p] == LOAD and p not in loaded:
                 loaded.add(p)
                 steps.append(Unit((p,), LOADED, exports=(p,)))
         exports = tuple(i for i in nodes if i in outputs or i in consumers)
-        step_of_unit[u] = len(steps)
         steps.append(Unit(tuple(nodes), why[u], group_of[u], tuple(outside), exports))
-    for i in range(n):
-        if actions[i] == LOAD and i not in loaded:
+    for i in loads:
+        if i not in loaded:
             steps.append(Unit((i,), LOADED, exports=(i,)))
     # release: a value leaves memory after the last step that needs it (never an output)
     last: dict[int, int] = {}
@@ -367,9 +445,8 @@ def _steps(
         else:
             for i in s.exports:
                 last.setdefault(i, k)
-            for i in s.indices:  # a value nothing consumes is dropped right after its step
-                if i not in consumers:
-                    last.setdefault(i, k)
+            if len(s.indices) == 1 and s.indices[0] not in consumers:
+                last.setdefault(s.indices[0], k)  # a value nothing consumes is dropped right after its node
     release: list[list[int]] = [[] for _ in steps]
     for v, k in last.items():
         if v not in outputs:

@@ -397,6 +397,116 @@ def test_unit_task_drops_values_it_no_longer_needs():
     assert isinstance(values[5], _Box), f"{values[5]} values of earlier nodes were still held"
 
 
+# -- found in review ---------------------------------------------------------------------------
+@workflow
+class Recorder:
+    def __init__(self):
+        self.seen = []
+
+    def add(self, k):
+        self.seen.append(k)
+        return list(self.seen)
+
+
+@workflow
+def snapshot(recorder, *after):
+    return list(recorder.seen)
+
+
+@workflow
+def pair(x, y):
+    return (x, y)
+
+
+def _object_users_dag():
+    """A node reading an object between two method calls, on a deeper path than the
+    second call (level-by-level merging would put it after that call)."""
+    rec = Recorder().set_name("rec")
+    first = rec.add(1).set_name("first")
+    x = inc(0).set_name("d0")
+    for k in range(1, 5):  # nodes with two users each: no chains
+        inc(x).set_name(f"side{k}")
+        x = inc(x).set_name(f"d{k}")
+    seen = snapshot(rec, x).set_name("seen")  # written before add(2): sees [1]
+    second = rec.add(2).set_name("second")
+    return first, seen, second
+
+
+def test_merging_keeps_users_of_an_object_between_the_method_calls_they_were_written_between():
+    expected = LocalWorkflow(*_object_users_dag(), workflow_name="obj").run()
+    assert expected[1] == [1]
+    wf = _UnitsWorkflow(*_object_users_dag(), workflow_name="obj")
+    wf.set_fusion(True, max_units=3)
+    assert any(u.why == "merged" for u in wf.units().running)
+    assert wf.run() == expected
+
+
+def test_a_group_that_would_move_a_user_of_an_object_past_a_method_call_is_refused():
+    rec = Recorder().set_name("rec")
+    first = rec.add(1).set_name("first")
+    seen = snapshot(rec).set_name("seen")
+    second = rec.add(2).set_name("second")
+    after = pair(seen, second).set_name("after")
+    wf = _UnitsWorkflow(first, after, workflow_name="obj")
+    wf.query("^(seen|after)$").set_group("g")
+    with pytest.raises(ConfigurationError, match="'second'.*method calls"):
+        wf.units()
+
+
+def test_groups_are_checked_as_if_every_node_ran(tmp_path):
+    """A group valid only while the node between its members is stored would fail a
+    later run halfway (that result damaged or removed): it is refused up front."""
+    a = inc(0).set_name("a")
+    b = inc(inc(a).set_name("mid")).set_name("b")
+    wf = _UnitsWorkflow(b, workflow_name="g")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+    wf.run()
+    wf.query("^(a|b)$").set_cache("off").set_group("G")
+    assert wf.plan().action("mid") == "load"
+    with pytest.raises(ConfigurationError, match="'mid'"):
+        wf.units()
+    # and a drawing says so instead of failing
+    source = GraphWorkflow(b, workflow_name="g")
+    source.query("^(a|b)$").set_group("G")
+    assert "no execution units: " in source.dot_source()
+
+
+def test_stored_results_are_read_in_the_order_written(tmp_path):
+    """A damaged stored result is found before the nodes written after it run, as
+    LocalWorkflow finds it: a node under cache policy "off" before it runs once."""
+    first = inc(0).set_name("stored")
+    off2 = inc(inc(1).set_name("off")).set_name("off2")
+    total = add(first, off2).set_name("total")
+    wf = _UnitsWorkflow(total, inc(off2).set_name("off_other"), workflow_name="order")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+    wf.run()
+    wf.query("^off").set_cache("off")
+    wf.storage.remove_task("order", task_name="total")
+    steps = [(s.why, [wf.graph.names[i] for i in s.indices]) for s in wf.units().steps]
+    assert steps == [("load", ["stored"]), ("chain", ["off", "off2"]), ("single", ["total"]), ("single", ["off_other"])]
+
+
+def test_an_interrupt_inside_a_unit_names_the_node_and_counts_the_nodes_done(tmp_path):
+    @workflow
+    def interrupt(x):
+        raise KeyboardInterrupt
+
+    end = inc(interrupt(chain(2)).set_name("stop")).set_name("end")
+    wf = _UnitsWorkflow(end, workflow_name="ctrlc")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+    with pytest.raises(KeyboardInterrupt):
+        wf.run()
+    assert wf.last_run.failed == "stop"
+    assert wf.last_run.ran == 2
+    assert sorted(wf.storage.list_tasks("ctrlc", None)) == ["c0", "c1"]
+
+
+def test_a_blank_group_name_is_refused():
+    wf = GraphWorkflow(chain(2), workflow_name="u")
+    with pytest.raises(ConfigurationError, match="set_group"):
+        wf.query("^c0$").set_group("   ")
+
+
 # -- the conformance suites, run through the engine with units ------------------------------------
 from contracts.backend import BackendConformance, LoadErrorConformance  # noqa: E402
 from contracts.units import UnitConformance  # noqa: E402
