@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from contracts.backend import BackendConformance, LoadErrorConformance, seed_quick_start
+from contracts.units import UnitConformance
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
@@ -17,7 +18,7 @@ from functionfuse.errors import ConfigurationError, NodeExecutionError, ResultRe
 from functionfuse.storage import storage_factory
 
 
-class TestLocalConformance(BackendConformance, LoadErrorConformance):
+class TestLocalConformance(BackendConformance, LoadErrorConformance, UnitConformance):
     @pytest.fixture
     def make_workflow(self):
         return LocalWorkflow

@@ -18,6 +18,7 @@ import pytest
 
 import raysupport  # noqa: I001 - sets the Ray environment before ray is imported
 from contracts.backend import CALLS, BackendConformance, LoadErrorConformance, add, seed_incremental_sum, seed_quick_start
+from contracts.units import UnitConformance
 
 import numpy as np
 import psutil
@@ -84,13 +85,13 @@ class _RayCalls:
         return read
 
 
-class TestRayConformance(_RayCalls, BackendConformance, LoadErrorConformance):
+class TestRayConformance(_RayCalls, BackendConformance, LoadErrorConformance, UnitConformance):
     @pytest.fixture
     def make_workflow(self, local_ray):
         return returning()
 
 
-class TestRayConformanceBoundedSubmission(_RayCalls, BackendConformance):
+class TestRayConformanceBoundedSubmission(_RayCalls, BackendConformance, UnitConformance):
     @pytest.fixture
     def make_workflow(self, local_ray):
         return returning(max_pending_tasks=2)
@@ -107,7 +108,7 @@ def unfused(cls):
     return Unfused
 
 
-class TestRayConformanceUnfused(_RayCalls, BackendConformance, LoadErrorConformance):
+class TestRayConformanceUnfused(_RayCalls, BackendConformance, LoadErrorConformance, UnitConformance):
     @pytest.fixture
     def make_workflow(self, local_ray):
         return unfused(returning())
