@@ -100,7 +100,7 @@ class TestRayConformanceBoundedSubmission(_RayCalls, BackendConformance, UnitCon
 def unfused(cls):
     """*cls* with automatic fusion off: one Ray task per node, as before units."""
 
-    class Unfused(cls):
+    class Unfused(cls):  # type: ignore[valid-type,misc]
         def __init__(self, *nodes, **kwargs):
             super().__init__(*nodes, **kwargs)
             self.set_fusion(False)
