@@ -104,3 +104,31 @@ def test_damaged_index_is_ignored(tmp_path, damage):
     write_bytes(index_file(tmp_path), body)
     assert run(tmp_path, 2) == (4, 2)
     assert run(tmp_path, 2) == (4, 0)
+
+
+def test_result_replaced_between_the_plan_and_its_load_is_recomputed(tmp_path):
+    """The identity check happens when the plan is made; a result replaced after it (by
+    another process, with the very fingerprint the plan expects) is refused when the run
+    reads it, and recomputed through the damaged-result path: never loaded."""
+    from functionfuse.errors import ResultRecomputedWarning
+
+    assert run(tmp_path, 1) == (2, 2)
+    wf = LocalWorkflow(double(source(1).set_name("a")).set_name("b"), workflow_name=WF)
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf.set_storage(storage)
+    other = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    forged_meta = {k: v for k, v in other.read_metadata(WF, "b").items() if k not in ("checksum", "format", "signed")}
+    read = storage.read_task
+
+    def replaced_first(workflow, task):
+        if task == "b":
+            other.save(WF, "b", 9, forged_meta)  # same fingerprint as what the plan saw, other value
+        return read(workflow, task)
+
+    storage.read_task = replaced_first
+    with pytest.warns(ResultRecomputedWarning, match="replaced after the plan was made"):
+        assert wf.run() == 2
+    assert (wf.last_run.ran, wf.last_run.recomputed) == (1, 1)
+    del storage.read_task
+    other.save(WF, "b", 9, forged_meta)
+    assert storage.read_task(WF, "b") == 9  # after the run, a read by hand is not checked against its plan

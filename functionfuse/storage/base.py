@@ -154,8 +154,9 @@ class Storage(ABC):
         :param workflow_name: A name of the workflow to read saved results.
         :param task_name: A task name to load results for.
         :raises TaskNotFoundError: nothing is stored under that name.
-        :raises CorruptedResultError: the stored result is damaged, is another task's, or
-            (with a signing key set) is not signed with it; its path is named.
+        :raises CorruptedResultError: the stored result is damaged, is another task's,
+            (with a signing key set) is not signed with it, or, during a run, is not the
+            one the run's plan saw (replaced since); its path is named.
 
         A stored result is a pickle: reading it runs code its writer chose. Read only
         from a store you trust like code, or set a signing key
@@ -172,6 +173,7 @@ class Storage(ABC):
         reader, size, where = self._open(workflow_name, task_name)
         with reader:
             header = frame.read_header(reader, where, size, expect=(workflow_name, task_name), signer=signer)
+            fpindex.check_planned(self, workflow_name, task_name, header, where)
             segments = frame.read_payload(reader, header, where, signer=signer)
         return StoredFrames(workflow_name, task_name, header, segments, where)
 
@@ -325,6 +327,12 @@ class Storage(ABC):
 
     def _delete_index(self, workflow_name: str) -> None:
         """Remove the fingerprint index of the workflow (none is not an error)."""
+
+    def _fp_plans(self) -> dict:
+        """``{workflow: {task: checksum}}``: what the plan of a run in progress saw stored
+        (read results are checked against it; see ``fpindex.check_planned``)."""
+        plans: dict[str, dict] = self.__dict__.setdefault("_fp_planned", {})
+        return plans
 
     def _fp_journal(self, workflow_name: str) -> dict:
         """The index entries of results this object saved and has not written to the

@@ -22,6 +22,12 @@ ignored: every header is read, as without an index. With a signing key set, only
 index signed with that key (a keyed BLAKE3 tag over its body) and entries made from
 signed headers are used.
 
+What a plan saw is checked again when a run in the same process reads a result
+(:func:`check_planned`): its payload checksum must be the one of the entry (or header)
+the plan used, else the result was replaced after the plan and is refused as damaged,
+so the run recomputes the node. The index thus never makes a run load a value its plan
+did not judge: at worst it costs a header read or a recompute.
+
 Entries are made from a header read while planning, with the identity listed *before*
 it was read (a result replaced in between leaves an entry that no longer matches), and
 from results a storage object saved itself, with the identity of the file it wrote.
@@ -45,12 +51,13 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import xxhash
 
+from ..errors import CorruptedResultError
 from ..graph import gc_paused
 from . import signing
 
 __all__ = [
     "IndexEntry", "FORMAT", "VERSION", "NAME", "parse", "render", "entry_line", "usable", "read_fingerprints",
-    "save_index", "note_published", "MAX_JOURNAL",
+    "save_index", "note_published", "check_planned", "MAX_JOURNAL",
 ]
 
 log = logging.getLogger("functionfuse.storage")
@@ -224,6 +231,10 @@ def _read_fingerprints(
             if line is not None:
                 kept[name] = line
                 made += 1
+    if storage._journal_saves:  # what this plan assumes is stored: checked when loaded (check_planned)
+        storage._fp_plans()[workflow_name] = {
+            name: m["checksum"] for name, m in out.items() if isinstance(m, dict) and isinstance(m.get("checksum"), str)
+        }
     # results of this workflow the caller did not ask about keep a matching entry
     for source in (journal, index):
         for name, entry in source.items():
@@ -241,6 +252,7 @@ def _read_fingerprints(
 
 def save_index(storage: Any, workflow_name: str) -> None:
     """See :meth:`functionfuse.storage.base.Storage.save_fingerprint_index`."""
+    storage._fp_plans().pop(workflow_name, None)  # the run is over: its loads are done
     journal = dict(storage._fp_journal(workflow_name))
     if not journal:
         return
@@ -260,6 +272,9 @@ def note_published(storage: Any, workflow_name: str, task_name: str, identity: s
     wrote has *identity*), for the index written at the end of the run."""
     if not storage._journal_saves:
         return
+    planned = storage._fp_plans().get(workflow_name)
+    if planned is not None and isinstance(header.get("checksum"), str):
+        planned[task_name] = header["checksum"]  # this object replaced it: that is what is stored now
     meta = header.get("meta")
     meta = {
         "fingerprint": meta.get("fingerprint") if isinstance(meta, dict) else None,
@@ -273,6 +288,25 @@ def note_published(storage: Any, workflow_name: str, task_name: str, identity: s
         return
     fields = line.split(_SEP)
     journal[task_name] = IndexEntry(identity, fields[2], fields[3] == "1", fields[4], fields[5], line)
+
+
+def check_planned(storage: Any, workflow_name: str, task_name: str, header: Mapping[str, Any], where: str) -> None:
+    """Refuse a result read during a run that is not the one the run's plan saw.
+
+    The plan read each result's checksum from the index (or its header); a result
+    replaced since (by another process) has another one. It is then treated as damaged:
+    the run recomputes the node instead of loading a value its plan did not judge.
+
+    :raises CorruptedResultError: the checksums differ.
+    """
+    planned = storage.__dict__.get("_fp_planned")
+    expected = planned.get(workflow_name, {}).get(task_name) if planned else None
+    if expected is not None and header.get("checksum") != expected:
+        raise CorruptedResultError(
+            f"{where} is not the result this run planned with (checksum {header.get('checksum')}, planned "
+            f"{expected}): it was replaced after the plan was made, so the node is recomputed.",
+            path=where,
+        )
 
 
 #: entries a storage object remembers per workflow before the index is written, at most
