@@ -271,12 +271,12 @@ class BaseWorkflow:
         """What storage holds of this graph's nodes, by name: the fingerprint record and
         checksum of each stored result (an exception for an unreadable one); None
         without storage. One listing of the storage and its fingerprint index (see
-        ``Storage.read_fingerprints``); *records*: the current fingerprint records, if
-        the caller has them (stored ones equal to them are then not parsed)."""
+        ``Storage.read_fingerprints``, which needs the current fingerprint records:
+        *records* if the caller has them, else they are computed)."""
         if self.storage is None:
             return None
         names = self.graph.names
-        current = None if records is None else dict(zip(names, records))
+        current = dict(zip(names, self.fingerprints() if records is None else records))
         return self.storage.read_fingerprints(self.workflow_name, names, current)
 
     def make_plan(self, stored: dict[str, Any] | None, records: list[dict] | None = None) -> Plan:

@@ -10,7 +10,13 @@ entry per result:
   listing shows it without reading the result: a file's device, inode, size,
   modification and change times (ns); an S3 object's ETag and size;
 * the header's payload checksum and whether the header was signed;
-* the fingerprint record's node digest and the record (JSON).
+* the node digest of the fingerprint record in the header, or that there is none.
+
+An entry does not hold the record itself: a plan passes the current record of each node,
+and an entry whose digest equals it stands for that record (equal digests: the same
+code, arguments and inputs). A result whose digest differs (stale) is read from its
+header, which has the record the plan's explanation needs. This keeps the index small
+(about 150 bytes an entry), so reading it costs the same whatever the records hold.
 
 **The index is a cache, never the truth.** An entry is used only when the identity the
 listing shows now equals the one recorded: a result replaced (by another run, by
@@ -37,7 +43,7 @@ last one wins, and an entry the other had made is missing, so that header is rea
 more. Removing the index (``storage.remove_index(workflow)``) is always safe.
 
 The format is line based so that a plan reads 20,000 entries without building a JSON
-object per record: a first line of JSON (format, version, workflow), one line per entry
+object per entry: a first line of JSON (format, version, workflow), one line per entry
 (tab-separated fields; task names cannot hold tabs or newlines), and a last line with
 the xxh3-128 checksum of everything before it, or a signature.
 """
@@ -63,45 +69,42 @@ __all__ = [
 log = logging.getLogger("functionfuse.storage")
 
 FORMAT = "functionfuse-fingerprint-index"
-VERSION = 1
+VERSION = 2
 #: the object name of the index within a workflow (hidden: never listed as a task)
 NAME = ".fingerprint-index"
 #: what the signature of an index covers before its body (a result's tag starts with
 #: its own preamble, b"FFRESULT...": the two can never be confused)
 _TAG_PREFIX = b"FFINDEX1"
+#: the node field of an entry stored without a fingerprint (a digest is hex)
+NO_RECORD = "-"
 _SEP = "\t"
 
 
 class IndexEntry(NamedTuple):
     """One entry: the identity of the stored result, its header's checksum, whether the
-    header was signed, its node digest ("" without a fingerprint) and the record as JSON
-    text ("null" without one). *line* is the entry as stored."""
+    header was signed, and its node digest (*node*; "-" if it was stored without a
+    fingerprint). *line* is the entry as stored."""
 
     identity: str
     checksum: str
     signed: bool
     node: str
-    record: str
     line: str
 
     def metadata(self, current: Mapping[str, Any] | None, name: str) -> dict:
-        """What a plan needs: ``{"fingerprint": record or None, "checksum": ...}``. If
-        *current* holds the node's current record and its digest is the stored one,
-        that record is returned instead of parsing the stored one (equal digests: the
-        same code, arguments and inputs).
+        """What a plan needs: ``{"fingerprint": record or None, "checksum": ...}``: None
+        if the result was stored without a fingerprint, else the current record of the
+        node in *current* if its digest is the stored one (the same record).
 
-        :raises ValueError: the entry's record is not a fingerprint record (read the
-            result's header instead)."""
-        if self.record == "null":  # stored without a fingerprint
+        :raises LookupError: the stored record is another one (stale), or *current* has
+            none for the node: read the result's header instead.
+        """
+        if self.node == NO_RECORD:
             return {"fingerprint": None, "checksum": self.checksum}
-        if current is not None:
-            record = current.get(name)
-            if record is not None and record.get("node") == self.node:
-                return {"fingerprint": record, "checksum": self.checksum}
-        stored = json.loads(self.record)
-        if not isinstance(stored, dict) or stored.get("node") != self.node:
-            raise ValueError(f"index entry of {name!r} holds no fingerprint record")
-        return {"fingerprint": stored, "checksum": self.checksum}
+        record = current.get(name) if current is not None else None
+        if record is None or record.get("node") != self.node:
+            raise LookupError(name)
+        return {"fingerprint": record, "checksum": self.checksum}
 
 
 def entry_line(name: str, identity: str, meta: Mapping[str, Any]) -> str | None:
@@ -111,9 +114,15 @@ def entry_line(name: str, identity: str, meta: Mapping[str, Any]) -> str | None:
     checksum = meta.get("checksum")
     if not isinstance(checksum, str):
         return None
-    node = record.get("node", "") if isinstance(record, dict) else ""
-    text = json.dumps(record if isinstance(record, dict) else None, separators=(",", ":"), sort_keys=True)
-    fields = (name, identity, checksum, "1" if meta.get("signed") else "0", node if isinstance(node, str) else "", text)
+    if isinstance(record, dict):
+        node = record.get("node")
+        if not isinstance(node, str) or node == NO_RECORD:
+            return None
+    elif record is None:
+        node = NO_RECORD
+    else:
+        return None
+    fields = (name, identity, checksum, "1" if meta.get("signed") else "0", node)
     if any(_SEP in f or "\n" in f or "\r" in f for f in fields):
         return None
     return _SEP.join(fields)
@@ -163,10 +172,10 @@ def parse(data: bytes | None, workflow_name: str, signer: signing.Signer | None)
             if not line:
                 continue
             fields = line.split(_SEP)
-            if len(fields) != 6:
+            if len(fields) != 5:
                 return {}
-            name, identity, checksum, signed, node, record = fields
-            out[name] = IndexEntry(identity, checksum, signed == "1", node, record, line)
+            name, identity, checksum, signed, node = fields
+            out[name] = IndexEntry(identity, checksum, signed == "1", node, line)
         return out
     except (ValueError, UnicodeDecodeError, RecursionError):
         log.debug("fingerprint index of workflow %r ignored: not readable", workflow_name)
@@ -214,7 +223,7 @@ def _read_fingerprints(
         if entry is not None and identity and usable(entry, identity, signer):
             try:
                 out[name] = entry.metadata(current, name)
-            except ValueError:  # a record that is not one: read the header
+            except LookupError:  # another record than the current one: read the header
                 pass
             else:
                 kept[name] = entry.line
@@ -230,7 +239,8 @@ def _read_fingerprints(
             line = entry_line(name, identity, meta) if identity and isinstance(meta, dict) else None
             if line is not None:
                 kept[name] = line
-                made += 1
+                old = index.get(name)
+                made += old is None or old.line != line  # a stale entry read again is no change
     if storage._journal_saves:  # what this plan assumes is stored: checked when loaded (check_planned)
         storage._fp_plans()[workflow_name] = {
             name: m["checksum"] for name, m in out.items() if isinstance(m, dict) and isinstance(m.get("checksum"), str)
@@ -287,7 +297,7 @@ def note_published(storage: Any, workflow_name: str, task_name: str, identity: s
         journal.pop(task_name, None)
         return
     fields = line.split(_SEP)
-    journal[task_name] = IndexEntry(identity, fields[2], fields[3] == "1", fields[4], fields[5], line)
+    journal[task_name] = IndexEntry(identity, fields[2], fields[3] == "1", fields[4], line)
 
 
 def check_planned(storage: Any, workflow_name: str, task_name: str, header: Mapping[str, Any], where: str) -> None:

@@ -258,10 +258,18 @@ class FileStorage:
         self, workflow_name: str, task_names: Iterable[str], current: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """What a plan needs of the stored results, read on the storage node with its
-        fingerprint index (see :meth:`functionfuse.storage.base.Storage.read_fingerprints`;
-        *current* is not sent there: the stored records are parsed)."""
+        fingerprint index (see :meth:`functionfuse.storage.base.Storage.read_fingerprints`).
+        Only the digests of *current* travel there; an entry answered with one (a dict
+        with the digest alone, which no stored record is) stands for the current record."""
         validate_name(workflow_name, "Workflow name")
-        return self._call("read_fingerprints", workflow_name, list(task_names))
+        digests = None if current is None else {n: {"node": r.get("node")} for n, r in current.items()}
+        found = self._call("read_fingerprints", workflow_name, list(task_names), digests)
+        if current is not None:
+            for name, meta in found.items():
+                fp = meta.get("fingerprint") if isinstance(meta, dict) else None
+                if isinstance(fp, dict) and len(fp) == 1 and fp.get("node") == current[name].get("node"):
+                    meta["fingerprint"] = current[name]
+        return found
 
     def save_fingerprint_index(self, workflow_name: str) -> None:
         """Nothing: results are saved by tasks on the storage node, where no run ends;
