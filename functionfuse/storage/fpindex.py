@@ -31,8 +31,9 @@ signed headers are used.
 What a plan saw is checked again when a run in the same process reads a result
 (:func:`check_planned`): its payload checksum must be the one of the entry (or header)
 the plan used, else the result was replaced after the plan and is refused as damaged,
-so the run recomputes the node. The index thus never makes a run load a value its plan
-did not judge: at worst it costs a header read or a recompute.
+so the run recomputes the node (reads in other processes, Ray workers or KFP steps,
+rely on the identity check alone). At worst a stale entry costs a header read or a
+recompute, never a wrong value.
 
 Entries are made from a header read while planning, with the identity listed *before*
 it was read (a result replaced in between leaves an entry that no longer matches), and
@@ -40,7 +41,7 @@ from results a storage object saved itself, with the identity of the file it wro
 The index is written atomically (a temporary file renamed into place; one PUT on S3),
 at the end of a run and when a plan read headers; two writers race harmlessly: the
 last one wins, and an entry the other had made is missing, so that header is read once
-more. Removing the index (``storage.remove_index(workflow)``) is always safe.
+more. Removing the index (``storage.remove_fingerprint_index(workflow)``) is always safe.
 
 The format is line based so that a plan reads 20,000 entries without building a JSON
 object per entry: a first line of JSON (format, version, workflow), one line per entry
