@@ -1159,6 +1159,9 @@ def test_a_failing_step_names_its_node(client, project):
         wf.run_local()
     assert err.value.node_name == "refuses"
     assert "ValueError: refusing 3" in str(err.value)  # the step's own error, from its container
+    # both nodes ran in one container step: the node done before the failure counts as done
+    assert [len(u.indices) for u in wf.last_units.steps] == [2]
+    assert (wf.last_run.ran, wf.last_run.failed) == (1, "refuses")
     drop(client, wf.image)
 
 
@@ -1173,6 +1176,7 @@ def test_a_step_killed_before_it_ends_is_named_from_its_status_file(client, proj
         wf.run_local()
     assert err.value.node_name == "oom"
     assert wf.last_run.ran == 1 and wf.last_run.error is not None  # node 'three' ran; the report says how it ended
+    assert [len(u.indices) for u in wf.last_units.steps] == [2]  # in the same step, killed after it
     drop(client, wf.image)
 
 
