@@ -55,6 +55,8 @@ class Sizes:
     par_nodes: int = 16
     par_sorts: int = 8  # np.sort calls per node (~0.2 s on an idle 2020s core)
     par_reps: int = 3
+    par_py_nodes: int = 8  # figure 11, pure Python: nodes of a Python loop
+    par_py_n: int = 1_500_000  # loop length (~0.04 s on an idle core)
 
 
 FULL = Sizes()
@@ -79,6 +81,8 @@ QUICK = Sizes(
     par_nodes=16,
     par_sorts=2,
     par_reps=2,
+    par_py_nodes=8,
+    par_py_n=200_000,
 )
 
 
@@ -426,6 +430,36 @@ def case_parallel(s: Sizes) -> dict[str, Any]:
     return out
 
 
+def case_parallel_python(s: Sizes) -> dict[str, Any]:
+    """Nodes of a pure Python loop (the GIL held): serial LocalWorkflow, LocalWorkflow(parallel=2)
+    (threads), and the same calls in a fresh pool of 2 forked processes (start included),
+    interleaved repetitions; what threads cannot do and processes can."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    k, n = s.par_py_nodes, s.par_py_n
+    serial = wl.LocalWorkflow(wl.ff_py_fan(k, n), workflow_name="bench_py1")
+    pool = wl.LocalWorkflow(wl.ff_py_fan(k, n), workflow_name="bench_py2", parallel=2)
+    f = wl.py_work.__wrapped__
+
+    def processes() -> int:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as ex:
+            return sum(ex.map(f, range(k), [n] * k))
+
+    out: dict[str, Any] = {"nodes": k, "n": n, "loadavg_before": os.getloadavg()[0],
+                           "serial_s": [], "threads_s": [], "processes_s": []}
+    results = []
+    for _ in range(s.par_reps):
+        for key, fn in (("serial_s", serial.run), ("threads_s", pool.run), ("processes_s", processes)):
+            gc.collect()
+            dt, value = timed(fn)
+            out[key].append(dt)
+            results.append(value)
+    expect(len(set(results)), 1, "the same sum from every run")
+    out["loadavg_after"] = os.getloadavg()[0]
+    return out
+
+
 # -- figure 6: fingerprints -------------------------------------------------------------------------
 def _shm_or(tmp_parent: Path) -> Path:
     """A memory file system if there is one (so storage costs no disk waits and the
@@ -570,6 +604,7 @@ CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "memory_keepall": case_memory_keepall,
     "memory_ff_parallel": case_memory_ff_parallel,
     "parallel": case_parallel,
+    "parallel_python": case_parallel_python,
     "fingerprint_chain": case_fingerprint_chain,
     "fingerprint_array": case_fingerprint_array,
     "signing": case_signing,

@@ -104,7 +104,7 @@ def collect(quick: bool, tmpdir: Path, engines: bool = True) -> dict[str, Any]:
             builds[n].append(run_case_subprocess("build_graph", quick, n, tmpdir))
     raw["build_graph"] = {str(n): v for n, v in builds.items()}
     for name in ("storage_io", "memory_ff", "memory_loop", "memory_keepall", "memory_ff_parallel", "fingerprint_chain",
-                 "fingerprint_array", "signing", "parallel"):
+                 "fingerprint_array", "signing", "parallel", "parallel_python"):
         raw[name] = run_case_subprocess(name, quick, None, tmpdir)
     if engines:
         raw["engines"] = {script: run_engine(script, quick) for _fig, _engine, script in ENGINES}
@@ -321,6 +321,22 @@ def rows_parallel(raw: dict[str, Any]) -> list[Row]:
                f"base/ours >= {PAR_SPEEDUP:g}", lambda _o, r: r is not None and r >= PAR_SPEEDUP),
         judged("11b", f"{what} | base: dask threads, 2 workers", ours, "s", min(d["dask_s"]), "s", "base/ours",
                f"base/ours >= {PAR_VS_DASK:g}", lambda _o, r: r is not None and r >= PAR_VS_DASK),
+        *_rows_parallel_python(raw),
+    ]
+
+
+def _rows_parallel_python(raw: dict[str, Any]) -> list[Row]:
+    """Figure 11, information: pure Python nodes, threads vs a pool of processes."""
+    d = raw.get("parallel_python", {"error": "not run"})
+    if _err(d):
+        return [error_row("11c", "pure Python nodes, parallel=2", "info", str(_err(d)))]
+    what = f"{d['nodes']} pure Python nodes"
+    serial = min(d["serial_s"])
+    return [
+        judged("11c", f"{what}, LocalWorkflow(parallel=2), threads | base: serial LocalWorkflow",
+               min(d["threads_s"]), "s", serial, "s", "base/ours", "info (the GIL: ~1)", None, INFO),
+        judged("11d", f"{what}, the same calls in 2 forked processes | base: serial LocalWorkflow",
+               min(d["processes_s"]), "s", serial, "s", "base/ours", "info (not offered)", None, INFO),
     ]
 
 

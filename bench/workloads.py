@@ -134,3 +134,18 @@ def dask_fan(n_elems: int, n_nodes: int, sorts: int) -> Any:
     data = dask.delayed(make_data.__wrapped__)(n_elems, 0)
     work = dask.delayed(sort_work.__wrapped__)
     return dask.delayed(add_all.__wrapped__)(*[work(data, k, sorts) for k in range(n_nodes)])
+
+
+@workflow
+def py_work(k: int, n: int) -> int:
+    """A pure Python loop: holds the GIL all along."""
+    s = 0
+    for i in range(n):
+        s += i * k % 7
+    return s
+
+
+def ff_py_fan(n_nodes: int, n: int) -> Any:
+    """*n_nodes* independent ``py_work`` nodes and their sum."""
+    return add_all(*[py_work(k, n) for k in range(n_nodes)])
+
