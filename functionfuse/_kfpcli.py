@@ -1,7 +1,7 @@
 """``functionfuse kfp compile|submit``: Kubeflow Pipelines from the command line.
 
     functionfuse kfp compile TARGET [-o FILE] [--workflow NAME] [--image IMAGE] [--storage SPEC] [--resume auto|plan]
-                             [--cluster-settings FILE|NAMESPACE[/NAME] [--kube-context CTX]]
+                             [--cluster-settings FILE|NAMESPACE[/NAME] [--kube-context CTX]] [--no-fusion]
     functionfuse kfp submit  TARGET --host URL [--registry SERVER] [--username USER --password-stdin]
                              [--workflow NAME] [--baseimage IMAGE] [--project DIR] [--wheelhouse DIR]
                              [--storage SPEC] [--cluster-settings ...] [--wait]
@@ -13,7 +13,9 @@ options given here override them). The registry password comes from
 ``--password-stdin`` or ``$FUNCTIONFUSE_REGISTRY_PASSWORD``, the user from ``--username``
 or ``$FUNCTIONFUSE_REGISTRY_USERNAME``. ``--cluster-settings`` applies the settings the
 functionfuse-kfp chart publishes (``KFPWorkflow.set_cluster_settings``) before the other
-options, which override them. Only argparse is imported until a subcommand
+options, which override them. ``compile`` prints how the nodes were put into container
+steps (execution units: chains and groups share a step, at most 10 steps by default;
+``--no-fusion``: one step per node). Only argparse is imported until a subcommand
 runs; then :mod:`functionfuse.backends.addons.kfpback` (``pip install 'functionfuse[kfp]'``).
 """
 
@@ -48,6 +50,8 @@ def _workflow(args: argparse.Namespace, load: Callable[[str], Any], as_nodes: Ca
         wf.set_cluster_settings(args.cluster_settings, context=args.kube_context)
     if args.storage:
         wf.set_storage(storage(args.storage))
+    if args.no_fusion:
+        wf.set_fusion(False)
     return wf
 
 
@@ -110,6 +114,8 @@ def cmd_submit(args: argparse.Namespace, load: Callable, as_nodes: Callable, sto
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-fusion", action="store_true", help="one container step per node (default: chains and "
+                        "groups of nodes share a step, at most 10 steps; KFPWorkflow.set_fusion)")
     parser.add_argument("--cluster-settings", metavar="FILE|NAMESPACE[/NAME]",
                         help="the settings the functionfuse-kfp chart publishes (step storage and its Secret, service "
                         "account, image pull Secret, pipeline root, base image): a file holding the ConfigMap, or the "

@@ -502,18 +502,24 @@ def test_storage_commands_over_s3_by_url_and_by_options_file(tmp_path):
         server.stop()
 
 
-def test_kfp_compile_writes_one_step_per_node_offline(project):
+def test_kfp_compile_writes_the_pipeline_offline_one_step_per_unit_or_per_node(project):
     pytest.importorskip("kfp", reason="the kfp extra is not installed")
     import yaml
 
     out = ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "-o", "out/pipeline.yaml", "--image",
              "registry.example/demo:1", cwd=project)
-    assert out.stdout.strip() == "out/pipeline.yaml" and "2 nodes" in out.stderr
+    # the chain data -> total is one execution unit: one step, and the report says why
+    assert out.stdout.strip() == "out/pipeline.yaml" and "2 nodes of workflow 'demo' compiled into 1 step" in out.stderr
+    assert "unit 1: 2 nodes [chain]: data, total" in out.stderr
     spec = yaml.safe_load((project / "out" / "pipeline.yaml").read_text())
-    tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"data", "total"} and tasks["total"]["dependentTasks"] == ["data"]
+    assert len(spec["root"]["dag"]["tasks"]) == 1
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/demo:1"}
+    out = ff("kfp", "compile", "dag.py:build", "--workflow", "demo", "-o", "out/pipeline.yaml", "--image",
+             "registry.example/demo:1", "--no-fusion", cwd=project)
+    assert "compiled into 2 steps" in out.stderr
+    tasks = yaml.safe_load((project / "out" / "pipeline.yaml").read_text())["root"]["dag"]["tasks"]
+    assert set(tasks) == {"data", "total"} and tasks["total"]["dependentTasks"] == ["data"]
 
 
 def test_kfp_compile_plan_mode_needs_storage_and_leaves_out_stored_nodes(project):

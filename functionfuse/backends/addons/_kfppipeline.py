@@ -29,7 +29,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ...baseworkflow import LOAD, SKIP, BaseWorkflow
+from ...baseworkflow import LOAD, BaseWorkflow
 from ...errors import ConfigurationError
 from ...workflow import ClassNode, MethodNode
 from . import _kfpstep
