@@ -253,10 +253,12 @@ def test_the_logged_summary_says_how_the_run_ended(tmp_path, caplog, func, kind,
 def test_a_run_that_fails_before_any_node_is_not_finished(tmp_path, monkeypatch, caplog):
     storage = file_storage(tmp_path)
 
-    def unreachable(workflow_name):
+    def unreachable(*args, **kwargs):
         raise StorageError("the storage is unreachable")
 
+    # what a plan reads first: the listing, and the fingerprint index with it
     monkeypatch.setattr(storage, "stored_tasks", unreachable)
+    monkeypatch.setattr(storage, "read_fingerprints", unreachable)
     wf = LocalWorkflow(seed_quick_start(), workflow_name="early")
     wf.set_storage(storage)
     with caplog.at_level(logging.INFO, logger="functionfuse"), pytest.raises(StorageError):
