@@ -218,9 +218,9 @@ def _run_unit_task(spec: bytes, since: str | None, *values: Any) -> Any:
         except BaseException as exc:  # KeyboardInterrupt, SystemExit raised by a node in this worker
             if todo.at is None:
                 raise
-            f = NodeFailure.capture(todo.at, "run", exc)
-            f.done = (*done, *todo.done)
-            raise _portable(f) from None
+            failure = NodeFailure.capture(todo.at, "run", exc)
+            failure.done = (*done, *todo.done)
+            raise _portable(failure) from None
         out.update(ran)
         done.extend(times)
     if not exports:
