@@ -12,12 +12,14 @@ result is still stored as soon as it is computed, and reports and errors name no
     python examples/kfp_units.py --local --no-fusion           # one step (container) per node
 
 ``--local`` needs Docker (``scripts/setup-docker.sh``) and a base image with Python 3
-(``--base-image``); bench/kfp_bench.py times both local runs side by side.
+(``--base-image``; ``--wheelhouse DIR`` installs packages without an index);
+bench/kfp_bench.py times both local runs side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 from functionfuse import workflow
@@ -93,9 +95,13 @@ def main() -> None:
     parser.add_argument("--no-fusion", action="store_true", help="one step per node")
     parser.add_argument("--storage", help="folder of the stored results")
     parser.add_argument("--base-image", default="python:3.11-slim")
+    parser.add_argument("--wheelhouse", help="install Python packages from this wheel folder (no index needed)")
     args = parser.parse_args()
 
     wf = KFPWorkflow(campaign(), workflow_name="kfp-units", baseimage=args.base_image)
+    wf.set_project(os.path.dirname(os.path.abspath(__file__)), exclude=["storage/", "*.ffr"])  # this folder
+    if args.wheelhouse:
+        wf.set_wheelhouse(args.wheelhouse)
     if args.no_fusion:
         wf.set_fusion(False)
     if args.storage:
