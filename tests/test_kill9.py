@@ -325,7 +325,7 @@ def _starts(log) -> list[tuple[int, int]]:
     if not os.path.exists(log):
         return []
     with open(log) as f:
-        return [tuple(map(int, line.split())) for line in f.read().splitlines()]
+        return [(int(a), int(b)) for a, b in (line.split() for line in f.read().splitlines())]
 
 
 def test_kill_minus_9_inside_a_fused_unit_loses_at_most_the_node_in_progress(tmp_path):

@@ -147,6 +147,8 @@ class KFPWorkflow(StepImageBuilder, BaseWorkflow):
     query_class = Query
     #: each node is a container step and values pass between steps through storage
     supports_unstored_nodes = False
+    #: a step runs an execution unit: drawings and ``functionfuse plan --units`` show them
+    fuses_units = True
 
     def __init__(
         self,
