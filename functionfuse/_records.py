@@ -62,17 +62,48 @@ def fingerprint_records(graph: Graph) -> list[dict]:
     #: share few functions); it hashes exactly what the general path below hashes
     functions: dict[int, tuple[dict[str, str], str, tuple[str, ...] | None]] = {}
     node_types, plain, join, hexdigest = NODE_TYPES, PLAIN, "\x1f".join, xxhash.xxh3_128_hexdigest
+    version, add_digest, add_record = FINGERPRINT_VERSION, digests.append, records.append
+    last_func: Any = None  # the function of the previous plain node, and its entry above
+    known: tuple[dict[str, str], str, tuple[str, ...] | None] = ({}, "", None)
     with gc_paused():
         for i, node in enumerate(graph.nodes):
             if type(node) is Node and not node.kwargs:
                 func = node.func
-                known = functions.get(id(func))
-                if known is None:
-                    code = fp.code(func)
-                    prefix = join([head, Node.kind, join(f"{k}={v}" for k, v in code.items()), "|"])
-                    known = functions[id(func)] = (code, prefix, fp.positional_names(func))
+                if func is not last_func:
+                    found = functions.get(id(func))
+                    if found is None:
+                        code = fp.code(func)
+                        prefix = join([head, Node.kind, join(f"{k}={v}" for k, v in code.items()), "|"])
+                        found = functions[id(func)] = (code, prefix, fp.positional_names(func))
+                    known, last_func = found, func
                 code, prefix, pnames = known
-                if pnames is not None and len(node.args) <= len(pnames):
+                nargs, ps = node.args, parents[i]
+                if pnames and len(nargs) == 1 and len(ps) < 2:
+                    # one argument, at most one parent (a chain's links): the same bytes
+                    # as the loop below, formatted at once, and the dicts as literals
+                    a = nargs[0]
+                    t = type(a)
+                    if t in node_types:
+                        d = "@N" + digests[index[a]]
+                    elif t in plain:
+                        key = (t, a)
+                        known_d = constants.get(key)
+                        d = constants[key] = fp.value(a) if known_d is None else known_d
+                    else:
+                        d = _arg_digest(fp, a)
+                    pname = pnames[0]
+                    if ps:
+                        p = ps[0]
+                        pn, pd = names[p], digests[p]
+                        digest = hexdigest(f"{prefix}\x1f{pname}={d}\x1f|\x1f{pn}={pd}".encode())
+                        add_digest(digest)
+                        add_record({"v": version, "node": digest, "code": code, "args": {pname: d}, "inputs": {pn: pd}})
+                    else:
+                        digest = hexdigest(f"{prefix}\x1f{pname}={d}\x1f|".encode())
+                        add_digest(digest)
+                        add_record({"v": version, "node": digest, "code": code, "args": {pname: d}, "inputs": {}})
+                    continue
+                if pnames is not None and len(nargs) <= len(pnames):
                     args = {}
                     parts = [prefix]
                     for pname, a in zip(pnames, node.args):

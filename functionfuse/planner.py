@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ._records import fp_join
 from .errors import ConfigurationError
 from .fingerprint import explain
-from .graph import Graph
+from .graph import Graph, gc_paused
 from .workflow import MethodNode
 
 __all__ = [
@@ -153,7 +153,16 @@ def plan(
     :param stored: metadata of the stored results by node name (an Exception for an
         unreadable one); ``None``: no storage (every node runs, nothing is saved).
     :param records: the current fingerprint record of each node (needed with storage).
+
+    The cyclic GC is paused meanwhile: a plan is made of a few objects per node, none
+    in a cycle, and collections they trigger would traverse the graph, the records
+    and what storage holds again and again.
     """
+    with gc_paused():
+        return _plan(graph, stored, records, policies)
+
+
+def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict] | None, policies: Policies) -> Plan:
     g = graph
     n = len(g)
     names = g.names
