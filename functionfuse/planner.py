@@ -243,6 +243,8 @@ def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
         why = f"stored result is unreadable: {meta}"
         return False, CORRUPTED, why, why
     stored = meta.get("fingerprint")
+    if stored is record and record:  # the fingerprint index stood for the current record
+        return (False, CURRENT, "cache is off", "") if policy == "off" else (True, CURRENT, "", "")
     if not stored:
         # nothing is known to have changed: reused by name, recomputed under "fingerprint"
         return policy == "name", UNVERIFIED, "cache is off" if policy == "off" else NO_FINGERPRINT, NO_FINGERPRINT
