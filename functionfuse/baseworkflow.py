@@ -29,7 +29,7 @@ from . import planner as _planner
 from . import _calls
 from ._calls import build_call, call_with_result
 from .inspection import inspectable
-from ._records import fingerprint_records
+from ._records import Records, fingerprint_records
 from .plugins import prepare
 from .drawing import svg_or_none
 from .engine import NodeFailure, NodeTask, failure_error, run_here
@@ -259,15 +259,17 @@ class BaseWorkflow:
         )
 
     # -- planning -----------------------------------------------------------------------
-    def fingerprints(self) -> list[dict]:
-        """The current fingerprint record of each node (see :mod:`functionfuse.fingerprint`)."""
+    def fingerprints(self) -> Sequence[dict]:
+        """The current fingerprint record of each node (see :mod:`functionfuse.fingerprint`):
+        a :class:`~functionfuse._records.Records` sequence, whose node digests are at hand
+        and whose records are built when first read."""
         return fingerprint_records(self.graph)
 
     def policies(self) -> Policies:
         """The cache settings plans of this workflow follow."""
         return Policies(self.cache_policy, dict(self._cache), frozenset(self._unstored))
 
-    def stored_metadata(self, records: list[dict] | None = None) -> dict[str, Any] | None:
+    def stored_metadata(self, records: Sequence[dict] | None = None) -> dict[str, Any] | None:
         """What storage holds of this graph's nodes, by name: the fingerprint record and
         checksum of each stored result (an exception for an unreadable one); None
         without storage. One listing of the storage and its fingerprint index (see
@@ -276,10 +278,13 @@ class BaseWorkflow:
         if self.storage is None:
             return None
         names = self.graph.names
-        current = dict(zip(names, self.fingerprints() if records is None else records))
+        if records is None:
+            records = self.fingerprints()
+        # by name; Records answers with each record's digest, building none
+        current = records.by_name(names) if isinstance(records, Records) else dict(zip(names, records))
         return self.storage.read_fingerprints(self.workflow_name, names, current)
 
-    def make_plan(self, stored: dict[str, Any] | None, records: list[dict] | None = None) -> Plan:
+    def make_plan(self, stored: dict[str, Any] | None, records: Sequence[dict] | None = None) -> Plan:
         """The plan of a run given what storage holds (*stored*, as :meth:`stored_metadata`
         returns it) and the fingerprint *records* (computed if not given)."""
         if stored is not None and records is None:
@@ -288,7 +293,8 @@ class BaseWorkflow:
 
     def plan(self) -> Plan:
         """What :meth:`run` would do with each node now, what storage holds, and why."""
-        return self.make_plan(self.stored_metadata())
+        records = None if self.storage is None else self.fingerprints()
+        return self.make_plan(self.stored_metadata(records), records)
 
     def resume_actions(self, stored: dict[str, Any] | None = None) -> list[str]:
         """The action (RUN, REPLAY, LOAD or SKIP) of each node for a run starting now.

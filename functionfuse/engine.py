@@ -398,7 +398,7 @@ def run_session(wf: "BaseWorkflow") -> Iterator[RunSession]:
     session.finish(None)
 
 
-def plan_run(wf: "BaseWorkflow", session: RunSession) -> tuple[dict[str, Any] | None, list[dict] | None, Plan]:
+def plan_run(wf: "BaseWorkflow", session: RunSession) -> tuple[dict[str, Any] | None, Sequence[dict] | None, Plan]:
     """What storage holds, the fingerprint records and the plan of the run of *session*
     (one listing of storage); warns about the stale results it reuses and counts the
     unreadable ones (warned about when the run ends)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
-from ._records import fp_join
+from ._records import RecordRef, Records, digests_of, fp_join
 from .errors import ConfigurationError
 from .fingerprint import explain
 from .graph import Graph, gc_paused
@@ -102,7 +102,7 @@ class Plan(Sequence[NodePlan]):
         self,
         entries: list[NodePlan],
         *,
-        records: list[dict] | None = None,
+        records: Sequence[dict] | None = None,
         stale: Sequence[tuple[str, str, str]] = (),
         unreadable: Sequence[tuple[str, str]] = (),
     ) -> None:
@@ -177,6 +177,7 @@ def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict
     actions = [SKIP] * n
     reasons = [""] * n
     states = [MISSING] * n
+    digests = digests_of(records)
     details = [""] * n
     default, per_node, unstored = policies.default, policies.per_node, policies.unstored
     needed_by: dict[int, int] = {}  # a never-stored node -> a running node that needs it
@@ -200,7 +201,7 @@ def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict
             reasons[i] = "not stored; runs: " + why
         else:
             policy = per_node.get(i, default)
-            reuse, states[i], why, details[i] = _judge(stored.get(name, None), records[i], policy)
+            reuse, states[i], why, details[i] = _judge(stored.get(name, None), records, digests[i], i, policy)
             if reuse and not replay[i]:
                 if need[i]:
                     actions[i] = LOAD
@@ -228,29 +229,34 @@ def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict
             reasons[i] = "selected by log_nodes(): runs on every run, never stored"
             if states[i] == MISSING:
                 states[i], details[i] = NOT_STORED, "never stored (log_nodes())"
-    effective = _run_records(g, actions, states, stored, records)
+    effective = _run_records(g, actions, states, stored, records, digests)
     unreadable = [(names[i], reasons[i]) for i, s in enumerate(states) if s == CORRUPTED]
-    stale = _stale(g, actions, states, details, stored, records)
+    stale = _stale(g, actions, states, details, stored, digests)
     entries = [NodePlan(*e) for e in zip(names, actions, reasons, states, details)]
     return Plan(entries, records=effective, stale=stale, unreadable=unreadable)
 
 
-def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
-    """(reuse the stored result?, state, reason, state detail) for one node."""
+def _judge(meta: Any, records: Sequence[dict], digest: str, i: int, policy: str) -> tuple[bool, str, str, str]:
+    """(reuse the stored result?, state, reason, state detail) for node *i*, whose
+    current record is ``records[i]`` with node digest *digest* (built only to explain a
+    difference)."""
     if meta is None:
         return False, MISSING, "no stored result", "no stored result"
     if isinstance(meta, Exception):
         why = f"stored result is unreadable: {meta}"
         return False, CORRUPTED, why, why
     stored = meta.get("fingerprint")
-    if stored is record and record:  # the fingerprint index stood for the current record
+    if type(stored) is RecordRef:  # the fingerprint index stood for a current record
+        if (stored.records is records and stored.i == i) or stored.get("node") == digest:
+            return (False, CURRENT, "cache is off", "") if policy == "off" else (True, CURRENT, "", "")
+    elif type(records) is not Records and stored is records[i] and stored:  # the same, given a list
         return (False, CURRENT, "cache is off", "") if policy == "off" else (True, CURRENT, "", "")
     if not stored:
         # nothing is known to have changed: reused by name, recomputed under "fingerprint"
         return policy == "name", UNVERIFIED, "cache is off" if policy == "off" else NO_FINGERPRINT, NO_FINGERPRINT
-    if stored.get("node") == record["node"]:  # the common case of a resumed run: current
+    if stored.get("node") == digest:  # the common case of a resumed run: current
         return (False, CURRENT, "cache is off", "") if policy == "off" else (True, CURRENT, "", "")
-    reasons = explain(stored, record)
+    reasons = explain(stored, records[i])
     state = STALE if reasons else CURRENT
     detail = "; ".join(reasons)
     why = "stale: " + detail if reasons else ""
@@ -262,8 +268,13 @@ def _judge(meta: Any, record: dict, policy: str) -> tuple[bool, str, str, str]:
 
 
 def _run_records(
-    g: Graph, actions: Sequence[str], states: Sequence[str], stored: Mapping[str, Any], records: Sequence[dict]
-) -> list[dict]:
+    g: Graph,
+    actions: Sequence[str],
+    states: Sequence[str],
+    stored: Mapping[str, Any],
+    records: Sequence[dict],
+    digests: Sequence[str],
+) -> Sequence[dict]:
     """The fingerprint record each node that runs is saved with.
 
     A node computed from a parent that is loaded (or skipped) rather than run was
@@ -271,15 +282,16 @@ def _run_records(
     fingerprint of that parent as the input (``UNRECORDED`` if none was stored), so
     a later plan sees it stale if the parent's stored result was. Nodes computed
     from such nodes inherit the difference. Without any, these are the current
-    records (the common case costs one look at the state of each node).
+    records themselves (the common case costs one look at the state of each node, and
+    builds no record).
     """
     # a reused result whose stored fingerprint is not the current one: stale or unverified
     differ = [i for i, state in enumerate(states) if state != CURRENT and state != NOT_STORED and actions[i] in REUSED]
-    out = list(records)
     if not differ:
-        return out
+        return records
+    out = list(records)
     names, parents = g.names, g.parents
-    effective = [r["node"] for r in records]
+    effective = list(digests)
     for i in differ:
         meta = stored.get(names[i])
         fp = meta.get("fingerprint") if isinstance(meta, dict) else None
@@ -288,10 +300,10 @@ def _run_records(
     for i, action in enumerate(actions):
         if action in REUSED:
             continue
-        changed = {names[p]: effective[p] for p in parents[i] if effective[p] != records[p]["node"]}
+        changed = {names[p]: effective[p] for p in parents[i] if effective[p] != digests[p]}
         if changed:
             inputs = {**records[i]["inputs"], **changed}
-            effective[i] = fp_join(records[i]["node"], "computed from", *(f"{k}={v}" for k, v in changed.items()))
+            effective[i] = fp_join(digests[i], "computed from", *(f"{k}={v}" for k, v in changed.items()))
             out[i] = {**records[i], "node": effective[i], "inputs": inputs}
     return out
 
@@ -308,7 +320,7 @@ def _stale(
     states: Sequence[str],
     details: Sequence[str],
     stored: Mapping[str, Any],
-    records: Sequence[dict],
+    digests: Sequence[str],
 ) -> list[tuple[str, str, str]]:
     """(node, why, current digest) of the stale results the run reuses: the node itself
     changed, or an input of it is recomputed in this run and differs from what its
@@ -319,13 +331,13 @@ def _stale(
         if state != STALE or actions[i] not in REUSED:
             continue
         if _own_change(details[i]):
-            stale.append((names[i], details[i], records[i]["node"]))
+            stale.append((names[i], details[i], digests[i]))
             continue
         meta = stored.get(names[i])
         old = (meta.get("fingerprint") or {}).get("inputs", {}) if isinstance(meta, dict) else {}
-        rerun = [names[p] for p in parents[i] if actions[p] == RUN and old.get(names[p]) != records[p]["node"]]
+        rerun = [names[p] for p in parents[i] if actions[p] == RUN and old.get(names[p]) != digests[p]]
         if rerun:
             inputs = ", ".join(map(repr, rerun))
             verb = "is" if len(rerun) == 1 else "are"
-            stale.append((names[i], f"its input {inputs} {verb} recomputed in this run", records[i]["node"]))
+            stale.append((names[i], f"its input {inputs} {verb} recomputed in this run", digests[i]))
     return stale

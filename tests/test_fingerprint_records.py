@@ -75,3 +75,40 @@ def test_a_changed_constant_or_parent_changes_the_chain_from_there_on():
     a, b = chain(0), chain(1)
     assert all(ra["node"] != rb["node"] for ra, rb in zip(a, b))
     assert chain(0) == a  # the same graph twice: the same records
+
+
+def test_records_are_built_on_demand_and_equal_their_list(tmp_path, monkeypatch):
+    """A resumed run compares digests only: planning a stored chain builds no record,
+    a stale result is still planned stale, and a record read twice is the same dict."""
+    import pickle
+
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse._records import Records
+    from functionfuse.storage import storage_factory
+
+    def chain(start):
+        x = inc(start)
+        for _ in range(4):
+            x = inc(x)
+        wf = LocalWorkflow(x, workflow_name="lazy")
+        wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+        return wf
+
+    wf = chain(0)
+    assert wf.run() == 5
+    records = wf.fingerprints()
+    assert isinstance(records, Records) and records == [records[i] for i in range(len(records))]
+    assert records[2] is records[2] and records.digest(2) == records[2]["node"]
+    assert pickle.loads(pickle.dumps(records)) == list(records)
+    ref = wf.stored_metadata(records)[wf.graph.names[3]]["fingerprint"]  # an index entry: the current record
+    assert ref.get("node") == records.digest(3) and pickle.loads(pickle.dumps(ref)) == records[3] == ref
+
+    def no_records(self, i):
+        raise AssertionError(f"record {i} built while planning a resume")
+
+    with monkeypatch.context() as m:
+        m.setattr(Records, "__getitem__", no_records)
+        assert [p.action for p in chain(0).plan()] == ["skip"] * 4 + ["load"]
+    stale = chain(1).plan()  # another constant: every stored result differs
+    assert [p.state for p in stale] == ["stale"] * 5 and [p.action for p in stale] == ["run"] * 5
+    assert "input" in stale[1].detail or "argument" in stale[0].detail
