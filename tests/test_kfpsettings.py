@@ -93,6 +93,7 @@ def test_the_charts_settings_configure_the_steps_and_the_submitted_run(tmp_path)
 
     with KFPAPIStandIn() as api:
         wf = make("chart-settings", kfp_host=api.url)
+        wf.set_fusion(False)  # one step per node: the settings must reach each of them
         settings = wf.set_cluster_settings(path)
         assert settings.service_account == account["metadata"]["name"]
         # the steps' storage: the chart's bucket/prefix at the in-cluster endpoint
