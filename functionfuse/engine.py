@@ -425,9 +425,29 @@ def recompute_damaged(
 
 def execute(wf: "BaseWorkflow", executor: Executor, session: RunSession) -> Mapping[int, Any]:
     """Run *wf* with *executor* in *session*; returns the values of the output nodes."""
+    with _reads_checked(wf) as planned:
+        return _execute(wf, executor, session, planned)
+
+
+@contextlib.contextmanager
+def _reads_checked(wf: "BaseWorkflow") -> Iterator[Any]:
+    """The run's reads of its stored results (in this process and the threads its
+    executor starts) are checked against what its plan saw (``fpindex.check_planned``)."""
+    if wf.storage is None:
+        yield None
+        return
+    from .storage import fpindex
+
+    with fpindex.planned_reads(wf.storage, wf.workflow_name) as planned:
+        yield planned
+
+
+def _execute(wf: "BaseWorkflow", executor: Executor, session: RunSession, planned: Any) -> Mapping[int, Any]:
     report = session.report
     stored, records, plan = plan_run(wf, session)
     for _attempt in range(len(wf.graph) + 1):
+        if planned is not None:
+            planned.expect(stored)
         failures = _drive(wf, executor, plan, stored, session)
         if not failures:
             return executor.results(wf.graph.outputs)

@@ -107,23 +107,32 @@ def test_damaged_index_is_ignored(tmp_path, damage):
     assert run(tmp_path, 2) == (4, 0)
 
 
-def test_result_replaced_between_the_plan_and_its_load_is_recomputed(tmp_path):
+def forge(storage, value):
+    """Store *value* as node "b" through *storage* with the fingerprint "b" has now (what
+    another process could do between a run's plan and its read): only the checksum
+    tells the two results apart."""
+    meta = {k: v for k, v in storage.read_metadata(WF, "b").items() if k not in ("checksum", "format", "signed")}
+    storage.save(WF, "b", value, meta)
+
+
+@pytest.mark.parametrize("parallel", [1, 2], ids=["serial", "pool threads"])
+def test_result_replaced_between_the_plan_and_its_load_is_recomputed(tmp_path, parallel):
     """The identity check happens when the plan is made; a result replaced after it (by
     another process, with the very fingerprint the plan expects) is refused when the run
-    reads it, and recomputed through the damaged-result path: never loaded."""
+    reads it, and recomputed through the damaged-result path: never loaded. With
+    ``parallel=2`` the read happens in a thread of the pool, which must see the plan."""
     from functionfuse.errors import ResultRecomputedWarning
 
     assert run(tmp_path, 1) == (2, 2)
-    wf = LocalWorkflow(double(source(1).set_name("a")).set_name("b"), workflow_name=WF)
+    wf = LocalWorkflow(double(source(1).set_name("a")).set_name("b"), workflow_name=WF, parallel=parallel)
     storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
     wf.set_storage(storage)
     other = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
-    forged_meta = {k: v for k, v in other.read_metadata(WF, "b").items() if k not in ("checksum", "format", "signed")}
     read = storage.read_task
 
     def replaced_first(workflow, task):
         if task == "b":
-            other.save(WF, "b", 9, forged_meta)  # same fingerprint as what the plan saw, other value
+            forge(other, 9)  # same fingerprint as what the plan saw, other value
         return read(workflow, task)
 
     storage.read_task = replaced_first
@@ -131,5 +140,52 @@ def test_result_replaced_between_the_plan_and_its_load_is_recomputed(tmp_path):
         assert wf.run() == 2
     assert (wf.last_run.ran, wf.last_run.recomputed) == (1, 1)
     del storage.read_task
-    other.save(WF, "b", 9, forged_meta)
+    forge(other, 9)
     assert storage.read_task(WF, "b") == 9  # after the run, a read by hand is not checked against its plan
+
+
+def test_the_check_belongs_to_the_run_not_to_the_storage_object(tmp_path):
+    """Two runs of one workflow share a storage object, one inside the other (as two
+    threads or a notebook can interleave them). The inner run plans after "b" was
+    replaced and loads the new result, which its own plan judged; then the outer run
+    reads "b": it must still be checked against the outer plan (refused, recomputed),
+    not against the inner run's plan, and not unchecked because the inner run ended."""
+    from functionfuse.errors import ResultRecomputedWarning
+
+    assert run(tmp_path, 1) == (2, 2)
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    other = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    outer = LocalWorkflow(double(source(1).set_name("a")).set_name("b"), workflow_name=WF)
+    inner = LocalWorkflow(double(source(1).set_name("a")).set_name("b"), workflow_name=WF)
+    outer.set_storage(storage)
+    inner.set_storage(storage)
+    read = storage.read_task
+    inner_values = []
+
+    def replaced_then_inner_run(workflow, task):
+        if task == "b" and not inner_values:
+            forge(other, 9)
+            inner_values.append(None)
+            storage.read_task = read  # the inner run reads as usual
+            inner_values[0] = inner.run()
+            storage.read_task = replaced_then_inner_run
+        return read(workflow, task)
+
+    storage.read_task = replaced_then_inner_run
+    with pytest.warns(ResultRecomputedWarning, match="replaced after the plan was made"):
+        assert outer.run() == 2
+    assert inner_values == [9]  # the inner plan saw the forged result: its own judgement
+    assert (inner.last_run.loaded, outer.last_run.ran, outer.last_run.recomputed) == (1, 1, 1)
+
+
+def test_a_plan_alone_checks_no_later_read(tmp_path):
+    """``wf.plan()`` is not a run: it leaves nothing behind that refuses a result
+    legitimately replaced afterwards and read by hand."""
+    assert run(tmp_path, 1) == (2, 2)
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf = LocalWorkflow(double(source(1).set_name("a")).set_name("b"), workflow_name=WF)
+    wf.set_storage(storage)
+    assert [step.action for step in wf.plan()] == ["skip", "load"]
+    other = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    other.save(WF, "b", 7)  # replaced by another process (or storage object)
+    assert storage.read_task(WF, "b") == 7

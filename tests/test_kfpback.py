@@ -765,6 +765,39 @@ def test_a_step_marks_a_damaged_stored_result_and_the_steps_after_it_pass_it_on(
         storage.read_task("step-damaged", "node1")  # left as it was, for the user to remove
 
 
+def test_a_step_refuses_a_result_replaced_after_its_plan(dag, project, tmp_path, monkeypatch):
+    """A step plans (``auto``), then reads node3's stored result (the output: the plan loads it); if another process
+    replaced it in between (same fingerprint, other value), the step must not load it:
+    it is handled as a damaged result (marked), as in every other backend."""
+    from functionfuse.backends.addons import _kfpstep
+
+    storage = file_storage(tmp_path / "storage")
+    local = LocalWorkflow(dag.seed(), workflow_name="step-replaced")
+    local.set_storage(storage)
+    assert local.run() == SEED_RESULT
+    wf = make([dag.seed()], "step-replaced", project)
+    snapshot = tmp_path / "dag.pkl"
+    snapshot.write_bytes(_kfpstep.dump_snapshot(wf))
+    other = file_storage(tmp_path / "storage")
+    meta = {k: v for k, v in other.read_metadata("step-replaced", "node3").items() if k not in ("checksum", "format", "signed")}
+    read = type(storage).read_task
+
+    def replaced_first(self, workflow, task):
+        if task == "node3":
+            other.save(workflow, task, -1, meta)  # the fingerprint the plan expects, another value
+        return read(self, workflow, task)
+
+    monkeypatch.setattr(type(storage), "read_task", replaced_first)
+    out = tmp_path / "node3"
+    argv = ["--snapshot", str(snapshot), "--storage", _kfpstep.encode_storage(storage), "--node", "node3",
+            "--action", "auto", "--result", str(out / "result"), "--status", str(out / "status"), "--damaged", "mark"]
+    assert _kfpstep.main(argv) == 0
+    with open(out / "status") as f:
+        status = json.load(f)
+    assert status["action"] == "damaged" and "replaced after the plan" in status["message"]
+    assert type(_kfpstep.load_value(str(out / "result"), "node3")) is _kfpstep.DamagedResult
+
+
 # -- submission through the real kfp.Client (no Docker) ------------------------------------------
 def test_submit_sends_the_compiled_pipeline_through_kfp_client(dag, project, tmp_path):
     with KFPAPIStandIn() as api:

@@ -328,12 +328,6 @@ class Storage(ABC):
     def _delete_index(self, workflow_name: str) -> None:
         """Remove the fingerprint index of the workflow (none is not an error)."""
 
-    def _fp_plans(self) -> dict:
-        """``{workflow: {task: checksum}}``: what the plan of a run in progress saw stored
-        (read results are checked against it; see ``fpindex.check_planned``)."""
-        plans: dict[str, dict] = self.__dict__.setdefault("_fp_planned", {})
-        return plans
-
     def _fp_journal(self, workflow_name: str) -> dict:
         """The index entries of results this object saved and has not written to the
         index yet (never pickled: kinds pickle their options only)."""

@@ -28,12 +28,14 @@ ignored: every header is read, as without an index. With a signing key set, only
 index signed with that key (a keyed BLAKE3 tag over its body) and entries made from
 signed headers are used.
 
-What a plan saw is checked again when a run in the same process reads a result
-(:func:`check_planned`): its payload checksum must be the one of the entry (or header)
-the plan used, else the result was replaced after the plan and is refused as damaged,
-so the run recomputes the node (reads in other processes, Ray workers or KFP steps,
-rely on the identity check alone). At worst a stale entry costs a header read or a
-recompute, never a wrong value.
+What a run's plan saw is checked again when the run reads a result in the process
+that planned (:func:`check_planned`): its payload checksum must be the one of the entry
+(or header) the plan used, else the result was replaced after the plan and is refused as
+damaged, so the run recomputes the node (reads in other processes, Ray workers, rely on
+the identity check alone). The checksums belong to the run (:func:`planned_reads`, a
+context variable its threads inherit), not to the storage object: another run sharing
+the object, or a plan made without a run, neither changes nor ends the check. At worst
+a stale entry costs a header read or a recompute, never a wrong value.
 
 Entries are made from a header read while planning, with the identity listed *before*
 it was read (a result replaced in between leaves an entry that no longer matches), and
@@ -54,7 +56,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any, Iterable, Mapping, NamedTuple
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import xxhash
 
@@ -64,7 +68,7 @@ from . import signing
 
 __all__ = [
     "IndexEntry", "FORMAT", "VERSION", "NAME", "parse", "render", "entry_line", "usable", "read_fingerprints",
-    "save_index", "note_published", "check_planned", "MAX_JOURNAL",
+    "save_index", "note_published", "check_planned", "planned_reads", "PlannedReads", "MAX_JOURNAL",
 ]
 
 log = logging.getLogger("functionfuse.storage")
@@ -242,10 +246,6 @@ def _read_fingerprints(
                 kept[name] = line
                 old = index.get(name)
                 made += old is None or old.line != line  # a stale entry read again is no change
-    if storage._journal_saves:  # what this plan assumes is stored: checked when loaded (check_planned)
-        storage._fp_plans()[workflow_name] = {
-            name: m["checksum"] for name, m in out.items() if isinstance(m, dict) and isinstance(m.get("checksum"), str)
-        }
     # results of this workflow the caller did not ask about keep a matching entry
     for source in (journal, index):
         for name, entry in source.items():
@@ -263,7 +263,6 @@ def _read_fingerprints(
 
 def save_index(storage: Any, workflow_name: str) -> None:
     """See :meth:`functionfuse.storage.base.Storage.save_fingerprint_index`."""
-    storage._fp_plans().pop(workflow_name, None)  # the run is over: its loads are done
     journal = dict(storage._fp_journal(workflow_name))
     if not journal:
         return
@@ -283,9 +282,9 @@ def note_published(storage: Any, workflow_name: str, task_name: str, identity: s
     wrote has *identity*), for the index written at the end of the run."""
     if not storage._journal_saves:
         return
-    planned = storage._fp_plans().get(workflow_name)
-    if planned is not None and isinstance(header.get("checksum"), str):
-        planned[task_name] = header["checksum"]  # this object replaced it: that is what is stored now
+    planned = _PLANNED.get()
+    if planned is not None and planned.storage is storage and planned.workflow == workflow_name:
+        planned.saved(task_name, header.get("checksum"))  # the run replaced it: that is what is stored now
     meta = header.get("meta")
     meta = {
         "fingerprint": meta.get("fingerprint") if isinstance(meta, dict) else None,
@@ -301,17 +300,64 @@ def note_published(storage: Any, workflow_name: str, task_name: str, identity: s
     journal[task_name] = IndexEntry(identity, fields[2], fields[3] == "1", fields[4], line)
 
 
+class PlannedReads:
+    """The payload checksums a run's plan saw stored (``{task: checksum}``), for the
+    reads of one storage object and workflow (see :func:`planned_reads`)."""
+
+    __slots__ = ("storage", "workflow", "checksums")
+
+    def __init__(self, storage: Any, workflow_name: str) -> None:
+        self.storage = storage
+        self.workflow = workflow_name
+        self.checksums: dict[str, str] = {}
+
+    def expect(self, stored: Mapping[str, Any] | None) -> None:
+        """Check reads against *stored* (what the run's latest plan was made from)."""
+        self.checksums = {
+            name: m["checksum"]
+            for name, m in (stored or {}).items()
+            if isinstance(m, dict) and isinstance(m.get("checksum"), str)
+        }
+
+    def saved(self, task_name: str, checksum: Any) -> None:
+        if isinstance(checksum, str):
+            self.checksums[task_name] = checksum
+        else:
+            self.checksums.pop(task_name, None)
+
+
+#: the plan of the run in progress in this context (threads a run starts copy it)
+_PLANNED: ContextVar[PlannedReads | None] = ContextVar("functionfuse_planned_reads", default=None)
+
+
+@contextmanager
+def planned_reads(storage: Any, workflow_name: str) -> Iterator[PlannedReads]:
+    """While the block runs, reads of *workflow_name* from *storage* in this context
+    are checked against the checksums :meth:`PlannedReads.expect` is given (a run's
+    plan); threads the run starts must run in a copy of the context
+    (:func:`contextvars.copy_context`) to be checked too."""
+    planned = PlannedReads(storage, workflow_name)
+    token = _PLANNED.set(planned)
+    try:
+        yield planned
+    finally:
+        _PLANNED.reset(token)
+
+
 def check_planned(storage: Any, workflow_name: str, task_name: str, header: Mapping[str, Any], where: str) -> None:
     """Refuse a result read during a run that is not the one the run's plan saw.
 
     The plan read each result's checksum from the index (or its header); a result
     replaced since (by another process) has another one. It is then treated as damaged:
     the run recomputes the node instead of loading a value its plan did not judge.
+    Reads outside a run (no :func:`planned_reads` in this context) are not checked.
 
     :raises CorruptedResultError: the checksums differ.
     """
-    planned = storage.__dict__.get("_fp_planned")
-    expected = planned.get(workflow_name, {}).get(task_name) if planned else None
+    planned = _PLANNED.get()
+    if planned is None or planned.storage is not storage or planned.workflow != workflow_name:
+        return
+    expected = planned.checksums.get(task_name)
     if expected is not None and header.get("checksum") != expected:
         raise CorruptedResultError(
             f"{where} is not the result this run planned with (checksum {header.get('checksum')}, planned "

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copyreg
 import hashlib
 import importlib
@@ -48,7 +49,7 @@ import pickle
 import sys
 import time
 import types
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from ...baseworkflow import LOAD, REPLAY, RUN, RUNS, SKIP, BaseWorkflow
 from ...errors import (
@@ -60,6 +61,7 @@ from ...errors import (
     TaskNotFoundError,
     missing_dependency,
 )
+from ...storage import fpindex
 from ...workflow import NODE_TYPES, Decorated, MethodNode, workflow
 
 __all__ = ["SNAPSHOT_PATH", "DAMAGED", "PASSED_ON", "DamagedResult", "dump_snapshot",
@@ -378,8 +380,8 @@ def run_step(
         wf.set_storage(decode_storage(storage))
     # the plan, computed once: for the actions (``auto``) and the fingerprint record each
     # result is stored with (that of the node computed from its parents' stored results)
-    plan = wf.make_plan(wf.stored_metadata()) if wf.storage is not None and any(
-        a in ("auto", RUN) for a in actions) else None
+    stored = wf.stored_metadata() if wf.storage is not None and any(a in ("auto", RUN) for a in actions) else None
+    plan = wf.make_plan(stored) if stored is not None else None
     if "auto" in actions and plan is not None:
         wf.warn_stale(plan)
         if plan.unreadable:
@@ -388,73 +390,86 @@ def run_step(
     for a in acts:
         if a not in (RUN, REPLAY, LOAD, SKIP):
             raise ConfigurationError(f"Unknown step action {a!r}; expected one of {', '.join(ACTIONS)}.")
-    done = [] if done is None else done
-    log.info("%s of workflow %r: %s", _label(nodes), wf.workflow_name, ", ".join(sorted(set(acts))))
-    values: dict[int, Any] = {}
-    for parent, path in inputs:
-        values[g.name_index[parent]] = load_value(path, f"Input {parent!r} of {_label(nodes)}")
-    running = [a in RUNS for a in acts]
-    marker = next((v for v in values.values() if type(v) is DamagedResult), None)
-    if marker is not None and any(running):  # computed from a damaged result it would be wrong: no run
-        log.warning("%s not run: its input %r is a damaged stored result", _label(nodes), marker.node)
-        _pass_on(nodes, 0, outputs, state, marker, PASSED_ON, done)
-        return done
-    # where each value is needed last in this step (values are dropped after that)
-    last: dict[int, int] = {}
-    for k, i in enumerate(idx):
-        if running[k]:
-            for p in g.data_parents[i]:
-                last[p] = k
-    for k, i in enumerate(idx):
-        node, action = nodes[k], acts[k]
-        if progress is not None:
-            progress(node)
-        seconds = 0.0
-        instance: Any = None
-        if action == SKIP:
-            value: Any = _NotComputed(node, "skipped: stored, and no node that runs needs it")
-            instance = _NotComputed(node, "skipped")
-        elif action == LOAD:
-            if wf.storage is None:
-                raise ConfigurationError(f"Node {node!r} is to be loaded from storage, but the step was given no storage.")
-            try:
-                value = wf.load_result(i)
-            except CorruptedResultError as exc:
-                if damaged != "mark":
-                    raise CorruptedResultError(
-                        f"The stored result of node {node!r} of workflow {wf.workflow_name!r} is damaged ({exc}). "
-                        f"Remove it (functionfuse storage rm {wf.workflow_name} {node!r}) and run the pipeline "
-                        "again: the node is then recomputed.",
-                        path=exc.path,
-                    ) from exc
-                log.warning("node %r: stored result damaged, to be recomputed: %s", node, exc)
-                _pass_on(nodes, k, outputs, state, DamagedResult(node, str(exc)), DAMAGED, done)
-                return done
-            instance = _NotComputed(node, "loaded from storage: the instance is not stored")
-        else:
-            for p in g.data_parents[i]:
-                v = values.get(p)
-                if isinstance(v, _NotComputed):
-                    raise StalePlanError(
-                        f"Node {node!r} needs the value of node {g.names[p]!r}, which this run did not compute "
-                        f"({v.why}). Storage changed since the pipeline was compiled: compile and run it again."
-                    )
-            save = plan is not None and action == RUN
-            t = time.perf_counter()
-            value = wf.run_node(i, values, save=save, record=plan.record(i) if plan is not None and save else None)
-            seconds = time.perf_counter() - t
-            log.info("node %r ran in %.3f s%s", node, seconds, " (stored)" if save else "")
+    with _reads_checked(wf, stored):
+        done = [] if done is None else done
+        log.info("%s of workflow %r: %s", _label(nodes), wf.workflow_name, ", ".join(sorted(set(acts))))
+        values: dict[int, Any] = {}
+        for parent, path in inputs:
+            values[g.name_index[parent]] = load_value(path, f"Input {parent!r} of {_label(nodes)}")
+        running = [a in RUNS for a in acts]
+        marker = next((v for v in values.values() if type(v) is DamagedResult), None)
+        if marker is not None and any(running):  # computed from a damaged result it would be wrong: no run
+            log.warning("%s not run: its input %r is a damaged stored result", _label(nodes), marker.node)
+            _pass_on(nodes, 0, outputs, state, marker, PASSED_ON, done)
+            return done
+        # where each value is needed last in this step (values are dropped after that)
+        last: dict[int, int] = {}
+        for k, i in enumerate(idx):
+            if running[k]:
+                for p in g.data_parents[i]:
+                    last[p] = k
+        for k, i in enumerate(idx):
+            node, action = nodes[k], acts[k]
+            if progress is not None:
+                progress(node)
+            seconds = 0.0
+            instance: Any = None
+            if action == SKIP:
+                value: Any = _NotComputed(node, "skipped: stored, and no node that runs needs it")
+                instance = _NotComputed(node, "skipped")
+            elif action == LOAD:
+                if wf.storage is None:
+                    raise ConfigurationError(f"Node {node!r} is to be loaded from storage, but the step was given no storage.")
+                try:
+                    value = wf.load_result(i)
+                except CorruptedResultError as exc:
+                    if damaged != "mark":
+                        raise CorruptedResultError(
+                            f"The stored result of node {node!r} of workflow {wf.workflow_name!r} is damaged ({exc}). "
+                            f"Remove it (functionfuse storage rm {wf.workflow_name} {node!r}) and run the pipeline "
+                            "again: the node is then recomputed.",
+                            path=exc.path,
+                        ) from exc
+                    log.warning("node %r: stored result damaged, to be recomputed: %s", node, exc)
+                    _pass_on(nodes, k, outputs, state, DamagedResult(node, str(exc)), DAMAGED, done)
+                    return done
+                instance = _NotComputed(node, "loaded from storage: the instance is not stored")
+            else:
+                for p in g.data_parents[i]:
+                    v = values.get(p)
+                    if isinstance(v, _NotComputed):
+                        raise StalePlanError(
+                            f"Node {node!r} needs the value of node {g.names[p]!r}, which this run did not compute "
+                            f"({v.why}). Storage changed since the pipeline was compiled: compile and run it again."
+                        )
+                save = plan is not None and action == RUN
+                t = time.perf_counter()
+                value = wf.run_node(i, values, save=save, record=plan.record(i) if plan is not None and save else None)
+                seconds = time.perf_counter() - t
+                log.info("node %r ran in %.3f s%s", node, seconds, " (stored)" if save else "")
+                if state:
+                    instance = values[g.index_of(g.nodes[i].instance)]  # type: ignore[attr-defined]
+            if node in outputs:
+                dump_value(value, outputs[node], f"Result of node {node!r}")
             if state:
-                instance = values[g.index_of(g.nodes[i].instance)]  # type: ignore[attr-defined]
-        if node in outputs:
-            dump_value(value, outputs[node], f"Result of node {node!r}")
-        if state:
-            dump_value(instance, state, f"Instance state after node {node!r}")
-        values[i] = value
-        for p in [p for p, kk in last.items() if kk == k] + ([] if i in last else [i]):
-            values.pop(p, None)
-        done.append({"node": node, "action": action, "seconds": seconds})
-    return done
+                dump_value(instance, state, f"Instance state after node {node!r}")
+            values[i] = value
+            for p in [p for p, kk in last.items() if kk == k] + ([] if i in last else [i]):
+                values.pop(p, None)
+            done.append({"node": node, "action": action, "seconds": seconds})
+        return done
+
+
+@contextlib.contextmanager
+def _reads_checked(wf: BaseWorkflow, stored: dict[str, Any] | None) -> Iterator[None]:
+    """The step's reads of stored results are checked against what its plan saw (a
+    result replaced since is refused as damaged: ``fpindex.check_planned``)."""
+    if wf.storage is None or stored is None:
+        yield
+        return
+    with fpindex.planned_reads(wf.storage, wf.workflow_name) as planned:
+        planned.expect(stored)
+        yield
 
 
 def _pass_on(nodes: Sequence[str], start: int, outputs: Mapping[str, str], state: str | None, marker: DamagedResult,

@@ -29,6 +29,7 @@ stopped and runs on, but it stores nothing after the timeout and reports nothing
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import logging
 import threading
@@ -313,7 +314,11 @@ class PoolExecutor:
 
     # -- workers ----------------------------------------------------------------------------
     def _spawn(self) -> None:
-        thread = threading.Thread(target=self._work, name=f"functionfuse-{self.wf.workflow_name}", daemon=True)
+        # the run's context (its plan, which checks what its reads find: fpindex.check_planned)
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(self._work,), name=f"functionfuse-{self.wf.workflow_name}", daemon=True
+        )
         self._threads.append(thread)
         thread.start()
 
