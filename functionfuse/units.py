@@ -31,6 +31,7 @@ them as inputs.
 
 from __future__ import annotations
 
+import copy
 import heapq
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
@@ -153,6 +154,7 @@ def _partition(
     running = [a in RUNS for a in actions]
     if groups:
         _check_groups(g, groups, keys, deps)
+    deps = deps.running_only(running)
     unit = [-1] * n
     members: list[list[int]] = []
     why: list[str] = []
@@ -220,20 +222,37 @@ class _Deps:
     """What each node must come after: its parents, and for a node that uses a class
     node's object (not one of its method calls), the method call written before it;
     the method call written after it must in turn come after the node. LocalWorkflow
-    runs them in the order written, so units must not reorder them."""
+    runs them in the order written, so units must not reorder them. Among the nodes
+    that run (:meth:`running_only`), a node comes after the nearest one written before
+    it that runs: a skipped or loaded node in between does not break the order."""
 
     def __init__(self, g: Graph) -> None:
         self.parents = g.parents
         self.extra: dict[int, list[int]] = {}
+        #: per class node with users of its object: it, its calls and the users, in written order
+        self.sequences: list[list[int]] = []
         for k, calls in g.chains.items():
             chain = set(calls)
             users = [c for c in set(g.children[k]) if c not in chain and k in g.data_parents[c]]
-            if not users:
-                continue
-            seq = sorted({k, *calls, *users})
-            for a, b in zip(seq, seq[1:]):
-                if a not in g.parents[b]:
-                    self.extra.setdefault(b, []).append(a)
+            if users:
+                self.sequences.append(sorted({k, *calls, *users}))
+        self._link(None)
+
+    def _link(self, running: Sequence[bool] | None) -> None:
+        self.extra = {}
+        for seq in self.sequences:
+            last = -1
+            for b in seq:
+                if last >= 0 and last not in self.parents[b]:
+                    self.extra.setdefault(b, []).append(last)
+                if running is None or running[b]:
+                    last = b
+
+    def running_only(self, running: Sequence[bool]) -> "_Deps":
+        """The same order among the nodes that run (see the class documentation)."""
+        deps = copy.copy(self)
+        deps._link(running)
+        return deps
 
     def __call__(self, i: int) -> Sequence[int]:
         extra = self.extra.get(i)

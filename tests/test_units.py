@@ -441,6 +441,33 @@ def test_merging_keeps_users_of_an_object_between_the_method_calls_they_were_wri
     assert wf.run() == expected
 
 
+def test_a_skipped_user_of_an_object_does_not_free_the_next_one_from_the_call_order(tmp_path):
+    """Two users of an object written after its second method call; the first of them is
+    stored and not needed (skipped). The order edge between the call and the second
+    user ran through the skipped one: the second user must still come after the call."""
+
+    def dag():
+        rec = Recorder().set_name("rec")
+        rec.add(1).set_name("first")
+        second = rec.add(2).set_name("second")
+        mid = snapshot(rec).set_name("mid")
+        late = snapshot(rec).set_name("late")
+        return second, late, mid
+
+    for cls in (LocalWorkflow, _UnitsWorkflow):
+        storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / cls.__name__)}})
+        wf = cls(*dag(), workflow_name="order")
+        wf.set_storage(storage)
+        assert wf.run() == [[1, 2], [1, 2], [1, 2]]
+        wf = cls(*dag()[:2], workflow_name="order")  # "mid" only stored now: skipped
+        wf.set_storage(storage)
+        wf.set_fusion(True, max_units=1)
+        wf.query("^(rec|first|second|late)$").set_cache("off")
+        assert [(step.name, step.action) for step in wf.plan()][-2:] == [("mid", "skip"), ("late", "run")]
+        assert wf.run() == [[1, 2], [1, 2]], cls.__name__
+        assert storage.read_task("order", "late") == [1, 2]
+
+
 def test_a_group_that_would_move_a_user_of_an_object_past_a_method_call_is_refused():
     rec = Recorder().set_name("rec")
     first = rec.add(1).set_name("first")
