@@ -23,6 +23,7 @@ one ``StaleResultWarning`` of a run) or cannot read (:attr:`Plan.unreadable`).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -169,7 +170,7 @@ def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict
     if stored is None:
         return Plan([NodePlan(name, RUN, "no storage", NO_STORAGE, "") for name in names])
     assert records is not None, "a plan with storage needs the fingerprint records"
-    nodes, data_parents = g.nodes, g.data_parents
+    nodes, data_parents, chains = g.nodes, g.data_parents, g.chains
     need = [False] * n
     for o in g.outputs:
         need[o] = True
@@ -219,6 +220,11 @@ def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict
             need[p] = True
             if unstored and p in unstored:
                 needed_by.setdefault(p, i)
+            calls = chains.get(p)
+            if calls:  # p is a class node: its object must be as the calls written before i left it
+                k = bisect.bisect_left(calls, i)
+                if not (k < len(calls) and calls[k] == i) and k > 0:
+                    replay[calls[k - 1]] = True
         node = nodes[i]
         if type(node) is MethodNode:
             replay[g.index_of(node.previous)] = True

@@ -189,3 +189,44 @@ def test_without_storage_a_plan_saves_nothing():
     p = plan(chain(), None, None)
     assert p.records is None and p.record(0) is None
     assert p.actions == [RUN, RUN, RUN] and p.count(RUN) == 3 and p.action("b") == RUN
+
+
+@workflow
+class Acc:
+    def __init__(self, v):
+        self.v = v
+
+    def add(self, x):
+        self.v = self.v * 3 + x
+        return self.v
+
+
+@workflow
+def peek(acc, x):
+    return acc.v * 7 + x
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_user_of_an_object_rerun_on_resume_sees_the_calls_written_before_it(tmp_path, parallel):
+    """``peek`` takes the object after ``add(5)`` was called on it; rerun alone on a
+    resume (its result removed), it must get the object as ``add`` left it: the class
+    node and the call are replayed, not loaded (a loaded class node is the object as
+    constructed)."""
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse.storage import storage_factory
+
+    def build():
+        acc = Acc(1).set_name("acc")
+        first = acc.add(5).set_name("add")
+        return peek(acc, first).set_name("peek")
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf = LocalWorkflow(build(), workflow_name="peek", parallel=parallel)
+    wf.set_storage(storage)
+    assert wf.run() == (1 * 3 + 5) * 7 + 8
+    storage.remove_task("peek", "peek")
+    wf = LocalWorkflow(build(), workflow_name="peek", parallel=parallel)
+    wf.set_storage(storage)
+    assert [(step.name, step.action) for step in wf.plan()] == [("acc", REPLAY), ("add", REPLAY), ("peek", RUN)]
+    assert wf.run() == 64
+    assert storage.read_task("peek", "peek") == 64
