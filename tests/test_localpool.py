@@ -96,6 +96,30 @@ def test_timeout_must_be_positive_seconds(seconds):
         wf.query().set_timeout(seconds)
 
 
+def test_retries_refuse_class_nodes_and_method_calls():
+    """A retry of a method call would apply it twice to the object it already changed
+    (and a failed save is retried by running the node again)."""
+
+    @workflow
+    class Acc:
+        def __init__(self, v):
+            self.v = v
+
+        def add(self, x):
+            self.v += x
+            return self.v
+
+    acc = Acc(1).set_name("acc")
+    wf = LocalWorkflow(pair(acc.add(5).set_name("add5"), 1).set_name("out"), workflow_name="q")
+    with pytest.raises(ConfigurationError, match=r"'acc', 'add5' are class nodes or method calls.*pattern"):
+        wf.query().set_retries(1)
+    with pytest.raises(ConfigurationError, match=r"'add5' is a class node or method call"):
+        wf.query("^add5$").set_retries(2)
+    wf.query().set_retries(0)
+    wf.query("^out$").set_retries(2)
+    assert wf.run() == 7
+
+
 def test_a_query_matching_nothing_refuses_retries_and_timeouts():
     wf = LocalWorkflow(pair(1, 2), workflow_name="q")
     for setter, arg in (("set_retries", 1), ("set_timeout", 1.0)):
@@ -359,6 +383,34 @@ def test_method_calls_and_users_of_an_object_run_in_order():
     second = c.add(2)
     out = LocalWorkflow(first, seen, second, workflow_name="object", parallel=4).run()
     assert out == [[1], [1], [1, 2]]
+
+
+def test_a_node_given_the_object_by_a_method_call_runs_before_the_calls_written_after_it():
+    """``fit`` returns its object (as scikit-learn's does): ``predict`` uses the live
+    object through fit's result, so ``set_k``, written after it, must wait for it."""
+
+    @workflow
+    class Model:
+        def __init__(self, k):
+            self.k = k
+
+        def fit(self, x):
+            self.coef = x * self.k
+            return self
+
+        def set_k(self, k):
+            self.k, self.coef = k, -1
+            return k
+
+    @workflow
+    def predict(model, x):
+        time.sleep(0.2)  # set_k would run meanwhile if nothing ordered them
+        return model.coef * x
+
+    m = Model(2).set_name("model")
+    pred = predict(m.fit(3).set_name("fit"), 10).set_name("predict")
+    later = m.set_k(5).set_name("set_k")
+    assert LocalWorkflow(pred, later, workflow_name="object", parallel=2).run() == [60, 5]
 
 
 # -- random DAGs against plain Python (tests/test_property.py, run by the pool) ---------------

@@ -38,9 +38,9 @@ from typing import Any, Mapping, Sequence
 
 from ...engine import Completion, NodeFailure, NodeTask, load_here
 from ...errors import NodeTimeoutError
-from ...planner import Plan
+from ...planner import SKIP, Plan
 from ...report import RunReport
-from ...workflow import ClassNode
+from ...workflow import ClassNode, MethodNode
 
 __all__ = ["PoolExecutor"]
 
@@ -130,7 +130,8 @@ class PoolExecutor:
     def start(self, plan: Plan) -> None:
         with self._cond:
             self._reset(len(plan))
-        while len(self._threads) < self.workers:
+        busy = sum(1 for step in plan if step.action != SKIP)  # no more threads than nodes to run or load
+        while len(self._threads) < min(self.workers, max(1, busy)):
             self._spawn()
 
     def submit(self, task: NodeTask) -> None:
@@ -154,12 +155,18 @@ class PoolExecutor:
                 users[p] = users.get(p, 0) + 1
             after = set(g.parents[i])
             nodes, touch = g.nodes, self._touch
+            objects = set()
             for p in g.data_parents[i]:
-                if type(nodes[p]) is ClassNode:  # the live object: one node at a time uses it, in order
-                    last = touch.get(p)
-                    if last is not None:
-                        after.add(last)
-                    touch[p] = i
+                kind = type(nodes[p])
+                if kind is ClassNode:
+                    objects.add(p)
+                elif kind is MethodNode:  # a call may return its object (``fit`` returning self)
+                    objects.add(g.index_of(nodes[p].instance))
+            for k in objects:  # the live object: one node at a time uses it, in the order written
+                last = touch.get(k)
+                if last is not None:
+                    after.add(last)
+                touch[k] = i
             waiting = 0
             for p in after:
                 if p in self._unfinished:

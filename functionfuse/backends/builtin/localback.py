@@ -29,7 +29,7 @@ from ...planner import Plan
 from ...query import Query as BaseQuery
 from ...query import targets
 from ...report import Progress, RunReport
-from ...workflow import executing_nodes
+from ...workflow import ClassNode, MethodNode, executing_nodes
 from ._localpool import PoolExecutor
 
 __all__ = ["LocalWorkflow", "Query"]
@@ -48,10 +48,21 @@ class Query(BaseQuery):
         cannot be stored); 0: never again (the default). A retry runs in the same worker
         right away; ``last_run.retries`` names the nodes retried and how often. A node
         that timed out is not retried (its thread still runs). Like Prefect's ``retries``.
+
+        Class nodes and method calls are refused: a call changes its object, so running
+        it again would apply it twice (and store what follows from that).
         """
         indices = targets(self, "set_retries")
         if type(retries) is not int or retries < 0:
             raise ConfigurationError(f"set_retries() takes a number of retries, an int >= 0, not {retries!r}.")
+        g = self.workflow.graph
+        stateful = [g.names[i] for i in indices if isinstance(g.nodes[i], (ClassNode, MethodNode))]
+        if retries and stateful:
+            what = "is a class node or method call" if len(stateful) == 1 else "are class nodes or method calls"
+            raise ConfigurationError(
+                f"set_retries(): {', '.join(map(repr, stateful[:5]))} {what}: a retry would run the call again on "
+                "the object it already changed. Leave them out of the query's pattern (retries are for function nodes)."
+            )
         for i in indices:
             self.workflow._retries[i] = retries
         return self
