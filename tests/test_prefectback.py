@@ -295,6 +295,51 @@ def test_class_nodes_keep_their_call_order_under_concurrency():
     assert wf.run() == list(range(8))
 
 
+@workflow
+def slow_snapshot(recorder, *after):
+    time.sleep(0.3)  # a later call would change the object meanwhile if nothing ordered them
+    return list(recorder.seen)
+
+
+@workflow
+class Fitted:
+    def __init__(self, k):
+        self.k = k
+
+    def fit(self, x):
+        self.coef = x * self.k
+        return self  # as scikit-learn's fit
+
+    def set_k(self, k):
+        self.k, self.coef = k, -1
+        return k
+
+
+@workflow
+def slow_predict(model, x):
+    time.sleep(0.3)
+    return model.coef * x
+
+
+@pytest.mark.parametrize("fusion", [True, False], ids=["fused", "unfused"])
+def test_users_of_an_object_run_between_the_calls_they_were_written_between(fusion):
+    """Prefect passes the live object: a node that takes it (directly, or as a method
+    call's result) must run after the calls written before it and before the calls
+    written after it, as LocalWorkflow runs them."""
+    rec = Recorder().set_name("recorder")
+    first = rec.record(1).set_name("first")
+    seen = slow_snapshot(rec).set_name("seen")
+    second = rec.record(2).set_name("second")
+    model = Fitted(2).set_name("model")
+    pred = slow_predict(model.fit(3).set_name("fit"), 10).set_name("pred")
+    later = model.set_k(5).set_name("set_k")
+    wf = PrefectWorkflow(first, seen, second, pred, later, workflow_name="object-users")
+    wf.set_fusion(fusion)
+    wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=4)})
+    out = wf.run()
+    assert out == [[1], [1], [1, 2], 60, 5]
+
+
 def test_generate_flow_stores_a_prefect_flow_that_run_reuses():
     wf = PrefectWorkflow(seed_quick_start(), workflow_name="generated")
     assert wf.flow is None

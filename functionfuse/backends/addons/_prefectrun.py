@@ -9,11 +9,12 @@ import contextvars
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Mapping, cast
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 from ...baseworkflow import LOAD, SKIP
 from ...engine import Completion, NodeFailure, NodeTask, UnitTask, load_here
 from ...planner import Plan
+from ...workflow import ClassNode, MethodNode
 
 import prefect
 from prefect.futures import wait as _wait_for_futures
@@ -127,6 +128,8 @@ class _PrefectExecutor:
         #: each value a task made: (its task's future, its first node, whether a unit's)
         self.source: dict[int, tuple[Any, int, bool]] = {}
         self.futures: dict[int, Any] = {}  # every submitted node's future (for the order of class calls)
+        #: class node -> the future of the last task that used its live object (see submit)
+        self.touched: dict[int, Any] = {}
         self.waiting: dict[Any, tuple[int, tuple[int, ...] | None]] = {}  # not reported yet -> (first, unit's nodes)
         self.loaded: dict[int, Any] = {}
         self.done: list[Completion] = []
@@ -162,12 +165,21 @@ class _PrefectExecutor:
                 inputs[key] = opaque(fut)
                 where.append((j, key, exported))
         inside = set(indices)
-        order = list({
+        waits = {
             id(f): f
             for i in indices
             for j in g.parents[i]
             if j not in inside and j not in g.data_parents[i] and (f := self.futures.get(j)) is not None
-        }.values())
+        }
+        # Prefect hands tasks the live object of a class node: its calls and the nodes
+        # that take it (directly, or as a call's result: ``fit`` may return it) run one
+        # task at a time, in the order submitted (the order written)
+        objects = _objects_used(g, indices)
+        for k in objects:
+            f = self.touched.get(k)
+            if f is not None:
+                waits[id(f)] = f
+        order = list(waits.values())
         if isinstance(task, UnitTask):
             task = UnitTask([_announced(t, self.run, first) for t in task.tasks], task.parents, task.exports)
         self.run.jobs[first] = (task, tuple(where))
@@ -180,6 +192,8 @@ class _PrefectExecutor:
             prefect_task, fingerprint, save = self.prefect_tasks.at(first), self.fingerprints[first], task.storage is not None
         fut = prefect_task.submit(inputs=inputs, save=save, fingerprint=fingerprint, wait_for=order or None)
         self.tasks_submitted += 1
+        for k in objects:
+            self.touched[k] = fut
         for i in indices:
             self.futures[i] = fut
         for i in (task.exports if isinstance(task, UnitTask) else indices):
@@ -277,3 +291,18 @@ def _run_logger() -> Any:
         return prefect.get_run_logger()
     except Exception:  # outside a run context (a unit test calling the body directly)
         return log
+
+
+def _objects_used(g: Any, indices: Sequence[int]) -> set[int]:
+    """The class nodes whose live object the nodes *indices* use: as a data parent,
+    or through a method call's result (which may be the object itself)."""
+    nodes = g.nodes
+    objects: set[int] = set()
+    for i in indices:
+        for j in g.data_parents[i]:
+            kind = type(nodes[j])
+            if kind is ClassNode:
+                objects.add(j)
+            elif kind is MethodNode:
+                objects.add(g.index_of(nodes[j].instance))
+    return objects
