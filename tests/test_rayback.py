@@ -830,6 +830,25 @@ def test_a_failure_inside_a_fused_chain_names_its_node_and_resume_starts_there(l
     assert storage.list_tasks("unit_failure") == ["c0", "c1", "c2", "c3", "c4"]
 
 
+def test_the_tasks_after_a_failed_unit_do_not_count_its_stored_nodes_again(local_ray, tmp_path):
+    """Each task that needed the failed unit's value fails with the unit's error (Ray
+    passes it on): the nodes the unit stored are done once, not once per such task."""
+    from contracts.backend import fail_if
+
+    flag = tmp_path / "fail.flag"
+    flag.touch()
+    failing = fail_if(str(flag), add(add(1, 1).set_name("c0"), 1).set_name("c1")).set_name("c2")
+    branches = [add(failing, k).set_name(f"b{k}") for k in range(3)]
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    wf = RayWorkflow(*branches, workflow_name="fan_after_failure")
+    wf.set_storage(storage)
+    assert [len(u.indices) for u in wf.units().running] == [3, 1, 1, 1]
+    with pytest.raises(NodeExecutionError, match="'c2'"):
+        wf.run()
+    assert (wf.last_run.failed, wf.last_run.ran) == ("c2", 2)
+    assert storage.list_tasks("fan_after_failure") == ["c0", "c1"]
+
+
 def test_nodes_with_different_remote_args_never_share_a_task(local_ray):
     x, nodes = 0, []
     for k in range(6):

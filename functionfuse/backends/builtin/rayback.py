@@ -430,7 +430,9 @@ class _RayExecutor:
             except RayTaskError as err:
                 cause = getattr(err, "cause", None)
                 if isinstance(cause, NodeFailure):
-                    done.extend(cause.done)  # a unit's nodes stored before the failing one
+                    if cause.index in (unit[0].indices if unit is not None else (i,)):
+                        done.extend(cause.done)  # a unit's nodes stored before the failing one
+                    # else: an input's task failed and Ray passed its error on (counted there)
                     done.append(cause)
                 else:
                     done.append(NodeFailure(i, "run", cause if isinstance(cause, BaseException) else err, str(err)))
