@@ -220,7 +220,8 @@ def _partition(
 
 class _Deps:
     """What each node must come after: its parents, and for a node that uses a class
-    node's object (not one of its method calls), the method call written before it;
+    node's object (not one of its method calls; taking the object or a call's result,
+    which may be the object), the method call written before it;
     the method call written after it must in turn come after the node. LocalWorkflow
     runs them in the order written, so units must not reorder them. Among the nodes
     that run (:meth:`running_only`), a node comes after the nearest one written before
@@ -233,7 +234,8 @@ class _Deps:
         self.sequences: list[list[int]] = []
         for k, calls in g.chains.items():
             chain = set(calls)
-            users = [c for c in set(g.children[k]) if c not in chain and k in g.data_parents[c]]
+            # the object's users: nodes taking it, or a call's result (``fit`` may return it)
+            users = {c for s in (k, *calls) for c in g.children[s] if c not in chain and s in g.data_parents[c]}
             if users:
                 self.sequences.append(sorted({k, *calls, *users}))
         self._link(None)

@@ -468,6 +468,36 @@ def test_a_skipped_user_of_an_object_does_not_free_the_next_one_from_the_call_or
         assert storage.read_task("order", "late") == [1, 2]
 
 
+@workflow
+class SelfReturning:
+    def __init__(self):
+        self.seen = []
+
+    def add(self, k):
+        self.seen.append(k)
+        return self  # as scikit-learn's fit
+
+
+def test_merging_keeps_a_user_of_a_call_result_that_is_the_object_before_the_next_call():
+    def dag():
+        obj = SelfReturning().set_name("obj")
+        first = obj.add(1).set_name("first")
+        x = inc(0).set_name("d0")
+        for k in range(1, 5):  # a deeper path than the second call's
+            inc(x).set_name(f"side{k}")
+            x = inc(x).set_name(f"d{k}")
+        seen = snapshot(first, x).set_name("seen")  # the object through first's result: sees [1]
+        second = obj.add(2).set_name("second")
+        return seen, second
+
+    expected = LocalWorkflow(dag()[0], workflow_name="obj").run()
+    assert expected == [1]
+    wf = _UnitsWorkflow(*dag(), workflow_name="obj")
+    wf.set_fusion(True, max_units=3)
+    assert any(u.why == "merged" for u in wf.units().running)
+    assert wf.run()[0] == expected
+
+
 def test_a_group_that_would_move_a_user_of_an_object_past_a_method_call_is_refused():
     rec = Recorder().set_name("rec")
     first = rec.add(1).set_name("first")
