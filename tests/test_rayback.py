@@ -849,6 +849,50 @@ def test_the_tasks_after_a_failed_unit_do_not_count_its_stored_nodes_again(local
     assert storage.list_tasks("fan_after_failure") == ["c0", "c1"]
 
 
+@workflow
+def seen_by(recorder, *after):
+    return list(recorder.seen)
+
+
+@pytest.mark.parametrize("fusion", [True, False], ids=["fused", "unfused"])
+def test_a_node_taking_an_object_sees_it_as_the_calls_written_before_it_left_it(local_ray, tmp_path, fusion):
+    """As in LocalWorkflow: ``seen`` is written after ``add(1)`` and before ``add(2)``;
+    the actor hands it the object between the two calls. Also on a resume that runs
+    ``seen`` alone (the calls before it are replayed in a new actor)."""
+
+    def build():
+        rec = Recorder().set_name("rec")
+        first = rec.append(1).set_name("first")
+        seen = seen_by(rec).set_name("seen")
+        late = seen_by(rec).set_name("late")
+        second = rec.append(2).set_name("second")
+        after_all = seen_by(rec, second).set_name("after_all")
+        return first, seen, late, second, after_all
+
+    def values(out):
+        return [v[1] if isinstance(v, tuple) else v for v in out]
+
+    expected = [[1], [1], [1], [1, 2], [1, 2]]
+    assert values(LocalWorkflow(*build(), workflow_name="objects").run()) == expected
+    # the object itself as an output: as its calls left it
+    rec = Recorder().set_name("rec")
+    wf = RayWorkflow(rec, rec.append(1).set_name("first"), workflow_name="object-output")
+    wf.set_fusion(fusion)
+    obj, first = wf.run(return_results=True)
+    assert obj.seen == [1] and first[1] == [1]
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    wf = RayWorkflow(*build(), workflow_name="objects")
+    wf.set_fusion(fusion)
+    wf.set_storage(storage)
+    assert values(wf.run(return_results=True)) == expected
+    storage.remove_task("objects", "seen")
+    wf = RayWorkflow(*build(), workflow_name="objects")
+    wf.set_fusion(fusion)
+    wf.set_storage(storage)
+    assert values(wf.run(return_results=True)) == expected
+    assert storage.read_task("objects", "seen") == [1]
+
+
 def test_nodes_with_different_remote_args_never_share_a_task(local_ray):
     x, nodes = 0, []
     for k in range(6):

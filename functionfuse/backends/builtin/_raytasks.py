@@ -265,5 +265,10 @@ class _InstanceHost:
         # runs: if an earlier call on this instance failed, this call fails with it.
         return run_packed(spec, values, k, self.obj), _ELAPSED.seconds
 
+    def snapshot(self, previous: Any) -> Any:
+        """The object as the calls submitted before this left it (actor tasks run in
+        the order submitted), for a node that takes it; fails as *previous* did."""
+        return self.obj
+
 
 _Instance: Any = ray.remote(_InstanceHost)

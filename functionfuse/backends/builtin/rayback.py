@@ -269,14 +269,16 @@ class RayWorkflow(BaseWorkflow):
                         break
         return needed
 
-    def _last_running_calls(self, actions: Sequence[str]) -> dict[int, int]:
-        last: dict[int, int] = {}
-        for k, chain in self.graph.chains.items():
-            if actions[k] in RUNS:
-                running = [j for j in chain if actions[j] in RUNS]
-                if running:
-                    last[k] = running[-1]
-        return last
+    def _actor_users(self, actions: Sequence[str]) -> dict[int, int]:
+        """Class nodes whose actor runs calls: how many running nodes need the actor
+        (their calls, and the nodes taking the object, which get it from the actor as
+        the calls written before them left it); the actor is let go after the last."""
+        g = self.graph
+        users: dict[int, int] = {}
+        for k, chain in g.chains.items():
+            if actions[k] in RUNS and any(actions[j] in RUNS for j in chain):
+                users[k] = sum(1 for c in set(g.children[k]) if actions[c] in RUNS and k in g.data_parents[c])
+        return users
 
     def _check_method_args(self) -> None:
         """Before anything runs: a method call runs in its instance's actor, so it can
@@ -324,7 +326,8 @@ class _RayExecutor:
         self.unit_tokens: dict[Any, tuple[UnitTask, datetime]] = {}
         self.functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
         self.instance_value_needed = wf._instance_values_needed(plan.actions)
-        self.last_in_chain = wf._last_running_calls(plan.actions)
+        self.actor_users = wf._actor_users(plan.actions)
+        self.outputs = set(wf.graph.outputs)
 
     def _track(self, i: int, value: Any, token: Any) -> None:
         self.refs[i] = value
@@ -349,24 +352,47 @@ class _RayExecutor:
         spec = pack_task(task, self.functions)
         node = g.nodes[i]
         kind = type(node)
-        args = [refs[p] for p in task.parents]
         if kind is MethodNode:
             k = g.index_of(node.instance)  # type: ignore[attr-defined]  # the object is in the actor
+            args = [refs[p] if p == k else self._argument(p, name) for p in task.parents]
             value, token = self.instances[k].call.options(name=name).remote(spec, k, self.chain_tokens[k], *args)
             self.chain_tokens[k] = token
-            if self.last_in_chain.get(k) == i:
-                del self.instances[k], self.chain_tokens[k]
         elif kind is ClassNode:
+            args = [self._argument(p, name) for p in task.parents]
             options = {"name": f"{name} (workflow {wf.workflow_name}, run {self.run_id})", **wf._remote_args.get(i, {})}
             actor = _Instance.options(**options).remote()
             value, token = actor.construct.options(name=name).remote(spec, i in self.instance_value_needed, *args)
-            if self.last_in_chain.get(i) is not None:
+            if i in self.actor_users:
                 self.instances[i] = actor
                 self.chain_tokens[i] = token
         else:
+            args = [self._argument(p, name) for p in task.parents]
             fn = _run_node.options(**{"name": name, **wf._remote_args.get(i, {})})
             value, token = fn.remote(spec, *args)
         self._track(i, value, token)
+        self._used((i,))
+
+    def _argument(self, p: int, name: str) -> Any:
+        """The ref to pass for parent *p* to a task submitted now: for a class node whose
+        actor still has calls, the object as the calls submitted so far leave it."""
+        actor = self.instances.get(p)
+        if actor is None:
+            return self.refs[p]
+        return actor.snapshot.options(name=f"{name} (object {self.wf.graph.names[p]})").remote(self.chain_tokens[p])
+
+    def _used(self, indices: Sequence[int]) -> None:
+        """The nodes *indices* were submitted: let go of the actors no later node needs."""
+        g, users = self.wf.graph, self.actor_users
+        for i in indices:
+            for k in set(g.data_parents[i]):
+                left = users.get(k)
+                if left is None or k not in self.instances:
+                    continue
+                users[k] = left - 1
+                if left == 1:
+                    if k in self.outputs:  # returned as the calls left it, as in one process
+                        self.refs[k] = self._argument(k, "output")
+                    del self.instances[k], self.chain_tokens[k]
 
     def _submit_unit(self, unit: UnitTask) -> None:
         """One Ray task for the unit's nodes: its arguments are the refs of the unit's
@@ -379,7 +405,8 @@ class _RayExecutor:
         submitted = datetime.now(timezone.utc)
         # a unit that saves learns when it was submitted: a retry goes on after what it stored
         since = submitted.isoformat() if unit.tasks[0].storage is not None else None
-        out = fn.remote(pack_task(unit, self.functions), since, *[refs[p] for p in unit.parents])
+        label = unit.label()
+        out = fn.remote(pack_task(unit, self.functions), since, *[self._argument(p, label) for p in unit.parents])
         if not exports:
             out = [out]
         for i, value in zip(exports, out):
@@ -388,6 +415,7 @@ class _RayExecutor:
         self.tokens.append(token)
         self.owner[token] = unit.index
         self.unit_tokens[token] = (unit, submitted)
+        self._used(unit.indices)
 
     def release(self, indices: Sequence[int]) -> None:
         refs = self.refs
