@@ -189,3 +189,48 @@ def test_a_plan_alone_checks_no_later_read(tmp_path):
     other = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
     other.save(WF, "b", 7)  # replaced by another process (or storage object)
     assert storage.read_task(WF, "b") == 7
+
+
+@workflow
+def both(x, y):
+    return (x, y)
+
+
+def test_a_result_the_run_saved_is_checked_when_a_later_attempt_loads_it(tmp_path):
+    """Attempt 1 runs and saves "a", then finds "d" damaged: attempt 2 loads "a". If
+    another process replaced "a" in between, that read is refused too (the run's own
+    save is what its plan expects), not trusted because the plan that made "a" ran it."""
+    from functionfuse.errors import ResultRecomputedWarning
+
+    def make():
+        return LocalWorkflow(both(source(1).set_name("a"), double(50).set_name("d")).set_name("out"), workflow_name=WF)
+
+    def path(name):
+        return os.path.join(str(tmp_path), WF, f"{name}.ffr")
+
+    wf = make()
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+    assert wf.run() == (1, 100)
+    os.remove(path("a"))
+    os.remove(path("out"))
+    damaged = bytearray(read_bytes(path("d")))
+    damaged[-3] ^= 0xFF
+    write_bytes(path("d"), bytes(damaged))
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    other = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    read = storage.read_task
+    forged = []
+
+    def replaced_once(workflow, task):
+        if task == "a" and not forged:
+            meta = {k: v for k, v in other.read_metadata(WF, "a").items() if k not in ("checksum", "format", "signed")}
+            other.save(WF, "a", 9, meta)
+            forged.append(True)
+        return read(workflow, task)
+
+    storage.read_task = replaced_once
+    wf = make()
+    wf.set_storage(storage)
+    with pytest.warns(ResultRecomputedWarning, match="replaced after the plan was made"):
+        assert wf.run() == (1, 100)
+    assert forged and wf.last_run.recomputed == 2

@@ -304,26 +304,36 @@ class PlannedReads:
     """The payload checksums a run's plan saw stored (``{task: checksum}``), for the
     reads of one storage object and workflow (see :func:`planned_reads`)."""
 
-    __slots__ = ("storage", "workflow", "checksums")
+    __slots__ = ("storage", "workflow", "checksums", "_saved")
 
     def __init__(self, storage: Any, workflow_name: str) -> None:
         self.storage = storage
         self.workflow = workflow_name
         self.checksums: dict[str, str] = {}
+        self._saved: dict[str, str | None] = {}  # what the run stored itself, in any attempt
 
     def expect(self, stored: Mapping[str, Any] | None) -> None:
-        """Check reads against *stored* (what the run's latest plan was made from)."""
-        self.checksums = {
+        """Check reads against *stored* (what the run's latest plan was made from), and
+        the results the run saved itself since it began (a later attempt loads them)."""
+        checksums = {
             name: m["checksum"]
             for name, m in (stored or {}).items()
             if isinstance(m, dict) and isinstance(m.get("checksum"), str)
         }
+        for name, checksum in self._saved.items():
+            if checksum is None:
+                checksums.pop(name, None)
+            else:
+                checksums[name] = checksum
+        self.checksums = checksums
 
     def saved(self, task_name: str, checksum: Any) -> None:
+        """The run stored *task_name* with *checksum* (in this process)."""
         if isinstance(checksum, str):
-            self.checksums[task_name] = checksum
+            self.checksums[task_name] = self._saved[task_name] = checksum
         else:
             self.checksums.pop(task_name, None)
+            self._saved[task_name] = None
 
 
 #: the plan of the run in progress in this context (threads a run starts copy it)
