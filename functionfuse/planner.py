@@ -172,9 +172,12 @@ def _plan(graph: Graph, stored: Mapping[str, Any] | None, records: Sequence[dict
     assert records is not None, "a plan with storage needs the fingerprint records"
     nodes, data_parents, chains = g.nodes, g.data_parents, g.chains
     need = [False] * n
+    replay = [False] * n
     for o in g.outputs:
         need[o] = True
-    replay = [False] * n
+        calls = g.chains.get(o)
+        if calls:  # an object as an output: as its calls left it (what is stored is as constructed)
+            replay[calls[-1]] = True
     actions = [SKIP] * n
     reasons = [""] * n
     states = [MISSING] * n

@@ -230,3 +230,19 @@ def test_a_user_of_an_object_rerun_on_resume_sees_the_calls_written_before_it(tm
     assert [(step.name, step.action) for step in wf.plan()] == [("acc", REPLAY), ("add", REPLAY), ("peek", RUN)]
     assert wf.run() == 64
     assert storage.read_task("peek", "peek") == 64
+
+
+def test_an_object_that_is_an_output_is_returned_as_its_calls_left_it_on_a_resume(tmp_path):
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse.storage import storage_factory
+
+    def build():
+        acc = Acc(1).set_name("acc")
+        return acc, acc.add(5).set_name("add")
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    for _ in range(2):  # a first run, then a resume with everything stored
+        wf = LocalWorkflow(*build(), workflow_name="objout")
+        wf.set_storage(storage)
+        acc, added = wf.run()
+        assert (acc.v, added) == (8, 8)
