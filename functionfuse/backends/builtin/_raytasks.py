@@ -24,7 +24,8 @@ from ray import cloudpickle
 
 from ...baseworkflow import COMPILED_CALLS_MODULE
 from ...engine import NodeFailure, NodeTask, UnitTask
-from ...workflow import NODE_TYPES, NodeItem
+from ...planner import RUNS
+from ...workflow import NODE_TYPES, ClassNode, MethodNode, NodeItem
 
 
 # -- pickling a node's call for a task ------------------------------------------------------
@@ -272,3 +273,35 @@ class _InstanceHost:
 
 
 _Instance: Any = ray.remote(_InstanceHost)
+
+
+# -- what the driver needs to know of class nodes (actors) in a plan -----------------------------
+def instance_values_needed(g: Any, actions: Sequence[str]) -> set[int]:
+    """Class nodes whose object itself is needed (an output, or an argument of a node
+    other than its own method calls): only those send the object back from the actor."""
+    outputs = set(g.outputs)
+    needed: set[int] = set()
+    for k, node in enumerate(g.nodes):
+        if type(node) is not ClassNode:
+            continue
+        if k in outputs:
+            needed.add(k)
+            continue
+        for c in g.children[k]:
+            if actions[c] in RUNS and k in g.data_parents[c]:
+                child = g.nodes[c]
+                if type(child) is not MethodNode or child.instance is not node:
+                    needed.add(k)
+                    break
+    return needed
+
+
+def actor_users(g: Any, actions: Sequence[str]) -> dict[int, int]:
+    """Class nodes whose actor runs calls: how many running nodes need the actor
+    (their calls, and the nodes taking the object, which get it from the actor as
+    the calls written before them left it); the actor is let go after the last."""
+    users: dict[int, int] = {}
+    for k, chain in g.chains.items():
+        if actions[k] in RUNS and any(actions[j] in RUNS for j in chain):
+            users[k] = sum(1 for c in set(g.children[k]) if actions[c] in RUNS and k in g.data_parents[c])
+    return users

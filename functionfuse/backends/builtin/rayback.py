@@ -66,13 +66,16 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised in an environment without ray
     raise missing_dependency("ray", "ray", _exc) from _exc
 
-from ...baseworkflow import RUNS, BaseWorkflow, select
+from ...baseworkflow import BaseWorkflow, select
 from ...baseworkflow import Query as _BaseQuery
 from ...engine import Completion, NodeFailure, NodeTask, UnitTask, execute, run_session
 from ...planner import Plan
 from ...query import targets
 from ...workflow import ClassNode, MethodNode
-from ._raytasks import _Instance, _load_node, _run_node, _run_unit, load_stored, pack_task, run_packed, stored_since
+from ._raytasks import (
+    _Instance, _load_node, _run_node, _run_unit, actor_users, instance_values_needed, load_stored, pack_task, run_packed,
+    stored_since,
+)
 
 #: what other Ray backends (the Ray Workflows addon) run in their tasks: a node task
 #: pickled without the graph (pack_task), run where it lands (run_packed), and a
@@ -248,38 +251,6 @@ class RayWorkflow(BaseWorkflow):
             results = execute(self, _RayExecutor(self, max_pending_tasks, return_results), session)
         return self.outputs(results) if return_results else None
 
-    # -- helpers of the executor ----------------------------------------------------------------
-    def _instance_values_needed(self, actions: Sequence[str]) -> set[int]:
-        """Class nodes whose object itself is needed (an output, or an argument of a node
-        other than its own method calls): only those send the object back from the actor."""
-        g = self.graph
-        outputs = set(g.outputs)
-        needed: set[int] = set()
-        for k, node in enumerate(g.nodes):
-            if type(node) is not ClassNode:
-                continue
-            if k in outputs:
-                needed.add(k)
-                continue
-            for c in g.children[k]:
-                if actions[c] in RUNS and k in g.data_parents[c]:
-                    child = g.nodes[c]
-                    if type(child) is not MethodNode or child.instance is not node:
-                        needed.add(k)
-                        break
-        return needed
-
-    def _actor_users(self, actions: Sequence[str]) -> dict[int, int]:
-        """Class nodes whose actor runs calls: how many running nodes need the actor
-        (their calls, and the nodes taking the object, which get it from the actor as
-        the calls written before them left it); the actor is let go after the last."""
-        g = self.graph
-        users: dict[int, int] = {}
-        for k, chain in g.chains.items():
-            if actions[k] in RUNS and any(actions[j] in RUNS for j in chain):
-                users[k] = sum(1 for c in set(g.children[k]) if actions[c] in RUNS and k in g.data_parents[c])
-        return users
-
     def _check_method_args(self) -> None:
         """Before anything runs: a method call runs in its instance's actor, so it can
         carry no Ray options of its own (only the same ones as its constructor)."""
@@ -325,8 +296,8 @@ class _RayExecutor:
         #: tokens of unit tasks in flight (their value lists the unit's nodes): the unit, when submitted
         self.unit_tokens: dict[Any, tuple[UnitTask, datetime]] = {}
         self.functions: dict[int, Any] = {}  # id(function) -> (function, its pickle), for this run
-        self.instance_value_needed = wf._instance_values_needed(plan.actions)
-        self.actor_users = wf._actor_users(plan.actions)
+        self.instance_value_needed = instance_values_needed(wf.graph, plan.actions)
+        self.actor_users = actor_users(wf.graph, plan.actions)
         self.outputs = set(wf.graph.outputs)
 
     def _track(self, i: int, value: Any, token: Any) -> None:
