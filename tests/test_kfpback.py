@@ -1265,7 +1265,10 @@ class ContainerRuns(KFPWorkflow):
     mount = ""
 
     def run(self):
-        env = {contract.CALLS: os.environ[contract.CALLS]} if contract.CALLS in os.environ else {}
+        # only a folder the containers see (a Ray test earlier in the process may have
+        # pointed the variable at a folder of its own, not mounted)
+        folder = os.environ.get(contract.CALLS)
+        env = {contract.CALLS: folder} if folder and folder.startswith(self.mount + os.sep) else {}
         return self.run_local(environment=env, mounts={self.mount: self.mount})
 
 
