@@ -8,8 +8,9 @@ nothing, so the same inputs always give the same plan. In reverse topological or
 * a node **runs** if no usable result is stored under its name (missing, unreadable,
   stale under the ``"fingerprint"`` policy, or the policy is ``"off"``);
 * a stored class constructor or method call is **replayed** (run, not saved again)
-  if a later running method call on the same instance needs it: the instance's state
-  between calls is not stored, so it is rebuilt from the constructor;
+  if a later running method call on the same instance needs it, or a running node that
+  takes the instance and was written after the call, or the instance is an output: the
+  instance's state between calls is not stored, so it is rebuilt from the constructor;
 * a node that is never stored (``set_persist(False)``, ``log_nodes``) is replayed when
   a running node needs it, when it is an output, or when nothing depends on it;
 * a stored node is **loaded** if it is an output or a running node needs its value;
