@@ -184,6 +184,21 @@ class Graph:
         except KeyError:
             raise GraphError(f"{node!r} is not part of this workflow's graph.") from None
 
+    def objects_used(self, indices: Iterable[int]) -> set[int]:
+        """The class nodes whose live object the nodes *indices* use: as a data parent,
+        or through a method call's result (which may be the object itself, as
+        scikit-learn's ``fit`` returns it)."""
+        nodes = self.nodes
+        objects: set[int] = set()
+        for i in indices:
+            for j in self.data_parents[i]:
+                kind = type(nodes[j])
+                if kind is ClassNode:
+                    objects.add(j)
+                elif kind is MethodNode:
+                    objects.add(self.index_of(nodes[j].instance))  # type: ignore[attr-defined]
+        return objects
+
     def query(self, pattern: str | None = None) -> list[int]:
         """Positions of the nodes whose names match the regular expression *pattern*.
 

@@ -9,12 +9,11 @@ import contextvars
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 from ...baseworkflow import LOAD, SKIP
 from ...engine import Completion, NodeFailure, NodeTask, UnitTask, load_here
 from ...planner import Plan
-from ...workflow import ClassNode, MethodNode
 
 import prefect
 from prefect.futures import wait as _wait_for_futures
@@ -174,7 +173,7 @@ class _PrefectExecutor:
         # Prefect hands tasks the live object of a class node: its calls and the nodes
         # that take it (directly, or as a call's result: ``fit`` may return it) run one
         # task at a time, in the order submitted (the order written)
-        objects = _objects_used(g, indices)
+        objects = g.objects_used(indices)
         for k in objects:
             f = self.touched.get(k)
             if f is not None:
@@ -292,17 +291,3 @@ def _run_logger() -> Any:
     except Exception:  # outside a run context (a unit test calling the body directly)
         return log
 
-
-def _objects_used(g: Any, indices: Sequence[int]) -> set[int]:
-    """The class nodes whose live object the nodes *indices* use: as a data parent,
-    or through a method call's result (which may be the object itself)."""
-    nodes = g.nodes
-    objects: set[int] = set()
-    for i in indices:
-        for j in g.data_parents[i]:
-            kind = type(nodes[j])
-            if kind is ClassNode:
-                objects.add(j)
-            elif kind is MethodNode:
-                objects.add(g.index_of(nodes[j].instance))
-    return objects

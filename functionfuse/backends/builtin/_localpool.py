@@ -40,7 +40,6 @@ from ...engine import Completion, NodeFailure, NodeTask, load_here
 from ...errors import NodeTimeoutError
 from ...planner import SKIP, Plan
 from ...report import RunReport
-from ...workflow import ClassNode, MethodNode
 
 __all__ = ["PoolExecutor"]
 
@@ -154,15 +153,8 @@ class PoolExecutor:
             for p in g.data_parents[i]:
                 users[p] = users.get(p, 0) + 1
             after = set(g.parents[i])
-            nodes, touch = g.nodes, self._touch
-            objects = set()
-            for p in g.data_parents[i]:
-                kind = type(nodes[p])
-                if kind is ClassNode:
-                    objects.add(p)
-                elif kind is MethodNode:  # a call may return its object (``fit`` returning self)
-                    objects.add(g.index_of(nodes[p].instance))
-            for k in objects:  # the live object: one node at a time uses it, in the order written
+            touch = self._touch
+            for k in g.objects_used((i,)):  # the live object: one node at a time uses it, in the order written
                 last = touch.get(k)
                 if last is not None:
                     after.add(last)
